@@ -1,0 +1,30 @@
+"""The `llmgw` command line.
+
+Keep `llmgw --help` fast: no module imported here may import litellm, llmgw.gateway or
+llmgw.router at import time (commands that call a model import them inside the command).
+A new command group is one line below: `app.add_typer(<module>.app, name="<group>")`.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from llmgw.cli import db, demo, models, usage
+
+app = typer.Typer(
+    name="llmgw",
+    help="llmgw: budgets, cache and a cost ledger for fleets of agents, over LiteLLM.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals can hold API keys
+)
+
+app.add_typer(usage.app, name="usage")
+app.add_typer(db.app, name="db")
+app.add_typer(models.app, name="models")
+app.add_typer(demo.app, name="demo")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

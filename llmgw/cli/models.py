@@ -1,0 +1,64 @@
+"""`llmgw models`: groups, deployments, prices and fallbacks from the config (no LiteLLM)."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.table import Table
+
+from llmgw.cli._common import EXIT_USAGE, errors_as_exit, fail, print_wide
+from llmgw.config import load_config
+
+app = typer.Typer(help="The model groups and deployments of the config.", invoke_without_command=True)
+
+
+def _per_million(price: Decimal) -> str:
+    """Dollars per million tokens, exact, with at least two decimals (0.075 stays 0.075)."""
+    text = format((price * 1_000_000).normalize(), "f")
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(2, '0')}"
+
+
+@app.callback()
+def models(
+    config: Annotated[str | None, typer.Option("--config", help="Config file (default: env "
+                                               "LLMGW_CONFIG, then ./model_list.yaml).")] = None,
+    output: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+) -> None:
+    """List model groups with their deployments, prices per million tokens and fallbacks."""
+    if output not in ("table", "json"):
+        fail(f"Unknown --format {output!r}.", hint="Use table or json.", code=EXIT_USAGE)
+    with errors_as_exit():
+        cfg = load_config(config)
+    fallbacks = cfg.router_settings.fallback_map()
+    agent_types = cfg.llmgw.agent_types
+    rows = [{
+        "group": d.model_name, "deployment": d.id, "provider": d.provider,
+        "model": d.litellm_params.model,
+        "input_usd_per_mtok": _per_million(d.input_price),
+        "output_usd_per_mtok": _per_million(d.output_price),
+        "fallbacks": fallbacks.get(d.model_name, []),
+        "agent_types": sorted(t for t, g in agent_types.items() if g == d.model_name),
+        "default": d.model_name == cfg.llmgw.default_group,
+    } for d in cfg.model_list]
+    if output == "json":
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"Model groups in {cfg.source}", title_justify="left", box=box.SIMPLE_HEAD)
+    for header in ("group", "deployment", "model", "in $/Mtok", "out $/Mtok", "falls back to",
+                   "agent types"):
+        table.add_column(header, justify="right" if "$" in header else "left", no_wrap=True)
+    last = None
+    for r in rows:
+        first = r["group"] != last
+        last = r["group"]
+        name = f"{r['group']} (default)" if r["default"] else r["group"]
+        table.add_row(name if first else "", r["deployment"], r["model"],
+                      r["input_usd_per_mtok"], r["output_usd_per_mtok"],
+                      " > ".join(r["fallbacks"]) if first else "",
+                      ", ".join(r["agent_types"]) if first else "", end_section=False)
+    print_wide(table)

@@ -1,0 +1,297 @@
+"""`model_list.yaml`: LiteLLM's own config format plus our `llmgw:` section, validated at load.
+
+A bad file fails here, with the key path and what was expected, never at the first request.
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from llmgw.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "model_list.yaml"
+DEFAULT_LEDGER_URL = "sqlite:///llmgw.db"
+ENV_PREFIX = "os.environ/"
+_SECRET_PARAM_HINTS = ("key", "secret", "token", "password", "credential")
+
+
+class ModelInfo(BaseModel):
+    """LiteLLM's `model_info`; we require a readable `id` (generated if absent) and prices."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str | None = Field(default=None, min_length=1)
+    input_cost_per_token: Decimal | None = Field(default=None, ge=0)
+    output_cost_per_token: Decimal | None = Field(default=None, ge=0)
+
+
+class LiteLLMParams(BaseModel):
+    """LiteLLM's `litellm_params`, passed to the Router as written."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    api_key: str | None = None
+    api_base: str | None = None
+    input_cost_per_token: Decimal | None = Field(default=None, ge=0)
+    output_cost_per_token: Decimal | None = Field(default=None, ge=0)
+
+
+class Deployment(BaseModel):
+    """One entry of `model_list`: a deployment serving the model group `model_name`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model_name: str = Field(min_length=1)
+    litellm_params: LiteLLMParams
+    model_info: ModelInfo = Field(default_factory=ModelInfo)
+
+    @property
+    def id(self) -> str:
+        assert self.model_info.id is not None  # set by Config validation
+        return self.model_info.id
+
+    @property
+    def provider(self) -> str:
+        """The LiteLLM provider prefix (`anthropic/claude-...` -> `anthropic`)."""
+        model = self.litellm_params.model
+        return model.split("/", 1)[0] if "/" in model else "openai"
+
+    @property
+    def input_price(self) -> Decimal:
+        return _first_price(self.model_info.input_cost_per_token,
+                            self.litellm_params.input_cost_per_token)
+
+    @property
+    def output_price(self) -> Decimal:
+        return _first_price(self.model_info.output_cost_per_token,
+                            self.litellm_params.output_cost_per_token)
+
+    def api_key_env(self) -> str | None:
+        """The environment variable the api_key comes from, if it is an `os.environ/` reference."""
+        key = self.litellm_params.api_key
+        return key[len(ENV_PREFIX):] if key and key.startswith(ENV_PREFIX) else None
+
+    def to_litellm(self) -> dict[str, Any]:
+        """The deployment as LiteLLM's Router expects it, with prices as floats in model_info."""
+        data = self.model_dump(mode="python", exclude_none=True)
+        params = data["litellm_params"]
+        params.pop("input_cost_per_token", None)
+        params.pop("output_cost_per_token", None)
+        info = data.setdefault("model_info", {})
+        info["id"] = self.id
+        info["input_cost_per_token"] = float(self.input_price)
+        info["output_cost_per_token"] = float(self.output_price)
+        return data
+
+
+def _first_price(*values: Decimal | None) -> Decimal:
+    for v in values:
+        if v is not None:
+            return v
+    raise ValueError("price missing")  # unreachable after validation
+
+
+class RouterSettings(BaseModel):
+    """LiteLLM's `router_settings`, passed to `litellm.Router` as keyword arguments."""
+
+    model_config = ConfigDict(extra="allow")
+
+    routing_strategy: str = "simple-shuffle"
+    num_retries: int | None = Field(default=None, ge=0)
+    fallbacks: list[dict[str, list[str]]] = Field(default_factory=list)
+
+    def fallback_map(self) -> dict[str, list[str]]:
+        merged: dict[str, list[str]] = {}
+        for entry in self.fallbacks:
+            for group, targets in entry.items():
+                merged.setdefault(group, []).extend(targets)
+        return merged
+
+
+class LedgerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = DEFAULT_LEDGER_URL
+
+
+class GatewaySettings(BaseModel):
+    """Our own section, `llmgw:`. Unknown keys are errors, so typos do not pass silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_group: str = Field(min_length=1)
+    agent_types: dict[str, str] = Field(default_factory=dict)
+    agents: dict[str, str] = Field(default_factory=dict, description="agent_id -> agent type")
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    request_timeout_s: float = Field(default=600.0, gt=0)
+
+
+class Config(BaseModel):
+    """The whole file. Top-level keys LiteLLM's proxy uses (litellm_settings, ...) are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model_list: list[Deployment] = Field(min_length=1)
+    router_settings: RouterSettings = Field(default_factory=RouterSettings)
+    llmgw: GatewaySettings
+
+    _source: str = PrivateAttr(default="<dict>")
+
+    @field_validator("model_list")
+    @classmethod
+    def _ids_and_prices(cls, deployments: list[Deployment]) -> list[Deployment]:
+        seen: dict[str, int] = {}
+        for i, d in enumerate(deployments):
+            for side in ("input", "output"):
+                if (getattr(d.model_info, f"{side}_cost_per_token") is None
+                        and getattr(d.litellm_params, f"{side}_cost_per_token") is None):
+                    raise ValueError(
+                        f"[{i}].model_info.{side}_cost_per_token is missing for "
+                        f"{d.litellm_params.model!r}: set its price per token "
+                        "(0 for local models); an unpriced model would be recorded as free")
+            if d.model_info.id is None:
+                base = f"{d.model_name}:{d.litellm_params.model}"
+                n = sum(1 for k in seen if k == base or k.startswith(base + "#"))
+                d.model_info.id = base if n == 0 else f"{base}#{n + 1}"
+            if d.model_info.id in seen:
+                raise ValueError(f"[{i}].model_info.id {d.model_info.id!r} repeats "
+                                 f"model_list[{seen[d.model_info.id]}]; ids must be unique")
+            seen[d.model_info.id] = i
+        return deployments
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> Config:
+        groups = self.groups()
+        known = ", ".join(sorted(groups))
+        s = self.llmgw
+        if s.default_group not in groups:
+            raise ValueError(f"llmgw.default_group {s.default_group!r} is not a model group "
+                             f"(known: {known})")
+        for agent_type, group in s.agent_types.items():
+            if group not in groups:
+                raise ValueError(f"llmgw.agent_types.{agent_type} -> {group!r} is not a model "
+                                 f"group (known: {known})")
+        for group, targets in self.router_settings.fallback_map().items():
+            for name in [group, *targets]:
+                if name != "*" and name not in groups:
+                    raise ValueError(f"router_settings.fallbacks: {name!r} is not a model group "
+                                     f"(known: {known})")
+        return self
+
+    # -- queries -------------------------------------------------------------------------
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    def groups(self) -> dict[str, list[Deployment]]:
+        out: dict[str, list[Deployment]] = {}
+        for d in self.model_list:
+            out.setdefault(d.model_name, []).append(d)
+        return out
+
+    def deployment(self, deployment_id: str) -> Deployment | None:
+        for d in self.model_list:
+            if d.id == deployment_id:
+                return d
+        return None
+
+    def fallback_chain(self, group: str) -> list[str]:
+        """`group` followed by every group its fallbacks can reach, in order, once each."""
+        fb = self.router_settings.fallback_map()
+        chain, todo = [], [group]
+        while todo:
+            g = todo.pop(0)
+            if g in chain:
+                continue
+            chain.append(g)
+            todo.extend(fb.get(g, []) + fb.get("*", []))
+        return chain
+
+    def secret_values(self) -> list[str]:
+        """Every credential the config names, resolved, so it can be scrubbed from any text."""
+        secrets: list[str] = []
+        for d in self.model_list:
+            for name, value in d.litellm_params.model_dump().items():
+                if not isinstance(value, str) or not any(h in name for h in _SECRET_PARAM_HINTS):
+                    continue
+                if value.startswith(ENV_PREFIX):
+                    value = os.environ.get(value[len(ENV_PREFIX):], "")
+                if len(value) >= 6:
+                    secrets.append(value)
+        return secrets
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "<root>"
+
+
+def config_from_dict(data: Any, *, source: str = "<dict>") -> Config:
+    """Validate a parsed config; any problem becomes one `ConfigError` listing each bad key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got "
+                          f"{type(data).__name__}", path=source)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        lines, first_key = [], None
+        for err in exc.errors():
+            key = _loc(err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if msg.startswith("["):  # list-level validator: make the index part of the key
+                key, _, msg = f"{key}{msg}".partition(" ")
+            elif key == "<root>":  # cross-reference check: its message starts with the key
+                key, _, msg = msg.partition(" ")
+                key = key.rstrip(":")
+            first_key = first_key or key
+            lines.append(f"  {key}: {msg}")
+        raise ConfigError(f"{source}: invalid configuration:\n" + "\n".join(lines),
+                          path=source, key=first_key,
+                          hint="Fix the keys above; see the model_list.yaml shipped with llmgw.") from None
+    cfg._source = source
+    ledger_url = os.environ.get("LLMGW_LEDGER_URL")
+    if ledger_url:
+        cfg.llmgw.ledger.url = ledger_url
+    return cfg
+
+
+def config_path(path: str | os.PathLike[str] | None = None) -> Path:
+    """Where the config comes from: the argument, then `LLMGW_CONFIG`, then ./model_list.yaml."""
+    return Path(path or os.environ.get("LLMGW_CONFIG") or DEFAULT_CONFIG_FILE)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load and validate `model_list.yaml` (see `config_path`); env overrides applied."""
+    p = config_path(path)
+    if not p.is_file():
+        raise ConfigError(f"No configuration file at {p}.", path=str(p),
+                          hint="Create model_list.yaml (see README) or set LLMGW_CONFIG to its path.")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', exc)}",
+                          path=str(p), hint="Fix the YAML syntax.") from None
+    return config_from_dict(data, source=str(p))

@@ -1,0 +1,101 @@
+"""The demo workload: agents of every type in two projects through one LLMGateway, against
+the wire-level simulators (no API keys), with a simulated Anthropic outage mid-way."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from llmgw.config import Config, config_from_dict, load_config
+from llmgw.errors import LLMGatewayError
+from llmgw.ledger.migrate import upgrade
+from llmgw.sim import AnthropicSim, FaultPlan, OpenAISim
+
+DEMO_OPENAI_KEY = "sk-demo-openai-key"
+DEMO_ANTHROPIC_KEY = "sk-ant-demo-key"
+
+AGENTS = [  # (agent_id, agent_type, project, prompt)
+    ("po-1", "product-owner", "checkout", "Write the user story for one-click checkout."),
+    ("arch-1", "software-architect", "checkout", "Propose the service boundaries for payments."),
+    ("dev-1", "software-engineer", "checkout", "Implement idempotency keys for the payment API."),
+    ("qa-1", "qa-engineer", "checkout", "List edge cases for partial refunds."),
+    ("ops-1", "devops-engineer", "checkout", "Draft the rollout plan with a canary stage."),
+    ("pm-1", "project-manager", "search-revamp", "Summarise this week's risks for the search revamp."),
+    ("arch-2", "software-architect", "search-revamp", "Compare BM25 and vector retrieval here."),
+    ("dev-2", "software-engineer", "search-revamp", "Write the query parser's tokenizer."),
+]
+
+
+def simulated_config(cfg: Config, openai_url: str, anthropic_url: str) -> Config:
+    """The same groups, agent types, prices and fallbacks, with every Anthropic and
+    OpenAI-protocol deployment pointed at a simulator."""
+    data: dict[str, Any] = cfg.model_dump(mode="json", exclude_none=True)
+    for dep in data["model_list"]:
+        params = dep["litellm_params"]
+        provider = params["model"].split("/", 1)[0]
+        if provider == "anthropic":
+            params.update(api_base=anthropic_url, api_key=DEMO_ANTHROPIC_KEY)
+        elif provider == "openai":
+            params.update(api_base=openai_url + "/v1", api_key=DEMO_OPENAI_KEY)
+    return config_from_dict(data, source=f"{cfg.source} (providers simulated)")
+
+
+async def _workload(gw: Any, anthropic: AnthropicSim, out: Console) -> None:
+    async def ask(agent_id: str, agent_type: str, project: str, prompt: str) -> None:
+        try:
+            c = await gw.complete(agent_id, project, [{"role": "user", "content": prompt}],
+                                  agent_type=agent_type, max_tokens=256)
+        except LLMGatewayError as exc:
+            out.print(f"  [red]{agent_id:7}[/] {type(exc).__name__}: {exc.message}")
+            return
+        hops = " -> ".join(f"{a.deployment} ✗" for a in c.attempts if a.status == "error")
+        via = f"  [yellow](after {hops})[/]" if hops else ""
+        out.print(f"  {project:13} {agent_id:7} {agent_type:19} {c.requested_group:15} "
+                  f"-> {c.deployment:22} {c.usage.prompt_tokens:4}+{c.usage.completion_tokens:<4} "
+                  f"${c.cost_micros / 1e6:.6f}{via}", highlight=False)
+
+    out.print("[bold]1. Normal traffic[/]")
+    for agent in AGENTS:
+        await ask(*agent)
+    out.print("[bold]2. Anthropic outage (every Anthropic deployment answers 503)[/]")
+    anthropic.set_plan(FaultPlan.error(503, message="Overloaded"))
+    for agent in AGENTS[:5]:
+        await ask(*agent)
+    anthropic.set_plan(FaultPlan())
+    out.print("[bold]3. Anthropic is back[/]")
+    await asyncio.gather(*(ask(*agent) for agent in AGENTS[5:]))
+
+
+def run_demo(config_path: str | None = None, workdir: str = ".cache/demo",
+             console: Console | None = None) -> str:
+    """Run the demo on a fresh ledger under `workdir`; returns that ledger's URL."""
+    from llmgw.cli import usage  # the same report code `llmgw usage report` runs
+    from llmgw.gateway import LLMGateway
+
+    out = console or Console(soft_wrap=True)
+    base = load_config(config_path)
+    folder = Path(workdir)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    ledger_url = f"sqlite:///{(folder / 'ledger.db').resolve()}"
+    upgrade(ledger_url)
+    out.print(f"Ledger: {ledger_url} (migrated)")
+    with OpenAISim(api_key=DEMO_OPENAI_KEY) as openai, \
+            AnthropicSim(api_key=DEMO_ANTHROPIC_KEY) as anthropic:
+        cfg = simulated_config(base, openai.base_url, anthropic.base_url)
+        out.print(f"Simulators: OpenAI {openai.base_url}, Anthropic {anthropic.base_url} "
+                  "(every Anthropic and OpenAI-protocol deployment, co-local-qwen included)")
+        gw = LLMGateway(cfg, ledger_url=ledger_url)
+        try:
+            asyncio.run(_workload(gw, anthropic, out))
+        finally:
+            gw.close()
+    for by in ("agent", "model"):
+        out.print()
+        usage.report(by=by, project=None, agent=None, since=None, until=None, output="table",
+                     ledger_url=ledger_url)
+    return ledger_url

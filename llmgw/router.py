@@ -1,0 +1,313 @@
+"""LiteLLM's Router, built from our config, and the one table that maps its errors to ours.
+
+LiteLLM does retries, fallbacks, cooldowns and routing. We add three things around it:
+- `AttemptRecorder`: a CustomLogger that collects each failed attempt into its request's
+  trace. LiteLLM awaits failure callbacks inline (before it retries, falls back or raises),
+  so the trace is complete when `Router.acompletion` returns or raises.
+- `_no_failover_after_auth_failure`: the Router's `fallback_access_check`, which refuses any
+  fallback once the request has seen a 401/403, so bad credentials surface, never hide.
+- `map_exception`: LiteLLM exception -> `llmgw.errors`, in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from llmgw._litellm import import_litellm
+from llmgw.config import Config
+from llmgw.errors import (
+    AllDeploymentsFailed,
+    AuthenticationFailed,
+    ContextWindowExceeded,
+    ProviderError,
+    ProviderRejected,
+    ProviderUnavailable,
+    RateLimited,
+)
+from llmgw.redact import Redactor
+from llmgw.types import Attempt
+
+litellm = import_litellm()
+from litellm.integrations.custom_logger import CustomLogger  # noqa: E402
+from litellm.types.router import RouterRateLimitError  # noqa: E402
+
+log = logging.getLogger("llmgw.router")
+
+REQUEST_ID_KEY = "llmgw_request_id"
+
+# -- the error table ------------------------------------------------------------------------
+# Most specific first. Status codes win over classes for auth, because LiteLLM maps some
+# providers' 401 bodies to BadRequestError.
+_BY_CLASS: tuple[tuple[type[BaseException], type[ProviderError]], ...] = (
+    (litellm.ContextWindowExceededError, ContextWindowExceeded),
+    (litellm.AuthenticationError, AuthenticationFailed),
+    (litellm.PermissionDeniedError, AuthenticationFailed),
+    (litellm.RateLimitError, RateLimited),
+    (RouterRateLimitError, ProviderUnavailable),
+    (litellm.Timeout, ProviderUnavailable),
+    (litellm.APIConnectionError, ProviderUnavailable),
+    (litellm.ServiceUnavailableError, ProviderUnavailable),
+    (litellm.BadGatewayError, ProviderUnavailable),
+    (litellm.InternalServerError, ProviderUnavailable),
+    (litellm.ContentPolicyViolationError, ProviderRejected),
+    (litellm.NotFoundError, ProviderRejected),
+    (litellm.UnprocessableEntityError, ProviderRejected),
+    (litellm.BadRequestError, ProviderRejected),
+)
+_BY_STATUS: Mapping[int, type[ProviderError]] = {
+    401: AuthenticationFailed, 403: AuthenticationFailed, 429: RateLimited,
+    400: ProviderRejected, 404: ProviderRejected, 422: ProviderRejected,
+}
+_HINTS: Mapping[type[ProviderError], str] = {
+    AuthenticationFailed: "Check the API key of deployment {deployment} (model_list.yaml"
+                          "{env}); llmgw does not fail over on bad credentials.",
+    ProviderUnavailable: "The provider is down or unreachable; add or check the fallbacks of "
+                         "group {group} in router_settings.fallbacks, or retry later.",
+    ContextWindowExceeded: "Shorten the conversation or route to a group with a larger context "
+                           "window (router_settings.context_window_fallbacks).",
+    ProviderRejected: "The provider refused the request as sent; check the parameters and the "
+                      "model name of deployment {deployment}.",
+    AllDeploymentsFailed: "Every deployment in the fallback chain failed; see .attempts, check "
+                          "`llmgw health`, or retry later.",
+}
+
+
+def classify(exc: BaseException) -> type[ProviderError]:
+    """Our error class for one LiteLLM exception."""
+    if isinstance(exc, litellm.ContextWindowExceededError):
+        return ContextWindowExceeded
+    status = status_code_of(exc)
+    if status in (401, 403):
+        return AuthenticationFailed
+    for cls, ours in _BY_CLASS:
+        if isinstance(exc, cls):
+            return ours
+    return _BY_STATUS.get(status or 0, ProviderUnavailable)
+
+
+def status_code_of(exc: BaseException) -> int | None:
+    code = getattr(exc, "status_code", None)
+    try:
+        return int(code) if code is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def retry_after_of(exc: BaseException) -> float | None:
+    """Seconds from the provider's Retry-After (or -ms) header, if it sent one."""
+    for source in (getattr(exc, "litellm_response_headers", None),
+                   getattr(getattr(exc, "response", None), "headers", None)):
+        if not source:
+            continue
+        try:
+            ms = source.get("retry-after-ms")
+            if ms is not None:
+                return float(ms) / 1000
+            value = source.get("retry-after")
+        except Exception:
+            continue
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            try:
+                when = parsedate_to_datetime(value)
+                return max(0.0, (when - datetime.now(when.tzinfo)).total_seconds())
+            except (TypeError, ValueError):
+                continue
+    if isinstance(exc, RouterRateLimitError):
+        return float(exc.cooldown_time)
+    return None
+
+
+_PREFIX = re.compile(r"^(litellm\.\w+:\s*)?(\w+Error:\s*)?(\w+Exception\s*-\s*)?")
+
+
+def provider_message(exc: BaseException, redactor: Redactor, limit: int = 500) -> str:
+    """The provider's own words, without LiteLLM's prefixes and debug appendix, scrubbed."""
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    text = str(text).split("\nLiteLLM:", 1)[0].split("Received Model Group=", 1)[0]
+    text = _PREFIX.sub("", text.strip(), count=1).strip() or type(exc).__name__
+    return (redactor.scrub(text) or "")[:limit]
+
+
+# -- per-request traces ---------------------------------------------------------------------
+
+@dataclass
+class RequestTrace:
+    """The failed attempts of one request, in the order LiteLLM made them."""
+
+    request_id: str
+    failures: list[Attempt] = field(default_factory=list)
+
+    @property
+    def auth_failed(self) -> bool:
+        return any(a.error_class == AuthenticationFailed.__name__ for a in self.failures)
+
+
+class AttemptRecorder(CustomLogger):  # type: ignore[misc]
+    """Collects failed attempts per request id; the gateway writes them to the ledger."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.traces: dict[str, RequestTrace] = {}
+        self.config: Config | None = None
+        self.redactor = Redactor()
+
+    def open(self, request_id: str) -> RequestTrace:
+        trace = self.traces[request_id] = RequestTrace(request_id)
+        return trace
+
+    def close(self, request_id: str) -> RequestTrace:
+        return self.traces.pop(request_id, None) or RequestTrace(request_id)
+
+    async def async_log_failure_event(self, kwargs: dict[str, Any], response_obj: Any,
+                                      start_time: datetime, end_time: datetime) -> None:
+        try:
+            self._record_failure(kwargs, start_time, end_time)
+        except Exception:  # a logging hook must never break the request
+            log.exception("could not record a failed attempt")
+
+    def _record_failure(self, kwargs: dict[str, Any], start: datetime, end: datetime) -> None:
+        metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
+        trace = self.traces.get(metadata.get(REQUEST_ID_KEY, ""))
+        if trace is None:
+            return
+        exc = kwargs.get("exception") or Exception("unknown error")
+        slo = kwargs.get("standard_logging_object") or {}
+        deployment_id = kwargs.get("model_id") or slo.get("model_id")
+        dep = self.config.deployment(deployment_id) if self.config and deployment_id else None
+        trace.failures.append(Attempt(
+            attempt=len(trace.failures) + 1,
+            model_group=slo.get("model_group") or metadata.get("model_group") or "",
+            deployment=deployment_id,
+            provider=kwargs.get("custom_llm_provider") or (dep.provider if dep else None),
+            model=dep.litellm_params.model if dep else kwargs.get("model"),
+            status="error",
+            error_class=classify(exc).__name__,
+            error_message=provider_message(exc, self.redactor),
+            status_code=status_code_of(exc),
+            latency_ms=round((end - start).total_seconds() * 1000, 3),
+        ))
+
+
+RECORDER: AttemptRecorder | None = None
+
+
+def recorder() -> AttemptRecorder:
+    """The process-wide recorder, registered once with LiteLLM (appended, never assigned)."""
+    global RECORDER
+    if RECORDER is None:
+        RECORDER = AttemptRecorder()
+    if RECORDER not in litellm.callbacks:
+        litellm.callbacks.append(RECORDER)
+    return RECORDER
+
+
+async def _no_failover_after_auth_failure(*, model: str, request_kwargs: Mapping[str, object],
+                                          llm_router: Any) -> bool:
+    for key in ("metadata", "litellm_metadata"):
+        md = request_kwargs.get(key)
+        if isinstance(md, Mapping) and REQUEST_ID_KEY in md:
+            trace = recorder().traces.get(str(md[REQUEST_ID_KEY]))
+            return not (trace and trace.auth_failed)
+    return True
+
+
+# -- the router -----------------------------------------------------------------------------
+
+# Callbacks a previous llmgw Router added to LiteLLM's globals. LiteLLM de-duplicates its
+# routing handlers by class name, so a second Router's latency tracker would never register
+# unless the first one's are taken out.
+_previous_router_callbacks: list[object] = []
+_CALLBACK_LISTS = ("callbacks", "success_callback", "failure_callback", "_async_success_callback",
+                   "_async_failure_callback", "input_callback", "service_callback")
+
+# Retries that would be a silent failover or a pointless repeat; not overridable.
+_FORCED_RETRY_POLICY = {"AuthenticationErrorRetries": 0, "BadRequestErrorRetries": 0}
+
+
+def _snapshot() -> list[object]:
+    return [cb for name in _CALLBACK_LISTS for cb in getattr(litellm, name, [])]
+
+
+def _release_previous_router() -> None:
+    stale = {id(cb) for cb in _previous_router_callbacks}
+    for name in _CALLBACK_LISTS:
+        current = getattr(litellm, name, None)
+        if isinstance(current, list):
+            current[:] = [cb for cb in current if id(cb) not in stale]
+    _previous_router_callbacks.clear()
+
+
+def _quiet_litellm_logs() -> None:
+    level = os.environ.get("LLMGW_LITELLM_LOG_LEVEL", "CRITICAL").upper()
+    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+        logging.getLogger(name).setLevel(level)
+    if hasattr(litellm, "expose_router_debug_in_errors"):
+        litellm.expose_router_debug_in_errors = False
+
+
+def build_router(config: Config, redactor: Redactor) -> Any:
+    """A `litellm.Router` for the config; the one Router this process routes with."""
+    _quiet_litellm_logs()
+    settings = config.router_settings.model_dump(exclude_none=True)
+    policy = dict(settings.pop("retry_policy", None) or {})
+    policy.update(_FORCED_RETRY_POLICY)
+    if settings.pop("cache_responses", False):
+        log.warning("router_settings.cache_responses is ignored: llmgw caches answers itself")
+    settings.setdefault("timeout", config.llmgw.request_timeout_s)
+
+    _release_previous_router()
+    before = {id(cb) for cb in _snapshot()}
+    router = litellm.Router(
+        model_list=[d.to_litellm() for d in config.model_list],
+        retry_policy=policy,
+        fallback_access_check=_no_failover_after_auth_failure,
+        **settings,
+    )
+    _previous_router_callbacks.extend(cb for cb in _snapshot() if id(cb) not in before)
+    rec = recorder()
+    rec.config = config
+    rec.redactor.add(redactor._secrets)
+    return router
+
+
+def map_exception(exc: BaseException, *, trace: RequestTrace, model_group: str,
+                  redactor: Redactor, config: Config) -> ProviderError:
+    """The typed error for a failed request, carrying every attempt it made."""
+    attempts = trace.failures
+    cls = AuthenticationFailed if trace.auth_failed else classify(exc)
+    deployments = {a.deployment for a in attempts if a.deployment}
+    if cls is not AuthenticationFailed and len(deployments) > 1:
+        cls = AllDeploymentsFailed
+    last = attempts[-1] if attempts else None
+    deployment = last.deployment if last else None
+    dep = config.deployment(deployment) if deployment else None
+    env = dep.api_key_env() if dep else None
+    detail = provider_message(exc, redactor)
+    if cls is AllDeploymentsFailed:
+        hops = "; ".join(f"{a.deployment} -> {a.error_class}" for a in attempts)
+        message = f"All {len(attempts)} attempts for group {model_group!r} failed ({hops})."
+    else:
+        where = f" from {deployment}" if deployment else ""
+        message = f"{cls.__name__}{where} (group {model_group!r}): {detail}"
+    hint = _HINTS.get(cls, "").format(deployment=deployment or "?", group=model_group,
+                                       env=f", env {env}" if env else "")
+    kw: dict[str, Any] = dict(model_group=model_group, deployment=deployment,
+                              provider=last.provider if last else None,
+                              status_code=status_code_of(exc), request_id=trace.request_id,
+                              attempts=attempts)
+    if hint:
+        kw["hint"] = hint
+    if cls is RateLimited:
+        return RateLimited(message, retry_after=retry_after_of(exc), **kw)
+    return cls(message, **kw)

@@ -1,0 +1,110 @@
+"""Pydantic models at llmgw's public boundary: what goes in and what comes out."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
+
+Role = Literal["system", "user", "assistant", "tool", "function", "developer"]
+AttemptStatus = Literal["ok", "error", "cached", "refused", "partial"]
+
+
+class Message(BaseModel):
+    """One chat message in the OpenAI shape; extra provider fields pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Role
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class CompletionRequest(BaseModel):
+    """A validated `complete()` call; built before any I/O so bad input writes nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent_id: str = Field(min_length=1, max_length=200)
+    project_id: str = Field(min_length=1, max_length=200)
+    messages: list[Message] = Field(min_length=1)
+    agent_type: str | None = Field(default=None, min_length=1, max_length=200)
+    model_group: str | None = Field(default=None, min_length=1, max_length=200)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("agent_id", "project_id")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be blank")
+        return v
+
+    @field_validator("messages")
+    @classmethod
+    def _messages_have_content(cls, v: list[Message]) -> list[Message]:
+        for i, m in enumerate(v):
+            if m.role in ("user", "system", "developer") and (m.content is None or m.content == ""):
+                raise ValueError(f"messages[{i}] ({m.role}) has no content")
+            if m.role == "tool" and not m.tool_call_id:
+                raise ValueError(f"messages[{i}] (tool) needs tool_call_id")
+        return v
+
+
+class Usage(BaseModel):
+    """Token counts as the serving provider reported them."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class Attempt(BaseModel):
+    """One try at one deployment: a retry, a fallback hop or the answer itself."""
+
+    attempt: int
+    model_group: str
+    deployment: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    status: AttemptStatus
+    error_class: str | None = None
+    error_message: str | None = None
+    status_code: int | None = None
+    latency_ms: float | None = None
+    usage: Usage = Field(default_factory=Usage)
+    cost_micros: int = 0
+
+
+class Completion(BaseModel):
+    """The answer to `LLMGateway.complete`, with what it cost and where it came from."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    request_id: str
+    content: str | None
+    tool_calls: list[dict[str, Any]] = Field(default_factory=list)
+    finish_reason: str | None = None
+    usage: Usage
+    cost_micros: int
+    model_group: str
+    requested_group: str
+    deployment: str | None
+    provider: str | None
+    model: str | None
+    latency_ms: float
+    cached: bool = False
+    attempts: list[Attempt] = Field(default_factory=list)
+    raw: Any = Field(default=None, exclude=True, repr=False)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def cost_usd(self) -> float:
+        """The cost in dollars, for display; `cost_micros` is the exact figure."""
+        return self.cost_micros / 1_000_000

@@ -1,0 +1,183 @@
+"""Alembic owns the schema: it must build exactly the model, undo it, and be checked at start."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, insert
+from sqlalchemy.exc import IntegrityError
+
+from llmgw.errors import LedgerError
+from llmgw.ledger.engine import make_engine, parse_url, safe_url
+from llmgw.ledger.migrate import current, downgrade, ensure_current, head, migrations_dir, upgrade
+from llmgw.ledger.models import Base, UsageEvent
+
+INDEXES = {
+    "ix_usage_events_project_ts": ["project_id", "ts"],
+    "ix_usage_events_agent_ts": ["agent_id", "ts"],
+    "ix_usage_events_ts": ["ts"],
+}
+
+
+def _schema(url: str) -> dict[str, object]:
+    engine = make_engine(url)
+    try:
+        insp = inspect(engine)
+        if not insp.has_table("usage_events"):
+            return {"tables": set(insp.get_table_names())}
+        return {
+            "tables": set(insp.get_table_names()),
+            "columns": {c["name"]: c["nullable"] for c in insp.get_columns("usage_events")},
+            # PostgreSQL also lists the unique constraint's own index: not a separate index.
+            "indexes": {i["name"]: i["column_names"] for i in insp.get_indexes("usage_events")
+                        if not i.get("duplicates_constraint")},
+            "uniques": {u["name"]: u["column_names"]
+                        for u in insp.get_unique_constraints("usage_events")},
+            "checks": {c["name"] for c in insp.get_check_constraints("usage_events")},
+            "pk": insp.get_pk_constraint("usage_events")["constrained_columns"],
+        }
+    finally:
+        engine.dispose()
+
+
+def _model_diff(url: str) -> list[object]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    finally:
+        engine.dispose()
+
+
+def test_head_is_0001_and_folder_found() -> None:
+    assert head() == "0001"
+    assert (migrations_dir() / "versions" / "0001_usage_events.py").is_file()
+
+
+def test_upgrade_downgrade_upgrade(ledger_url: str) -> None:
+    assert current(ledger_url) is None
+    upgrade(ledger_url)
+    assert current(ledger_url) == "0001"
+    schema = _schema(ledger_url)
+    assert {"usage_events", "alembic_version"} <= schema["tables"]  # type: ignore[operator]
+    model_columns = {c.name: c.nullable for c in UsageEvent.__table__.columns}
+    assert schema["columns"] == model_columns
+    assert schema["indexes"] == INDEXES
+    assert schema["uniques"] == {"uq_usage_events_request_attempt": ["request_id", "attempt"]}
+    assert schema["checks"] == {"ck_usage_events_status", "ck_usage_events_cost_nonneg"}
+    assert schema["pk"] == ["id"]
+    # Alembic's own comparison: the migrated schema is the model (types, indexes, uniques).
+    assert _model_diff(ledger_url) == []
+
+    downgrade(ledger_url, "base")
+    assert current(ledger_url) is None
+    assert "usage_events" not in _schema(ledger_url)["tables"]  # type: ignore[operator]
+
+    upgrade(ledger_url)
+    assert current(ledger_url) == "0001"
+    assert _schema(ledger_url)["indexes"] == INDEXES
+
+
+def test_constraints_are_enforced(ledger_engine) -> None:  # type: ignore[no-untyped-def]
+    row = dict(request_id="r", attempt=1, ts=datetime(2026, 11, 1), agent_id="a",
+               project_id="p", model_group="g", status="ok", prompt_tokens=0,
+               completion_tokens=0, cached_tokens=0, cost_micros=0, saved_micros=0, stream=False)
+    table = UsageEvent.__table__
+    with ledger_engine.begin() as conn:
+        conn.execute(insert(table), [row])
+        ids = conn.execute(table.select()).all()
+    assert len(ids) == 1 and ids[0].id >= 1  # autoincrement works on both backends
+    for bad in ({"attempt": 1}, {"attempt": 2, "status": "bogus"},
+                {"attempt": 3, "cost_micros": -1}):
+        with pytest.raises(IntegrityError), ledger_engine.begin() as conn:
+            conn.execute(insert(table), [{**row, **bad}])
+
+
+def test_ensure_current(ledger_url: str) -> None:
+    with pytest.raises(LedgerError) as info:
+        ensure_current(ledger_url)
+    assert "llmgw db upgrade" in str(info.value)
+    upgrade(ledger_url)
+    ensure_current(ledger_url)
+    downgrade(ledger_url, "base")
+    with pytest.raises(LedgerError, match="no schema"):
+        ensure_current(ledger_url)
+
+
+def test_ensure_current_on_a_missing_sqlite_file_creates_nothing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/nope/ledger.db"
+    with pytest.raises(LedgerError, match="No ledger database"):
+        ensure_current(url)
+    assert current(url) is None
+    assert not (tmp_path / "nope" / "ledger.db").exists()
+
+
+def test_unknown_revision_in_the_database(migrated_ledger_url: str) -> None:
+    engine = make_engine(migrated_ledger_url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+    finally:
+        engine.dispose()
+    with pytest.raises(LedgerError, match="newer llmgw"):
+        ensure_current(migrated_ledger_url)
+
+
+def test_unreachable_postgres_hides_password(tmp_path: Path) -> None:
+    url = f"postgresql://alice:s3cret-pw@/ledger?host={tmp_path}"
+    with pytest.raises(LedgerError) as info:
+        ensure_current(url)
+    text = str(info.value)
+    assert "Cannot connect" in text and "s3cret-pw" not in text and "***" in text
+
+
+# --- engine -------------------------------------------------------------------------------
+
+
+def test_sqlite_engine_pragmas_and_parent_dir(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path}/a/b/ledger.db")
+    try:
+        with engine.connect() as conn:
+            pragma = lambda name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()  # noqa: E731
+            assert pragma("journal_mode") == "wal"
+            assert pragma("synchronous") == 1  # NORMAL
+            assert pragma("busy_timeout") == 30_000
+            assert pragma("foreign_keys") == 1
+    finally:
+        engine.dispose()
+    assert (tmp_path / "a" / "b" / "ledger.db").exists()
+
+
+def test_in_memory_sqlite_works() -> None:
+    engine = make_engine("sqlite://")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:p@h/db", "postgres://u:p@h/db",
+                                 "postgresql+psycopg://u:p@h/db"])
+def test_postgres_urls_get_psycopg(url: str) -> None:
+    assert parse_url(url).drivername == "postgresql+psycopg"
+    assert safe_url(url) == "postgresql+psycopg://u:***@h/db"
+
+
+def test_postgres_engine_pool(postgres_url: str) -> None:
+    engine = make_engine(postgres_url, pool_size=3)
+    try:
+        assert engine.pool.size() == 3  # type: ignore[attr-defined]
+        assert engine.pool._pre_ping  # type: ignore[attr-defined]
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT 1").scalar() == 1
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("url", ["mysql://u:p@h/db", "not a url :// at all"])
+def test_bad_urls_are_ledger_errors_without_the_text(url: str) -> None:
+    with pytest.raises(LedgerError) as info:
+        make_engine(url)
+    assert "p@h" not in str(info.value)

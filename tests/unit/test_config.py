@@ -1,0 +1,115 @@
+"""model_list.yaml loading: the shipped file is valid; bad files fail at load naming the key."""
+
+from __future__ import annotations
+
+import copy
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmgw.config import config_from_dict, load_config
+from llmgw.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+GOOD: dict = {
+    "model_list": [
+        {"model_name": "primary", "litellm_params": {"model": "openai/a", "api_key": "sk-abcdef123"},
+         "model_info": {"id": "p1", "input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002}},
+        {"model_name": "backup", "litellm_params": {"model": "anthropic/b", "input_cost_per_token": 0,
+                                                    "output_cost_per_token": 0}},
+    ],
+    "router_settings": {"num_retries": 0, "fallbacks": [{"primary": ["backup"]}]},
+    "llmgw": {"default_group": "primary", "agent_types": {"qa": "backup"}},
+}
+
+
+def bad(mutate) -> dict:
+    data = copy.deepcopy(GOOD)
+    mutate(data)
+    return data
+
+
+def test_shipped_model_list_is_valid_and_complete():
+    cfg = load_config(REPO / "model_list.yaml")
+    assert set(cfg.groups()) == {"high-reasoning", "fast-response", "cost-optimized"}
+    assert set(cfg.llmgw.agent_types) == {"product-owner", "software-architect", "software-engineer",
+                                          "qa-engineer", "devops-engineer", "project-manager"}
+    assert cfg.fallback_chain("high-reasoning") == ["high-reasoning", "fast-response", "cost-optimized"]
+    providers = {d.provider for d in cfg.model_list}
+    assert {"anthropic", "openai"} <= providers
+    assert all(d.input_price >= 0 and d.output_price >= 0 for d in cfg.model_list)
+
+
+def test_ids_generated_when_missing_and_prices_exact():
+    cfg = config_from_dict(GOOD)
+    assert [d.id for d in cfg.model_list] == ["p1", "backup:anthropic/b"]
+    assert cfg.model_list[0].input_price == Decimal("0.000001")
+    litellm_form = cfg.model_list[1].to_litellm()
+    assert litellm_form["model_info"] == {"id": "backup:anthropic/b", "input_cost_per_token": 0.0,
+                                          "output_cost_per_token": 0.0}
+    assert "input_cost_per_token" not in litellm_form["litellm_params"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key", "words"),
+    [
+        (lambda d: d["model_list"][0]["litellm_params"].pop("model"),
+         "model_list[0].litellm_params.model", "Field required"),
+        (lambda d: d["model_list"][0]["model_info"].pop("output_cost_per_token"),
+         "model_list[0].model_info.output_cost_per_token", "0 for local models"),
+        (lambda d: d["model_list"][0]["model_info"].update(input_cost_per_token=-1),
+         "model_list[0].model_info.input_cost_per_token", "greater than or equal to 0"),
+        (lambda d: d["model_list"][1].setdefault("model_info", {}).update(id="p1"),
+         "model_list[1].model_info.id", "repeats"),
+        (lambda d: d["llmgw"].update(default_group="nope"), "llmgw.default_group", "not a model group"),
+        (lambda d: d["llmgw"]["agent_types"].update(dev="ghost"), "llmgw.agent_types.dev",
+         "not a model group"),
+        (lambda d: d["router_settings"]["fallbacks"].append({"primary": ["ghost"]}),
+         "router_settings.fallbacks", "'ghost' is not a model group"),
+        (lambda d: d["llmgw"].update(defualt_grop="x"), "llmgw.defualt_grop", "Extra inputs"),
+        (lambda d: d.update(model_list=[]), "model_list", "at least 1"),
+        (lambda d: d.pop("llmgw"), "llmgw", "Field required"),
+        (lambda d: d["router_settings"].update(num_retries="many"), "router_settings.num_retries",
+         "valid integer"),
+    ],
+)
+def test_malformed_config_names_the_bad_key(mutate, key, words):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(bad(mutate), source="model_list.yaml")
+    err = info.value
+    assert err.key == key
+    assert key in str(err) and words in str(err)
+    assert str(err).startswith("model_list.yaml:")
+
+
+def test_yaml_syntax_error_and_missing_file(tmp_path):
+    p = tmp_path / "model_list.yaml"
+    p.write_text("model_list: [\n  - {model_name: x\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="No configuration file"):
+        load_config(tmp_path / "missing.yaml")
+    p.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(p)
+
+
+def test_env_overrides(tmp_path, monkeypatch):
+    p = tmp_path / "custom.yaml"
+    p.write_text(yaml.safe_dump(GOOD))
+    monkeypatch.setenv("LLMGW_CONFIG", str(p))
+    monkeypatch.setenv("LLMGW_LEDGER_URL", "sqlite:////tmp/elsewhere.db")
+    cfg = load_config()
+    assert cfg.source == str(p)
+    assert cfg.llmgw.ledger.url == "sqlite:////tmp/elsewhere.db"
+
+
+def test_secret_values_resolve_env_references(monkeypatch):
+    monkeypatch.setenv("MY_KEY", "sk-from-env-987654")
+    data = bad(lambda d: d["model_list"][1]["litellm_params"].update(api_key="os.environ/MY_KEY"))
+    cfg = config_from_dict(data)
+    assert set(cfg.secret_values()) == {"sk-abcdef123", "sk-from-env-987654"}
+    assert cfg.model_list[1].api_key_env() == "MY_KEY"
