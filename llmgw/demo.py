@@ -45,10 +45,13 @@ def simulated_config(cfg: Config, openai_url: str, anthropic_url: str) -> Config
 
 
 async def _workload(gw: Any, anthropic: AnthropicSim, out: Console) -> None:
+    phase = "normal"
+
     async def ask(agent_id: str, agent_type: str, project: str, prompt: str) -> None:
         try:
             c = await gw.complete(agent_id, project, [{"role": "user", "content": prompt}],
-                                  agent_type=agent_type, max_tokens=256)
+                                  agent_type=agent_type, max_tokens=256,
+                                  metadata={"demo_phase": phase})
         except LLMGatewayError as exc:
             out.print(f"  [red]{agent_id:7}[/] {type(exc).__name__}: {exc.message}")
             return
@@ -62,10 +65,12 @@ async def _workload(gw: Any, anthropic: AnthropicSim, out: Console) -> None:
     for agent in AGENTS:
         await ask(*agent)
     out.print("[bold]2. Anthropic outage (every Anthropic deployment answers 503)[/]")
+    phase = "outage"
     anthropic.set_plan(FaultPlan.error(503, message="Overloaded"))
     for agent in AGENTS[:5]:
         await ask(*agent)
     anthropic.set_plan(FaultPlan())
+    phase = "recovered"
     out.print("[bold]3. Anthropic is back[/]")
     await asyncio.gather(*(ask(*agent) for agent in AGENTS[5:]))
 
@@ -84,7 +89,8 @@ def run_demo(config_path: str | None = None, workdir: str = ".cache/demo",
     ledger_url = f"sqlite:///{(folder / 'ledger.db').resolve()}"
     upgrade(ledger_url)
     out.print(f"Ledger: {ledger_url} (migrated)")
-    with OpenAISim(api_key=DEMO_OPENAI_KEY) as openai, \
+    # Anthropic answers faster, so latency-based routing prefers it until the outage.
+    with OpenAISim(api_key=DEMO_OPENAI_KEY, plan=FaultPlan.latency(0.02)) as openai, \
             AnthropicSim(api_key=DEMO_ANTHROPIC_KEY) as anthropic:
         cfg = simulated_config(base, openai.base_url, anthropic.base_url)
         out.print(f"Simulators: OpenAI {openai.base_url}, Anthropic {anthropic.base_url} "

@@ -86,8 +86,12 @@ class LLMGateway:
             error = self._failed(exc, trace, route)
             await self._write(ctx, trace.failures, request.metadata, route)
             raise error from None
-        except BaseException:  # cancelled: the attempts made so far are still spend facts
+        except BaseException:  # cancelled mid-call: the provider may still bill the attempt
             trace = self._recorder.close(request_id)
+            trace.failures.append(Attempt(
+                attempt=len(trace.failures) + 1, model_group=route.model_group, status="error",
+                error_class="Cancelled", error_message="the caller cancelled the request",
+                latency_ms=round((time.perf_counter() - started) * 1000, 3)))
             await asyncio.shield(self._write(ctx, trace.failures, request.metadata, route))
             raise
         trace = self._recorder.close(request_id)

@@ -1,0 +1,54 @@
+"""`llmgw demo` runs the scripted workload with a visible fallback; `llmgw models` lists groups."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from sqlalchemy import create_engine, text
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_demo_shows_fallbacks_and_reports_match_the_ledger(tmp_path, capsys):
+    from llmgw.demo import AGENTS, run_demo
+
+    url = run_demo(config_path=str(REPO / "model_list.yaml"), workdir=str(tmp_path / "demo"),
+                   console=Console(file=open(tmp_path / "log.txt", "w"), width=200))
+    printed = capsys.readouterr().out
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        requests, errors, cost = conn.execute(text(
+            "SELECT COUNT(DISTINCT request_id), SUM(status = 'error'), SUM(cost_micros) "
+            "FROM usage_events")).one()
+        agents = {r[0] for r in conn.execute(text("SELECT DISTINCT agent_id FROM usage_events"))}
+        outage = conn.execute(text(
+            "SELECT status, provider, error_class, metadata FROM usage_events")).all()
+    engine.dispose()
+    outage = [r for r in outage if json.loads(r.metadata)["demo_phase"] == "outage"]
+    assert requests == len(AGENTS) + 5 + 3  # three phases of the script
+    assert errors >= 1
+    served = [r for r in outage if r.status == "ok"]
+    assert len(served) == 5 and all(r.provider != "anthropic" for r in served)
+    failed = [r for r in outage if r.status == "error"]
+    assert failed and all((r.provider, r.error_class) == ("anthropic", "ProviderUnavailable")
+                          for r in failed)
+    assert agents == {a[0] for a in AGENTS}
+    assert "Usage by agent" in printed and "Usage by model" in printed
+    total_line = [ln for ln in printed.splitlines() if ln.strip().startswith("TOTAL")][0]
+    assert f"{cost / 1e6:.6f}" in total_line
+
+
+def test_models_lists_groups_prices_and_fallbacks():
+    out = subprocess.run([sys.executable, "-m", "llmgw.cli", "models", "--format", "json",
+                          "--config", str(REPO / "model_list.yaml")],
+                         capture_output=True, text=True, check=True, cwd=REPO).stdout
+    rows = json.loads(out)
+    by_id = {r["deployment"]: r for r in rows}
+    assert by_id["hr-anthropic-sonnet"]["input_usd_per_mtok"] == "3.00"
+    assert by_id["hr-anthropic-sonnet"]["fallbacks"] == ["fast-response", "cost-optimized"]
+    assert by_id["co-local-qwen"]["output_usd_per_mtok"] == "0.00"
+    assert "qa-engineer" in by_id["fr-anthropic-haiku"]["agent_types"]
