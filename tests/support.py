@@ -19,6 +19,7 @@ PRICES = {  # deployment id -> (input, output) dollars per token
     "backup-openai": (Decimal("0.000001"), Decimal("0.000002")),
     "solo-openai": (Decimal("0.0000004"), Decimal("0.0000016")),
     "auth-anthropic": (Decimal("0.000003"), Decimal("0.000015")),
+    "auth-openai": (Decimal("0.000001"), Decimal("0.000002")),
 }
 
 
@@ -33,7 +34,7 @@ def _deployment(group: str, dep_id: str, model: str, api_base: str, key: str) ->
 def sim_config_dict(openai_url: str, anthropic_url: str, ledger_url: str,
                     **router_settings: Any) -> dict[str, Any]:
     """Groups: primary (Anthropic) -> backup (OpenAI); solo (OpenAI, no fallback);
-    authg (Anthropic with a wrong key) -> backup."""
+    authg (Anthropic, wrong key) -> backup; autho (OpenAI, wrong key) -> primary."""
     return {
         "model_list": [
             _deployment("primary", "primary-anthropic", "anthropic/claude-sim", anthropic_url,
@@ -41,9 +42,11 @@ def sim_config_dict(openai_url: str, anthropic_url: str, ledger_url: str,
             _deployment("backup", "backup-openai", "openai/gpt-sim", openai_url + "/v1", OPENAI_KEY),
             _deployment("solo", "solo-openai", "openai/solo-sim", openai_url + "/v1", OPENAI_KEY),
             _deployment("authg", "auth-anthropic", "anthropic/claude-auth", anthropic_url, WRONG_KEY),
+            _deployment("autho", "auth-openai", "openai/gpt-auth", openai_url + "/v1", WRONG_KEY),
         ],
         "router_settings": {"num_retries": 0,
-                            "fallbacks": [{"primary": ["backup"]}, {"authg": ["backup"]}],
+                            "fallbacks": [{"primary": ["backup"]}, {"authg": ["backup"]},
+                                          {"autho": ["primary"]}],
                             **router_settings},
         "llmgw": {"default_group": "backup",
                   "agent_types": {"software-architect": "primary", "qa-engineer": "backup"},

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
 
-from llmgw.sim.faults import FaultPlan
-from llmgw.sim.server import Reply, SimServer, collect_text, split_words, sse
+from llmgw.sim.server import Reply, SimServer, bearer_token, collect_text, split_words, sse
 
 # (type, default message) per status, as Anthropic sends them.
 _ERRORS: dict[int, tuple[str, str]] = {
@@ -40,17 +38,7 @@ class AnthropicSim(SimServer):
 
     provider = "anthropic"
 
-    def __init__(
-        self,
-        plan: FaultPlan | None = None,
-        *,
-        api_key: str | None = None,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        models: Sequence[str] = ("claude-sim", "claude-sim-haiku"),
-    ) -> None:
-        super().__init__(plan, api_key=api_key, host=host, port=port)
-        self.models = list(models)
+    default_models = ("claude-sim", "claude-sim-haiku")
 
     def _add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/messages", self.handle_generation)
@@ -72,12 +60,7 @@ class AnthropicSim(SimServer):
 
     def sent_key(self, request: web.Request) -> str | None:
         # LiteLLM sends x-api-key; the Anthropic SDK (2.x) sends Authorization: Bearer.
-        if key := request.headers.get("x-api-key"):
-            return key
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer":
-            return None
-        return token.strip() or None
+        return request.headers.get("x-api-key") or bearer_token(request)
 
     def auth_error(self, sent: str | None) -> tuple[int, dict[str, Any]]:
         if sent is None:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
 
-from llmgw.sim.faults import FaultPlan
-from llmgw.sim.server import Reply, SimServer, split_words, sse
+from llmgw.sim.server import Reply, SimServer, bearer_token, split_words, sse
 
 _FINGERPRINT = "fp_llmgw_sim"
 
@@ -42,17 +40,7 @@ class OpenAISim(SimServer):
 
     provider = "openai"
 
-    def __init__(
-        self,
-        plan: FaultPlan | None = None,
-        *,
-        api_key: str | None = None,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        models: Sequence[str] = ("sim-gpt", "sim-gpt-mini"),
-    ) -> None:
-        super().__init__(plan, api_key=api_key, host=host, port=port)
-        self.models = list(models)
+    default_models = ("sim-gpt", "sim-gpt-mini")
 
     def _add_routes(self, app: web.Application) -> None:
         for prefix in ("/v1", ""):
@@ -72,10 +60,7 @@ class OpenAISim(SimServer):
     # -- auth and errors -------------------------------------------------------------
 
     def sent_key(self, request: web.Request) -> str | None:
-        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer":
-            return None
-        return key.strip() or None
+        return bearer_token(request)
 
     def auth_error(self, sent: str | None) -> tuple[int, dict[str, Any]]:
         if sent is None:

@@ -15,6 +15,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
@@ -87,6 +88,12 @@ class Dropped(Exception):
     """The server is stopping while a request waits; give up on it."""
 
 
+def bearer_token(request: web.Request) -> str | None:
+    """The key of an `Authorization: Bearer <key>` header, if there is one."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
 def collect_text(value: Any) -> list[str]:
     """Every text string in a message structure (strings, parts lists, ``text``/``content`` keys)."""
     if isinstance(value, str):
@@ -127,6 +134,7 @@ class SimServer:
 
     provider: ClassVar[str] = "base"
     sse_content_type: ClassVar[str] = "text/event-stream; charset=utf-8"
+    default_models: ClassVar[tuple[str, ...]] = ()  # what GET /v1/models lists
 
     def __init__(
         self,
@@ -135,7 +143,9 @@ class SimServer:
         api_key: str | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        models: Sequence[str] | None = None,
     ) -> None:
+        self.models = list(self.default_models if models is None else models)
         self.api_key = api_key
         self.host = host
         self.port = port

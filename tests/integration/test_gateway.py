@@ -105,15 +105,19 @@ async def test_rate_limit_on_only_deployment_carries_retry_after(gateway, sims, 
                                                                           "solo-openai")
 
 
-async def test_auth_failure_never_fails_over(gateway, sims, migrated_ledger_url):
+@pytest.mark.parametrize(("group", "deployment"), [("authg", "auth-anthropic"),
+                                                    ("autho", "auth-openai")])
+async def test_auth_failure_never_fails_over(gateway, sims, migrated_ledger_url, group, deployment):
     openai_sim, anthropic_sim = sims
     with pytest.raises(AuthenticationFailed) as info:
-        await gateway.complete("dev-1", "proj-b", HELLO, model_group="authg")
-    assert len(anthropic_sim.requests) == 1
-    assert openai_sim.requests == []  # the configured fallback "backup" was not tried
-    assert info.value.deployment == "auth-anthropic"
+        await gateway.complete("dev-1", "proj-b", HELLO, model_group=group)
+    # exactly one request reached a provider: the configured fallback group was not tried
+    assert len(anthropic_sim.requests) + len(openai_sim.requests) == 1
+    assert info.value.deployment == deployment
+    assert "Check the API key of deployment" in str(info.value)
     [row] = ledger_rows(migrated_ledger_url)
-    assert (row["status"], row["error_class"]) == ("error", "AuthenticationFailed")
+    assert (row["status"], row["error_class"], row["deployment_id"]) == (
+        "error", "AuthenticationFailed", deployment)
 
 
 async def test_timeout_and_malformed_answers_are_typed(gateway, sims, migrated_ledger_url):
@@ -149,6 +153,6 @@ async def test_invalid_requests_write_nothing(gateway, sims, migrated_ledger_url
 
 
 async def test_unknown_group_is_refused_before_any_io(gateway, sims, migrated_ledger_url):
-    with pytest.raises(UnknownModelGroup, match="Known groups: authg, backup, primary, solo"):
+    with pytest.raises(UnknownModelGroup, match="Known groups: authg, autho, backup, primary, solo"):
         await gateway.complete("a", "p", HELLO, model_group="nope")
     assert ledger_rows(migrated_ledger_url) == []

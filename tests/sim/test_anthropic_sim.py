@@ -21,6 +21,7 @@ from anthropic.types.shared import ErrorResponse
 
 from llmgw._litellm import import_litellm
 from llmgw.sim import AnthropicSim, FaultPlan, ToolCall
+from tests.sim.conftest import fresh
 from tests.sim import sse_json, strict
 
 KEY = "sk-ant-sim-test"
@@ -54,14 +55,8 @@ def server() -> Iterator[AnthropicSim]:
 
 @pytest.fixture
 def sim(server: AnthropicSim) -> AnthropicSim:
-    server.set_plan(FaultPlan())
-    server.reset()
-    return server
+    return fresh(server)  # type: ignore[return-value]
 
-
-@pytest.fixture(scope="module")
-def litellm():
-    return import_litellm()
 
 
 def post(sim: AnthropicSim, body: dict, headers: dict | None = None) -> httpx.Response:
@@ -95,7 +90,7 @@ def test_json_response_is_a_strict_message(sim: AnthropicSim) -> None:
     usage = message.usage
     assert (usage.input_tokens, usage.output_tokens) == (8, 9)  # words of system + messages, of the answer
     assert (usage.cache_creation_input_tokens, usage.cache_read_input_tokens) == (0, 0)
-    [record] = sim.responses
+    [record] = sim.wait_for_responses(1)
     assert record.usage == resp.json()["usage"]
     assert (record.prompt_tokens, record.completion_tokens, record.answer) == (8, 9, ANSWER)
 
@@ -138,7 +133,7 @@ def test_stream_has_the_real_event_sequence(sim: AnthropicSim) -> None:
     delta = events[-2][1]
     assert isinstance(delta, RawMessageDeltaEvent)
     assert delta.delta.stop_reason == "end_turn" and delta.usage.output_tokens == 9
-    assert sim.responses[0].chunks == len(events) and sim.responses[0].stream
+    assert sim.wait_for_responses(1)[0].chunks == len(events) and sim.wait_for_responses(1)[0].stream
 
 
 def test_tool_use_json_and_stream(sim: AnthropicSim) -> None:
@@ -261,7 +256,7 @@ async def test_litellm_completion_matches_recorded_usage(sim: AnthropicSim, lite
     sim.plan = FaultPlan(prompt_tokens=40, completion_tokens=9, cached_tokens=32)
     resp = await litellm.acompletion(**kwargs(sim))
     assert resp.choices[0].message.content == ANSWER and resp.choices[0].finish_reason == "stop"
-    [record] = sim.responses
+    [record] = sim.wait_for_responses(1)
     # LiteLLM's prompt_tokens = input + cache reads, the sim's provider-neutral count.
     assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (
         record.prompt_tokens,
@@ -278,7 +273,7 @@ async def test_litellm_stream_reassembles_answer_and_usage(sim: AnthropicSim, li
     chunks = [chunk async for chunk in stream]
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ANSWER
     usage = next(c.usage for c in reversed(chunks) if getattr(c, "usage", None))
-    record = sim.responses[0]
+    record = sim.wait_for_responses(1)[0]
     # message_start says output_tokens=1 and message_delta the total: LiteLLM must not add them.
     assert (usage.prompt_tokens, usage.completion_tokens) == (record.prompt_tokens, record.completion_tokens)
 

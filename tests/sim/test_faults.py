@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from llmgw.sim import AnthropicSim, Fault, FaultPlan, OpenAISim
 from llmgw.sim.faults import FaultState
+from tests.sim.conftest import fresh
 
 BODY = {"model": "sim-gpt", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -24,9 +25,7 @@ def server() -> Iterator[OpenAISim]:
 
 @pytest.fixture
 def sim(server: OpenAISim) -> OpenAISim:
-    server.set_plan(FaultPlan())
-    server.reset()
-    return server
+    return fresh(server)  # type: ignore[return-value]
 
 
 def call(sim: OpenAISim, model: str = "sim-gpt", timeout: float = 5) -> int:
@@ -158,14 +157,14 @@ def test_same_plan_same_requests_same_behaviour() -> None:
     for _ in range(2):
         with OpenAISim(plan) as sim:
             statuses = [call(sim) for _ in range(20)]
-            runs.append((statuses, [r.delay_s for r in sim.responses]))
+            runs.append((statuses, [r.delay_s for r in sim.wait_for_responses(20)]))
     assert runs[0] == runs[1] and 200 in runs[0][0] and 500 in runs[0][0]
 
 
 def test_latency_is_recorded_and_applied(sim: OpenAISim) -> None:
     sim.plan = FaultPlan.latency(0.15, jitter_s=0.05)
     assert call(sim) == 200
-    [record] = sim.responses
+    [record] = sim.wait_for_responses(1)
     assert 0.15 <= record.delay_s <= 0.2
     assert record.elapsed_s >= record.delay_s  # measured by the server, not a client sleep
 
@@ -197,7 +196,7 @@ def test_stop_does_not_hang_on_a_held_request() -> None:
     assert time.monotonic() - started < 3
     thread.join(5)
     assert not thread.is_alive() and isinstance(failures[0], httpx.RemoteProtocolError)
-    assert sim.responses[0].fault == "timeout"
+    assert sim.wait_for_responses(1)[0].fault == "timeout"
 
 
 def test_stop_does_not_hang_on_a_stalled_stream() -> None:
@@ -228,7 +227,7 @@ def test_stop_does_not_hang_on_a_stalled_stream() -> None:
     thread.join(5)
     assert not thread.is_alive()
     assert b"".join(received).count(b"event: ") == 2
-    assert sim.responses[0].chunks == 2
+    assert sim.wait_for_responses(1)[0].chunks == 2
 
 
 async def test_async_context_manager_from_a_test_loop() -> None:

@@ -12,6 +12,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from llmgw._litellm import import_litellm
 from llmgw.sim import FaultPlan, OpenAISim, ToolCall
+from tests.sim.conftest import fresh
 from tests.sim import sse_json, strict
 
 KEY = "sk-sim-test"
@@ -45,14 +46,8 @@ def server() -> Iterator[OpenAISim]:
 
 @pytest.fixture
 def sim(server: OpenAISim) -> OpenAISim:
-    server.set_plan(FaultPlan())
-    server.reset()
-    return server
+    return fresh(server)  # type: ignore[return-value]
 
-
-@pytest.fixture(scope="module")
-def litellm():
-    return import_litellm()
 
 
 def post(
@@ -83,7 +78,7 @@ def test_json_response_is_a_strict_chat_completion(sim: OpenAISim) -> None:
     assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (8, 9, 17)
     assert usage.prompt_tokens_details and usage.prompt_tokens_details.cached_tokens == 0
     assert usage.completion_tokens_details and usage.completion_tokens_details.reasoning_tokens == 0
-    [record] = sim.responses
+    [record] = sim.wait_for_responses(1)
     assert record.usage == resp.json()["usage"]
     assert (record.status, record.answer, record.model, record.stream) == (200, ANSWER, "sim-gpt", False)
 
@@ -101,7 +96,7 @@ def test_plan_sets_answer_and_usage(sim: OpenAISim) -> None:
     assert (
         completion.usage.prompt_tokens_details and completion.usage.prompt_tokens_details.cached_tokens == 100
     )
-    assert sim.responses[0].cached_tokens == 100
+    assert sim.wait_for_responses(1)[0].cached_tokens == 100
 
 
 def test_default_answer_quotes_the_last_user_message(sim: OpenAISim) -> None:
@@ -137,9 +132,9 @@ def test_stream_chunks_are_strict_and_end_with_usage_then_done(sim: OpenAISim) -
     *_, final, usage_chunk = chunks
     assert final.choices[0].finish_reason == "stop"
     assert usage_chunk.choices == [] and usage_chunk.usage is not None
-    assert usage_chunk.usage.model_dump(exclude_none=True) == sim.responses[0].usage
+    assert usage_chunk.usage.model_dump(exclude_none=True) == sim.wait_for_responses(1)[0].usage
     assert all(c.usage is None for c in chunks[:-1])
-    assert sim.responses[0].chunks == len(events)
+    assert sim.wait_for_responses(1)[0].chunks == len(events)
 
 
 def test_stream_without_include_usage_has_no_usage_chunk(sim: OpenAISim) -> None:
@@ -159,7 +154,7 @@ def test_tool_call_json_and_stream(sim: OpenAISim) -> None:
     [call] = choice.message.tool_calls or []
     assert call.id.startswith("call_") and call.type == "function"
     assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
-    assert sim.responses[0].tool_call == {
+    assert sim.wait_for_responses(1)[0].tool_call == {
         "id": call.id,
         "name": "get_weather",
         "arguments": {"city": "Paris"},
@@ -201,7 +196,7 @@ def test_auth_failures_are_401_and_never_echo_the_key(sim: OpenAISim, headers: d
     error = resp.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert "sk-wrong" not in resp.text and KEY not in resp.text
-    assert sim.responses[0].status == 401
+    assert sim.wait_for_responses(1)[0].status == 401
 
 
 @pytest.mark.parametrize(
@@ -272,7 +267,7 @@ async def test_litellm_completion_matches_recorded_usage(sim: OpenAISim, litellm
     sim.plan = FaultPlan(prompt_tokens=40, completion_tokens=9, cached_tokens=32)
     resp = await litellm.acompletion(**kwargs(sim))
     assert resp.choices[0].message.content == ANSWER
-    [record] = sim.responses
+    [record] = sim.wait_for_responses(1)
     assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (
         record.prompt_tokens,
         record.completion_tokens,
@@ -286,7 +281,7 @@ async def test_litellm_stream_reassembles_answer_and_usage(sim: OpenAISim, litel
     chunks = [chunk async for chunk in stream]
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ANSWER
     usage = getattr(chunks[-1], "usage", None)
-    record = sim.responses[0]
+    record = sim.wait_for_responses(1)[0]
     assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (
         record.prompt_tokens,
         record.completion_tokens,
