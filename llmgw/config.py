@@ -129,6 +129,54 @@ class LedgerSettings(BaseModel):
     url: str = DEFAULT_LEDGER_URL
 
 
+class BudgetLimits(BaseModel):
+    """Limits for one key (a project, an agent, an agent type, or everything)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    daily_usd: Decimal | None = Field(default=None, ge=0)
+    monthly_usd: Decimal | None = Field(default=None, ge=0)
+    warn_at: float | None = Field(default=None, gt=0, le=1)
+    downgrade_to: str | None = Field(default=None, min_length=1,
+                                     description="past warn_at, route to this cheaper group")
+
+
+class BudgetSettings(BaseModel):
+    """`llmgw.budgets`: defaults; `llmgw budgets set` stores overrides in the database.
+    `"*"` under projects/agents/agent_types applies to every id without its own entry."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    timezone: str = "UTC"
+    warn_at: float = Field(default=0.8, gt=0, le=1)
+    default_max_tokens: int = Field(default=4096, gt=0,
+                                    description="sent when a call gives no max_tokens, so the "
+                                                "reservation bounds what the call can cost")
+    prompt_margin: float = Field(default=1.1, ge=1.0,
+                                 description="headroom on our prompt-token count for provider "
+                                             "tokenizers that count more")
+    per_request_usd: Decimal | None = Field(default=None, ge=0)
+    global_: BudgetLimits | None = Field(default=None, alias="global")
+    projects: dict[str, BudgetLimits] = Field(default_factory=dict)
+    agents: dict[str, BudgetLimits] = Field(default_factory=dict)
+    agent_types: dict[str, BudgetLimits] = Field(default_factory=dict)
+    reconcile_after_s: float = Field(default=900.0, ge=0,
+                                     description="an open reservation older than this was left "
+                                                 "by a crash")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {v!r} (use an IANA name such as "
+                             "'UTC' or 'Europe/Paris')") from None
+        return v
+
+
 class GatewaySettings(BaseModel):
     """Our own section, `llmgw:`. Unknown keys are errors, so typos do not pass silently."""
 
@@ -138,6 +186,7 @@ class GatewaySettings(BaseModel):
     agent_types: dict[str, str] = Field(default_factory=dict)
     agents: dict[str, str] = Field(default_factory=dict, description="agent_id -> agent type")
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    budgets: BudgetSettings = Field(default_factory=BudgetSettings)
     request_timeout_s: float = Field(default=600.0, gt=0)
 
 
@@ -186,6 +235,10 @@ class Config(BaseModel):
             if group not in groups:
                 raise ValueError(f"llmgw.agent_types.{agent_type} -> {group!r} is not a model "
                                  f"group (known: {known})")
+        for agent_type, limits in s.budgets.agent_types.items():
+            if limits.downgrade_to and limits.downgrade_to not in groups:
+                raise ValueError(f"llmgw.budgets.agent_types.{agent_type}.downgrade_to -> "
+                                 f"{limits.downgrade_to!r} is not a model group (known: {known})")
         for group, targets in self.router_settings.fallback_map().items():
             for name in [group, *targets]:
                 if name != "*" and name not in groups:

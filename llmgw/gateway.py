@@ -1,20 +1,26 @@
 """LLMGateway: the request pipeline of DESIGN.md section 3. It orchestrates; policy lives in
-the modules it calls (agents, router, ledger, pricing)."""
+the modules it calls (agents, budgets, router, ledger, pricing)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
+import math
 import time
 import uuid
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
+from llmgw._litellm import import_litellm
 from llmgw.agents import AgentDirectory, Resolution
+from llmgw.budgets import BudgetPolicy, Limit, Rule
 from llmgw.config import Config, load_config
-from llmgw.errors import InvalidRequest, LedgerError, ProviderError
+from llmgw.errors import BudgetExceeded, InvalidRequest, LedgerError, ProviderError
+from llmgw.events import EventBus, Handler
+from llmgw.ledger.budget_store import BudgetStore, Hold, RefusedError
 from llmgw.ledger.migrate import ensure_current
 from llmgw.ledger.store import LedgerStore, RequestContext, usage_row, utcnow
 from llmgw.pricing import to_micros, token_cost_micros
@@ -29,28 +35,36 @@ from llmgw.router import (
     recorder,
     status_code_of,
 )
-from llmgw.types import Attempt, Completion, CompletionRequest, Usage
+from llmgw.types import Attempt, Completion, CompletionRequest, Message, Usage
 
 # Keys the gateway sets itself; a caller passing them would bypass routing or leak secrets.
 _RESERVED_PARAMS = frozenset({"model", "messages", "stream", "api_key", "api_base", "base_url",
                               "litellm_metadata", "fallbacks", "disable_fallbacks"})
+_RULES_TTL_S = 5.0  # `llmgw budgets set` reaches running gateways within this
 
 
 class LLMGateway:
     """One gateway per process: `await gw.complete(agent_id, project_id, messages)`."""
 
-    def __init__(self, config: Config | str | os.PathLike[str] | None = None, *,
-                 ledger_url: str | None = None, check_schema: bool = True) -> None:
+    def __init__(self, config: Config | str | Any | None = None, *, ledger_url: str | None = None,
+                 check_schema: bool = True, clock: Callable[[], Any] = utcnow) -> None:
         self.config = config if isinstance(config, Config) else load_config(config)
         self.redactor = Redactor(self.config.secret_values())
         install_log_filter(self.redactor)
         self.agents = AgentDirectory(self.config)
+        self.events = EventBus()
+        self.clock = clock
         url = ledger_url or self.config.llmgw.ledger.url
         if check_schema:
             ensure_current(url)
         self.ledger = LedgerStore(url)
+        self.budget_policy = BudgetPolicy(self.config.llmgw.budgets)
+        self.budget_store = BudgetStore(self.ledger.engine)
+        self._rules: list[Rule] = []
+        self._rules_at = -math.inf
         self.router = build_router(self.config, self.redactor)
         self._recorder = recorder()
+        self.reconcile()
 
     # -- public API --------------------------------------------------------------------------
 
@@ -58,19 +72,32 @@ class LLMGateway:
         """Remember an agent's type; its later calls route by it without passing agent_type."""
         self.agents.register(agent_id, agent_type)
 
+    def on(self, event: str, handler: Handler) -> None:
+        """Subscribe to an event (`budget.warning`, `budget.refused`)."""
+        self.events.on(event, handler)
+
+    def reconcile(self, older_than_s: float | None = None) -> list[str]:
+        """Settle reservations a crashed gateway left open (run at start-up as well)."""
+        age = self.config.llmgw.budgets.reconcile_after_s if older_than_s is None else older_than_s
+        return self.budget_store.reconcile(now=self.clock(), older_than=timedelta(seconds=age))
+
     async def complete(self, agent_id: str, project_id: str, messages: list[dict[str, Any]], *,
                        agent_type: str | None = None, model_group: str | None = None,
                        metadata: dict[str, Any] | None = None, **params: Any) -> Completion:
         """Answer `messages` for an agent of a project through its model group.
 
-        Raises `InvalidRequest` (nothing recorded), `UnknownModelGroup`, or a `ProviderError`
-        subclass after every attempt was recorded."""
+        Raises `InvalidRequest` (nothing recorded), `UnknownModelGroup`, `BudgetExceeded`
+        (a `refused` row, no provider called), or a `ProviderError` subclass after every
+        attempt was recorded."""
         request = _validate(agent_id, project_id, messages, agent_type, model_group, metadata,
                             params)
         route = self.agents.resolve(request.agent_id, agent_type=request.agent_type,
                                     model_group=request.model_group)
         request_id = uuid.uuid4().hex
+        now = self.clock()
         ctx = RequestContext(request_id, request.agent_id, route.agent_type, request.project_id)
+        call_params = dict(request.params)
+        route, hold = await self._reserve(ctx, route, request, call_params, now)
         started = time.perf_counter()
         trace = self._recorder.open(request_id)
         try:
@@ -79,12 +106,12 @@ class LLMGateway:
                 messages=[m.model_dump(exclude_none=True) for m in request.messages],
                 metadata={REQUEST_ID_KEY: request_id, "agent_id": ctx.agent_id,
                           "project_id": ctx.project_id, "agent_type": ctx.agent_type},
-                **request.params,
+                **call_params,
             )
         except Exception as exc:
             trace = self._recorder.close(request_id)
             error = self._failed(exc, trace, route)
-            await self._write(ctx, trace.failures, request.metadata, route)
+            await self._record(ctx, trace.failures, request.metadata, route, now, hold)
             raise error from None
         except BaseException:  # cancelled mid-call: the provider may still bill the attempt
             trace = self._recorder.close(request_id)
@@ -92,17 +119,35 @@ class LLMGateway:
                 attempt=len(trace.failures) + 1, model_group=route.model_group, status="error",
                 error_class="Cancelled", error_message="the caller cancelled the request",
                 latency_ms=round((time.perf_counter() - started) * 1000, 3)))
-            await asyncio.shield(self._write(ctx, trace.failures, request.metadata, route))
+            await asyncio.shield(self._record(ctx, trace.failures, request.metadata, route, now,
+                                              hold))
             raise
         trace = self._recorder.close(request_id)
         completion = self._completed(response, trace, route, request_id, started)
-        await self._write(ctx, completion.attempts, request.metadata, route, completion=completion)
+        await self._record(ctx, completion.attempts, request.metadata, route, now, hold,
+                           completion=completion)
         return completion
 
     def complete_sync(self, agent_id: str, project_id: str, messages: list[dict[str, Any]],
                       **kwargs: Any) -> Completion:
         """`complete` for scripts without an event loop."""
         return asyncio.run(self.complete(agent_id, project_id, messages, **kwargs))
+
+    def worst_case_micros(self, model_group: str, messages: list[Message],
+                          max_tokens: int) -> int:
+        """The most a call can cost: prompt tokens (LiteLLM's tokenizer, with the configured
+        margin) at the highest input price, and max_tokens at the highest output price,
+        across the group and every group its fallbacks reach. Rounded up."""
+        deployments = [d for g in self.config.fallback_chain(model_group)
+                       for d in self.config.groups()[g]]
+        litellm = import_litellm()
+        first = self.config.groups()[model_group][0].litellm_params.model
+        counted = litellm.token_counter(model=first, messages=[m.model_dump(exclude_none=True)
+                                                                for m in messages])
+        prompt = math.ceil(counted * self.config.llmgw.budgets.prompt_margin)
+        usd = (prompt * max(d.input_price for d in deployments)
+               + max_tokens * max(d.output_price for d in deployments))
+        return math.ceil(usd * 1_000_000)
 
     def close(self) -> None:
         self.ledger.dispose()
@@ -115,6 +160,87 @@ class LLMGateway:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    # -- budgets -----------------------------------------------------------------------------
+
+    def _current_rules(self) -> list[Rule]:
+        if time.monotonic() - self._rules_at > _RULES_TTL_S:
+            self._rules = self.budget_store.rules()
+            self._rules_at = time.monotonic()
+        return self._rules
+
+    async def _reserve(self, ctx: RequestContext, route: Resolution, request: CompletionRequest,
+                       params: dict[str, Any], now: Any) -> tuple[Resolution, Hold | None]:
+        policy = self.budget_policy
+        rules = self._current_rules()
+        if not rules and not policy.configured:
+            return route, None
+        limits = policy.limits(agent_id=ctx.agent_id, agent_type=route.agent_type,
+                               project_id=ctx.project_id, rules=rules)
+        cap = policy.request_cap(rules)
+        if not limits and cap is None:
+            return route, None
+        route = self._maybe_downgrade(route, limits, now)
+        max_tokens = params.get("max_tokens") or params.get("max_completion_tokens")
+        if max_tokens is None:  # bound what the call can cost, so the hold bounds it too
+            max_tokens = params["max_tokens"] = self.config.llmgw.budgets.default_max_tokens
+        amount = self.worst_case_micros(route.model_group, request.messages, int(max_tokens))
+        if cap is not None and amount > cap.limit_micros:
+            await self._refuse(ctx, route, request, now, cap, 0, 0, amount, None)
+        keys = [policy.counter_key(limit, now) for limit in limits]
+        try:
+            hold = await self._db(self.budget_store.reserve, request_id=ctx.request_id,
+                                  amount_micros=amount, limits=limits, keys=keys, created_at=now,
+                                  agent_id=ctx.agent_id, agent_type=ctx.agent_type,
+                                  project_id=ctx.project_id, model_group=route.model_group)
+        except RefusedError as exc:
+            r = exc.refusal
+            await self._refuse(ctx, route, request, now, r.limit, r.spent_micros,
+                               r.reserved_micros, amount, r.period_start)
+        return route, hold
+
+    def _maybe_downgrade(self, route: Resolution, limits: list[Limit], now: Any) -> Resolution:
+        target = self.budget_policy.downgrade_group(route.agent_type)
+        if not target or route.reason == "explicit" or route.model_group == target:
+            return route
+        keys = {self.budget_policy.counter_key(limit, now): limit for limit in limits}
+        for key, (spent, reserved) in self.budget_store.counters(list(keys)).items():
+            limit = keys[key]
+            if spent + reserved >= limit.limit_micros * limit.warn_ratio:
+                why = (f"downgrade: {limit.scope} {limit.scope_id} {limit.period} budget past "
+                       f"{limit.warn_ratio:.0%} ({route.model_group} -> {target})")
+                return Resolution(target, route.agent_type, why)
+        return route
+
+    async def _refuse(self, ctx: RequestContext, route: Resolution, request: CompletionRequest,
+                      now: Any, limit: Limit, spent: int, reserved: int, amount: int,
+                      period_start: Any) -> None:
+        resets = (self.budget_policy.period_end(period_start, limit.period)
+                  if period_start is not None else None)
+        error = BudgetExceeded(scope=limit.scope, scope_id=limit.scope_id, window=limit.period,
+                               spent_micros=spent, reserved_micros=reserved,
+                               limit_micros=limit.limit_micros, requested_micros=amount,
+                               resets_at=resets)
+        refused = Attempt(attempt=1, model_group=route.model_group, status="refused",
+                          error_class="BudgetExceeded", error_message=error.message)
+        meta = {**request.metadata, "llmgw": {"route": route.reason, "budget": {
+            "scope": limit.scope, "scope_id": limit.scope_id, "period": limit.period,
+            "limit_micros": limit.limit_micros, "requested_micros": amount}}}
+        await self._db(self.budget_store.write_rows, [usage_row(ctx, refused, ts=now,
+                                                                metadata=meta)])
+        self.events.emit("budget.refused", {"request_id": ctx.request_id, "scope": limit.scope,
+                                            "scope_id": limit.scope_id, "period": limit.period,
+                                            "requested_micros": amount,
+                                            "limit_micros": limit.limit_micros})
+        raise error
+
+    async def _db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """SQLite: inline (a local commit is cheaper than a thread hop, and the loop
+        serialises writers); PostgreSQL: a worker thread, so the loop never waits on the
+        network."""
+        if self.ledger.local:
+            return fn(*args, **kwargs)
+        return await asyncio.to_thread(fn, *args, **kwargs)
 
     # -- steps -------------------------------------------------------------------------------
 
@@ -159,18 +285,36 @@ class LLMGateway:
         return map_exception(exc, trace=trace, model_group=route.model_group,
                              redactor=self.redactor, config=self.config)
 
-    async def _write(self, ctx: RequestContext, attempts: list[Attempt],
-                     user_metadata: dict[str, Any], route: Resolution,
-                     completion: Completion | None = None) -> None:
-        ts = utcnow()
+    async def _record(self, ctx: RequestContext, attempts: list[Attempt],
+                      user_metadata: dict[str, Any], route: Resolution, now: Any,
+                      hold: Hold | None, completion: Completion | None = None) -> None:
+        """Write the request's rows; with a hold, settle it in the same transaction."""
         meta = {**user_metadata, "llmgw": {"requested_group": route.model_group,
                                            "route": route.reason}}
-        rows = [usage_row(ctx, a, ts=ts, metadata=meta) for a in attempts]
+        rows = [usage_row(ctx, a, ts=now, metadata=meta) for a in attempts]
         try:
-            await self.ledger.write(rows)
+            if hold is None:
+                await self.ledger.write(rows)
+                return
+            spent = sum(a.cost_micros for a in attempts)
+            result = await self._db(self.budget_store.settle, hold, spent_micros=spent, rows=rows,
+                                    state="settled" if completion else "released")
         except LedgerError as exc:
             exc.completion = completion  # type: ignore[attr-defined]  # paid for: keep it
             raise
+        except Exception as exc:
+            error = LedgerError(f"Could not settle the budget and write the ledger rows of "
+                                f"request {ctx.request_id}: {type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0][:300]}",
+                                hint="Check the ledger database; `llmgw db reconcile` settles "
+                                     "what was left open.")
+            error.completion = completion  # type: ignore[attr-defined]
+            raise error from exc
+        for c in result.crossings:
+            self.events.emit("budget.warning", {
+                "scope": c.limit.scope, "scope_id": c.limit.scope_id, "period": c.limit.period,
+                "period_start": c.key.period_start.isoformat(), "spent_micros": c.spent_micros,
+                "limit_micros": c.limit.limit_micros, "warn_ratio": c.limit.warn_ratio})
 
 
 def _validate(agent_id: Any, project_id: Any, messages: Any, agent_type: Any, model_group: Any,
@@ -193,6 +337,9 @@ def _validate(agent_id: Any, project_id: Any, messages: Any, agent_type: Any, mo
                                   "{'role', 'content'} messages.") from None
     except (TypeError, ValueError) as exc:
         raise InvalidRequest(f"metadata must be JSON-serialisable: {exc}.") from None
+    max_tokens = params.get("max_tokens")
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):
+        raise InvalidRequest(f"max_tokens must be a positive integer, got {max_tokens!r}.")
     return request
 
 
@@ -212,3 +359,4 @@ def _ms(value: Any) -> float | None:
         return round(float(value), 3) if value is not None else None
     except (TypeError, ValueError):
         return None
+

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from llmgw.cli import db, demo, models, usage
+from llmgw.cli import budgets, db, demo, models, usage
 
 app = typer.Typer(
     name="llmgw",
@@ -21,6 +21,7 @@ app = typer.Typer(
 
 app.add_typer(usage.app, name="usage")
 app.add_typer(db.app, name="db")
+app.add_typer(budgets.app, name="budgets")
 app.add_typer(models.app, name="models")
 app.add_typer(demo.app, name="demo")
 

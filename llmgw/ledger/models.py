@@ -72,3 +72,70 @@ class UsageEvent(Base):
         Index("ix_usage_events_agent_ts", "agent_id", "ts"),
         Index("ix_usage_events_ts", "ts"),
     )
+
+
+class BudgetRule(Base):
+    """A limit set with `llmgw budgets set`; overrides the config file's default for its key.
+
+    scope: global | project | agent | agent_type | request; scope_id: the id, "*" for global
+    and request caps; period: day | month | request (the budget window)."""
+
+    __tablename__ = "budgets"
+
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    scope_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    period: Mapped[str] = mapped_column(String(8), primary_key=True)
+    limit_micros: Mapped[int] = mapped_column(BigInteger)
+    warn_ratio: Mapped[float] = mapped_column(Float, default=0.8)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=False))
+
+    __table_args__ = (
+        CheckConstraint("limit_micros >= 0", name="ck_budgets_limit_nonneg"),
+        CheckConstraint("warn_ratio > 0 AND warn_ratio <= 1", name="ck_budgets_warn_ratio"),
+        CheckConstraint("period IN ('day', 'month', 'request')", name="ck_budgets_period"),
+    )
+
+
+class BudgetCounter(Base):
+    """Spend and open reservations of one budget key in one window. Keyed by the window's
+    start (`period_start`), so a new day needs no reset job: its row simply does not exist yet."""
+
+    __tablename__ = "budget_counters"
+
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    scope_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    period: Mapped[str] = mapped_column(String(8), primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(DateTime(timezone=False), primary_key=True)
+    spent_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    reserved_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    warned: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (
+        CheckConstraint("spent_micros >= 0", name="ck_budget_counters_spent_nonneg"),
+        CheckConstraint("reserved_micros >= 0", name="ck_budget_counters_reserved_nonneg"),
+    )
+
+
+class Reservation(Base):
+    """Money held for one in-flight request. `counters` lists the counter keys it holds;
+    a crash leaves it `open`, and reconcile settles it at `amount_micros`."""
+
+    __tablename__ = "reservations"
+
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=False))
+    state: Mapped[str] = mapped_column(String(12))
+    amount_micros: Mapped[int] = mapped_column(BigInteger)
+    settled_micros: Mapped[int | None] = mapped_column(BigInteger)
+    agent_id: Mapped[str] = mapped_column(String(200))
+    agent_type: Mapped[str | None] = mapped_column(String(200))
+    project_id: Mapped[str] = mapped_column(String(200))
+    model_group: Mapped[str] = mapped_column(String(200))
+    counters: Mapped[list[Any]] = mapped_column(JSON)
+
+    __table_args__ = (
+        CheckConstraint("state IN ('open', 'settled', 'released', 'reconciled')",
+                        name="ck_reservations_state"),
+        CheckConstraint("amount_micros >= 0", name="ck_reservations_amount_nonneg"),
+        Index("ix_reservations_state_created", "state", "created_at"),
+    )

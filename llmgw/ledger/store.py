@@ -73,7 +73,7 @@ class LedgerStore:
         self.url = url
         self.engine = engine or make_engine(url)
         self._insert = UsageEvent.__table__.insert()
-        self._local = self.engine.dialect.name == "sqlite"
+        self.local = self.engine.dialect.name == "sqlite"
         columns = [c for c in UsageEvent.__table__.columns if c.name != "id"]
         self._names = [c.name for c in columns]
         self._processors = [c.type.bind_processor(self.engine.dialect) for c in columns]
@@ -85,7 +85,7 @@ class LedgerStore:
         if not rows:
             return
         try:
-            if self._local:
+            if self.local:
                 self._write_sqlite(rows)
             else:
                 with self.engine.begin() as conn:
@@ -111,7 +111,7 @@ class LedgerStore:
             conn.close()
 
     async def write(self, rows: list[dict[str, Any]]) -> None:
-        if self._local:
+        if self.local:
             self.write_sync(rows)
         else:
             await asyncio.to_thread(self.write_sync, rows)

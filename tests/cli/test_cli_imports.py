@@ -1,4 +1,4 @@
-"""`llmgw --help`, `usage report` and `db` must not import LiteLLM (seconds) or the gateway."""
+"""`llmgw --help`, `usage`, `db`, `budgets` and `models` must not import LiteLLM (seconds) or the gateway."""
 
 from __future__ import annotations
 
@@ -19,7 +19,10 @@ SCRIPT = textwrap.dedent("""
     runner = CliRunner()
     for args in (["--help"], ["usage", "report", "--help"], ["db", "current", "--ledger-url", url],
                  ["usage", "report", "--ledger-url", url, "--by", "day", "--since", "7d"],
-                 ["usage", "report", "--ledger-url", url, "--format", "json"]):
+                 ["usage", "report", "--ledger-url", url, "--format", "json"],
+                 ["budgets", "set", "--project", "p", "--daily", "5", "--ledger-url", url],
+                 ["budgets", "list", "--ledger-url", url], ["budgets", "status", "--ledger-url", url],
+                 ["db", "reconcile", "--older-than", "0", "--ledger-url", url], ["models", "--help"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 0, (args, result.output)
     heavy = sorted(m for m in sys.modules

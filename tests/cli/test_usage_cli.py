@@ -16,7 +16,7 @@ from typer.testing import CliRunner, Result
 from llmgw.cli import app
 from llmgw.errors import ConfigError
 from llmgw.ledger.engine import DEFAULT_LEDGER_URL, resolve_ledger_url
-from llmgw.ledger.migrate import current
+from llmgw.ledger.migrate import current, head
 from llmgw.ledger.models import UsageEvent
 from llmgw.ledger.timespec import TimeSpecError, parse_time, utcnow
 
@@ -158,11 +158,11 @@ def test_db_commands(ledger_url: str) -> None:
     assert result.exit_code == 0 and "no schema" in result.stdout
     result = invoke("db", "upgrade", "--ledger-url", ledger_url)
     assert result.exit_code == 0, result.output
-    assert "empty -> 0001" in result.stdout and current(ledger_url) == "0001"
-    assert "0001 (head)" in invoke("db", "current", "--ledger-url", ledger_url).stdout
+    assert f"empty -> {head()}" in result.stdout and current(ledger_url) == head()
+    assert f"{head()} (head)" in invoke("db", "current", "--ledger-url", ledger_url).stdout
     # Downgrading can delete data: it asks first.
     result = runner.invoke(app, ["db", "downgrade", "base", "--ledger-url", ledger_url], input="n\n")
-    assert result.exit_code == 1 and current(ledger_url) == "0001"
+    assert result.exit_code == 1 and current(ledger_url) == head()
     result = invoke("db", "downgrade", "base", "--yes", "--ledger-url", ledger_url)
     assert result.exit_code == 0, result.output
     assert current(ledger_url) is None

@@ -53,17 +53,21 @@ def _model_diff(url: str) -> list[object]:
         engine.dispose()
 
 
-def test_head_is_0001_and_folder_found() -> None:
-    assert head() == "0001"
+LEDGER_TABLES = {"usage_events", "budgets", "budget_counters", "reservations"}
+
+
+def test_head_is_0002_and_folder_found() -> None:
+    assert head() == "0002"
     assert (migrations_dir() / "versions" / "0001_usage_events.py").is_file()
+    assert (migrations_dir() / "versions" / "0002_budgets.py").is_file()
 
 
 def test_upgrade_downgrade_upgrade(ledger_url: str) -> None:
     assert current(ledger_url) is None
     upgrade(ledger_url)
-    assert current(ledger_url) == "0001"
+    assert current(ledger_url) == "0002"
     schema = _schema(ledger_url)
-    assert {"usage_events", "alembic_version"} <= schema["tables"]  # type: ignore[operator]
+    assert LEDGER_TABLES | {"alembic_version"} <= schema["tables"]  # type: ignore[operator]
     model_columns = {c.name: c.nullable for c in UsageEvent.__table__.columns}
     assert schema["columns"] == model_columns
     assert schema["indexes"] == INDEXES
@@ -75,11 +79,31 @@ def test_upgrade_downgrade_upgrade(ledger_url: str) -> None:
 
     downgrade(ledger_url, "base")
     assert current(ledger_url) is None
-    assert "usage_events" not in _schema(ledger_url)["tables"]  # type: ignore[operator]
+    assert not LEDGER_TABLES & _schema(ledger_url)["tables"]  # type: ignore[operator]
 
     upgrade(ledger_url)
-    assert current(ledger_url) == "0001"
+    assert current(ledger_url) == "0002"
     assert _schema(ledger_url)["indexes"] == INDEXES
+
+
+def test_0001_to_0002_keeps_usage_rows_and_steps_back(ledger_url: str) -> None:
+    upgrade(ledger_url, "0001")
+    row = dict(request_id="old", attempt=1, ts=datetime(2026, 11, 1), agent_id="a",
+               project_id="p", model_group="g", status="ok", prompt_tokens=1,
+               completion_tokens=2, cached_tokens=0, cost_micros=3, saved_micros=0, stream=False)
+    engine = make_engine(ledger_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(UsageEvent.__table__), [row])
+        upgrade(ledger_url)
+        assert current(ledger_url) == "0002"
+        with engine.connect() as conn:
+            assert conn.execute(UsageEvent.__table__.select()).one().cost_micros == 3
+        downgrade(ledger_url, "0001")
+        tables = _schema(ledger_url)["tables"]
+        assert "usage_events" in tables and "budgets" not in tables  # type: ignore[operator]
+    finally:
+        engine.dispose()
 
 
 def test_constraints_are_enforced(ledger_engine) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,223 @@
+"""Budget rules: which limits apply to a request, and where their windows start and end.
+
+Pure policy, no I/O: `llmgw.ledger.budget_store` does the reserve / settle / release
+transactions. A `"*"` entry in the config applies to every id that has none of its own, with
+its own counter per id (each project gets the default daily limit, not one shared pot).
+Rules set with `llmgw budgets set` (the `budgets` table) win over the config file.
+"""
+
+from __future__ import annotations
+
+import calendar
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from llmgw.config import BudgetLimits, BudgetSettings
+from llmgw.pricing import to_micros
+
+SCOPES = ("global", "project", "agent", "agent_type")
+PERIODS = ("day", "month")
+ANY = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One limit on one counter: `scope`/`scope_id` in windows of `period`."""
+
+    scope: str
+    scope_id: str
+    period: str  # day | month | request
+    limit_micros: int
+    warn_ratio: float
+    downgrade_to: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A limit as stored in the `budgets` table (scope_id may be `"*"`)."""
+
+    scope: str
+    scope_id: str
+    period: str
+    limit_micros: int
+    warn_ratio: float
+
+
+@dataclass(frozen=True, slots=True)
+class CounterKey:
+    scope: str
+    scope_id: str
+    period: str
+    period_start: datetime  # naive UTC
+
+    def as_list(self) -> list[str]:
+        return [self.scope, self.scope_id, self.period, self.period_start.isoformat()]
+
+    @classmethod
+    def from_list(cls, v: list[str]) -> CounterKey:
+        return cls(v[0], v[1], v[2], datetime.fromisoformat(v[3]))
+
+
+class BudgetPolicy:
+    """The applicable limits for (agent, agent type, project), config merged with DB rules."""
+
+    def __init__(self, settings: BudgetSettings) -> None:
+        self.settings = settings
+        self.tz = ZoneInfo(settings.timezone)
+        self._config: dict[tuple[str, str], BudgetLimits] = {}
+        if settings.global_:
+            self._config[("global", ANY)] = settings.global_
+        for scope, table in (("project", settings.projects), ("agent", settings.agents),
+                             ("agent_type", settings.agent_types)):
+            for scope_id, limits in table.items():
+                self._config[(scope, scope_id)] = limits
+
+    @property
+    def configured(self) -> bool:
+        """Whether the config file sets any limit (DB rules may add more)."""
+        return bool(self._config) or self.settings.per_request_usd is not None
+
+    def request_cap(self, rules: list[Rule]) -> Limit | None:
+        """The per-request cap: a DB rule wins over `per_request_usd`."""
+        for r in rules:
+            if r.scope == "request":
+                return Limit("request", ANY, "request", r.limit_micros, r.warn_ratio)
+        if self.settings.per_request_usd is None:
+            return None
+        return Limit("request", ANY, "request", to_micros(self.settings.per_request_usd),
+                     self.settings.warn_at)
+
+    def limits(self, *, agent_id: str, agent_type: str | None, project_id: str,
+               rules: list[Rule]) -> list[Limit]:
+        """Every day/month limit that applies to one request (without the request cap)."""
+        ids = {"global": ANY, "project": project_id, "agent": agent_id, "agent_type": agent_type}
+        db = {(r.scope, r.scope_id, r.period): r for r in rules}
+        out: list[Limit] = []
+        for scope in SCOPES:
+            scope_id = ids[scope]
+            if scope_id is None:
+                continue
+            cfg = self._config.get((scope, scope_id)) or self._config.get((scope, ANY))
+            for period in PERIODS:
+                rule = db.get((scope, scope_id, period)) or db.get((scope, ANY, period))
+                if rule is not None:
+                    out.append(Limit(scope, scope_id, period, rule.limit_micros, rule.warn_ratio,
+                                     cfg.downgrade_to if cfg else None))
+                    continue
+                usd = getattr(cfg, "daily_usd" if period == "day" else "monthly_usd", None) \
+                    if cfg else None
+                if usd is not None:
+                    warn = cfg.warn_at if cfg and cfg.warn_at else self.settings.warn_at
+                    out.append(Limit(scope, scope_id, period, to_micros(usd), warn,
+                                     cfg.downgrade_to if cfg else None))
+        return out
+
+    def rule_keys(self, *, agent_id: str, agent_type: str | None,
+                  project_id: str) -> list[tuple[str, str]]:
+        """The (scope, scope_id) pairs whose DB rules can apply to such a request."""
+        keys = [("request", ANY), ("global", ANY), ("project", project_id), ("project", ANY),
+                ("agent", agent_id), ("agent", ANY)]
+        if agent_type:
+            keys += [("agent_type", agent_type), ("agent_type", ANY)]
+        return keys
+
+    def downgrade_group(self, agent_type: str | None) -> str | None:
+        """The cheaper group an agent type moves to past its warn ratio, if configured."""
+        if not agent_type:
+            return None
+        cfg = self.settings.agent_types.get(agent_type)
+        return cfg.downgrade_to if cfg else None
+
+    # -- windows -------------------------------------------------------------------------
+
+    def period_start(self, now: datetime, period: str) -> datetime:
+        """Start of the day or month containing `now` (naive UTC), in the budget timezone."""
+        local = now.replace(tzinfo=UTC).astimezone(self.tz)
+        start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        if period == "month":
+            start = start.replace(day=1)
+        return start.astimezone(UTC).replace(tzinfo=None)
+
+    def period_end(self, start: datetime, period: str) -> datetime:
+        """When the window that starts at `start` resets (naive UTC)."""
+        local = start.replace(tzinfo=UTC).astimezone(self.tz)
+        if period == "day":
+            nxt = (local + timedelta(days=1, hours=2)).replace(hour=0)  # +2h: DST-safe
+        else:
+            days = calendar.monthrange(local.year, local.month)[1]
+            nxt = (local + timedelta(days=days, hours=2)).replace(day=1, hour=0)
+        nxt = nxt.replace(tzinfo=None).replace(tzinfo=self.tz)
+        return nxt.astimezone(UTC).replace(tzinfo=None)
+
+    def counter_key(self, limit: Limit, now: datetime) -> CounterKey:
+        return CounterKey(limit.scope, limit.scope_id, limit.period,
+                          self.period_start(now, limit.period))
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    """One budget in its current window, for `llmgw budgets status`."""
+
+    scope: str
+    scope_id: str
+    period: str
+    limit_micros: int
+    spent_micros: int
+    reserved_micros: int
+    warn_ratio: float
+    resets_at: datetime | None
+
+    @property
+    def used_ratio(self) -> float:
+        return (self.spent_micros + self.reserved_micros) / self.limit_micros \
+            if self.limit_micros else 1.0
+
+
+def limit_for(policy: BudgetPolicy, scope: str, scope_id: str, period: str,
+              rules: list[Rule]) -> Limit | None:
+    """The limit a counter of (scope, scope_id, period) is held against, if any."""
+    ids = {"agent_id": "-", "agent_type": None, "project_id": "-"}
+    ids[{"agent": "agent_id", "agent_type": "agent_type", "project": "project_id"}.get(
+        scope, "project_id")] = scope_id
+    for limit in policy.limits(rules=rules, **ids):  # type: ignore[arg-type]
+        if (limit.scope, limit.scope_id, limit.period) == (scope, scope_id, period):
+            return limit
+    return None
+
+
+def statuses(policy: BudgetPolicy, rules: list[Rule], counters: list[object],
+             now: datetime) -> list[BudgetStatus]:
+    """Every budget that has a counter in its current window or a limit of its own."""
+    seen: dict[tuple[str, str, str], BudgetStatus] = {}
+    for c in counters:
+        scope, scope_id, period = c.scope, c.scope_id, c.period  # type: ignore[attr-defined]
+        if c.period_start != policy.period_start(now, period):  # type: ignore[attr-defined]
+            continue
+        limit = limit_for(policy, scope, scope_id, period, rules)
+        if limit is None:
+            continue
+        seen[(scope, scope_id, period)] = BudgetStatus(
+            scope, scope_id, period, limit.limit_micros, c.spent_micros,  # type: ignore[attr-defined]
+            c.reserved_micros, limit.warn_ratio,  # type: ignore[attr-defined]
+            policy.period_end(c.period_start, period))  # type: ignore[attr-defined]
+    named = [(r.scope, r.scope_id, r.period) for r in rules if r.scope_id != ANY]
+    named += [(scope, sid, period) for (scope, sid), cfg in policy._config.items()
+              if sid != ANY for period in PERIODS
+              if getattr(cfg, "daily_usd" if period == "day" else "monthly_usd") is not None]
+    for scope, scope_id, period in named:
+        if (scope, scope_id, period) in seen or period == "request":
+            continue
+        limit = limit_for(policy, scope, scope_id, period, rules)
+        if limit is not None:
+            start = policy.period_start(now, period)
+            seen[(scope, scope_id, period)] = BudgetStatus(
+                scope, scope_id, period, limit.limit_micros, 0, 0, limit.warn_ratio,
+                policy.period_end(start, period))
+    cap = policy.request_cap(rules)
+    if cap is not None:
+        seen[("request", ANY, "request")] = BudgetStatus("request", ANY, "request",
+                                                         cap.limit_micros, 0, 0, cap.warn_ratio,
+                                                         None)
+    order = {s: i for i, s in enumerate(("request", *SCOPES))}
+    return sorted(seen.values(), key=lambda s: (order.get(s.scope, 9), s.scope_id, s.period))

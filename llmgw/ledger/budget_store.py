@@ -1,0 +1,235 @@
+"""Budget transactions: reserve before the call, settle or release after, reconcile crashes.
+
+Reserve is one conditional `UPDATE ... SET reserved = reserved + :x WHERE spent + reserved
++ :x <= :limit` per counter, in one transaction, counters in a fixed order: exact under
+concurrency on SQLite (one writer) and on PostgreSQL across processes (row locks, no
+deadlock). Settle moves the hold to spend in the same transaction that writes the request's
+ledger rows, so counters and ledger always agree. Checks read counter rows, never the ledger.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, or_, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from llmgw.budgets import CounterKey, Limit, Rule
+from llmgw.ledger.models import BudgetCounter, BudgetRule, Reservation, UsageEvent
+
+_C = BudgetCounter.__table__.c
+_R = Reservation.__table__.c
+_B = BudgetRule.__table__.c
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A reservation the gateway holds for one request."""
+
+    request_id: str
+    amount_micros: int
+    counters: tuple[tuple[CounterKey, Limit], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a reservation was refused: the first counter that had no room."""
+
+    limit: Limit
+    spent_micros: int
+    reserved_micros: int
+    period_start: datetime | None
+
+
+@dataclass
+class Crossing:
+    """A counter whose spend crossed its warn ratio for the first time in its window."""
+
+    key: CounterKey
+    limit: Limit
+    spent_micros: int
+
+
+@dataclass
+class SettleResult:
+    crossings: list[Crossing] = field(default_factory=list)
+
+
+class RefusedError(Exception):
+    def __init__(self, refusal: Refusal) -> None:
+        self.refusal = refusal
+
+
+class BudgetStore:
+    """SQL for budgets; every method is one transaction on the ledger database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._dialect = engine.dialect.name
+        self._insert_usage = UsageEvent.__table__.insert()
+
+    # -- rules ---------------------------------------------------------------------------
+
+    def rules(self, keys: list[tuple[str, str]] | None = None) -> list[Rule]:
+        stmt = select(_B.scope, _B.scope_id, _B.period, _B.limit_micros, _B.warn_ratio)
+        if keys is not None:
+            stmt = stmt.where(tuple_(_B.scope, _B.scope_id).in_(keys))
+        with self.engine.connect() as conn:
+            return [Rule(*r) for r in conn.execute(stmt.order_by(_B.scope, _B.scope_id, _B.period))]
+
+    def set_rule(self, rule: Rule, now: datetime) -> None:
+        values = dict(scope=rule.scope, scope_id=rule.scope_id, period=rule.period,
+                      limit_micros=rule.limit_micros, warn_ratio=rule.warn_ratio, updated_at=now)
+        ins = (pg_insert if self._dialect == "postgresql" else sqlite_insert)(BudgetRule.__table__)
+        stmt = ins.values(**values).on_conflict_do_update(
+            index_elements=["scope", "scope_id", "period"],
+            set_=dict(limit_micros=rule.limit_micros, warn_ratio=rule.warn_ratio, updated_at=now))
+        with self.engine.begin() as conn:
+            conn.execute(stmt)
+
+    def delete_rule(self, scope: str, scope_id: str, period: str) -> bool:
+        with self.engine.begin() as conn:
+            return conn.execute(BudgetRule.__table__.delete().where(
+                _B.scope == scope, _B.scope_id == scope_id, _B.period == period)).rowcount == 1
+
+    # -- reserve -------------------------------------------------------------------------
+
+    def reserve(self, *, request_id: str, amount_micros: int, limits: list[Limit],
+                keys: list[CounterKey], created_at: datetime, agent_id: str,
+                agent_type: str | None, project_id: str, model_group: str) -> Hold:
+        """Hold `amount_micros` on every counter, or raise `RefusedError` holding nothing."""
+        pairs = sorted(zip(keys, limits), key=lambda p: p[0].as_list())
+        with self.engine.begin() as conn:
+            # First statement is a write: SQLite takes its write lock now, not mid-transaction.
+            conn.execute(Reservation.__table__.insert().values(
+                request_id=request_id, created_at=created_at, state="open",
+                amount_micros=amount_micros, agent_id=agent_id, agent_type=agent_type,
+                project_id=project_id, model_group=model_group,
+                counters=[k.as_list() for k, _ in pairs]))
+            for key, limit in pairs:
+                self._ensure_counter(conn, key)
+                held = conn.execute(
+                    update(BudgetCounter.__table__)
+                    .where(_key(key), _C.spent_micros + _C.reserved_micros + amount_micros
+                           <= limit.limit_micros)
+                    .values(reserved_micros=_C.reserved_micros + amount_micros)).rowcount
+                if held != 1:
+                    spent, reserved = conn.execute(
+                        select(_C.spent_micros, _C.reserved_micros).where(_key(key))).one()
+                    raise RefusedError(Refusal(limit, spent, reserved, key.period_start))
+        return Hold(request_id, amount_micros, tuple(pairs))
+
+    def _ensure_counter(self, conn: Connection, key: CounterKey) -> None:
+        ins = (pg_insert if self._dialect == "postgresql" else sqlite_insert)(
+            BudgetCounter.__table__)
+        conn.execute(ins.values(scope=key.scope, scope_id=key.scope_id, period=key.period,
+                                period_start=key.period_start, spent_micros=0,
+                                reserved_micros=0, warned=False).on_conflict_do_nothing())
+
+    # -- settle / release ----------------------------------------------------------------
+
+    def settle(self, hold: Hold, *, spent_micros: int, rows: list[dict[str, Any]],
+               state: str = "settled") -> SettleResult:
+        """Turn the hold into `spent_micros` of spend and write the request's ledger rows,
+        in one transaction. Idempotent: a hold that is no longer open moves no counter."""
+        result = SettleResult()
+        with self.engine.begin() as conn:
+            moved = conn.execute(
+                update(Reservation.__table__)
+                .where(_R.request_id == hold.request_id, _R.state == "open")
+                .values(state=state, settled_micros=spent_micros)).rowcount == 1
+            if moved:
+                for key, limit in hold.counters:
+                    conn.execute(update(BudgetCounter.__table__).where(_key(key)).values(
+                        reserved_micros=_C.reserved_micros - hold.amount_micros,
+                        spent_micros=_C.spent_micros + spent_micros))
+                    if spent_micros > 0:
+                        result.crossings += self._mark_crossing(conn, key, limit)
+            if rows:
+                conn.execute(self._insert_usage, rows)
+        return result
+
+    def _mark_crossing(self, conn: Connection, key: CounterKey, limit: Limit) -> list[Crossing]:
+        threshold = int(limit.limit_micros * limit.warn_ratio)
+        marked = conn.execute(
+            update(BudgetCounter.__table__)
+            .where(_key(key), _C.warned.is_(False), _C.spent_micros >= threshold)
+            .values(warned=True)).rowcount == 1  # exactly one process sees 1: once per window
+        if not marked:
+            return []
+        spent = conn.execute(select(_C.spent_micros).where(_key(key))).scalar_one()
+        return [Crossing(key, limit, spent)]
+
+    def write_rows(self, rows: list[dict[str, Any]]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(self._insert_usage, rows)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def counters(self, keys: list[CounterKey]) -> dict[CounterKey, tuple[int, int]]:
+        """(spent, reserved) of each existing counter."""
+        if not keys:
+            return {}
+        cond = or_(*(_key(k) for k in keys))
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(_C.scope, _C.scope_id, _C.period, _C.period_start,
+                                       _C.spent_micros, _C.reserved_micros).where(cond)).all()
+        return {CounterKey(r[0], r[1], r[2], r[3]): (r[4], r[5]) for r in rows}
+
+    def all_counters(self, since: datetime | None = None) -> list[Any]:
+        stmt = select(BudgetCounter.__table__)
+        if since is not None:
+            stmt = stmt.where(_C.period_start >= since)
+        with self.engine.connect() as conn:
+            return list(conn.execute(stmt.order_by(_C.scope, _C.scope_id, _C.period,
+                                                   _C.period_start)))
+
+    def open_reservations(self) -> list[Any]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(Reservation.__table__).where(_R.state == "open")))
+
+    # -- reconcile -----------------------------------------------------------------------
+
+    def reconcile(self, *, now: datetime, older_than: timedelta) -> list[str]:
+        """Settle reservations a crash left open, at their reserved amount, each with a ledger
+        row so counters and ledger still agree. Safe to run twice or from two processes."""
+        cutoff = now - older_than
+        with self.engine.connect() as conn:
+            stale = conn.execute(select(Reservation.__table__).where(
+                _R.state == "open", _R.created_at <= cutoff)).all()
+        done: list[str] = []
+        for r in stale:
+            with self.engine.begin() as conn:
+                if conn.execute(update(Reservation.__table__)
+                                .where(_R.request_id == r.request_id, _R.state == "open")
+                                .values(state="reconciled", settled_micros=r.amount_micros)
+                                ).rowcount != 1:
+                    continue  # another process got there first
+                for raw in r.counters:
+                    key = CounterKey.from_list(raw)
+                    conn.execute(update(BudgetCounter.__table__).where(_key(key)).values(
+                        reserved_micros=_C.reserved_micros - r.amount_micros,
+                        spent_micros=_C.spent_micros + r.amount_micros))
+                attempt = conn.execute(select(UsageEvent.__table__.c.attempt).where(
+                    UsageEvent.__table__.c.request_id == r.request_id).order_by(
+                    UsageEvent.__table__.c.attempt.desc()).limit(1)).scalar() or 0
+                conn.execute(self._insert_usage, [dict(
+                    request_id=r.request_id, attempt=attempt + 1, ts=r.created_at,
+                    agent_id=r.agent_id, agent_type=r.agent_type, project_id=r.project_id,
+                    model_group=r.model_group, deployment_id=None, provider=None, model=None,
+                    status="error", error_class="Reconciled",
+                    error_message="reservation left open by a stopped gateway; settled at its "
+                                  "reserved amount so no spend is lost",
+                    prompt_tokens=0, completion_tokens=0, cached_tokens=0,
+                    cost_micros=r.amount_micros, saved_micros=0, latency_ms=None, stream=False,
+                    metadata={"llmgw": {"reconciled_at": now.isoformat()}})])
+            done.append(r.request_id)
+        return done
+
+
+def _key(key: CounterKey) -> Any:
+    return and_(_C.scope == key.scope, _C.scope_id == key.scope_id, _C.period == key.period,
+                _C.period_start == key.period_start)

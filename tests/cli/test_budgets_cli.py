@@ -1,0 +1,97 @@
+"""`llmgw budgets set|list|status` and `llmgw db reconcile` on both databases."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from llmgw.budgets import BudgetPolicy, CounterKey, Limit
+from llmgw.cli import app
+from llmgw.config import BudgetSettings
+from llmgw.ledger.budget_store import BudgetStore
+from llmgw.ledger.engine import make_engine
+from llmgw.ledger.store import utcnow
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _no_config(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # no model_list.yaml here: config-file budgets are empty
+    monkeypatch.delenv("LLMGW_CONFIG", raising=False)
+    monkeypatch.delenv("LLMGW_LEDGER_URL", raising=False)
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def test_set_list_status_round_trip(migrated_ledger_url):
+    url = ["--ledger-url", migrated_ledger_url]
+    assert run("budgets", "set", "--project", "checkout", "--daily", "50", "--monthly", "1000",
+               "--warn", "0.9", *url)[0] == 0
+    assert run("budgets", "set", "--per-request", "$1.25", *url)[0] == 0
+    assert run("budgets", "set", "--project", "checkout", "--daily", "60", *url)[0] == 0  # update
+    code, out = run("budgets", "list", "--format", "json", *url)
+    assert code == 0
+    assert {(r["scope"], r["id"], r["period"], r["limit_usd"], r["warn"]) for r in json.loads(out)} == {
+        ("project", "checkout", "day", "60.000000", 0.8),
+        ("project", "checkout", "month", "1000.000000", 0.9),
+        ("request", "*", "request", "1.250000", 0.8),
+    }
+    # spend 49 of the 60 daily dollars, 2 more on hold: 85 % used, past the 80 % warn ratio
+    policy = BudgetPolicy(BudgetSettings())
+    engine = make_engine(migrated_ledger_url)
+    store = BudgetStore(engine)
+    now = utcnow()
+    limit = Limit("project", "checkout", "day", 60_000_000, 0.8)
+    key = CounterKey("project", "checkout", "day", policy.period_start(now, "day"))
+    hold = store.reserve(request_id="r1", amount_micros=50_000_000, limits=[limit], keys=[key],
+                         created_at=now, agent_id="a", agent_type=None, project_id="checkout",
+                         model_group="g")
+    store.settle(hold, spent_micros=49_000_000, rows=[])
+    store.reserve(request_id="r2", amount_micros=2_000_000, limits=[limit], keys=[key],
+                  created_at=now, agent_id="a", agent_type=None, project_id="checkout",
+                  model_group="g")
+    engine.dispose()
+    code, out = run("budgets", "status", "--project", "checkout", "--format", "json", *url)
+    assert code == 0
+    day = next(r for r in json.loads(out) if r["period"] == "day")
+    assert (day["spent_usd"], day["reserved_usd"], day["limit_usd"]) == (
+        "49.000000", "2.000000", "60.000000")
+    assert day["used"] == round(51 / 60, 4) and day["over_warn"] is True
+    assert day["resets_at"] == policy.period_end(key.period_start, "day").isoformat() + "Z"
+    code, out = run("budgets", "status", *url)
+    assert code == 0 and "checkout" in out and "85.0%" in out
+    # the hold left open is settled by reconcile, once
+    code, out = run("db", "reconcile", "--older-than", "0", *url)
+    assert code == 0 and "Reconciled 1" in out
+    assert "Reconciled 0" in run("db", "reconcile", "--older-than", "0", *url)[1]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--project", "p", "--daily", "-5"], "zero or more dollars"),
+    (["--project", "p", "--daily", "abc"], "dollar amount like 50"),
+    (["--project", "p", "--daily", "1.0000001"], "more than 6 decimals"),
+    (["--project", "p", "--daily", "nan"], "zero or more dollars"),
+    (["--project", "p", "--agent", "a", "--daily", "1"], "exactly one of"),
+    (["--daily", "1"], "exactly one of"),
+    (["--project", "p"], "--daily and/or --monthly"),
+    (["--project", "p", "--daily", "1", "--warn", "1.5"], "--warn"),
+    (["--per-request", "1", "--project", "p"], "stands alone"),
+])
+def test_bad_amounts_and_targets_are_refused(migrated_ledger_url, args, message):
+    code, out = run("budgets", "set", *args, "--ledger-url", migrated_ledger_url)
+    assert code == 2 and message in out
+    assert run("budgets", "list", "--format", "json", "--ledger-url",
+               migrated_ledger_url)[1].strip() == "[]"
+
+
+def test_unmigrated_database_names_the_fix(ledger_url):
+    code, out = run("budgets", "status", "--ledger-url", ledger_url)
+    assert code == 1 and "llmgw db upgrade" in out
+
+
