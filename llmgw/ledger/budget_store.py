@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, or_, select, tuple_, update
+from sqlalchemy import JSON, Connection, DateTime, Engine, and_, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from llmgw.budgets import CounterKey, Limit, Rule
 from llmgw.ledger.models import BudgetCounter, BudgetRule, Reservation, UsageEvent
+from llmgw.ledger.store import bind_processor
 
 _C = BudgetCounter.__table__.c
 _R = Reservation.__table__.c
@@ -64,12 +65,25 @@ class RefusedError(Exception):
 
 
 class BudgetStore:
-    """SQL for budgets; every method is one transaction on the ledger database."""
+    """SQL for budgets; every method is one transaction on the ledger database.
+
+    On SQLite, reserve and settle run as plain driver statements (values converted by
+    SQLAlchemy's own bind processors, so they read back exactly as Core wrote them): they
+    sit on every request's path, and building Core statements costs ~10x the SQL itself.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._dialect = engine.dialect.name
         self._insert_usage = UsageEvent.__table__.insert()
+        self._lean = self._dialect == "sqlite"
+        self._dt = bind_processor(DateTime(), engine) or (lambda v: v)
+        self._json = bind_processor(JSON(), engine) or (lambda v: v)
+        usage_cols = [c for c in UsageEvent.__table__.columns if c.name != "id"]
+        self._usage_names = [c.name for c in usage_cols]
+        self._usage_procs = [bind_processor(c.type, engine) for c in usage_cols]
+        self._usage_sql = (f"INSERT INTO usage_events ({', '.join(self._usage_names)}) "
+                           f"VALUES ({', '.join('?' for _ in usage_cols)})")
 
     # -- rules ---------------------------------------------------------------------------
 
@@ -102,6 +116,10 @@ class BudgetStore:
                 agent_type: str | None, project_id: str, model_group: str) -> Hold:
         """Hold `amount_micros` on every counter, or raise `RefusedError` holding nothing."""
         pairs = sorted(zip(keys, limits), key=lambda p: p[0].as_list())
+        if self._lean:
+            self._reserve_sqlite(request_id, amount_micros, pairs, created_at, agent_id,
+                                 agent_type, project_id, model_group)
+            return Hold(request_id, amount_micros, tuple(pairs))
         with self.engine.begin() as conn:
             # First statement is a write: SQLite takes its write lock now, not mid-transaction.
             conn.execute(Reservation.__table__.insert().values(
@@ -122,6 +140,31 @@ class BudgetStore:
                     raise RefusedError(Refusal(limit, spent, reserved, key.period_start))
         return Hold(request_id, amount_micros, tuple(pairs))
 
+    def _reserve_sqlite(self, request_id: str, amount: int,
+                        pairs: list[tuple[CounterKey, Limit]], created_at: datetime,
+                        agent_id: str, agent_type: str | None, project_id: str,
+                        model_group: str) -> None:
+        conn = self.engine.raw_connection()
+        try:
+            cur = conn.cursor()
+            cur.execute(_SQL_INSERT_RESERVATION, (
+                request_id, self._dt(created_at), amount, agent_id, agent_type, project_id,
+                model_group, self._json([k.as_list() for k, _ in pairs])))
+            keys = [(k.scope, k.scope_id, k.period, self._dt(k.period_start)) for k, _ in pairs]
+            cur.executemany(_SQL_ENSURE_COUNTER, keys)
+            for key, (counter, limit) in zip(keys, pairs):
+                cur.execute(_SQL_HOLD, (amount, *key, amount, limit.limit_micros))
+                if cur.rowcount != 1:
+                    cur.execute(_SQL_READ_COUNTER, key)
+                    spent, reserved = cur.fetchone()
+                    raise RefusedError(Refusal(limit, spent, reserved, counter.period_start))
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            conn.close()
+
     def _ensure_counter(self, conn: Connection, key: CounterKey) -> None:
         ins = (pg_insert if self._dialect == "postgresql" else sqlite_insert)(
             BudgetCounter.__table__)
@@ -135,6 +178,8 @@ class BudgetStore:
                state: str = "settled") -> SettleResult:
         """Turn the hold into `spent_micros` of spend and write the request's ledger rows,
         in one transaction. Idempotent: a hold that is no longer open moves no counter."""
+        if self._lean:
+            return self._settle_sqlite(hold, spent_micros, rows, state)
         result = SettleResult()
         with self.engine.begin() as conn:
             moved = conn.execute(
@@ -150,6 +195,36 @@ class BudgetStore:
                         result.crossings += self._mark_crossing(conn, key, limit)
             if rows:
                 conn.execute(self._insert_usage, rows)
+        return result
+
+    def _settle_sqlite(self, hold: Hold, spent: int, rows: list[dict[str, Any]],
+                       state: str) -> SettleResult:
+        result = SettleResult()
+        conn = self.engine.raw_connection()
+        try:
+            cur = conn.cursor()
+            cur.execute(_SQL_CLOSE_RESERVATION, (state, spent, hold.request_id))
+            if cur.rowcount == 1:
+                for key, limit in hold.counters:
+                    k = (key.scope, key.scope_id, key.period, self._dt(key.period_start))
+                    cur.execute(_SQL_SETTLE_COUNTER, (hold.amount_micros, spent, *k))
+                    if spent > 0:
+                        threshold = int(limit.limit_micros * limit.warn_ratio)
+                        cur.execute(_SQL_MARK_WARNED, (*k, threshold))
+                        if cur.rowcount == 1:
+                            cur.execute(_SQL_READ_COUNTER, k)
+                            result.crossings.append(Crossing(key, limit, cur.fetchone()[0]))
+            if rows:
+                cur.executemany(self._usage_sql, [
+                    tuple(p(r[n]) if p else r[n] for n, p in zip(self._usage_names,
+                                                                 self._usage_procs))
+                    for r in rows])
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            conn.close()
         return result
 
     def _mark_crossing(self, conn: Connection, key: CounterKey, limit: Limit) -> list[Crossing]:
@@ -228,6 +303,24 @@ class BudgetStore:
                     metadata={"llmgw": {"reconciled_at": now.isoformat()}})])
             done.append(r.request_id)
         return done
+
+
+_WHERE_KEY = "scope = ? AND scope_id = ? AND period = ? AND period_start = ?"
+_SQL_INSERT_RESERVATION = (
+    "INSERT INTO reservations (request_id, created_at, state, amount_micros, agent_id, "
+    "agent_type, project_id, model_group, counters) VALUES (?, ?, 'open', ?, ?, ?, ?, ?, ?)")
+_SQL_ENSURE_COUNTER = (
+    "INSERT OR IGNORE INTO budget_counters (scope, scope_id, period, period_start, "
+    "spent_micros, reserved_micros, warned) VALUES (?, ?, ?, ?, 0, 0, 0)")
+_SQL_HOLD = (f"UPDATE budget_counters SET reserved_micros = reserved_micros + ? WHERE "
+             f"{_WHERE_KEY} AND spent_micros + reserved_micros + ? <= ?")
+_SQL_READ_COUNTER = f"SELECT spent_micros, reserved_micros FROM budget_counters WHERE {_WHERE_KEY}"
+_SQL_CLOSE_RESERVATION = ("UPDATE reservations SET state = ?, settled_micros = ? "
+                          "WHERE request_id = ? AND state = 'open'")
+_SQL_SETTLE_COUNTER = ("UPDATE budget_counters SET reserved_micros = reserved_micros - ?, "
+                       f"spent_micros = spent_micros + ? WHERE {_WHERE_KEY}")
+_SQL_MARK_WARNED = (f"UPDATE budget_counters SET warned = 1 WHERE {_WHERE_KEY} "
+                    "AND warned = 0 AND spent_micros >= ?")
 
 
 def _key(key: CounterKey) -> Any:

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from collections.abc import Callable
+
 from sqlalchemy import Engine
+from sqlalchemy.types import TypeEngine
 
 from llmgw.errors import LedgerError
 from llmgw.ledger.engine import make_engine
@@ -59,6 +62,13 @@ def usage_row(ctx: RequestContext, attempt: Attempt, *, ts: datetime, saved_micr
     }
 
 
+def bind_processor(type_: TypeEngine[Any], engine: Engine) -> Callable[[Any], Any] | None:
+    """How the engine's dialect converts a Python value for this column type: exactly what
+    Core sends, so driver-level writes store the same text (SQLite compares datetimes as
+    strings: '...00:00:00' and '...00:00:00.000000' are different keys)."""
+    return type_.dialect_impl(engine.dialect).bind_processor(engine.dialect)
+
+
 class LedgerStore:
     """The SQL cost ledger (SQLite by default, PostgreSQL for many processes).
 
@@ -76,7 +86,7 @@ class LedgerStore:
         self.local = self.engine.dialect.name == "sqlite"
         columns = [c for c in UsageEvent.__table__.columns if c.name != "id"]
         self._names = [c.name for c in columns]
-        self._processors = [c.type.bind_processor(self.engine.dialect) for c in columns]
+        self._processors = [bind_processor(c.type, self.engine) for c in columns]
         self._sql = (f"INSERT INTO usage_events ({', '.join(self._names)}) "
                      f"VALUES ({', '.join('?' for _ in columns)})")
 

@@ -114,30 +114,27 @@ class RuvLLMSim(SimServer):
             return self._error({"status": 0, "path": request.path}, started, *rejection)
         return await self.handle_generation(request)
 
+    # Like the other simulators' metadata routes, these record the request but no response:
+    # `responses` holds the answers to /query only.
+
     async def _new_session(self, request: web.Request) -> web.Response:
-        started, _ = await self.receive(request)
+        await self.receive(request)
         refused = self.refuse_auth(request)
         if refused is not None:
-            return self._error({"status": 0, "path": request.path}, started, *refused)
+            return _text(refused[0], refused[1])
         session_id = str(uuid.uuid4())
         with self._state_lock:
             self._sessions[session_id] = []
-        self._finish({"status": 200, "path": request.path}, started)
         return web.json_response({"session_id": session_id})
 
     async def _post_feedback(self, request: web.Request) -> web.Response:
-        started, body = await self.receive(request)
-        rec: dict[str, Any] = {"status": 0, "path": request.path}
+        _, body = await self.receive(request)
         refused = self.refuse_auth(request)
-        if refused is not None:
-            return self._error(rec, started, *refused)
-        rejection = _axum_rejection(request, await request.read(), _FEEDBACK_FIELDS)
+        rejection = refused or _axum_rejection(request, await request.read(), _FEEDBACK_FIELDS)
         if rejection is not None:
-            return self._error(rec, started, *rejection)
+            return _text(*rejection)
         with self._state_lock:
             self._feedback.append(Feedback(body["query"], body["response"], float(body["quality"])))
-        rec["status"] = 200
-        self._finish(rec, started)
         return web.Response(status=200)  # axum's bare StatusCode::OK: empty body
 
     async def _health(self, request: web.Request) -> web.Response:
@@ -204,10 +201,14 @@ class RuvLLMSim(SimServer):
         error: dict[str, Any],
         headers: dict[str, str] | None = None,
     ) -> web.Response:
-        # axum's `(StatusCode, String)`: the message as plain text, never JSON.
         rec["status"] = status
         self._finish(rec, started)
-        return web.Response(status=status, text=str(error.get("message", "")), headers=headers or {})
+        return _text(status, error, headers)
+
+
+def _text(status: int, error: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    """axum's `(StatusCode, String)`: the message as plain text, never JSON."""
+    return web.Response(status=status, text=str(error.get("message", "")), headers=headers or {})
 
 
 # Required fields and their JSON types; None means the field may be null or absent.

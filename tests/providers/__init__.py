@@ -1,0 +1,1 @@
+"""Tests of llmgw's LiteLLM providers."""
