@@ -47,13 +47,15 @@ def simulated_config(cfg: Config, openai_url: str, anthropic_url: str) -> Config
 async def _workload(gw: Any, anthropic: AnthropicSim, out: Console) -> None:
     phase = "normal"
 
-    async def ask(agent_id: str, agent_type: str, project: str, prompt: str) -> None:
+    async def ask(agent_id: str, agent_type: str, project: str, prompt: str,
+                  max_tokens: int = 256) -> None:
         try:
             c = await gw.complete(agent_id, project, [{"role": "user", "content": prompt}],
-                                  agent_type=agent_type, max_tokens=256,
+                                  agent_type=agent_type, max_tokens=max_tokens,
                                   metadata={"demo_phase": phase})
         except LLMGatewayError as exc:
-            out.print(f"  [red]{agent_id:7}[/] {type(exc).__name__}: {exc.message}")
+            out.print(f"  {project:13} [red]{agent_id:7}[/] {type(exc).__name__}: {exc.message}",
+                      highlight=False)
             return
         hops = " -> ".join(f"{a.deployment} ✗" for a in c.attempts if a.status == "error")
         via = f"  [yellow](after {hops})[/]" if hops else ""
@@ -73,6 +75,10 @@ async def _workload(gw: Any, anthropic: AnthropicSim, out: Console) -> None:
     phase = "recovered"
     out.print("[bold]3. Anthropic is back[/]")
     await asyncio.gather(*(ask(*agent) for agent in AGENTS[5:]))
+    phase = "runaway"
+    out.print("[bold]4. A runaway agent asks for 100,000 output tokens on high-reasoning[/]")
+    await ask("dev-2", "software-engineer", "search-revamp", "Rewrite the whole codebase.",
+              max_tokens=100_000)
 
 
 def run_demo(config_path: str | None = None, workdir: str = ".cache/demo",

@@ -63,7 +63,14 @@ class BudgetExceeded(LLMGatewayError):
         self.limit_micros = limit_micros
         self.requested_micros = requested_micros
         self.resets_at = resets_at
-        resets = f"; it resets at {resets_at.isoformat()}" if resets_at else ""
+        if window == "request":
+            super().__init__(
+                f"This request could cost up to ${requested_micros / 1e6:.6f}, over the "
+                f"per-request cap of ${limit_micros / 1e6:.6f}.",
+                hint="Lower max_tokens, shorten the prompt, or raise the cap with "
+                     "`llmgw budgets set --per-request`.")
+            return
+        resets = f"; it resets at {resets_at.isoformat()} UTC" if resets_at else ""
         super().__init__(
             f"Budget exceeded for {scope} {scope_id!r} ({window}): spent ${spent_micros / 1e6:.6f} "
             f"+ reserved ${reserved_micros / 1e6:.6f} + this request ${requested_micros / 1e6:.6f} "
