@@ -20,6 +20,7 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from llmgw import providers
 from llmgw._litellm import import_litellm
 from llmgw.config import Config
 from llmgw.errors import (
@@ -79,6 +80,12 @@ _HINTS: Mapping[type[ProviderError], str] = {
 }
 
 
+# LiteLLM reports a provider answer it cannot parse as a BadRequestError (422 for Gemini):
+# that is the provider's fault, not the caller's.
+_UNPARSABLE_ANSWER = re.compile(r"Error converting to valid response|Unable to convert .* "
+                                r"response|JSONDecodeError|Expecting value: line", re.I)
+
+
 def classify(exc: BaseException) -> type[ProviderError]:
     """Our error class for one LiteLLM exception."""
     if isinstance(exc, litellm.ContextWindowExceededError):
@@ -86,6 +93,8 @@ def classify(exc: BaseException) -> type[ProviderError]:
     status = status_code_of(exc)
     if status in (401, 403):
         return AuthenticationFailed
+    if isinstance(exc, litellm.BadRequestError) and _UNPARSABLE_ANSWER.search(str(exc)):
+        return ProviderUnavailable
     for cls, ours in _BY_CLASS:
         if isinstance(exc, cls):
             return ours
@@ -266,6 +275,7 @@ def build_router(config: Config, redactor: Redactor) -> Any:
         log.warning("router_settings.cache_responses is ignored: llmgw caches answers itself")
     settings.setdefault("timeout", config.llmgw.request_timeout_s)
 
+    providers.register()  # `ruvector/...` deployments need their handler before the Router
     _release_previous_router()
     before = {id(cb) for cb in _snapshot()}
     router = litellm.Router(

@@ -29,14 +29,14 @@ READY_MARKER = "llmgw sim: ready"
 # A group (for `app.add_typer`) whose callback takes positional names: groups stop parsing
 # options at the first positional unless told otherwise.
 app = typer.Typer(help="Run provider simulators for offline development and tests.",
-                  invoke_without_command=True,
+                  invoke_without_command=True, subcommand_metavar="",
                   context_settings={"allow_interspersed_args": True})
 
 
 @app.callback()
 def sim(
     providers: Annotated[list[str] | None, typer.Argument(
-        help="Simulators to start: openai, anthropic, gemini, cohere, ollama, ruvllm "
+        metavar="PROVIDER", help="Simulators to start: openai, anthropic, gemini, cohere, ollama, ruvllm "
              "(default: every one available).", show_default=False)] = None,
     port: Annotated[list[str] | None, typer.Option(
         "--port", metavar="NAME=PORT", help="Fixed port for one simulator (default: a free "
@@ -77,15 +77,19 @@ def sim(
                 _write_atomically(snippet_file, text)
                 console.print(f"Wrote the model_list.yaml snippet to {snippet_file}",
                               highlight=False, soft_wrap=True)
-            console.print(f"{READY_MARKER} ({len(running)} simulators). Stop with Ctrl-C or "
-                          "SIGTERM.", highlight=False, soft_wrap=True)
+            console.print(f"{READY_MARKER} ({_count(running)}). Stop with Ctrl-C or SIGTERM.",
+                          highlight=False, soft_wrap=True)
             sys.stdout.flush()
             while not stop.wait(1.0):
                 pass
         finally:
             for server in running.values():
                 server.stop()
-    console.print(f"Stopped {len(running)} simulators.", highlight=False)
+    console.print(f"Stopped {_count(running)}.", highlight=False)
+
+
+def _count(running: dict[str, Any]) -> str:
+    return f"{len(running)} simulator{'' if len(running) == 1 else 's'}"
 
 
 def _choose(names: list[str]) -> list[SimProvider]:

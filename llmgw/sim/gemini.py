@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from llmgw.sim.server import Reply, SimServer, split_words, sse
+from llmgw.sim.server import Reply, SimServer, collect_text, split_words, sse
 
 _VERSIONS = ("v1beta", "v1", "v1alpha")
 _METHODS = ("generateContent", "streamGenerateContent")
@@ -166,7 +166,12 @@ class GeminiSim(SimServer):
         system = _field(body, "systemInstruction")
         texts = _part_texts(system.get("parts")) if isinstance(system, dict) else []
         for content in _list(body.get("contents")):
-            texts += _part_texts(content.get("parts"))
+            for part in _list(content.get("parts")):
+                if isinstance(part.get("text"), str):
+                    texts.append(part["text"])
+                result = _field(part, "functionResponse")
+                if isinstance(result, dict):
+                    texts += collect_text(result.get("response"))
         return texts
 
     def last_user_text(self, body: dict[str, Any]) -> str:

@@ -285,8 +285,9 @@ async def test_a_500_from_ruvllm_falls_back_to_the_cloud_group(router, ruv, sims
 )
 async def test_errors_map_to_litellm_exceptions_on_the_router(router, ruv, plan, error, status) -> None:
     ruv.plan = plan
+    extra = {"timeout": 0.5} if status == 408 else {}
     with pytest.raises(getattr(litellm, error)) as caught:
-        await router.acompletion(model="ruv", messages=MESSAGES, disable_fallbacks=True, timeout=0.5)
+        await router.acompletion(model="ruv", messages=MESSAGES, disable_fallbacks=True, **extra)
     assert caught.value.status_code == status
     if status == 429:
         assert caught.value.litellm_response_headers["retry-after"] == "3"
@@ -415,3 +416,17 @@ def test_each_event_loop_gets_its_own_client(ruv) -> None:
 
     # Two asyncio.run loops in a row: a client kept from the first (closed) loop would fail.
     assert [asyncio.run(once()), asyncio.run(once())] == [ANSWER, ANSWER]
+
+
+async def test_ollama_fallback_failures_are_mapped_too(ruv, sims) -> None:
+    ollama = sims["ollama"]
+    ollama.plan = FaultPlan.error(503)
+    kw = {"model": "ruvector/auto", "api_base": f"http://127.0.0.1:{closed_port()}", "messages": MESSAGES,
+          "ollama_api_base": ollama.base_url, "ollama_model": "llama3.2"}
+    with pytest.raises(litellm.ServiceUnavailableError, match="Ollama fallback .* answered HTTP 503"):
+        await litellm.acompletion(**kw)
+    with pytest.raises(litellm.ServiceUnavailableError, match="unreachable too"):
+        await litellm.acompletion(**{**kw, "ollama_api_base": f"http://127.0.0.1:{closed_port()}"})
+    del kw["ollama_model"]
+    with pytest.raises(litellm.BadRequestError, match="ollama_model is missing"):
+        await litellm.acompletion(**kw)
