@@ -128,6 +128,14 @@ class LLMGateway:
                            completion=completion)
         return completion
 
+    async def feedback(self, request_id: str, quality: float) -> bool:
+        """Tell ruvLLM how good one of its answers was (0..1), so its learning loop improves.
+        Returns False when that request was not answered by ruvLLM (e.g. by its Ollama
+        fallback); `LookupError` for a request id this process has not served recently."""
+        from llmgw.providers import ruvector
+
+        return await ruvector.handler().feedback_for(request_id, quality)
+
     def complete_sync(self, agent_id: str, project_id: str, messages: list[dict[str, Any]],
                       **kwargs: Any) -> Completion:
         """`complete` for scripts without an event loop."""
@@ -262,7 +270,7 @@ class LLMGateway:
             provider=hidden.get("custom_llm_provider") or (dep.provider if dep else None),
             model=dep.litellm_params.model if dep else getattr(response, "model", None),
             status="ok", latency_ms=_ms(hidden.get("_response_ms")), usage=usage,
-            cost_micros=cost_micros)
+            cost_micros=cost_micros, provider_details=_provider_details(hidden))
         message = response.choices[0].message if response.choices else None
         tool_calls = [tc.model_dump() if hasattr(tc, "model_dump") else dict(tc)
                       for tc in (getattr(message, "tool_calls", None) or [])]
@@ -352,6 +360,14 @@ def _usage_of(response: Any) -> Usage:
     return Usage(prompt_tokens=int(getattr(u, "prompt_tokens", 0) or 0),
                  completion_tokens=int(getattr(u, "completion_tokens", 0) or 0),
                  cached_tokens=int(cached or 0))
+
+
+def _provider_details(hidden: dict[str, Any]) -> dict[str, Any] | None:
+    """What a provider told us beyond the answer (ruvLLM: model_used, confidence, ...)."""
+    from llmgw.providers.ruvector import HIDDEN_KEY
+
+    details = hidden.get(HIDDEN_KEY)
+    return dict(details) if isinstance(details, dict) else None
 
 
 def _ms(value: Any) -> float | None:

@@ -2,8 +2,8 @@
 
 `probe` asks every deployment of a config, concurrently, through the provider's own cheap
 route (a models list, Ollama's tags, ruvLLM's /health), and falls back to a 1-token
-completion through LiteLLM only where no such route exists. LiteLLM is imported only on
-that fallback and for the cooldown lookup, so importing this module stays cheap.
+completion through LiteLLM only where no such route exists. LiteLLM is imported by
+`probe` itself (before its clocks start), so importing this module stays cheap.
 """
 
 from __future__ import annotations
@@ -112,6 +112,11 @@ async def probe(config: Config, router: Any = None, *, timeout: float = 5.0,
     ``router`` is the gateway's `litellm.Router`, asked which deployments it is cooling
     down (None: report none). Each probe gets ``timeout`` seconds in all.
     """
+    from llmgw._litellm import import_litellm
+
+    # Before any clock starts: a first import takes seconds and blocks the event loop, which
+    # would count against whichever probes are in flight (a 404 falls back to LiteLLM).
+    import_litellm()
     redactor = redactor or Redactor(config.secret_values())
     async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
         cooling, *results = await asyncio.gather(
@@ -167,8 +172,31 @@ async def _probe_one(dep: Deployment, client: httpx.AsyncClient, timeout: float,
         return DeploymentHealth(**base, status="down", checked=checked,
                                 error=f"no answer within {timeout:g} s")
     except httpx.HTTPError as exc:
-        return DeploymentHealth(**base, status="down", checked=checked,
-                                error=_clip(redactor.scrub(_transport_error(exc))))
+        error = _clip(redactor.scrub(_transport_error(exc)))
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            fallback = await _ollama_fallback(dep, client, timeout)
+            if fallback is not None:  # the deployment still answers, as its handler falls back
+                url, latency = fallback
+                return DeploymentHealth(**base, status="up", latency_ms=latency,
+                                        checked=f"GET {url}",
+                                        error=f"{error}; answering through its Ollama fallback")
+        return DeploymentHealth(**base, status="down", checked=checked, error=error)
+
+
+async def _ollama_fallback(dep: Deployment, client: httpx.AsyncClient,
+                           timeout: float) -> tuple[str, float] | None:
+    """For a ruvector deployment with ``ollama_api_base``: (url, latency) if that answers."""
+    configured = (dep.litellm_params.model_extra or {}).get("ollama_api_base")
+    if dep.provider != "ruvector" or not isinstance(configured, str):
+        return None
+    try:
+        url = (_resolve(configured, "ollama_api_base") or "").rstrip("/") + "/api/tags"
+        started = time.perf_counter()
+        async with asyncio.timeout(timeout):
+            response = await client.get(url)
+    except (_Unresolved, TimeoutError, httpx.HTTPError):
+        return None
+    return (url, _ms(started)) if response.is_success else None
 
 
 def _resolve(value: str | None, name: str) -> str | None:
@@ -193,8 +221,9 @@ async def _complete(dep: Deployment, key: str | None, api_base: str | None, time
     params = dict(dep.to_litellm()["litellm_params"])
     params.update({k: v for k, v in (("api_key", key), ("api_base", api_base)) if v})
     try:
+        # LiteLLM's own timeout a little later than ours, so a stall always reads the same.
         await litellm.acompletion(**params, messages=[{"role": "user", "content": "ping"}],
-                                  max_tokens=1, timeout=timeout, num_retries=0)
+                                  max_tokens=1, timeout=timeout + 1, num_retries=0)
     except Exception as exc:
         cls = classify(exc)
         status = status_code_of(exc)

@@ -80,6 +80,7 @@ class Attempt(BaseModel):
     latency_ms: float | None = None
     usage: Usage = Field(default_factory=Usage)
     cost_micros: int = 0
+    provider_details: dict[str, Any] | None = None  # e.g. ruvLLM's model_used and confidence
 
 
 class Completion(BaseModel):

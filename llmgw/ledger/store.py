@@ -58,7 +58,8 @@ def usage_row(ctx: RequestContext, attempt: Attempt, *, ts: datetime, saved_micr
         "saved_micros": saved_micros,
         "latency_ms": attempt.latency_ms,
         "stream": ctx.stream,
-        "metadata": metadata or None,
+        "metadata": ({**(metadata or {}), "provider_details": attempt.provider_details}
+                     if attempt.provider_details else metadata or None),
     }
 
 

@@ -55,7 +55,7 @@ DEFAULT_RETRY_AFTER_S = 30.0
 DEFAULT_CONNECT_TIMEOUT_S = 2.0
 DEFAULT_TIMEOUT_S = 600.0
 SESSION_TIMEOUT_S = 5.0  # /session is trivial; do not hold a request long for it
-RECENT_EXCHANGES = 1024  # request ids remembered for feedback
+RECENT_EXCHANGES = 512  # request ids remembered for feedback (each holds its query and answer)
 
 _UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout)
 
@@ -116,13 +116,18 @@ class Caller:
 
     @classmethod
     def of(cls, litellm_params: Mapping[str, Any] | None) -> Caller:
+        # LiteLLM hands a CustomLLM the caller's `metadata=` (plus the Router's own keys) as
+        # litellm_params["metadata"]; "litellm_metadata" is its newer spelling for some routes.
         params = litellm_params or {}
         for key in ("metadata", "litellm_metadata"):
             md = params.get(key)
-            if isinstance(md, Mapping) and ("project_id" in md or "agent_id" in md):
+            if isinstance(md, Mapping) and any(k in md for k in _CALLER_KEYS):
                 return cls(_str(md.get("project_id")), _str(md.get("agent_id")),
                            _str(md.get("llmgw_request_id")))
         return cls()
+
+
+_CALLER_KEYS = ("project_id", "agent_id", "llmgw_request_id")
 
 
 @dataclass(frozen=True)
@@ -248,11 +253,14 @@ class RuVectorLLM(CustomLLM):  # type: ignore[misc]
     the session ids, the cool-downs of unreachable servers and recent exchanges.
 
     ``clock`` (seconds, monotonic) decides cool-downs; tests replace it to pass time.
+    ``keep_recent`` is how many answered requests are kept for `feedback_for`.
     """
 
-    def __init__(self, *, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, *, clock: Callable[[], float] | None = None,
+                 keep_recent: int = RECENT_EXCHANGES) -> None:
         super().__init__()
         self.clock: Callable[[], float] = clock or time.monotonic
+        self.keep_recent = keep_recent
         self._lock = threading.Lock()
         self._sessions: dict[tuple[str, str, str], str] = {}
         self._down_until: dict[str, float] = {}
@@ -326,7 +334,7 @@ class RuVectorLLM(CustomLLM):  # type: ignore[misc]
         exchange = self.exchange(request_id)
         if exchange is None:
             raise LookupError(f"no recent ruvector request {request_id!r} in this process "
-                              f"(only the last {RECENT_EXCHANGES} are kept)")
+                              f"(only the last {self.keep_recent} are kept)")
         if exchange.served_by != "ruvllm":
             return False
         await self.feedback(exchange.api_base, exchange.query, exchange.response, quality)
@@ -476,7 +484,7 @@ class RuVectorLLM(CustomLLM):  # type: ignore[misc]
         with self._lock:
             self._recent[exchange.request_id] = exchange
             self._recent.move_to_end(exchange.request_id)
-            while len(self._recent) > RECENT_EXCHANGES:
+            while len(self._recent) > self.keep_recent:
                 self._recent.popitem(last=False)
 
     # -- drivers: the same flow over async or sync httpx --------------------------------

@@ -8,16 +8,20 @@ Start one, point a client's base URL at ``sim.base_url`` and steer it with a `Fa
 
 from llmgw.sim.anthropic import AnthropicSim
 from llmgw.sim.faults import Fault, FaultPlan, ToolCall
+from llmgw.sim.ollama import OllamaSim
 from llmgw.sim.openai import OpenAISim
+from llmgw.sim.ruvllm import RuvLLMSim
 from llmgw.sim.server import RecordedRequest, RecordedResponse, SimServer
 
 __all__ = [
     "AnthropicSim",
     "Fault",
     "FaultPlan",
+    "OllamaSim",
     "OpenAISim",
     "RecordedRequest",
     "RecordedResponse",
+    "RuvLLMSim",
     "SimServer",
     "ToolCall",
 ]

@@ -91,7 +91,8 @@ class CohereSim(SimServer):
         return 401, self.error_body(401, "no api key supplied" if sent is None else None)
 
     def error_body(self, status: int, message: str | None) -> dict[str, Any]:
-        return {"id": str(uuid.uuid4()), "message": message or _ERRORS.get(status) or f"Simulated error {status}."}
+        text = message or _ERRORS.get(status) or f"Simulated error {status}."
+        return {"id": str(uuid.uuid4()), "message": text}
 
     # -- requests --------------------------------------------------------------------
 
@@ -100,7 +101,10 @@ class CohereSim(SimServer):
             # v1 takes the model as optional (it has a default) and the turn in `message`.
             message = body.get("message")
             if not (isinstance(message, str) and message.strip()) and not body.get("tool_results"):
-                return "invalid request: message must be at least 1 token long or tool results must be specified."
+                return (
+                    "invalid request: message must be at least 1 token long "
+                    "or tool results must be specified."
+                )
             return None
         if not isinstance(body.get("model"), str) or not body["model"]:
             return "invalid request: model must be specified"
@@ -113,7 +117,8 @@ class CohereSim(SimServer):
         names = []
         tools = body.get("tools")
         for tool in tools if isinstance(tools, list) else []:
-            # v2: OpenAI-shaped {"type": "function", "function": {...}}; v1: {"name", "parameter_definitions"}.
+            # v2: OpenAI-shaped {"type": "function", "function": {...}};
+            # v1: {"name", "description", "parameter_definitions"}.
             spec = tool.get("function", tool) if isinstance(tool, dict) else None
             if isinstance(spec, dict) and isinstance(spec.get("name"), str):
                 names.append(spec["name"])
@@ -167,7 +172,8 @@ class CohereSim(SimServer):
         if _V1.get():
             return self._v1_stream(reply, body)
         start = {"role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []}
-        events = [sse({"id": reply.id, "type": "message-start", "delta": {"message": start}}, "message-start")]
+        first = {"id": reply.id, "type": "message-start", "delta": {"message": start}}
+        events = [sse(first, "message-start")]
 
         def event(kind: str, data: dict[str, Any]) -> None:
             events.append(sse({"type": kind, **data}, kind))
@@ -183,7 +189,8 @@ class CohereSim(SimServer):
                 event("tool-call-delta", {"index": 0, "delta": delta})
             event("tool-call-end", {"index": 0})
         else:
-            event("content-start", {"index": 0, "delta": {"message": {"content": {"type": "text", "text": ""}}}})
+            empty = {"content": {"type": "text", "text": ""}}
+            event("content-start", {"index": 0, "delta": {"message": empty}})
             for piece in split_words(reply.answer or ""):
                 event("content-delta", {"index": 0, "delta": {"message": {"content": {"text": piece}}}})
             event("content-end", {"index": 0})
@@ -239,7 +246,12 @@ class CohereSim(SimServer):
                 for piece in split_words(response["text"])
             ]
         lines.append(
-            {"is_finished": True, "event_type": "stream-end", "response": response, "finish_reason": "COMPLETE"}
+            {
+                "is_finished": True,
+                "event_type": "stream-end",
+                "response": response,
+                "finish_reason": "COMPLETE",
+            }
         )
         return [(json.dumps(line, separators=(",", ":")) + "\n").encode() for line in lines]
 

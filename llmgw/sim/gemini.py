@@ -131,7 +131,11 @@ class GeminiSim(SimServer):
             "domain": "googleapis.com",
             "metadata": {"service": "generativelanguage.googleapis.com"},
         }
-        localized = {"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US", "message": message}
+        localized = {
+            "@type": "type.googleapis.com/google.rpc.LocalizedMessage",
+            "locale": "en-US",
+            "message": message,
+        }
         return 400, _error(400, "INVALID_ARGUMENT", message, [info, localized])
 
     def error_body(self, status: int, message: str | None) -> dict[str, Any]:

@@ -46,7 +46,8 @@ class RuvLLMSim(SimServer):
     """ruvLLM: ``POST /query``, ``POST /session``, ``POST /feedback``, ``GET /health``,
     ``GET /stats``. Default port of the real server is 3000; here a free port.
 
-    Faults of the plan apply to ``/query`` only. ``FaultPlan.answer`` sets ``text``;
+    Faults of the plan apply to ``/query`` only; a rule with ``model`` never fires (the
+    wire carries no model name). ``FaultPlan.answer`` sets ``text``;
     ``model_used``, ``confidence``, ``context_size`` and ``latency_ms`` come from the
     constructor. The records' token counts are the simulator's own word counts; ruvLLM
     sends no usage. ``sessions`` maps each session id to its (query, text) turns.

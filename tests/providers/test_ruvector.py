@@ -430,3 +430,10 @@ async def test_ollama_fallback_failures_are_mapped_too(ruv, sims) -> None:
     del kw["ollama_model"]
     with pytest.raises(litellm.BadRequestError, match="ollama_model is missing"):
         await litellm.acompletion(**kw)
+
+
+def test_recent_exchanges_are_bounded() -> None:
+    keeper = RuVectorLLM(keep_recent=2)
+    for i in range(3):
+        keeper._remember(ruvector.Exchange(f"r{i}", "http://x", "q", "a", "ruvllm"))
+    assert [keeper.exchange(f"r{i}") is not None for i in range(3)] == [False, True, True]

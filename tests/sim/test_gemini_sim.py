@@ -31,6 +31,7 @@ DECLARATIONS = [
     }
 ]
 ANSWER = f"Simulated answer to: {QUESTION}"
+OVERLOADED = "The model is overloaded. Please try again later."
 RESPONSE_KEYS = {"candidates", "usageMetadata", "modelVersion", "responseId"}
 
 
@@ -142,7 +143,8 @@ def test_function_call_json_and_stream(sim: GeminiSim) -> None:
     assert candidate["finishReason"] == "STOP" and candidate["content"]["role"] == "model"
     [part] = candidate["content"]["parts"]
     record = sim.wait_for_responses(1)[0]
-    assert part == {"functionCall": {"id": record.tool_call["id"], "name": "get_weather", "args": {"city": "Paris"}}}
+    call = {"id": record.tool_call["id"], "name": "get_weather", "args": {"city": "Paris"}}
+    assert part == {"functionCall": call}
 
     [chunk] = stream_sse(sim, body)  # a call arrives whole, in one chunk
     assert chunk["candidates"][0]["content"]["parts"][0]["functionCall"]["args"] == {"city": "Paris"}
@@ -298,10 +300,13 @@ async def test_litellm_tool_call_round_trip(sim: GeminiSim, litellm) -> None:
         resp.choices[0].message.model_dump(exclude_none=True),
         {"role": "tool", "tool_call_id": call.id, "content": "sunny, 20C"},
     ]
-    final = await litellm.acompletion(**{**kwargs(sim, tools=tools, _skip_mcp_handler=True), "messages": messages})
+    final = await litellm.acompletion(
+        **{**kwargs(sim, tools=tools, _skip_mcp_handler=True), "messages": messages}
+    )
     assert final.choices[0].message.content == "Sunny."
     model_turn, result_turn = sim.requests[-1].json["contents"][1:]
-    assert model_turn["role"] == "model" and model_turn["parts"][0]["function_call"]["args"] == {"city": "Oslo"}
+    assert model_turn["role"] == "model"
+    assert model_turn["parts"][0]["function_call"]["args"] == {"city": "Oslo"}
     assert result_turn["role"] == "user"
     assert result_turn["parts"][0]["function_response"]["name"] == "get_weather"
 
@@ -345,7 +350,7 @@ async def test_litellm_stream_errors_arrive_wrapped(sim: GeminiSim, litellm) -> 
         (FaultPlan.error(500), {}, "InternalServerError"),
         (FaultPlan.error(503), {}, "ServiceUnavailableError"),
         # Quirk: Google's real 503 text "The model is overloaded." maps to InternalServerError.
-        (FaultPlan.error(503, message="The model is overloaded. Please try again later."), {}, "InternalServerError"),
+        (FaultPlan.error(503, message=OVERLOADED), {}, "InternalServerError"),
         # Quirk: an unparsable 200 body becomes a 422 BadRequestError.
         (FaultPlan.malformed(), {}, "BadRequestError"),
         (FaultPlan.drop(), {}, "APIConnectionError"),
