@@ -20,6 +20,7 @@ from llmgw.budgets import BudgetPolicy, Limit, Rule
 from llmgw.config import Config, load_config
 from llmgw.errors import BudgetExceeded, InvalidRequest, LedgerError, ProviderError
 from llmgw.events import EventBus, Handler
+from llmgw.health import DeploymentHealth, DeploymentStats, StatsCollector, probe
 from llmgw.ledger.budget_store import BudgetStore, Hold, RefusedError
 from llmgw.ledger.migrate import ensure_current
 from llmgw.ledger.store import LedgerStore, RequestContext, usage_row, utcnow
@@ -64,6 +65,7 @@ class LLMGateway:
         self._rules_at = -math.inf
         self.router = build_router(self.config, self.redactor)
         self._recorder = recorder()
+        self.stats_collector = StatsCollector()
         self.reconcile()
 
     # -- public API --------------------------------------------------------------------------
@@ -127,6 +129,14 @@ class LLMGateway:
         await self._record(ctx, completion.attempts, request.metadata, route, now, hold,
                            completion=completion)
         return completion
+
+    async def health(self, *, timeout: float = 5.0) -> list[DeploymentHealth]:
+        """Probe every deployment now: up/down, latency, error, and LiteLLM's cooldown."""
+        return await probe(self.config, self.router, timeout=timeout, redactor=self.redactor)
+
+    def stats(self) -> list[DeploymentStats]:
+        """Requests, errors and p50/p95 latency per deployment, from this process's attempts."""
+        return self.stats_collector.snapshot()
 
     async def feedback(self, request_id: str, quality: float) -> bool:
         """Tell ruvLLM how good one of its answers was (0..1), so its learning loop improves.
@@ -297,6 +307,9 @@ class LLMGateway:
                       user_metadata: dict[str, Any], route: Resolution, now: Any,
                       hold: Hold | None, completion: Completion | None = None) -> None:
         """Write the request's rows; with a hold, settle it in the same transaction."""
+        for a in attempts:
+            if a.deployment and a.status in ("ok", "error"):
+                self.stats_collector.record(a.deployment, a.status == "ok", a.latency_ms)
         meta = {**user_metadata, "llmgw": {"requested_group": route.model_group,
                                            "route": route.reason}}
         rows = [usage_row(ctx, a, ts=now, metadata=meta) for a in attempts]

@@ -119,9 +119,9 @@ async def probe(config: Config, router: Any = None, *, timeout: float = 5.0,
     import_litellm()
     redactor = redactor or Redactor(config.secret_values())
     async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
-        cooling, *results = await asyncio.gather(
+        cooling, results = await asyncio.gather(
             cooling_down(router),
-            *(_probe_one(d, client, timeout, redactor) for d in config.model_list))
+            asyncio.gather(*(_probe_one(d, client, timeout, redactor) for d in config.model_list)))
     return [r.model_copy(update={"cooling_down": r.deployment_id in cooling}) for r in results]
 
 
@@ -140,8 +140,10 @@ async def cooling_down(router: Any) -> set[str]:
 
 async def _probe_one(dep: Deployment, client: httpx.AsyncClient, timeout: float,
                      redactor: Redactor) -> DeploymentHealth:
-    base = dict(deployment_id=dep.id, group=dep.model_name, provider=dep.provider,
-                model=dep.litellm_params.model)
+    def result(**fields: Any) -> DeploymentHealth:
+        return DeploymentHealth(deployment_id=dep.id, group=dep.model_name,
+                                provider=dep.provider, model=dep.litellm_params.model, **fields)
+
     spec = _ROUTES.get(dep.provider)
     checked = "completion"
     started = time.perf_counter()
@@ -159,28 +161,25 @@ async def _probe_one(dep: Deployment, client: httpx.AsyncClient, timeout: float,
                 # a 1-token completion is the only way left to know.
                 if response.status_code not in (404, 405):
                     error = _http_error(response)
-                    return DeploymentHealth(**base, status="down" if error else "up",
-                                            latency_ms=_ms(started), checked=checked,
-                                            error=_clip(redactor.scrub(error)))
+                    return result(status="down" if error else "up", latency_ms=_ms(started),
+                                  checked=checked, error=_clip(redactor.scrub(error)))
                 checked, started = "completion", time.perf_counter()
             error = await _complete(dep, key, api_base, timeout, redactor)
-            return DeploymentHealth(**base, status="down" if error else "up",
-                                    latency_ms=_ms(started), checked=checked, error=error)
+            return result(status="down" if error else "up", latency_ms=_ms(started),
+                          checked=checked, error=error)
     except _Unresolved as exc:
-        return DeploymentHealth(**base, status="down", checked="config", error=str(exc))
+        return result(status="down", checked="config", error=str(exc))
     except TimeoutError:
-        return DeploymentHealth(**base, status="down", checked=checked,
-                                error=f"no answer within {timeout:g} s")
+        return result(status="down", checked=checked, error=f"no answer within {timeout:g} s")
     except httpx.HTTPError as exc:
         error = _clip(redactor.scrub(_transport_error(exc)))
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
             fallback = await _ollama_fallback(dep, client, timeout)
             if fallback is not None:  # the deployment still answers, as its handler falls back
                 url, latency = fallback
-                return DeploymentHealth(**base, status="up", latency_ms=latency,
-                                        checked=f"GET {url}",
-                                        error=f"{error}; answering through its Ollama fallback")
-        return DeploymentHealth(**base, status="down", checked=checked, error=error)
+                return result(status="up", latency_ms=latency, checked=f"GET {url}",
+                              error=f"{error}; answering through its Ollama fallback")
+        return result(status="down", checked=checked, error=error)
 
 
 async def _ollama_fallback(dep: Deployment, client: httpx.AsyncClient,
@@ -322,13 +321,14 @@ class StatsCollector:
             recent.append((ok, latency_ms))
             totals = self._totals[deployment_id]
             totals[0] += 1
-            totals[1] += not ok
+            totals[1] += 0 if ok else 1
 
     def snapshot(self) -> list[DeploymentStats]:
         """Stats per deployment, sorted by id."""
         with self._lock:
             items = {k: (list(v), tuple(self._totals[k])) for k, v in self._recent.items()}
-        return [_stats(dep_id, recent, totals) for dep_id, (recent, totals) in sorted(items.items())]
+        return [_stats(dep_id, recent, totals)
+                for dep_id, (recent, totals) in sorted(items.items())]
 
     def reset(self) -> None:
         with self._lock:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from llmgw.cli import budgets, db, demo, models, usage
+from llmgw.cli import budgets, db, demo, health, models, sim, usage
 
 app = typer.Typer(
     name="llmgw",
@@ -24,6 +24,8 @@ app.add_typer(db.app, name="db")
 app.add_typer(budgets.app, name="budgets")
 app.add_typer(models.app, name="models")
 app.add_typer(demo.app, name="demo")
+app.add_typer(sim.app, name="sim")
+app.add_typer(health.app, name="health")
 
 
 def main() -> None:

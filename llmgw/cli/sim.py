@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from llmgw.cli._common import EXIT_USAGE, console, err_console, fail, print_wide
@@ -36,8 +37,9 @@ app = typer.Typer(help="Run provider simulators for offline development and test
 @app.callback()
 def sim(
     providers: Annotated[list[str] | None, typer.Argument(
-        metavar="PROVIDER", help="Simulators to start: openai, anthropic, gemini, cohere, ollama, ruvllm "
-             "(default: every one available).", show_default=False)] = None,
+        metavar="PROVIDER", help="Simulators to start: openai, anthropic, gemini, cohere, "
+                                 "ollama, ruvllm (default: every one available).",
+        show_default=False)] = None,
     port: Annotated[list[str] | None, typer.Option(
         "--port", metavar="NAME=PORT", help="Fixed port for one simulator (default: a free "
                                             "port). Repeatable.")] = None,
@@ -75,7 +77,7 @@ def sim(
                 typer.echo(text, nl=False)
             else:
                 _write_atomically(snippet_file, text)
-                console.print(f"Wrote the model_list.yaml snippet to {snippet_file}",
+                console.print(f"Wrote the model_list.yaml snippet to {escape(str(snippet_file))}",
                               highlight=False, soft_wrap=True)
             console.print(f"{READY_MARKER} ({_count(running)}). Stop with Ctrl-C or SIGTERM.",
                           highlight=False, soft_wrap=True)

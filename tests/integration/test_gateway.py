@@ -156,3 +156,21 @@ async def test_unknown_group_is_refused_before_any_io(gateway, sims, migrated_le
     with pytest.raises(UnknownModelGroup, match="Known groups: authg, autho, backup, primary, solo"):
         await gateway.complete("a", "p", HELLO, model_group="nope")
     assert ledger_rows(migrated_ledger_url) == []
+
+
+async def test_health_and_stats_of_a_running_gateway(gateway, sims):
+    openai_sim, anthropic_sim = sims
+    anthropic_sim.set_plan(FaultPlan.error(500))
+    await gateway.complete("arch-1", "proj-a", HELLO, model_group="primary")  # error + fallback
+    anthropic_sim.set_plan(FaultPlan())
+    await gateway.complete("qa-1", "proj-a", HELLO, model_group="backup")
+    stats = {s.deployment_id: s for s in gateway.stats()}
+    assert (stats["primary-anthropic"].requests, stats["primary-anthropic"].errors) == (1, 1)
+    assert (stats["backup-openai"].requests, stats["backup-openai"].errors) == (2, 0)
+    assert stats["backup-openai"].p50_ms is not None
+
+    health = {h.deployment_id: h for h in await gateway.health(timeout=5)}
+    assert health["backup-openai"].status == "up" and health["backup-openai"].latency_ms > 0
+    assert health["primary-anthropic"].status == "up"
+    assert health["auth-anthropic"].status == "down"  # wrong key
+    assert "SECRET" not in (health["auth-anthropic"].error or "")

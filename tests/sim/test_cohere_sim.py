@@ -120,6 +120,7 @@ def test_v2_tool_call_json_and_stream(sim: CohereSim) -> None:
     pieces = [delta["function"]["arguments"] for delta in deltas]
     assert json.loads("".join(pieces)) == {"city": "Paris"}
     assert events[-1][1]["delta"]["finish_reason"] == "TOOL_CALL"
+    sim.wait_for_responses(2)  # streams are recorded after the last byte: let it land in this test
 
 
 def test_cached_tokens_are_not_reported(sim: CohereSim) -> None:
@@ -153,6 +154,7 @@ def test_v1_stream_is_ndjson(sim: CohereSim) -> None:
     end = lines[-1]
     assert end["is_finished"] is True and end["finish_reason"] == "COMPLETE"
     assert end["response"]["text"] == ANSWER and end["response"]["meta"]["billed_units"] == COUNTS
+    assert sim.wait_for_responses(1)[0].chunks == len(lines)
 
 
 def test_v1_tool_calls(sim: CohereSim) -> None:
