@@ -4,11 +4,13 @@ the modules it calls (agents, budgets, router, ledger, pricing)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -36,12 +38,36 @@ from llmgw.router import (
     recorder,
     status_code_of,
 )
-from llmgw.types import Attempt, Completion, CompletionRequest, Message, Usage
+from llmgw.types import (
+    Attempt,
+    BudgetImpact,
+    Completion,
+    CompletionRequest,
+    ContentDelta,
+    CostEstimate,
+    DeploymentEstimate,
+    Message,
+    StreamDone,
+    StreamError,
+    StreamEvent,
+    ToolCallDelta,
+    Usage,
+)
 
 # Keys the gateway sets itself; a caller passing them would bypass routing or leak secrets.
 _RESERVED_PARAMS = frozenset({"model", "messages", "stream", "api_key", "api_base", "base_url",
                               "litellm_metadata", "fallbacks", "disable_fallbacks"})
 _RULES_TTL_S = 5.0  # `llmgw budgets set` reaches running gateways within this
+
+
+@dataclass(frozen=True, slots=True)
+class _BudgetPlan:
+    route: Resolution
+    amount: int
+    max_tokens: int
+    limits: list[Limit]
+    keys: list[Any]
+    cap: Limit | None
 
 
 class LLMGateway:
@@ -66,6 +92,7 @@ class LLMGateway:
         self.router = build_router(self.config, self.redactor)
         self._recorder = recorder()
         self.stats_collector = StatsCollector()
+        self._open_streams: set[asyncio.Event] = set()
         self.reconcile()
 
     # -- public API --------------------------------------------------------------------------
@@ -91,15 +118,9 @@ class LLMGateway:
         Raises `InvalidRequest` (nothing recorded), `UnknownModelGroup`, `BudgetExceeded`
         (a `refused` row, no provider called), or a `ProviderError` subclass after every
         attempt was recorded."""
-        request = _validate(agent_id, project_id, messages, agent_type, model_group, metadata,
-                            params)
-        route = self.agents.resolve(request.agent_id, agent_type=request.agent_type,
-                                    model_group=request.model_group)
-        request_id = uuid.uuid4().hex
-        now = self.clock()
-        ctx = RequestContext(request_id, request.agent_id, route.agent_type, request.project_id)
-        call_params = dict(request.params)
-        route, hold = await self._reserve(ctx, route, request, call_params, now)
+        request, route, ctx, now, call_params, hold = await self._begin(
+            agent_id, project_id, messages, agent_type, model_group, metadata, params)
+        request_id = ctx.request_id
         started = time.perf_counter()
         trace = self._recorder.open(request_id)
         try:
@@ -146,10 +167,202 @@ class LLMGateway:
 
         return await ruvector.handler().feedback_for(request_id, quality)
 
+    async def stream(self, agent_id: str, project_id: str, messages: list[dict[str, Any]],
+                     **kwargs: Any) -> AsyncIterator[StreamEvent]:
+        """`complete` as a stream of events: see `_stream`. A stream abandoned by its caller
+        is settled when Python closes it; `drain()` / `aclose()` wait for that."""
+        finished = asyncio.Event()
+        self._open_streams.add(finished)
+        inner = self._stream(agent_id, project_id, messages, **kwargs)
+        try:
+            async for event in inner:
+                yield event
+        finally:
+            try:
+                await inner.aclose()
+            finally:
+                finished.set()
+                self._open_streams.discard(finished)
+
+    async def drain(self) -> None:
+        """Wait until every stream this gateway started has been recorded and settled."""
+        while self._open_streams:
+            await next(iter(self._open_streams)).wait()
+
+    async def _stream(self, agent_id: str, project_id: str, messages: list[dict[str, Any]], *,
+                      agent_type: str | None = None, model_group: str | None = None,
+                      metadata: dict[str, Any] | None = None,
+                      **params: Any) -> AsyncIterator[StreamEvent]:
+        """`complete` as a stream of events: `ContentDelta`s, `ToolCallDelta`s, then one
+        `StreamDone` (usage, cost, deployment, request_id).
+
+        A failure before the first token falls back like `complete` (or raises its typed
+        error); after it, the stream ends with a `StreamError` and no repeated text. A stream
+        cut off (the provider drops it, or the caller stops iterating or is cancelled) is
+        recorded as a `partial` row with the tokens generated so far, and settled."""
+        request, route, ctx, now, call_params, hold = await self._begin(
+            agent_id, project_id, messages, agent_type, model_group, metadata, params)
+        ctx = RequestContext(ctx.request_id, ctx.agent_id, ctx.agent_type, ctx.project_id,
+                             stream=True)
+        started = time.perf_counter()
+        trace = self._recorder.open(ctx.request_id)
+        msgs = [m.model_dump(exclude_none=True) for m in request.messages]
+        try:
+            response = await self.router.acompletion(
+                model=route.model_group, messages=msgs, stream=True,
+                stream_options={"include_usage": True},
+                metadata={REQUEST_ID_KEY: ctx.request_id, "agent_id": ctx.agent_id,
+                          "project_id": ctx.project_id, "agent_type": ctx.agent_type},
+                **call_params)
+        except Exception as exc:
+            trace = self._recorder.close(ctx.request_id)
+            error = self._failed(exc, trace, route)
+            await self._record(ctx, trace.failures, request.metadata, route, now, hold)
+            raise error from None
+        acc = _StreamAccumulator()
+        finished = False
+        try:
+            async for chunk in response:
+                for event in acc.add(chunk):
+                    yield event
+            finished = True
+        except Exception as exc:
+            trace = self._recorder.close(ctx.request_id)
+            if not acc.text and not acc.tool_calls:  # nothing shown yet: a plain failure
+                error = self._failed(exc, trace, route)
+                await self._record(ctx, trace.failures, request.metadata, route, now, hold)
+                raise error from None
+            partial = self._stream_completion(response, acc, trace, route, ctx, msgs, started,
+                                              status="partial", error=exc)
+            await self._record(ctx, partial.attempts, request.metadata, route, now, hold,
+                               completion=partial)
+            cls = classify(exc)
+            yield StreamError(error_class=cls.__name__,
+                              message=provider_message(exc, self.redactor), partial=partial,
+                              error=map_exception(exc, trace=trace, model_group=route.model_group,
+                                                  redactor=self.redactor, config=self.config))
+            return
+        finally:
+            if not finished and ctx.request_id in self._recorder.traces:
+                # The caller stopped iterating or was cancelled: settle what was generated.
+                trace = self._recorder.close(ctx.request_id)
+                partial = self._stream_completion(response, acc, trace, route, ctx, msgs,
+                                                  started, status="partial", error=None)
+                await asyncio.shield(self._record(ctx, partial.attempts, request.metadata, route,
+                                                  now, hold, completion=partial))
+                with contextlib.suppress(Exception):
+                    await response.aclose()
+        trace = self._recorder.close(ctx.request_id)
+        done = self._stream_completion(response, acc, trace, route, ctx, msgs, started,
+                                       status="ok", error=None)
+        await self._record(ctx, done.attempts, request.metadata, route, now, hold,
+                           completion=done)
+        yield StreamDone(completion=done)
+
+    def _stream_completion(self, response: Any, acc: _StreamAccumulator, trace: RequestTrace,
+                           route: Resolution, ctx: RequestContext, msgs: list[dict[str, Any]],
+                           started: float, *, status: str, error: BaseException | None
+                           ) -> Completion:
+        """The Completion of a stream, from its chunks: provider usage when it sent one
+        (`include_usage`), else tokens counted by LiteLLM's tokenizer; cost from the serving
+        deployment's prices, exactly."""
+        hidden = getattr(response, "_hidden_params", None) or {}
+        deployment_id = hidden.get("model_id")
+        dep = self.config.deployment(deployment_id) if deployment_id else None
+        usage = acc.usage
+        if usage is None or status == "partial":
+            litellm = import_litellm()
+            model = dep.litellm_params.model if dep else "gpt-4o"
+            prompt = usage.prompt_tokens if usage else litellm.token_counter(model=model,
+                                                                             messages=msgs)
+            completion = litellm.token_counter(model=model, text=acc.text + acc.tool_text(),
+                                               count_response_tokens=True) if (
+                acc.text or acc.tool_calls) else 0
+            usage = Usage(prompt_tokens=prompt, completion_tokens=completion)
+        cost = (token_cost_micros(usage.prompt_tokens, usage.completion_tokens, dep.input_price,
+                                  dep.output_price) if dep else 0)
+        headers = hidden.get("additional_headers") or {}
+        served_group = headers.get("x-litellm-model-group") or (dep.model_name if dep else
+                                                                route.model_group)
+        final = Attempt(
+            attempt=len(trace.failures) + 1, model_group=served_group, deployment=deployment_id,
+            provider=dep.provider if dep else hidden.get("custom_llm_provider"),
+            model=dep.litellm_params.model if dep else None, status=status,  # type: ignore[arg-type]
+            error_class=(classify(error).__name__ if error is not None else
+                         "StreamClosed" if status == "partial" else None),
+            error_message=(provider_message(error, self.redactor) if error is not None else
+                           "the caller stopped reading the stream" if status == "partial"
+                           else None),
+            latency_ms=round((time.perf_counter() - started) * 1000, 3), usage=usage,
+            cost_micros=cost, provider_details=_provider_details(hidden))
+        return Completion(
+            request_id=ctx.request_id, content=acc.text or None, tool_calls=acc.tool_call_list(),
+            finish_reason=acc.finish_reason, usage=usage, cost_micros=cost,
+            model_group=served_group, requested_group=route.model_group,
+            deployment=deployment_id, provider=final.provider, model=final.model,
+            latency_ms=final.latency_ms or 0.0, attempts=[*trace.failures, final], raw=None)
+
+    async def estimate(self, agent_id: str, project_id: str, messages: list[dict[str, Any]], *,
+                       agent_type: str | None = None, model_group: str | None = None,
+                       **params: Any) -> CostEstimate:
+        """What `complete` would cost and which budgets it would hit; reserves nothing and
+        calls no provider. `worst_case_micros` is exactly what `complete` would reserve."""
+        request = _validate(agent_id, project_id, messages, agent_type, model_group, None, params)
+        route = self.agents.resolve(request.agent_id, agent_type=request.agent_type,
+                                    model_group=request.model_group)
+        ctx = RequestContext("estimate", request.agent_id, route.agent_type, request.project_id)
+        now = self.clock()
+        call_params = dict(request.params)
+        plan = self._plan(ctx, route, request, call_params, now)
+        if plan is not None:
+            route, max_tokens, amount = plan.route, plan.max_tokens, plan.amount
+        else:
+            max_tokens = int(call_params.get("max_tokens")
+                             or self.config.llmgw.budgets.default_max_tokens)
+            amount = self.worst_case_micros(route.model_group, request.messages, max_tokens)
+        prompt = self._prompt_tokens(route.model_group, request.messages)
+        expected = min(max_tokens, max(16, prompt // 2))  # answers are usually shorter than asks
+        chain = self.config.fallback_chain(route.model_group)
+        per_deployment = [DeploymentEstimate(
+            deployment=d.id, model_group=g, model=d.litellm_params.model,
+            expected_micros=token_cost_micros(prompt, expected, d.input_price, d.output_price),
+            worst_case_micros=token_cost_micros(prompt, max_tokens, d.input_price,
+                                                d.output_price))
+            for g in chain for d in self.config.groups()[g]]
+        impacts: list[BudgetImpact] = []
+        refused = False
+        if plan is not None:
+            if plan.cap is not None:
+                over = amount > plan.cap.limit_micros
+                refused |= over
+                impacts.append(BudgetImpact(scope="request", scope_id="*", period="request",
+                                            limit_micros=plan.cap.limit_micros, spent_micros=0,
+                                            reserved_micros=0, would_exceed=over))
+            counters = await self._db(self.budget_store.counters, plan.keys)
+            for key, limit in zip(plan.keys, plan.limits):
+                spent, held = counters.get(key, (0, 0))
+                over = spent + held + amount > limit.limit_micros
+                refused |= over
+                impacts.append(BudgetImpact(scope=limit.scope, scope_id=limit.scope_id,
+                                            period=limit.period, limit_micros=limit.limit_micros,
+                                            spent_micros=spent, reserved_micros=held,
+                                            would_exceed=over))
+        return CostEstimate(model_group=route.model_group, fallback_groups=chain[1:],
+                            prompt_tokens=prompt, expected_completion_tokens=expected,
+                            max_tokens=max_tokens, worst_case_micros=amount,
+                            deployments=per_deployment, budgets=impacts,
+                            would_be_refused=refused)
+
     def complete_sync(self, agent_id: str, project_id: str, messages: list[dict[str, Any]],
                       **kwargs: Any) -> Completion:
         """`complete` for scripts without an event loop."""
         return asyncio.run(self.complete(agent_id, project_id, messages, **kwargs))
+
+    def _prompt_tokens(self, model_group: str, messages: list[Message]) -> int:
+        """Prompt tokens by LiteLLM's tokenizer for the group's first deployment's model."""
+        first = self.config.groups()[model_group][0].litellm_params.model
+        return int(import_litellm().token_counter(
+            model=first, messages=[m.model_dump(exclude_none=True) for m in messages]))
 
     def worst_case_micros(self, model_group: str, messages: list[Message],
                           max_tokens: int) -> int:
@@ -158,10 +371,7 @@ class LLMGateway:
         across the group and every group its fallbacks reach. Rounded up."""
         deployments = [d for g in self.config.fallback_chain(model_group)
                        for d in self.config.groups()[g]]
-        litellm = import_litellm()
-        first = self.config.groups()[model_group][0].litellm_params.model
-        counted = litellm.token_counter(model=first, messages=[m.model_dump(exclude_none=True)
-                                                                for m in messages])
+        counted = self._prompt_tokens(model_group, messages)
         prompt = math.ceil(counted * self.config.llmgw.budgets.prompt_margin)
         usd = (prompt * max(d.input_price for d in deployments)
                + max_tokens * max(d.output_price for d in deployments))
@@ -171,6 +381,7 @@ class LLMGateway:
         self.ledger.dispose()
 
     async def aclose(self) -> None:
+        await self.drain()
         self.close()
 
     async def __aenter__(self) -> LLMGateway:
@@ -181,36 +392,67 @@ class LLMGateway:
 
     # -- budgets -----------------------------------------------------------------------------
 
+    async def _begin(self, agent_id: Any, project_id: Any, messages: Any, agent_type: Any,
+                     model_group: Any, metadata: Any, params: dict[str, Any]) -> tuple[
+                         CompletionRequest, Resolution, RequestContext, Any, dict[str, Any],
+                         Hold | None]:
+        """Steps 1-3 of every call: validate, resolve the group, reserve the budget."""
+        request = _validate(agent_id, project_id, messages, agent_type, model_group, metadata,
+                            params)
+        route = self.agents.resolve(request.agent_id, agent_type=request.agent_type,
+                                    model_group=request.model_group)
+        now = self.clock()
+        ctx = RequestContext(uuid.uuid4().hex, request.agent_id, route.agent_type,
+                             request.project_id)
+        call_params = dict(request.params)
+        if call_params.get("tools"):
+            # LiteLLM imports its MCP gateway (and the `mcp` package) whenever tools are
+            # passed; plain function tools never need it.
+            call_params["_skip_mcp_handler"] = True
+        route, hold = await self._reserve(ctx, route, request, call_params, now)
+        return request, route, ctx, now, call_params, hold
+
     def _current_rules(self) -> list[Rule]:
         if time.monotonic() - self._rules_at > _RULES_TTL_S:
             self._rules = self.budget_store.rules()
             self._rules_at = time.monotonic()
         return self._rules
 
-    async def _reserve(self, ctx: RequestContext, route: Resolution, request: CompletionRequest,
-                       params: dict[str, Any], now: Any) -> tuple[Resolution, Hold | None]:
+    def _plan(self, ctx: RequestContext, route: Resolution, request: CompletionRequest,
+              params: dict[str, Any], now: Any) -> _BudgetPlan | None:
+        """The limits, counters and worst-case amount of a request; None without budgets.
+        Sets max_tokens in `params` when the caller gave none, so the hold bounds the call."""
         policy = self.budget_policy
         rules = self._current_rules()
         if not rules and not policy.configured:
-            return route, None
+            return None
         limits = policy.limits(agent_id=ctx.agent_id, agent_type=route.agent_type,
                                project_id=ctx.project_id, rules=rules)
         cap = policy.request_cap(rules)
         if not limits and cap is None:
-            return route, None
+            return None
         route = self._maybe_downgrade(route, limits, now)
         max_tokens = params.get("max_tokens") or params.get("max_completion_tokens")
-        if max_tokens is None:  # bound what the call can cost, so the hold bounds it too
+        if max_tokens is None:
             max_tokens = params["max_tokens"] = self.config.llmgw.budgets.default_max_tokens
         amount = self.worst_case_micros(route.model_group, request.messages, int(max_tokens))
+        keys = [policy.counter_key(limit, now) for limit in limits]
+        return _BudgetPlan(route, amount, int(max_tokens), limits, keys, cap)
+
+    async def _reserve(self, ctx: RequestContext, route: Resolution, request: CompletionRequest,
+                       params: dict[str, Any], now: Any) -> tuple[Resolution, Hold | None]:
+        plan = self._plan(ctx, route, request, params, now)
+        if plan is None:
+            return route, None
+        route, amount, cap = plan.route, plan.amount, plan.cap
         if cap is not None and amount > cap.limit_micros:
             await self._refuse(ctx, route, request, now, cap, 0, 0, amount, None)
-        keys = [policy.counter_key(limit, now) for limit in limits]
         try:
             hold = await self._db(self.budget_store.reserve, request_id=ctx.request_id,
-                                  amount_micros=amount, limits=limits, keys=keys, created_at=now,
-                                  agent_id=ctx.agent_id, agent_type=ctx.agent_type,
-                                  project_id=ctx.project_id, model_group=route.model_group)
+                                  amount_micros=amount, limits=plan.limits, keys=plan.keys,
+                                  created_at=now, agent_id=ctx.agent_id,
+                                  agent_type=ctx.agent_type, project_id=ctx.project_id,
+                                  model_group=route.model_group)
         except RefusedError as exc:
             r = exc.refusal
             await self._refuse(ctx, route, request, now, r.limit, r.spent_micros,
@@ -338,6 +580,55 @@ class LLMGateway:
                 "limit_micros": c.limit.limit_micros, "warn_ratio": c.limit.warn_ratio})
 
 
+class _StreamAccumulator:
+    """Turns LiteLLM stream chunks into events and remembers what was said."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def tool_text(self) -> str:
+        return "".join(f"{c['function']['name']}{c['function']['arguments']}"
+                       for c in self.tool_calls.values())
+
+    def tool_call_list(self) -> list[dict[str, Any]]:
+        return [self.tool_calls[i] for i in sorted(self.tool_calls)]
+
+    def add(self, chunk: Any) -> list[ContentDelta | ToolCallDelta]:
+        events: list[ContentDelta | ToolCallDelta] = []
+        u = getattr(chunk, "usage", None)
+        if u is not None and (getattr(u, "prompt_tokens", 0) or getattr(u, "completion_tokens", 0)):
+            self.usage = _usage_of(chunk)
+        for choice in getattr(chunk, "choices", None) or []:
+            if choice.finish_reason:
+                self.finish_reason = choice.finish_reason
+            delta = choice.delta
+            if delta is None:
+                continue
+            if delta.content:
+                self.parts.append(delta.content)
+                events.append(ContentDelta(text=delta.content))
+            for tc in getattr(delta, "tool_calls", None) or []:
+                index = tc.index if tc.index is not None else len(self.tool_calls)
+                fn = tc.function
+                name = getattr(fn, "name", None) if fn else None
+                args = (getattr(fn, "arguments", None) or "") if fn else ""
+                call = self.tool_calls.setdefault(index, {"id": None, "type": "function",
+                                                          "function": {"name": None,
+                                                                       "arguments": ""}})
+                call["id"] = call["id"] or tc.id
+                call["function"]["name"] = call["function"]["name"] or name
+                call["function"]["arguments"] += args
+                events.append(ToolCallDelta(index=index, id=tc.id, name=name, arguments=args))
+        return events
+
+
 def _validate(agent_id: Any, project_id: Any, messages: Any, agent_type: Any, model_group: Any,
               metadata: Any, params: dict[str, Any]) -> CompletionRequest:
     reserved = sorted(_RESERVED_PARAMS & params.keys())
@@ -358,6 +649,13 @@ def _validate(agent_id: Any, project_id: Any, messages: Any, agent_type: Any, mo
                                   "{'role', 'content'} messages.") from None
     except (TypeError, ValueError) as exc:
         raise InvalidRequest(f"metadata must be JSON-serialisable: {exc}.") from None
+    tools = params.get("tools")
+    if tools is not None and (not isinstance(tools, list) or not all(
+            isinstance(t, dict) and t.get("type", "function") == "function" and
+            isinstance(t.get("function"), dict) and t["function"].get("name") for t in tools)):
+        raise InvalidRequest("tools must be a list of OpenAI-shaped function tools: "
+                             "[{'type': 'function', 'function': {'name': ..., 'parameters': "
+                             "{...}}}].", hint="Other tool types (e.g. MCP) are not supported.")
     max_tokens = params.get("max_tokens")
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):
         raise InvalidRequest(f"max_tokens must be a positive integer, got {max_tokens!r}.")

@@ -109,3 +109,79 @@ class Completion(BaseModel):
     def cost_usd(self) -> float:
         """The cost in dollars, for display; `cost_micros` is the exact figure."""
         return self.cost_micros / 1_000_000
+
+
+class ContentDelta(BaseModel):
+    """A piece of the answer's text."""
+
+    type: Literal["content"] = "content"
+    text: str
+
+
+class ToolCallDelta(BaseModel):
+    """A piece of a tool call: `name` comes first, `arguments` arrive in fragments."""
+
+    type: Literal["tool_call"] = "tool_call"
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+class StreamDone(BaseModel):
+    """The last event of a stream that finished: what it said, used and cost."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    type: Literal["done"] = "done"
+    completion: Completion
+
+
+class StreamError(BaseModel):
+    """The last event of a stream that broke after its first token: no fallback can follow
+    without repeating text. `partial` holds what was generated and what it cost."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    type: Literal["error"] = "error"
+    error_class: str
+    message: str
+    partial: Completion
+    error: Any = Field(default=None, exclude=True, repr=False)
+
+
+StreamEvent = ContentDelta | ToolCallDelta | StreamDone | StreamError
+
+
+class BudgetImpact(BaseModel):
+    """How one budget would look if the request reserved its worst case now."""
+
+    scope: str
+    scope_id: str
+    period: str
+    limit_micros: int
+    spent_micros: int
+    reserved_micros: int
+    would_exceed: bool
+
+
+class DeploymentEstimate(BaseModel):
+    deployment: str
+    model_group: str
+    model: str
+    expected_micros: int
+    worst_case_micros: int
+
+
+class CostEstimate(BaseModel):
+    """What a request would cost, before it is made: no reservation, no provider call."""
+
+    model_group: str
+    fallback_groups: list[str]
+    prompt_tokens: int
+    expected_completion_tokens: int
+    max_tokens: int
+    worst_case_micros: int  # exactly what `complete` would reserve
+    deployments: list[DeploymentEstimate]
+    budgets: list[BudgetImpact]
+    would_be_refused: bool

@@ -44,6 +44,10 @@ class CohereSim(SimServer):
     ``cohere/v1/<model>`` (a model name containing ``v1/``) takes the v1 route and needs
     ``base_url + "/v1/chat"``. Errors are ``{"id", "message"}`` with the HTTP status.
     Usage reports the same numbers as ``billed_units`` and ``tokens``, and no cached tokens.
+
+    LiteLLM 1.106.2 cannot parse the v2 event stream (it json-decodes the ``event:`` lines);
+    ``fake_stream=True`` makes it ask for JSON instead. A ``malformed`` v1 stream is its
+    first line, an empty line and the end: the base breaks only SSE ``data:`` lines.
     """
 
     provider = "cohere"

@@ -67,6 +67,9 @@ class GeminiSim(SimServer):
     LiteLLM's ``gemini/<model>`` needs ``api_base = base_url + "/v1beta"``: it posts to
     ``{api_base}/models/{model}:generateContent`` (streams: ``:streamGenerateContent?alt=sse``),
     so an api_base without the version misses every route.
+
+    A ``malformed`` array-form stream is an unterminated array: the base breaks only SSE
+    ``data:`` lines.
     """
 
     provider = "gemini"
@@ -162,7 +165,7 @@ class GeminiSim(SimServer):
         names = []
         for tool in _list(body.get("tools")):
             for declaration in _list(_field(tool, "functionDeclarations")):
-                if isinstance(declaration, dict) and isinstance(declaration.get("name"), str):
+                if isinstance(declaration.get("name"), str):
                     names.append(declaration["name"])
         return names
 
@@ -194,11 +197,10 @@ class GeminiSim(SimServer):
             "promptTokenCount": reply.prompt_tokens,
             "candidatesTokenCount": reply.completion_tokens,
             "totalTokenCount": reply.prompt_tokens + reply.completion_tokens,
+            "promptTokensDetails": [{"modality": "TEXT", "tokenCount": reply.prompt_tokens}],
         }
         if reply.cached_tokens:
             usage["cachedContentTokenCount"] = reply.cached_tokens
-        usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": reply.prompt_tokens}]
-        if reply.cached_tokens:
             usage["cacheTokensDetails"] = [{"modality": "TEXT", "tokenCount": reply.cached_tokens}]
         return usage
 
