@@ -27,6 +27,9 @@ DEFAULT_CONFIG_FILE = "model_list.yaml"
 DEFAULT_LEDGER_URL = "sqlite:///llmgw.db"
 ENV_PREFIX = "os.environ/"
 _SECRET_PARAM_HINTS = ("key", "secret", "token", "password", "credential")
+# LiteLLM 1.106.2 cannot parse Cohere's v2 SSE stream (it json-decodes the `event:` lines);
+# with fake_stream it makes a plain call and replays the answer as a stream.
+_FAKE_STREAM_PROVIDERS = frozenset({"cohere", "cohere_chat"})
 
 
 class ModelInfo(BaseModel):
@@ -92,6 +95,8 @@ class Deployment(BaseModel):
         params = data["litellm_params"]
         params.pop("input_cost_per_token", None)
         params.pop("output_cost_per_token", None)
+        if self.provider in _FAKE_STREAM_PROVIDERS:
+            params.setdefault("fake_stream", True)
         info = data.setdefault("model_info", {})
         info["id"] = self.id
         info["input_cost_per_token"] = float(self.input_price)

@@ -18,7 +18,7 @@ from tests.budgets.conftest import sums
 from tests.support import ledger_rows
 
 KEY = "sk-stream-SECRET-31415926"
-STREAMING = ["openai", "anthropic", "gemini", "ollama"]
+STREAMING = ["openai", "anthropic", "gemini", "ollama", "cohere"]
 ANSWER = "alpha beta gamma delta epsilon zeta"
 ASK = [{"role": "user", "content": "Count in Greek."}]
 
@@ -74,7 +74,9 @@ async def test_stream_text_usage_and_cost_match_the_ledger(gw_factory, sims, pro
     events = await collect(gw.stream("dev-1", "p", ASK, model_group=f"sim-{provider}"))
     text = "".join(e.text for e in events if isinstance(e, ContentDelta))
     assert text.strip() == ANSWER
-    assert sum(isinstance(e, ContentDelta) for e in events) > 1  # really streamed
+    deltas = sum(isinstance(e, ContentDelta) for e in events)
+    # Cohere is replayed from a plain call (LiteLLM cannot parse its v2 SSE; see config.py)
+    assert deltas == 1 if provider == "cohere" else deltas > 1
     done = events[-1]
     assert isinstance(done, StreamDone)
     c = done.completion
