@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test install migrate bench clean
+.PHONY: demo test install redis migrate bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "llmgw needs Python >= 3.11; set PYTHON=python3.11")'
@@ -21,7 +21,19 @@ migrate: install
 demo: install
 	$(BIN)/llmgw demo
 
-test: install
+# Tests start their own redis-server on a free loopback port; the package is only the binary.
+# Debian may start a system redis on install: stop it, the tests never use it.
+REDIS_MISSING := redis-server is not installed: run `make test` (installs it when root) or `apt-get install redis-server`
+
+redis:
+	@command -v redis-server >/dev/null 2>&1 || test -x /usr/bin/redis-server || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "Installing redis-server (the tests run their own on a free port)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null \
+	      && { service redis-server stop >/dev/null 2>&1 || true; }; \
+	  else echo '$(REDIS_MISSING)' >&2; exit 1; fi; }
+
+test: install redis
 	$(BIN)/python -m pytest -q
 
 bench: install

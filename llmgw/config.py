@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -182,6 +182,35 @@ class BudgetSettings(BaseModel):
         return v
 
 
+class SemanticSettings(BaseModel):
+    """`llmgw.cache.semantic` (extra `llmgw[semantic]`): nearest-neighbour hits on the last
+    user message, per scope, never for calls with tools."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    threshold: float = Field(default=0.92, gt=0, le=1, description="cosine similarity")
+    max_entries: int = Field(default=10_000, gt=0)
+
+
+class CacheSettings(BaseModel):
+    """`llmgw.cache`: answers served again for the same question, never across scopes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["memory", "redis", "none"] = "memory"
+    url: str | None = Field(default=None, description="redis://host:port/db for backend redis")
+    ttl_s: float = Field(default=3600, gt=0)
+    max_entries: int = Field(default=10_000, gt=0, description="memory backend: LRU bound")
+    scope: Literal["project", "agent_type", "global"] = "project"
+    # Which calls are cached. An explicit temperature above 0 asks for variety: not cached
+    # unless this is raised. Tool calls and streams are cached (a stream hit is replayed).
+    max_temperature: float = Field(default=0.0, ge=0)
+    tool_calls: bool = True
+    streams: bool = True
+    semantic: SemanticSettings | None = None
+
+
 class GatewaySettings(BaseModel):
     """Our own section, `llmgw:`. Unknown keys are errors, so typos do not pass silently."""
 
@@ -192,6 +221,7 @@ class GatewaySettings(BaseModel):
     agents: dict[str, str] = Field(default_factory=dict, description="agent_id -> agent type")
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     request_timeout_s: float = Field(default=600.0, gt=0)
 
 

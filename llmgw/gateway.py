@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from llmgw._litellm import import_litellm
 from llmgw.agents import AgentDirectory, Resolution
 from llmgw.budgets import BudgetPolicy, Limit, Rule
+from llmgw.cache import Cache, CachedAnswer, cache_key, scope_of
 from llmgw.config import Config, load_config
 from llmgw.errors import BudgetExceeded, InvalidRequest, LedgerError, ProviderError
 from llmgw.events import EventBus, Handler
@@ -61,6 +62,18 @@ _RULES_TTL_S = 5.0  # `llmgw budgets set` reaches running gateways within this
 
 
 @dataclass(frozen=True, slots=True)
+class _CacheLookup:
+    key: str | None = None
+    scope: str = ""
+    msgs: list[dict[str, Any]] | None = None
+    params: dict[str, Any] | None = None
+    hit: CachedAnswer | None = None
+    similarity: float | None = None
+    text: str = ""
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class _BudgetPlan:
     route: Resolution
     amount: int
@@ -92,6 +105,7 @@ class LLMGateway:
         self.router = build_router(self.config, self.redactor)
         self._recorder = recorder()
         self.stats_collector = StatsCollector()
+        self.cache, self.semantic = _make_caches(self.config)
         self._open_streams: set[asyncio.Event] = set()
         self.reconcile()
 
@@ -112,16 +126,21 @@ class LLMGateway:
 
     async def complete(self, agent_id: str, project_id: str, messages: list[dict[str, Any]], *,
                        agent_type: str | None = None, model_group: str | None = None,
-                       metadata: dict[str, Any] | None = None, **params: Any) -> Completion:
+                       metadata: dict[str, Any] | None = None, cache: bool = True,
+                       **params: Any) -> Completion:
         """Answer `messages` for an agent of a project through its model group.
 
-        Raises `InvalidRequest` (nothing recorded), `UnknownModelGroup`, `BudgetExceeded`
-        (a `refused` row, no provider called), or a `ProviderError` subclass after every
-        attempt was recorded."""
+        `cache=False` skips the answer cache for this call. Raises `InvalidRequest`
+        (nothing recorded), `UnknownModelGroup`, `BudgetExceeded` (a `refused` row, no
+        provider called), or a `ProviderError` subclass after every attempt was recorded."""
         request, route, ctx, now, call_params, hold = await self._begin(
             agent_id, project_id, messages, agent_type, model_group, metadata, params)
         request_id = ctx.request_id
         started = time.perf_counter()
+        lookup = await self._cache_lookup(request, route, ctx, call_params, use=cache,
+                                          stream=False)
+        if lookup.hit is not None:
+            return await self._serve_cached(lookup, request, route, ctx, now, hold, started)
         trace = self._recorder.open(request_id)
         try:
             response = await self.router.acompletion(
@@ -149,6 +168,7 @@ class LLMGateway:
         completion = self._completed(response, trace, route, request_id, started)
         await self._record(ctx, completion.attempts, request.metadata, route, now, hold,
                            completion=completion)
+        await self._cache_store(lookup, completion, now)
         return completion
 
     async def health(self, *, timeout: float = 5.0) -> list[DeploymentHealth]:
@@ -191,7 +211,7 @@ class LLMGateway:
 
     async def _stream(self, agent_id: str, project_id: str, messages: list[dict[str, Any]], *,
                       agent_type: str | None = None, model_group: str | None = None,
-                      metadata: dict[str, Any] | None = None,
+                      metadata: dict[str, Any] | None = None, cache: bool = True,
                       **params: Any) -> AsyncIterator[StreamEvent]:
         """`complete` as a stream of events: `ContentDelta`s, `ToolCallDelta`s, then one
         `StreamDone` (usage, cost, deployment, request_id).
@@ -205,6 +225,18 @@ class LLMGateway:
         ctx = RequestContext(ctx.request_id, ctx.agent_id, ctx.agent_type, ctx.project_id,
                              stream=True)
         started = time.perf_counter()
+        lookup = await self._cache_lookup(request, route, ctx, call_params, use=cache,
+                                          stream=True)
+        if lookup.hit is not None:  # replay the cached answer as a stream
+            cached = await self._serve_cached(lookup, request, route, ctx, now, hold, started)
+            for piece in _pieces(cached.content or ""):
+                yield ContentDelta(text=piece)
+            for i, call in enumerate(cached.tool_calls):
+                fn = call.get("function") or {}
+                yield ToolCallDelta(index=i, id=call.get("id"), name=fn.get("name"),
+                                    arguments=fn.get("arguments") or "")
+            yield StreamDone(completion=cached)
+            return
         trace = self._recorder.open(ctx.request_id)
         msgs = [m.model_dump(exclude_none=True) for m in request.messages]
         try:
@@ -257,6 +289,7 @@ class LLMGateway:
                                        status="ok", error=None)
         await self._record(ctx, done.attempts, request.metadata, route, now, hold,
                            completion=done)
+        await self._cache_store(lookup, done, now)
         yield StreamDone(completion=done)
 
     def _stream_completion(self, response: Any, acc: _StreamAccumulator, trace: RequestTrace,
@@ -382,6 +415,8 @@ class LLMGateway:
 
     async def aclose(self) -> None:
         await self.drain()
+        if self.cache is not None:
+            await self.cache.aclose()
         self.close()
 
     async def __aenter__(self) -> LLMGateway:
@@ -389,6 +424,78 @@ class LLMGateway:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    # -- cache -------------------------------------------------------------------------------
+
+    async def _cache_lookup(self, request: CompletionRequest, route: Resolution,
+                            ctx: RequestContext, params: dict[str, Any], *, use: bool,
+                            stream: bool) -> _CacheLookup:
+        """Step 4: the cache key of a cacheable call, and its hit if there is one."""
+        settings = self.config.llmgw.cache
+        temperature = params.get("temperature")
+        if (not use or self.cache is None
+                or (temperature is not None and temperature > settings.max_temperature)
+                or (params.get("tools") and not settings.tool_calls)
+                or (stream and not settings.streams)):
+            return _CacheLookup()
+        scope = scope_of(settings.scope, project_id=ctx.project_id, agent_type=route.agent_type)
+        msgs = [m.model_dump(exclude_none=True) for m in request.messages]
+        key = cache_key(scope, route.model_group, msgs, params)
+        hit = await self.cache.get(key)
+        if hit is not None or self.semantic is None or params.get("tools"):
+            return _CacheLookup(key, scope, msgs, params, hit)
+        text, fingerprint = _last_user_text(msgs), cache_key("", "", [], params)
+        found = await self.semantic.lookup(scope, route.model_group, text, fingerprint)
+        if found is None:
+            return _CacheLookup(key, scope, msgs, params, None, None, text, fingerprint)
+        similar = await self.cache.get(found[0])
+        if similar is None:
+            self.semantic.remove(found[0])
+        return _CacheLookup(key, scope, msgs, params, similar, found[1] if similar else None,
+                            text, fingerprint)
+
+    async def _serve_cached(self, lookup: _CacheLookup, request: CompletionRequest,
+                            route: Resolution, ctx: RequestContext, now: Any,
+                            hold: Hold | None, started: float) -> Completion:
+        """A hit: a `cached` row at cost 0 saving what the answer first cost; hold released."""
+        hit = lookup.hit
+        assert hit is not None
+        attempt = Attempt(attempt=1, model_group=hit.model_group, deployment=hit.deployment,
+                          provider=hit.provider, model=hit.model, status="cached",
+                          latency_ms=round((time.perf_counter() - started) * 1000, 3))
+        completion = Completion(
+            request_id=ctx.request_id, content=hit.content, tool_calls=hit.tool_calls,
+            finish_reason=hit.finish_reason, usage=hit.usage, cost_micros=0,
+            model_group=hit.model_group, requested_group=route.model_group,
+            deployment=hit.deployment, provider=hit.provider, model=hit.model,
+            latency_ms=attempt.latency_ms or 0.0, cached=True, attempts=[attempt])
+        extra = {"cache": {"first_request_id": hit.request_id, "scope": lookup.scope}}
+        if lookup.similarity is not None:
+            extra["cache"]["similarity"] = round(lookup.similarity, 4)
+        await self._record(ctx, [attempt], request.metadata, route, now, hold,
+                           completion=completion, saved_micros=hit.cost_micros, extra=extra)
+        return completion
+
+    async def _cache_store(self, lookup: _CacheLookup, completion: Completion, now: Any) -> None:
+        """Keep an answer, under the group that actually served it (a fallback's answer must
+        not stand in for the requested group's once that group is back)."""
+        if lookup.key is None or self.cache is None or not (completion.content
+                                                            or completion.tool_calls):
+            return
+        answer = CachedAnswer(
+            content=completion.content, tool_calls=completion.tool_calls,
+            finish_reason=completion.finish_reason, usage=completion.usage,
+            cost_micros=completion.cost_micros, model_group=completion.model_group,
+            requested_group=completion.requested_group, deployment=completion.deployment,
+            provider=completion.provider, model=completion.model,
+            request_id=completion.request_id, created_at=now)
+        key = (lookup.key if completion.model_group == completion.requested_group else
+               cache_key(lookup.scope, completion.model_group, lookup.msgs, lookup.params))
+        await self.cache.set(key, answer, self.config.llmgw.cache.ttl_s)
+        if (self.semantic is not None and lookup.text
+                and completion.model_group == completion.requested_group):
+            self.semantic.add(lookup.scope, completion.model_group, lookup.text,
+                              lookup.fingerprint, key)
 
     # -- budgets -----------------------------------------------------------------------------
 
@@ -547,14 +654,16 @@ class LLMGateway:
 
     async def _record(self, ctx: RequestContext, attempts: list[Attempt],
                       user_metadata: dict[str, Any], route: Resolution, now: Any,
-                      hold: Hold | None, completion: Completion | None = None) -> None:
+                      hold: Hold | None, completion: Completion | None = None,
+                      saved_micros: int = 0, extra: dict[str, Any] | None = None) -> None:
         """Write the request's rows; with a hold, settle it in the same transaction."""
         for a in attempts:
             if a.deployment and a.status in ("ok", "error"):
                 self.stats_collector.record(a.deployment, a.status == "ok", a.latency_ms)
         meta = {**user_metadata, "llmgw": {"requested_group": route.model_group,
-                                           "route": route.reason}}
-        rows = [usage_row(ctx, a, ts=now, metadata=meta) for a in attempts]
+                                           "route": route.reason, **(extra or {})}}
+        rows = [usage_row(ctx, a, ts=now, metadata=meta, saved_micros=saved_micros)
+                for a in attempts]
         try:
             if hold is None:
                 await self.ledger.write(rows)
@@ -629,6 +738,19 @@ class _StreamAccumulator:
         return events
 
 
+def _make_caches(config: Config) -> tuple[Cache | None, Any]:
+    from llmgw.cache_backends import make_cache
+
+    settings = config.llmgw.cache
+    semantic = None
+    if settings.semantic is not None and settings.semantic.enabled:
+        from llmgw.semantic import SemanticIndex, default_embedder
+
+        semantic = SemanticIndex(default_embedder(), threshold=settings.semantic.threshold,
+                                 max_entries=settings.semantic.max_entries)
+    return make_cache(settings), semantic
+
+
 def _validate(agent_id: Any, project_id: Any, messages: Any, agent_type: Any, model_group: Any,
               metadata: Any, params: dict[str, Any]) -> CompletionRequest:
     reserved = sorted(_RESERVED_PARAMS & params.keys())
@@ -671,6 +793,27 @@ def _usage_of(response: Any) -> Usage:
     return Usage(prompt_tokens=int(getattr(u, "prompt_tokens", 0) or 0),
                  completion_tokens=int(getattr(u, "completion_tokens", 0) or 0),
                  cached_tokens=int(cached or 0))
+
+
+def _pieces(text: str, size: int = 24) -> list[str]:
+    """A cached answer replayed in stream-sized pieces (whole words where possible)."""
+    pieces, current = [], ""
+    for word in text.split(" "):
+        candidate = f"{current} {word}" if current else word
+        if len(candidate) > size and current:
+            pieces.append(current + " ")
+            current = word
+        else:
+            current = candidate
+    return [*pieces, current] if current else pieces
+
+
+def _last_user_text(messages: list[dict[str, Any]]) -> str:
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            content = m.get("content")
+            return content if isinstance(content, str) else json.dumps(content, sort_keys=True)
+    return ""
 
 
 def _provider_details(hidden: dict[str, Any]) -> dict[str, Any] | None:

@@ -4,4 +4,4 @@ from llmgw._litellm import set_offline_env
 
 set_offline_env()
 
-pytest_plugins = ["tests.fixtures.databases"]
+pytest_plugins = ["tests.fixtures.databases", "tests.fixtures.redis"]

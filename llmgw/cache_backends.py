@@ -1,0 +1,289 @@
+"""The cache backends: an in-process LRU and Redis, and `make_cache` to pick one from config.
+
+Both implement `llmgw.cache.Cache`. The Redis backend never fails a request: when Redis
+cannot be reached it logs one warning, answers every `get` with a miss and drops every
+`set` for `retry_after_s`, then tries again (one request probes; the rest stay uncached).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+from redis.backoff import NoBackoff
+from redis.asyncio.retry import Retry
+from redis.exceptions import RedisError
+
+from llmgw.cache import KEY_PREFIX, Cache, CachedAnswer, CacheStats
+from llmgw.errors import ConfigError, LLMGatewayError
+
+if TYPE_CHECKING:
+    from llmgw.config import CacheSettings
+
+log = logging.getLogger("llmgw.cache")
+
+Clock = Callable[[], float]
+
+ENV_CACHE_URL = "LLMGW_CACHE_URL"
+STATS_KEY = f"{KEY_PREFIX}stats"  # a hash: hits, misses (every process's totals)
+
+# Failures that mean "Redis is not usable right now". Any RedisError counts: a server that
+# answers OOM or READONLY must not fail requests either.
+_UNAVAILABLE = (RedisError, OSError)
+
+# One round trip for a get: the value and the hit/miss counter together.
+_GET_AND_COUNT = """
+local v = redis.call('GET', KEYS[1])
+if v then redis.call('HINCRBY', KEYS[2], 'hits', 1) else redis.call('HINCRBY', KEYS[2], 'misses', 1) end
+return v
+"""
+
+
+class CacheUnavailable(LLMGatewayError):
+    """An explicit cache operation (clear, stats) could not reach the cache backend."""
+
+
+def _prefix(scope: str | None) -> str:
+    return f"{KEY_PREFIX}{scope}:" if scope is not None else KEY_PREFIX
+
+
+class MemoryCache:
+    """An in-process LRU bounded by entry count, with a TTL per entry.
+
+    Answers are stored as the objects themselves (no copy, no serialisation) and are
+    treated as immutable by the gateway. Nothing here awaits, so each method is atomic
+    under asyncio.
+    """
+
+    name = "memory"
+
+    def __init__(self, max_entries: int = 10_000, clock: Clock = time.monotonic) -> None:
+        if max_entries <= 0:
+            raise ValueError("max_entries must be > 0")
+        self.max_entries = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[float, CachedAnswer]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    async def get(self, key: str) -> CachedAnswer | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        if self._clock() >= entry[0]:
+            del self._entries[key]
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return entry[1]
+
+    async def set(self, key: str, answer: CachedAnswer, ttl_s: float) -> None:
+        self._entries[key] = (self._clock() + ttl_s, answer)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    async def clear(self, scope: str | None = None) -> int:
+        if scope is None:
+            n = len(self._entries)
+            self._entries.clear()
+            return n
+        prefix = _prefix(scope)
+        doomed = [k for k in self._entries if k.startswith(prefix)]
+        for k in doomed:
+            del self._entries[k]
+        return len(doomed)
+
+    async def stats(self) -> CacheStats:
+        now = self._clock()
+        for k in [k for k, (expires, _) in self._entries.items() if now >= expires]:
+            del self._entries[k]
+        return CacheStats(backend=self.name, entries=len(self._entries), hits=self.hits,
+                          misses=self.misses)
+
+    async def aclose(self) -> None:
+        self._entries.clear()
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by `***`, fit for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _glob_escape(text: str) -> str:
+    """Escape Redis MATCH wildcards so a scope is matched literally."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+class RedisCache:
+    """Answers in Redis as JSON with a TTL Redis enforces; shared by every gateway process."""
+
+    name = "redis"
+
+    def __init__(self, url: str, *, socket_timeout: float = 0.5, retry_after_s: float = 5.0,
+                 clock: Clock = time.monotonic) -> None:
+        self.url = url
+        self.safe_url = redact_url(url)
+        self.retry_after_s = retry_after_s
+        self._clock = clock
+        # No client-side retries: a retry with backoff on every request is exactly the
+        # per-request cost of a dead Redis this class exists to avoid.
+        self._client = aioredis.Redis.from_url(
+            url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+            retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        self._get_script = self._client.register_script(_GET_AND_COUNT)
+        self._down = False
+        self._retry_at = 0.0
+        self.hits = 0  # this process's; stats() reports every process's from Redis
+        self.misses = 0
+        self.errors = 0
+
+    # -- availability ---------------------------------------------------------------
+
+    def _usable(self) -> bool:
+        """False while Redis is known down; past the wait, this caller becomes the probe."""
+        if not self._down:
+            return True
+        now = self._clock()
+        if now < self._retry_at:
+            return False
+        self._retry_at = now + self.retry_after_s  # concurrent callers skip while we probe
+        return True
+
+    def _failed(self, exc: BaseException) -> None:
+        self.errors += 1
+        self._retry_at = self._clock() + self.retry_after_s
+        if self._down:
+            log.debug("Redis cache at %s still unavailable: %s", self.safe_url, exc)
+            return
+        self._down = True
+        log.warning("Redis cache at %s is unavailable (%s: %s); requests continue uncached, "
+                    "retrying in %.0f s.", self.safe_url, type(exc).__name__, exc,
+                    self.retry_after_s)
+
+    def _ok(self) -> None:
+        if self._down:
+            self._down = False
+            log.info("Redis cache at %s is reachable again.", self.safe_url)
+
+    # -- the Cache protocol -------------------------------------------------------------
+
+    async def get(self, key: str) -> CachedAnswer | None:
+        if not self._usable():
+            self.misses += 1
+            return None
+        try:
+            raw = await self._get_script(keys=[key, STATS_KEY])
+        except _UNAVAILABLE as exc:
+            self._failed(exc)
+            self.misses += 1
+            return None
+        self._ok()
+        if raw is None:
+            self.misses += 1
+            return None
+        try:
+            answer = CachedAnswer.model_validate_json(raw)
+        except (ValidationError, ValueError) as exc:
+            log.warning("Dropping an unreadable cache entry %s: %s", key, exc)
+            await self._drop_corrupt(key)
+            self.misses += 1
+            return None
+        self.hits += 1
+        return answer
+
+    async def _drop_corrupt(self, key: str) -> None:
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.unlink(key)
+                pipe.hincrby(STATS_KEY, "hits", -1)  # the script counted it as a hit
+                pipe.hincrby(STATS_KEY, "misses", 1)
+                await pipe.execute()
+        except _UNAVAILABLE as exc:
+            self._failed(exc)
+
+    async def set(self, key: str, answer: CachedAnswer, ttl_s: float) -> None:
+        if not self._usable():
+            return
+        try:
+            await self._client.set(key, answer.model_dump_json(), px=max(1, round(ttl_s * 1000)))
+        except _UNAVAILABLE as exc:
+            self._failed(exc)
+            return
+        self._ok()
+
+    async def clear(self, scope: str | None = None) -> int:
+        # `*:*` skips STATS_KEY: every entry key has a scope then a hash after the prefix.
+        pattern = _glob_escape(_prefix(scope)) + ("*" if scope is not None else "*:*")
+        deleted = 0
+        try:
+            batch: list[bytes] = []
+            async for key in self._client.scan_iter(match=pattern, count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    deleted += await self._client.unlink(*batch)
+                    batch.clear()
+            if batch:
+                deleted += await self._client.unlink(*batch)
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(exc) from exc
+        return deleted
+
+    async def stats(self) -> CacheStats:
+        try:
+            entries = 0
+            async for _ in self._client.scan_iter(match=_glob_escape(KEY_PREFIX) + "*:*", count=1000):
+                entries += 1
+            totals = await self._client.hgetall(STATS_KEY)
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(exc) from exc
+        return CacheStats(backend=self.name, entries=entries,
+                          hits=int(totals.get(b"hits", 0)), misses=int(totals.get(b"misses", 0)),
+                          errors=self.errors)
+
+    def _unavailable(self, exc: BaseException) -> CacheUnavailable:
+        return CacheUnavailable(f"The Redis cache at {self.safe_url} is unavailable: "
+                                f"{type(exc).__name__}: {exc}",
+                                hint="Start Redis or fix llmgw.cache.url / LLMGW_CACHE_URL.")
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def make_cache(settings: CacheSettings) -> Cache | None:
+    """The backend the config asks for; None when caching is off.
+
+    For Redis the URL is `LLMGW_CACHE_URL` when set (the environment overrides the file),
+    else `llmgw.cache.url`. The variable never switches the backend on by itself.
+    """
+    if settings.backend == "none":
+        return None
+    if settings.backend == "memory":
+        return MemoryCache(max_entries=settings.max_entries)
+    url = os.environ.get(ENV_CACHE_URL) or settings.url
+    if not url:
+        raise ConfigError("llmgw.cache.url: backend redis needs a URL.", key="llmgw.cache.url",
+                          hint=f"Set llmgw.cache.url (redis://host:6379/0) or {ENV_CACHE_URL}.")
+    try:
+        return RedisCache(url)
+    except ValueError as exc:  # redis-py's verdict on a malformed URL
+        raise ConfigError(f"llmgw.cache.url: {exc}", key="llmgw.cache.url",
+                          hint="Use redis://[:password@]host:port/db, rediss://... or unix://...") \
+            from None

@@ -1,0 +1,1 @@
+"""Cache backends and the cache key."""

@@ -1,0 +1,166 @@
+"""The answer cache through LLMGateway, on memory and on a real Redis."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from llmgw.config import config_from_dict
+from llmgw.ledger.engine import make_engine
+from llmgw.ledger.report import usage_report
+from llmgw.sim import FaultPlan
+from llmgw.types import ContentDelta, StreamDone
+from tests.support import ledger_rows, sim_config_dict
+
+ASK = [{"role": "user", "content": "Summarise the sprint."}]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def cache_settings(request):
+    if request.param == "memory":
+        return {"backend": "memory"}
+    url = request.getfixturevalue("redis_url")
+    from redis import Redis
+
+    Redis.from_url(url).flushdb()
+    return {"backend": "redis", "url": url}
+
+
+def make(sims, url, cache, **llmgw):
+    from llmgw.gateway import LLMGateway
+
+    openai_sim, anthropic_sim = sims
+    data = sim_config_dict(openai_sim.base_url, anthropic_sim.base_url, url)
+    data["llmgw"]["cache"] = cache
+    data["llmgw"].update(llmgw)
+    return LLMGateway(config_from_dict(data))
+
+
+async def test_hit_costs_nothing_and_the_report_shows_the_saving(sims, tmp_path, cache_settings):
+    from llmgw.ledger.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    upgrade(url)
+    openai_sim, _ = sims
+    openai_sim.set_plan(FaultPlan(answer="Done: 3 stories.", prompt_tokens=100,
+                                  completion_tokens=50))
+    gw = make(sims, url, cache_settings)
+    try:
+        first = await gw.complete("pm-1", "shop", ASK, model_group="backup")
+        again = await gw.complete("pm-1", "shop", ASK, model_group="backup")
+        streamed = [e async for e in gw.stream("pm-1", "shop", ASK, model_group="backup")]
+    finally:
+        await gw.aclose()
+    assert len(openai_sim.requests) == 1  # only the first call reached the provider
+    assert (again.cached, again.content, again.cost_micros) == (True, first.content, 0)
+    assert "".join(e.text for e in streamed if isinstance(e, ContentDelta)) == first.content
+    assert isinstance(streamed[-1], StreamDone) and streamed[-1].completion.cached
+    rows = ledger_rows(url)
+    assert [(r["status"], r["cost_micros"], r["saved_micros"], r["stream"]) for r in rows] == [
+        ("ok", first.cost_micros, 0, False), ("cached", 0, first.cost_micros, False),
+        ("cached", 0, first.cost_micros, True)]
+    assert rows[1]["metadata"]["llmgw"]["cache"]["first_request_id"] == first.request_id
+    engine = make_engine(url)
+    try:
+        [line] = usage_report(engine, by="project")
+    finally:
+        engine.dispose()
+    assert (line.requests, line.cached, line.cost_micros, line.saved_micros) == (
+        3, 2, first.cost_micros, 2 * first.cost_micros)
+
+
+async def test_never_across_projects_and_any_changed_parameter_misses(sims, tmp_path,
+                                                                      cache_settings):
+    from llmgw.ledger.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    upgrade(url)
+    openai_sim, _ = sims
+    gw = make(sims, url, cache_settings)
+    calls = [dict(project_id="a"), dict(project_id="b"), dict(project_id="a", max_tokens=10),
+             dict(project_id="a", temperature=0), dict(project_id="a", seed=7),
+             dict(project_id="a", stop=["\n"]), dict(project_id="a", top_p=0.5),
+             dict(project_id="a", response_format={"type": "json_object"}),
+             dict(project_id="a", model_group="solo"),
+             dict(project_id="a", messages=[{"role": "user", "content": "Summarise it."}])]
+    try:
+        for kw in calls:
+            kw = {"model_group": "backup", "messages": ASK, **kw}
+            done = await gw.complete("pm-1", kw.pop("project_id"), kw.pop("messages"), **kw)
+            assert not done.cached, kw
+        # the same call again, per project: hits
+        assert (await gw.complete("pm-1", "a", ASK, model_group="backup")).cached
+        assert (await gw.complete("pm-1", "b", ASK, model_group="backup")).cached
+        # opted out, or asking for variety: not served from the cache
+        assert not (await gw.complete("pm-1", "a", ASK, model_group="backup", cache=False)).cached
+        assert not (await gw.complete("pm-1", "a", ASK, model_group="backup",
+                                      temperature=0.9)).cached
+    finally:
+        await gw.aclose()
+    assert len(openai_sim.requests) == len(calls) + 2
+
+
+async def test_fallback_answer_is_kept_under_the_group_that_served_it(sims, tmp_path):
+    from llmgw.ledger.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    upgrade(url)
+    openai_sim, anthropic_sim = sims
+    anthropic_sim.set_plan(FaultPlan.error(500))
+    gw = make(sims, url, {"backend": "memory"})
+    try:
+        first = await gw.complete("a", "p", ASK, model_group="primary")
+        assert first.model_group == "backup"
+        anthropic_sim.set_plan(FaultPlan())
+        # primary is back: its own answer, not the fallback's cached one
+        assert not (await gw.complete("a", "p", ASK, model_group="primary")).cached
+        # asked of the serving group directly: the fallback's answer is a hit
+        hit = await gw.complete("a", "p", ASK, model_group="backup")
+    finally:
+        await gw.aclose()
+    assert hit.cached and hit.content == first.content and hit.model_group == "backup"
+
+
+async def test_memory_ttl_expires_with_the_clock(sims, tmp_path):
+    from llmgw.cache_backends import MemoryCache
+    from llmgw.ledger.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    upgrade(url)
+    clock = [1000.0]
+    gw = make(sims, url, {"backend": "memory", "ttl_s": 60})
+    gw.cache = MemoryCache(clock=lambda: clock[0])
+    try:
+        await gw.complete("a", "p", ASK, model_group="backup")
+        clock[0] += 59
+        assert (await gw.complete("a", "p", ASK, model_group="backup")).cached
+        clock[0] += 2
+        assert not (await gw.complete("a", "p", ASK, model_group="backup")).cached
+    finally:
+        await gw.aclose()
+
+
+async def test_redis_down_requests_still_succeed_uncached(sims, tmp_path, caplog):
+    import socket
+
+    from llmgw.ledger.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    upgrade(url)
+    with socket.socket() as s:  # a port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{s.getsockname()[1]}/0"
+    openai_sim, _ = sims
+    gw = make(sims, url, {"backend": "redis", "url": dead})
+    try:
+        with caplog.at_level(logging.WARNING, logger="llmgw.cache"):
+            for _ in range(3):
+                done = await gw.complete("a", "p", ASK, model_group="backup")
+                assert done.content and not done.cached
+    finally:
+        await gw.aclose()
+    assert len(openai_sim.requests) == 3
+    warnings = [r for r in caplog.records if r.name == "llmgw.cache"]
+    assert len(warnings) == 1 and "uncached" in warnings[0].getMessage()
+    assert [r["status"] for r in ledger_rows(url)] == ["ok", "ok", "ok"]
