@@ -123,7 +123,9 @@ async def test_number_guard(minilm):
 
 async def test_concurrent_lookups_share_the_model_safely(real_index):
     await real_index.add(PROJECT_A, GROUP, "How do I reset my password?", FP, "k-reset")
-    questions = [f"How can I reset my password? ({i})" for i in range(8)]
+    questions = ["How can I reset my password?", "how do i reset my password",
+                 "What are the steps to reset my password?", "How do I reset my password, please?",
+                 "Can you tell me how to reset my password?"] * 2
     hits = await asyncio.gather(*(real_index.lookup(PROJECT_A, GROUP, q, FP) for q in questions))
     assert all(h is not None and h[0] == "k-reset" for h in hits)
 

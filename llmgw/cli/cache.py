@@ -1,0 +1,103 @@
+"""`llmgw cache`: what the answer cache saved (from the ledger) and clearing it (Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated
+
+import typer
+from sqlalchemy import func, select
+
+from llmgw.cli._common import EXIT_USAGE, LEDGER_URL_HELP, console, errors_as_exit, fail
+from llmgw.ledger.engine import make_engine, resolve_ledger_url
+from llmgw.ledger.migrate import ensure_current
+from llmgw.ledger.models import UsageEvent
+from llmgw.pricing import micros_to_usd
+
+app = typer.Typer(help="The answer cache: hits, savings, clearing.", no_args_is_help=True)
+Config = Annotated[str | None, typer.Option("--config", help="Config file (default: "
+                                            "LLMGW_CONFIG, then ./model_list.yaml).")]
+
+
+def _backend(config: str | None):  # type: ignore[no-untyped-def]
+    from llmgw.cache_backends import make_cache
+    from llmgw.config import load_config
+
+    return make_cache(load_config(config).llmgw.cache)
+
+
+@app.command()
+def stats(
+    project: Annotated[str | None, typer.Option(help="Only this project.")] = None,
+    output: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    config: Config = None,
+    ledger_url: Annotated[str | None, typer.Option("--ledger-url", help=LEDGER_URL_HELP)] = None,
+) -> None:
+    """Hits and money saved (from the ledger, all processes), plus the backend's own counts."""
+    t = UsageEvent.__table__.c
+    with errors_as_exit():
+        url = resolve_ledger_url(ledger_url)
+        ensure_current(url)
+        engine = make_engine(url)
+        try:
+            stmt = select(func.count(), func.coalesce(func.sum(t.saved_micros), 0)).where(
+                t.status == "cached")
+            if project:
+                stmt = stmt.where(t.project_id == project)
+            with engine.connect() as conn:
+                hits, saved = conn.execute(stmt).one()
+        finally:
+            engine.dispose()
+        cache = _backend(config)
+        backend = asyncio.run(_stats(cache)) if cache is not None else None
+    data = {"hits": hits, "saved_micros": int(saved), "saved_usd": str(micros_to_usd(int(saved))),
+            "backend": backend.model_dump() if backend else None}
+    if output == "json":
+        typer.echo(json.dumps(data, indent=2))
+        return
+    scope = f" for project {project}" if project else ""
+    console.print(f"Cache hits{scope}: {hits:,}, saving ${data['saved_usd']}", highlight=False)
+    if backend is None:
+        console.print("Cache backend: none (llmgw.cache.backend)")
+    elif backend.backend == "memory":
+        console.print("Cache backend: memory, inside each gateway process (use Redis to share "
+                      "it and to manage it from here)")
+    else:
+        console.print(f"Cache backend: {backend.backend}, {backend.entries:,} entries, "
+                      f"{backend.hits:,} hits / {backend.misses:,} misses in all processes",
+                      highlight=False)
+
+
+async def _stats(cache):  # type: ignore[no-untyped-def]
+    try:
+        return await cache.stats()
+    finally:
+        await cache.aclose()
+
+
+@app.command()
+def clear(
+    project: Annotated[str | None, typer.Option(help="Only this project's answers.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every cached answer.")] = False,
+    config: Config = None,
+) -> None:
+    """Delete cached answers (Redis backend; a memory cache lives inside its process)."""
+    if not project and not all_:
+        fail("Say what to clear: --project P or --all.", code=EXIT_USAGE)
+    with errors_as_exit():
+        cache = _backend(config)
+        if cache is None or cache.name == "memory":
+            fail("The cache here is not shared (backend memory or none): it lives inside each "
+                 "gateway process and goes with it.",
+                 hint="Use llmgw.cache.backend: redis to share and manage it.")
+        deleted = asyncio.run(_clear(cache, f"project:{project}" if project else None))
+    console.print(f"Deleted {deleted:,} cached answer(s)" +
+                  (f" of project {project}." if project else "."), highlight=False)
+
+
+async def _clear(cache, scope):  # type: ignore[no-untyped-def]
+    try:
+        return await cache.clear(scope)
+    finally:
+        await cache.aclose()
