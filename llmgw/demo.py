@@ -49,6 +49,8 @@ async def _workload(gw: Any, anthropic: AnthropicSim, out: Console) -> None:
 
     async def ask(agent_id: str, agent_type: str, project: str, prompt: str,
                   max_tokens: int = 256) -> None:
+        if phase in ("outage", "recovered"):
+            prompt = f"{prompt} ({phase})"
         try:
             c = await gw.complete(agent_id, project, [{"role": "user", "content": prompt}],
                                   agent_type=agent_type, max_tokens=max_tokens,
@@ -59,6 +61,8 @@ async def _workload(gw: Any, anthropic: AnthropicSim, out: Console) -> None:
             return
         hops = " -> ".join(f"{a.deployment} ✗" for a in c.attempts if a.status == "error")
         via = f"  [yellow](after {hops})[/]" if hops else ""
+        if c.cached:
+            via = f"  [green](cache hit: saved ${c.saved_micros / 1e6:.6f})[/]"
         out.print(f"  {project:13} {agent_id:7} {agent_type:19} {c.requested_group:15} "
                   f"-> {c.deployment:22} {c.usage.prompt_tokens:4}+{c.usage.completion_tokens:<4} "
                   f"${c.cost_micros / 1e6:.6f}{via}", highlight=False)
@@ -75,8 +79,12 @@ async def _workload(gw: Any, anthropic: AnthropicSim, out: Console) -> None:
     phase = "recovered"
     out.print("[bold]3. Anthropic is back[/]")
     await asyncio.gather(*(ask(*agent) for agent in AGENTS[5:]))
+    phase = "repeat"
+    out.print("[bold]4. The same questions again: answered from the cache at $0[/]")
+    for agent in AGENTS[:2]:
+        await ask(*agent)
     phase = "runaway"
-    out.print("[bold]4. A runaway agent asks for 100,000 output tokens on high-reasoning[/]")
+    out.print("[bold]5. A runaway agent asks for 100,000 output tokens on high-reasoning[/]")
     await ask("dev-2", "software-engineer", "search-revamp", "Rewrite the whole codebase.",
               max_tokens=100_000)
 

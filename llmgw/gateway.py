@@ -468,7 +468,8 @@ class LLMGateway:
             finish_reason=hit.finish_reason, usage=hit.usage, cost_micros=0,
             model_group=hit.model_group, requested_group=route.model_group,
             deployment=hit.deployment, provider=hit.provider, model=hit.model,
-            latency_ms=attempt.latency_ms or 0.0, cached=True, attempts=[attempt])
+            latency_ms=attempt.latency_ms or 0.0, cached=True, saved_micros=hit.cost_micros,
+            attempts=[attempt])
         extra = {"cache": {"first_request_id": hit.request_id, "scope": lookup.scope}}
         if lookup.similarity is not None:
             extra["cache"]["similarity"] = round(lookup.similarity, 4)

@@ -101,6 +101,7 @@ class Completion(BaseModel):
     model: str | None
     latency_ms: float
     cached: bool = False
+    saved_micros: int = 0  # a cache hit: what the answer cost when it was first paid for
     attempts: list[Attempt] = Field(default_factory=list)
     raw: Any = Field(default=None, exclude=True, repr=False)
 

@@ -48,9 +48,11 @@ def sim_config_dict(openai_url: str, anthropic_url: str, ledger_url: str,
                             "fallbacks": [{"primary": ["backup"]}, {"authg": ["backup"]},
                                           {"autho": ["primary"]}],
                             **router_settings},
+        # No answer cache here: these tests repeat requests on purpose (tests/integration/
+        # test_cache_gateway.py turns it on).
         "llmgw": {"default_group": "backup",
                   "agent_types": {"software-architect": "primary", "qa-engineer": "backup"},
-                  "ledger": {"url": ledger_url}},
+                  "ledger": {"url": ledger_url}, "cache": {"backend": "none"}},
     }
 
 

@@ -54,6 +54,7 @@ async def test_hit_costs_nothing_and_the_report_shows_the_saving(sims, tmp_path,
         await gw.aclose()
     assert len(openai_sim.requests) == 1  # only the first call reached the provider
     assert (again.cached, again.content, again.cost_micros) == (True, first.content, 0)
+    assert again.saved_micros == first.cost_micros > 0
     assert "".join(e.text for e in streamed if isinstance(e, ContentDelta)) == first.content
     assert isinstance(streamed[-1], StreamDone) and streamed[-1].completion.cached
     rows = ledger_rows(url)

@@ -28,11 +28,13 @@ def test_demo_shows_fallbacks_and_reports_match_the_ledger(tmp_path, capsys):
         outage = conn.execute(text(
             "SELECT status, provider, error_class, metadata FROM usage_events")).all()
     engine.dispose()
+    repeat = [r for r in outage if json.loads(r.metadata)["demo_phase"] == "repeat"]
+    assert [r.status for r in repeat] == ["cached", "cached"]
     runaway = [r for r in outage if json.loads(r.metadata)["demo_phase"] == "runaway"]
     assert [(r.status, r.error_class) for r in runaway] == [("refused", "BudgetExceeded")]
     assert "BudgetExceeded" in (tmp_path / "log.txt").read_text()
     outage = [r for r in outage if json.loads(r.metadata)["demo_phase"] == "outage"]
-    assert requests == len(AGENTS) + 5 + 3 + 1  # four phases of the script
+    assert requests == len(AGENTS) + 5 + 3 + 2 + 1  # five phases of the script
     assert errors >= 1
     served = [r for r in outage if r.status == "ok"]
     assert len(served) == 5 and all(r.provider != "anthropic" for r in served)

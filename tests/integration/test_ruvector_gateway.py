@@ -21,7 +21,8 @@ async def test_ruvector_answer_is_recorded_and_feedback_reaches_ruvllm(tmp_path:
                 "model": "ruvector/quality", "api_base": ruv.base_url},
                 "model_info": {"id": "ruv", "input_cost_per_token": 0,
                                "output_cost_per_token": 0}}],
-            "llmgw": {"default_group": "local", "ledger": {"url": url}}})
+            "llmgw": {"default_group": "local", "ledger": {"url": url},
+                      "cache": {"backend": "none"}}})
         gw = LLMGateway(cfg)
         try:
             history = [{"role": "system", "content": "You are terse."},
