@@ -104,7 +104,8 @@ async def gateway_on_off(requests: int) -> dict[str, list[float]]:
                     "model_info": {"id": "bench", "input_cost_per_token": 0.000001,
                                    "output_cost_per_token": 0.000002}}],
                 "router_settings": {"routing_strategy": "simple-shuffle", "num_retries": 0},
-                "llmgw": {"default_group": "g", "ledger": {"url": url}, "budgets": budgets},
+                "llmgw": {"default_group": "g", "ledger": {"url": url}, "budgets": budgets,
+                          "cache": {"backend": "none"}},
             }))
         for gw in gws.values():
             for _ in range(30):

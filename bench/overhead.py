@@ -65,7 +65,8 @@ async def run(base: str, requests: int, rounds: int) -> None:
             "model_info": {"id": "bench", "input_cost_per_token": 0.000001,
                            "output_cost_per_token": 0.000002}}],
         "router_settings": {"routing_strategy": "simple-shuffle", "num_retries": 0},
-        "llmgw": {"default_group": "g", "ledger": {"url": ledger}},
+        "llmgw": {"default_group": "g", "ledger": {"url": ledger},
+                  "cache": {"backend": "none"}},  # every call must reach the provider
     })
     gw = LLMGateway(cfg)
     client = httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {KEY}"})

@@ -444,7 +444,12 @@ class LLMGateway:
         hit = await self.cache.get(key)
         if hit is not None or self.semantic is None or params.get("tools"):
             return _CacheLookup(key, scope, msgs, params, hit)
-        text, fingerprint = _last_user_text(msgs), cache_key("", "", [], params)
+        from llmgw.semantic import params_fingerprint, semantic_text
+
+        text = semantic_text(msgs)
+        if text is None:  # the last turn is not plain user text: exact matches only
+            return _CacheLookup(key, scope, msgs, params, None)
+        fingerprint = params_fingerprint(msgs, params)
         found = await self.semantic.lookup(scope, route.model_group, text, fingerprint)
         if found is None:
             return _CacheLookup(key, scope, msgs, params, None, None, text, fingerprint)
@@ -495,8 +500,8 @@ class LLMGateway:
         await self.cache.set(key, answer, self.config.llmgw.cache.ttl_s)
         if (self.semantic is not None and lookup.text
                 and completion.model_group == completion.requested_group):
-            self.semantic.add(lookup.scope, completion.model_group, lookup.text,
-                              lookup.fingerprint, key)
+            await self.semantic.add(lookup.scope, completion.model_group, lookup.text,
+                                    lookup.fingerprint, key)
 
     # -- budgets -----------------------------------------------------------------------------
 
@@ -745,10 +750,9 @@ def _make_caches(config: Config) -> tuple[Cache | None, Any]:
     settings = config.llmgw.cache
     semantic = None
     if settings.semantic is not None and settings.semantic.enabled:
-        from llmgw.semantic import SemanticIndex, default_embedder
+        from llmgw.semantic import SemanticIndex  # the model itself loads on first use
 
-        semantic = SemanticIndex(default_embedder(), threshold=settings.semantic.threshold,
-                                 max_entries=settings.semantic.max_entries)
+        semantic = SemanticIndex.from_settings(settings.semantic)
     return make_cache(settings), semantic
 
 
@@ -807,14 +811,6 @@ def _pieces(text: str, size: int = 24) -> list[str]:
         else:
             current = candidate
     return [*pieces, current] if current else pieces
-
-
-def _last_user_text(messages: list[dict[str, Any]]) -> str:
-    for m in reversed(messages):
-        if m.get("role") == "user":
-            content = m.get("content")
-            return content if isinstance(content, str) else json.dumps(content, sort_keys=True)
-    return ""
 
 
 def _provider_details(hidden: dict[str, Any]) -> dict[str, Any] | None:

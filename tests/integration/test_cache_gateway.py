@@ -165,3 +165,29 @@ async def test_redis_down_requests_still_succeed_uncached(sims, tmp_path, caplog
     warnings = [r for r in caplog.records if r.name == "llmgw.cache"]
     assert len(warnings) == 1 and "uncached" in warnings[0].getMessage()
     assert [r["status"] for r in ledger_rows(url)] == ["ok", "ok", "ok"]
+
+
+async def test_semantic_paraphrase_hits_and_a_near_miss_does_not(sims, tmp_path):
+    from llmgw.ledger.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    upgrade(url)
+    openai_sim, _ = sims
+    gw = make(sims, url, {"backend": "memory", "semantic": {"enabled": True, "threshold": 0.92}})
+    ask = lambda text: gw.complete("support-1", "help", [{"role": "user", "content": text}],  # noqa: E731
+                                   model_group="backup")
+    try:
+        first = await ask("How do I reset my password?")
+        paraphrase = await ask("What are the steps to reset my password?")
+        near_miss = await ask("How do I delete my account?")
+        with_tools = await gw.complete("support-1", "help", [{"role": "user", "content":
+                                       "What are the steps to reset my password?"}],
+                                       model_group="backup", tools=[{"type": "function",
+                                       "function": {"name": "lookup", "parameters": {}}}])
+    finally:
+        await gw.aclose()
+    assert paraphrase.cached and paraphrase.content == first.content
+    assert not near_miss.cached and not with_tools.cached
+    assert len(openai_sim.requests) == 3
+    row = ledger_rows(url)[1]
+    assert row["status"] == "cached" and row["metadata"]["llmgw"]["cache"]["similarity"] >= 0.92
