@@ -19,7 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from llmgw.budgets import CounterKey, Limit, Rule
 from llmgw.ledger.models import BudgetCounter, BudgetRule, Reservation, UsageEvent
-from llmgw.ledger.store import bind_processor
+from llmgw.ledger.store import UsageInsert, bind_processor, driver_transaction
 
 _C = BudgetCounter.__table__.c
 _R = Reservation.__table__.c
@@ -79,11 +79,7 @@ class BudgetStore:
         self._lean = self._dialect == "sqlite"
         self._dt = bind_processor(DateTime(), engine) or (lambda v: v)
         self._json = bind_processor(JSON(), engine) or (lambda v: v)
-        usage_cols = [c for c in UsageEvent.__table__.columns if c.name != "id"]
-        self._usage_names = [c.name for c in usage_cols]
-        self._usage_procs = [bind_processor(c.type, engine) for c in usage_cols]
-        self._usage_sql = (f"INSERT INTO usage_events ({', '.join(self._usage_names)}) "
-                           f"VALUES ({', '.join('?' for _ in usage_cols)})")
+        self._usage = UsageInsert(engine)
 
     # -- rules ---------------------------------------------------------------------------
 
@@ -144,9 +140,7 @@ class BudgetStore:
                         pairs: list[tuple[CounterKey, Limit]], created_at: datetime,
                         agent_id: str, agent_type: str | None, project_id: str,
                         model_group: str) -> None:
-        conn = self.engine.raw_connection()
-        try:
-            cur = conn.cursor()
+        with driver_transaction(self.engine) as cur:
             cur.execute(_SQL_INSERT_RESERVATION, (
                 request_id, self._dt(created_at), amount, agent_id, agent_type, project_id,
                 model_group, self._json([k.as_list() for k, _ in pairs])))
@@ -158,12 +152,6 @@ class BudgetStore:
                     cur.execute(_SQL_READ_COUNTER, key)
                     spent, reserved = cur.fetchone()
                     raise RefusedError(Refusal(limit, spent, reserved, counter.period_start))
-            conn.commit()
-        except BaseException:
-            conn.rollback()
-            raise
-        finally:
-            conn.close()
 
     def _ensure_counter(self, conn: Connection, key: CounterKey) -> None:
         ins = (pg_insert if self._dialect == "postgresql" else sqlite_insert)(
@@ -200,9 +188,7 @@ class BudgetStore:
     def _settle_sqlite(self, hold: Hold, spent: int, rows: list[dict[str, Any]],
                        state: str) -> SettleResult:
         result = SettleResult()
-        conn = self.engine.raw_connection()
-        try:
-            cur = conn.cursor()
+        with driver_transaction(self.engine) as cur:
             cur.execute(_SQL_CLOSE_RESERVATION, (state, spent, hold.request_id))
             if cur.rowcount == 1:
                 for key, limit in hold.counters:
@@ -215,16 +201,7 @@ class BudgetStore:
                             cur.execute(_SQL_READ_COUNTER, k)
                             result.crossings.append(Crossing(key, limit, cur.fetchone()[0]))
             if rows:
-                cur.executemany(self._usage_sql, [
-                    tuple(p(r[n]) if p else r[n] for n, p in zip(self._usage_names,
-                                                                 self._usage_procs))
-                    for r in rows])
-            conn.commit()
-        except BaseException:
-            conn.rollback()
-            raise
-        finally:
-            conn.close()
+                cur.executemany(self._usage.sql, self._usage.params(rows))
         return result
 
     def _mark_crossing(self, conn: Connection, key: CounterKey, limit: Limit) -> list[Crossing]:

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from sqlalchemy import Engine
 from sqlalchemy.types import TypeEngine
@@ -70,6 +71,36 @@ def bind_processor(type_: TypeEngine[Any], engine: Engine) -> Callable[[Any], An
     return type_.dialect_impl(engine.dialect).bind_processor(engine.dialect)
 
 
+@contextmanager
+def driver_transaction(engine: Engine) -> Iterator[Any]:
+    """A DBAPI cursor in one transaction: committed if the block succeeds, else rolled back."""
+    conn = engine.raw_connection()
+    try:
+        yield conn.cursor()
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        conn.close()
+
+
+class UsageInsert:
+    """`INSERT INTO usage_events` for a driver cursor (SQLite's `?` style), values converted
+    exactly as Core converts them."""
+
+    def __init__(self, engine: Engine) -> None:
+        columns = [c for c in UsageEvent.__table__.columns if c.name != "id"]
+        self._names = [c.name for c in columns]
+        self._processors = [bind_processor(c.type, engine) for c in columns]
+        self.sql = (f"INSERT INTO usage_events ({', '.join(self._names)}) "
+                    f"VALUES ({', '.join('?' for _ in columns)})")
+
+    def params(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return [tuple(proc(row[name]) if proc else row[name]
+                      for name, proc in zip(self._names, self._processors)) for row in rows]
+
+
 class LedgerStore:
     """The SQL cost ledger (SQLite by default, PostgreSQL for many processes).
 
@@ -85,11 +116,7 @@ class LedgerStore:
         self.engine = engine or make_engine(url)
         self._insert = UsageEvent.__table__.insert()
         self.local = self.engine.dialect.name == "sqlite"
-        columns = [c for c in UsageEvent.__table__.columns if c.name != "id"]
-        self._names = [c.name for c in columns]
-        self._processors = [bind_processor(c.type, self.engine) for c in columns]
-        self._sql = (f"INSERT INTO usage_events ({', '.join(self._names)}) "
-                     f"VALUES ({', '.join('?' for _ in columns)})")
+        self._usage = UsageInsert(self.engine)
 
     def write_sync(self, rows: list[dict[str, Any]]) -> None:
         """Insert all rows of one request in one transaction."""
@@ -109,17 +136,8 @@ class LedgerStore:
             ) from exc
 
     def _write_sqlite(self, rows: list[dict[str, Any]]) -> None:
-        params = [tuple(proc(row[name]) if proc else row[name]
-                        for name, proc in zip(self._names, self._processors)) for row in rows]
-        conn = self.engine.raw_connection()
-        try:
-            conn.cursor().executemany(self._sql, params)
-            conn.commit()
-        except BaseException:
-            conn.rollback()
-            raise
-        finally:
-            conn.close()
+        with driver_transaction(self.engine) as cur:
+            cur.executemany(self._usage.sql, self._usage.params(rows))
 
     async def write(self, rows: list[dict[str, Any]]) -> None:
         if self.local:
