@@ -4,13 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test install redis migrate bench clean
+.PHONY: demo test install redis model migrate bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "llmgw needs Python >= 3.11; set PYTHON=python3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,semantic]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,semantic,local]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -18,7 +18,11 @@ install: $(STAMP)
 migrate: install
 	$(BIN)/llmgw db upgrade
 
-demo: install
+# The local model (DESIGN 6): fetched once per machine into .cache/models, then reused.
+model: install
+	$(BIN)/llmgw local fetch
+
+demo: install model
 	$(BIN)/llmgw demo
 
 # Tests start their own redis-server on a free loopback port; the package is only the binary.
@@ -33,7 +37,7 @@ redis:
 	      && { service redis-server stop >/dev/null 2>&1 || true; }; \
 	  else echo '$(REDIS_MISSING)' >&2; exit 1; fi; }
 
-test: install redis
+test: install redis model
 	$(BIN)/python -m pytest -q
 
 bench: install

@@ -1,9 +1,12 @@
-"""The demo workload: agents of every type in two projects through one LLMGateway, against
-the wire-level simulators (no API keys), with a simulated Anthropic outage mid-way."""
+"""The demo workload: agents of every type in two projects through one LLMGateway. Cloud
+groups run on the wire-level simulators (unless a real API key is set), the local model is
+real (llama.cpp serving Qwen2.5-Coder-0.5B): an Anthropic outage, a total cloud outage that
+only the local model survives, a cache hit and a budget refusal, then the usage reports."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ from rich.console import Console
 from llmgw.config import Config, config_from_dict, load_config
 from llmgw.errors import LLMGatewayError
 from llmgw.ledger.migrate import upgrade
+from llmgw.local import MODEL_ALIAS, LocalServer, fetch_model
 from llmgw.sim import AnthropicSim, FaultPlan, OpenAISim
 
 DEMO_OPENAI_KEY = "sk-demo-openai-key"
@@ -30,25 +34,33 @@ AGENTS = [  # (agent_id, agent_type, project, prompt)
 ]
 
 
-def simulated_config(cfg: Config, openai_url: str, anthropic_url: str) -> Config:
-    """The same groups, agent types, prices and fallbacks, with every Anthropic and
-    OpenAI-protocol deployment pointed at a simulator."""
+def simulated_config(cfg: Config, openai_url: str, anthropic_url: str,
+                     local_api_base: str | None = None) -> Config:
+    """The same groups, agent types, prices and fallbacks; cloud deployments on the
+    simulators unless their API key is set in the environment, the local model's
+    deployments on the running local server."""
     data: dict[str, Any] = cfg.model_dump(mode="json", exclude_none=True)
-    for dep in data["model_list"]:
+    for dep, original in zip(data["model_list"], cfg.model_list):
         params = dep["litellm_params"]
-        provider = params["model"].split("/", 1)[0]
+        provider, _, model = params["model"].partition("/")
+        if local_api_base and model == MODEL_ALIAS:
+            params.update(api_base=local_api_base, api_key="local")
+            continue
+        env = original.api_key_env()
+        if env and os.environ.get(env):
+            continue  # a real key: the real provider
         if provider == "anthropic":
             params.update(api_base=anthropic_url, api_key=DEMO_ANTHROPIC_KEY)
         elif provider == "openai":
             params.update(api_base=openai_url + "/v1", api_key=DEMO_OPENAI_KEY)
-    return config_from_dict(data, source=f"{cfg.source} (providers simulated)")
+    return config_from_dict(data, source=f"{cfg.source} (cloud simulated, local model real)")
 
 
-async def _workload(gw: Any, anthropic: AnthropicSim, out: Console) -> None:
+async def _workload(gw: Any, anthropic: AnthropicSim, openai: OpenAISim, out: Console) -> None:
     phase = "normal"
 
     async def ask(agent_id: str, agent_type: str, project: str, prompt: str,
-                  max_tokens: int = 256) -> None:
+                  max_tokens: int = 256, show_answer: bool = False) -> None:
         if phase in ("outage", "recovered"):
             prompt = f"{prompt} ({phase})"
         try:
@@ -66,6 +78,9 @@ async def _workload(gw: Any, anthropic: AnthropicSim, out: Console) -> None:
         out.print(f"  {project:13} {agent_id:7} {agent_type:19} {c.requested_group:15} "
                   f"-> {c.deployment:22} {c.usage.prompt_tokens:4}+{c.usage.completion_tokens:<4} "
                   f"${c.cost_micros / 1e6:.6f}{via}", highlight=False)
+        if show_answer:
+            out.print(f"  [cyan]{c.model} answered:[/] {c.content}", highlight=False,
+                      markup=True)
 
     out.print("[bold]1. Normal traffic[/]")
     for agent in AGENTS:
@@ -79,12 +94,21 @@ async def _workload(gw: Any, anthropic: AnthropicSim, out: Console) -> None:
     phase = "recovered"
     out.print("[bold]3. Anthropic is back[/]")
     await asyncio.gather(*(ask(*agent) for agent in AGENTS[5:]))
+    phase = "total-outage"
+    out.print("[bold]4. Every cloud provider answers 503: only the local model is left[/]")
+    anthropic.set_plan(FaultPlan.error(503, message="Overloaded"))
+    openai.set_plan(FaultPlan.error(503, message="Service unavailable"))
+    await ask("dev-1", "software-engineer", "checkout",
+              "Write a Python one-liner that reverses a string s.", max_tokens=48,
+              show_answer=True)
+    anthropic.set_plan(FaultPlan())
+    openai.set_plan(FaultPlan.latency(0.02))
     phase = "repeat"
-    out.print("[bold]4. The same questions again: answered from the cache at $0[/]")
+    out.print("[bold]5. The same questions again: answered from the cache at $0[/]")
     for agent in AGENTS[:2]:
         await ask(*agent)
     phase = "runaway"
-    out.print("[bold]5. A runaway agent asks for 100,000 output tokens on high-reasoning[/]")
+    out.print("[bold]6. A runaway agent asks for 100,000 output tokens on high-reasoning[/]")
     await ask("dev-2", "software-engineer", "search-revamp", "Rewrite the whole codebase.",
               max_tokens=100_000)
 
@@ -103,15 +127,18 @@ def run_demo(config_path: str | None = None, workdir: str = ".cache/demo",
     ledger_url = f"sqlite:///{(folder / 'ledger.db').resolve()}"
     upgrade(ledger_url)
     out.print(f"Ledger: {ledger_url} (migrated)")
+    out.print("Local model: fetching if needed (once per machine) and starting llama.cpp ...")
+    model_path = fetch_model()
     # Anthropic answers faster, so latency-based routing prefers it until the outage.
     with OpenAISim(api_key=DEMO_OPENAI_KEY, plan=FaultPlan.latency(0.02)) as openai, \
-            AnthropicSim(api_key=DEMO_ANTHROPIC_KEY) as anthropic:
-        cfg = simulated_config(base, openai.base_url, anthropic.base_url)
-        out.print(f"Simulators: OpenAI {openai.base_url}, Anthropic {anthropic.base_url} "
-                  "(every Anthropic and OpenAI-protocol deployment, co-local-qwen included)")
+            AnthropicSim(api_key=DEMO_ANTHROPIC_KEY) as anthropic, \
+            LocalServer(model_path) as local:
+        cfg = simulated_config(base, openai.base_url, anthropic.base_url, local.base_url)
+        out.print(f"Simulators: OpenAI {openai.base_url}, Anthropic {anthropic.base_url}; "
+                  f"local model {MODEL_ALIAS} at {local.base_url}")
         gw = LLMGateway(cfg, ledger_url=ledger_url)
         try:
-            asyncio.run(_workload(gw, anthropic, out))
+            asyncio.run(_workload(gw, anthropic, openai, out))
         finally:
             gw.close()
     for by in ("agent", "model"):

@@ -23,7 +23,8 @@ SCRIPT = textwrap.dedent("""
                  ["budgets", "set", "--project", "p", "--daily", "5", "--ledger-url", url],
                  ["budgets", "list", "--ledger-url", url], ["budgets", "status", "--ledger-url", url],
                  ["db", "reconcile", "--older-than", "0", "--ledger-url", url], ["models", "--help"],
-                 ["cache", "--help"], ["chat", "--help"], ["sim", "--help"], ["health", "--help"]):
+                 ["cache", "--help"], ["chat", "--help"], ["sim", "--help"], ["health", "--help"],
+                 ["local", "--help"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 0, (args, result.output)
     heavy = sorted(m for m in sys.modules

@@ -26,15 +26,21 @@ def test_demo_shows_fallbacks_and_reports_match_the_ledger(tmp_path, capsys):
             "FROM usage_events")).one()
         agents = {r[0] for r in conn.execute(text("SELECT DISTINCT agent_id FROM usage_events"))}
         outage = conn.execute(text(
-            "SELECT status, provider, error_class, metadata FROM usage_events")).all()
+            "SELECT status, provider, error_class, metadata, cost_micros, deployment_id "
+            "FROM usage_events")).all()
     engine.dispose()
+    total = [r for r in outage if json.loads(r.metadata)["demo_phase"] == "total-outage"]
+    served = [r for r in total if r.status == "ok"]
+    [only] = served  # the real local model, in cost-optimized or the last-resort group
+    assert only.deployment_id in ("co-local-qwen", "local-qwen") and only.cost_micros == 0
+    assert "qwen2.5-coder-0.5b-instruct answered:" in (tmp_path / "log.txt").read_text()
     repeat = [r for r in outage if json.loads(r.metadata)["demo_phase"] == "repeat"]
     assert [r.status for r in repeat] == ["cached", "cached"]
     runaway = [r for r in outage if json.loads(r.metadata)["demo_phase"] == "runaway"]
     assert [(r.status, r.error_class) for r in runaway] == [("refused", "BudgetExceeded")]
     assert "BudgetExceeded" in (tmp_path / "log.txt").read_text()
     outage = [r for r in outage if json.loads(r.metadata)["demo_phase"] == "outage"]
-    assert requests == len(AGENTS) + 5 + 3 + 2 + 1  # five phases of the script
+    assert requests == len(AGENTS) + 5 + 3 + 1 + 2 + 1  # six phases of the script
     assert errors >= 1
     served = [r for r in outage if r.status == "ok"]
     assert len(served) == 5 and all(r.provider != "anthropic" for r in served)
@@ -54,6 +60,7 @@ def test_models_lists_groups_prices_and_fallbacks():
     rows = json.loads(out)
     by_id = {r["deployment"]: r for r in rows}
     assert by_id["hr-anthropic-sonnet"]["input_usd_per_mtok"] == "3.00"
-    assert by_id["hr-anthropic-sonnet"]["fallbacks"] == ["fast-response", "cost-optimized"]
+    assert by_id["hr-anthropic-sonnet"]["fallbacks"] == ["fast-response", "cost-optimized",
+                                                         "local"]
     assert by_id["co-local-qwen"]["output_usd_per_mtok"] == "0.00"
     assert "qa-engineer" in by_id["fr-anthropic-haiku"]["agent_types"]

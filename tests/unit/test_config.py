@@ -34,10 +34,12 @@ def bad(mutate) -> dict:
 
 def test_shipped_model_list_is_valid_and_complete():
     cfg = load_config(REPO / "model_list.yaml")
-    assert set(cfg.groups()) == {"high-reasoning", "fast-response", "cost-optimized"}
+    assert set(cfg.groups()) == {"high-reasoning", "fast-response", "cost-optimized", "local"}
     assert set(cfg.llmgw.agent_types) == {"product-owner", "software-architect", "software-engineer",
                                           "qa-engineer", "devops-engineer", "project-manager"}
-    assert cfg.fallback_chain("high-reasoning") == ["high-reasoning", "fast-response", "cost-optimized"]
+    assert cfg.fallback_chain("high-reasoning") == ["high-reasoning", "fast-response",
+                                                    "cost-optimized", "local"]
+    assert all(cfg.fallback_chain(g)[-1] == "local" for g in cfg.groups())
     providers = {d.provider for d in cfg.model_list}
     assert {"anthropic", "openai"} <= providers
     assert all(d.input_price >= 0 and d.output_price >= 0 for d in cfg.model_list)
