@@ -191,3 +191,30 @@ def test_web_pages_cannot_read_it(server: LocalServer) -> None:
                      timeout=5)
     assert resp.headers.get("access-control-allow-origin", "") in ("", None)
     assert httpx.get(server.root_url + "/slots", timeout=5).status_code != 200
+
+
+def test_llmgw_chat_answers_from_the_local_model_with_no_keys(server: LocalServer,
+                                                              tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from llmgw.ledger.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    upgrade(url)
+    (tmp_path / "model_list.yaml").write_text(yaml.safe_dump({
+        "model_list": [{"model_name": "local", "litellm_params": server.litellm_params(),
+                        "model_info": {"id": "local-qwen", "input_cost_per_token": 0,
+                                       "output_cost_per_token": 0}}],
+        "llmgw": {"default_group": "local", "ledger": {"url": url}}}))
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("LLMGW_") and not k.endswith("_API_KEY")}
+    proc = subprocess.run([sys.executable, "-m", "llmgw.cli", "chat", "--model-group", "local",
+                           "--max-tokens", "16", "Reverse a string in Python."],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].strip() and "$0.000000" in lines[-1] and "local-qwen" in lines[-1]
