@@ -73,6 +73,10 @@ class BudgetPolicy:
             for scope_id, limits in table.items():
                 self._config[(scope, scope_id)] = limits
 
+    def config_limits(self) -> list[tuple[str, str, BudgetLimits]]:
+        """(scope, scope_id, limits) of every entry in the config file, sorted."""
+        return [(scope, sid, cfg) for (scope, sid), cfg in sorted(self._config.items())]
+
     @property
     def configured(self) -> bool:
         """Whether the config file sets any limit (DB rules may add more)."""
@@ -202,7 +206,7 @@ def statuses(policy: BudgetPolicy, rules: list[Rule], counters: list[object],
             c.reserved_micros, limit.warn_ratio,  # type: ignore[attr-defined]
             policy.period_end(c.period_start, period))  # type: ignore[attr-defined]
     named = [(r.scope, r.scope_id, r.period) for r in rules if r.scope_id != ANY]
-    named += [(scope, sid, period) for (scope, sid), cfg in policy._config.items()
+    named += [(scope, sid, period) for scope, sid, cfg in policy.config_limits()
               if sid != ANY for period in PERIODS
               if getattr(cfg, "daily_usd" if period == "day" else "monthly_usd") is not None]
     for scope, scope_id, period in named:

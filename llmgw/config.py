@@ -235,6 +235,10 @@ class Config(BaseModel):
     llmgw: GatewaySettings
 
     _source: str = PrivateAttr(default="<dict>")
+    # Indexes built once at validation: the gateway consults them on every request.
+    _groups: dict[str, list[Deployment]] = PrivateAttr(default_factory=dict)
+    _by_id: dict[str, Deployment] = PrivateAttr(default_factory=dict)
+    _chains: dict[str, list[str]] = PrivateAttr(default_factory=dict)
 
     @field_validator("model_list")
     @classmethod
@@ -288,19 +292,24 @@ class Config(BaseModel):
         return self._source
 
     def groups(self) -> dict[str, list[Deployment]]:
-        out: dict[str, list[Deployment]] = {}
-        for d in self.model_list:
-            out.setdefault(d.model_name, []).append(d)
-        return out
+        """Model group -> its deployments, in file order (do not mutate)."""
+        if not self._groups:
+            for d in self.model_list:
+                self._groups.setdefault(d.model_name, []).append(d)
+        return self._groups
 
     def deployment(self, deployment_id: str) -> Deployment | None:
-        for d in self.model_list:
-            if d.id == deployment_id:
-                return d
-        return None
+        if not self._by_id:
+            self._by_id.update((d.id, d) for d in self.model_list)
+        return self._by_id.get(deployment_id)
 
     def fallback_chain(self, group: str) -> list[str]:
         """`group` followed by every group its fallbacks can reach, in order, once each."""
+        if group not in self._chains:
+            self._chains[group] = self._walk_fallbacks(group)
+        return self._chains[group]
+
+    def _walk_fallbacks(self, group: str) -> list[str]:
         fb = self.router_settings.fallback_map()
         chain, todo = [], [group]
         while todo:

@@ -28,6 +28,7 @@ from llmgw.ledger.budget_store import BudgetStore, Hold, RefusedError
 from llmgw.ledger.migrate import ensure_current
 from llmgw.ledger.store import LedgerStore, RequestContext, usage_row, utcnow
 from llmgw.pricing import to_micros, token_cost_micros
+from llmgw.providers.ruvector import HIDDEN_KEY as RUVECTOR_DETAILS
 from llmgw.redact import Redactor, install_log_filter
 from llmgw.router import (
     REQUEST_ID_KEY,
@@ -815,9 +816,7 @@ def _pieces(text: str, size: int = 24) -> list[str]:
 
 def _provider_details(hidden: dict[str, Any]) -> dict[str, Any] | None:
     """What a provider told us beyond the answer (ruvLLM: model_used, confidence, ...)."""
-    from llmgw.providers.ruvector import HIDDEN_KEY
-
-    details = hidden.get(HIDDEN_KEY)
+    details = hidden.get(RUVECTOR_DETAILS)
     return dict(details) if isinstance(details, dict) else None
 
 

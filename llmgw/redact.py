@@ -22,6 +22,10 @@ class Redactor:
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(self._secrets)
+
     def add(self, secrets: Iterable[str]) -> None:
         self._secrets = sorted(set(self._secrets) | {s for s in secrets if s}, key=len, reverse=True)
 

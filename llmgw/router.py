@@ -287,7 +287,7 @@ def build_router(config: Config, redactor: Redactor) -> Any:
     _previous_router_callbacks.extend(cb for cb in _snapshot() if id(cb) not in before)
     rec = recorder()
     rec.config = config
-    rec.redactor.add(redactor._secrets)
+    rec.redactor.add(redactor.secrets)
     return router
 
 

@@ -116,7 +116,7 @@ def list_(output: Format = "table", ledger_url: LedgerUrl = None) -> None:
     rows = [{"scope": r.scope, "id": r.scope_id, "period": r.period,
              "limit_usd": str(micros_to_usd(r.limit_micros)), "warn": r.warn_ratio,
              "source": "database"} for r in rules]
-    for (scope, sid), cfg in sorted(policy._config.items()):
+    for scope, sid, cfg in policy.config_limits():
         for period, usd in (("day", cfg.daily_usd), ("month", cfg.monthly_usd)):
             if usd is not None:
                 rows.append({"scope": scope, "id": sid, "period": period,

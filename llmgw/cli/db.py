@@ -74,27 +74,20 @@ def reconcile(
 ) -> None:
     """Settle budget holds that a stopped gateway left open, at their reserved amount, so no
     spend is lost. Safe to run again: a settled hold is never counted twice."""
-    from datetime import timedelta
-
     from llmgw.ledger.budget_store import BudgetStore
     from llmgw.ledger.engine import make_engine
     from llmgw.ledger.migrate import ensure_current
-    from llmgw.ledger.store import utcnow
+    from llmgw.ledger.timespec import parse_duration, utcnow
 
-    spec = older_than.strip().lower()
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    try:
-        seconds = float(spec) if spec[-1].isdigit() else float(spec[:-1]) * units[spec[-1]]
-    except (KeyError, ValueError, IndexError):
+    age = parse_duration(older_than)
+    if age is None:
         fail(f"--older-than must look like 30s, 15m, 2h or 0, got {older_than!r}.", code=2)
-    if seconds < 0:
-        fail("--older-than cannot be negative.", code=2)
     with errors_as_exit():
         url = resolve_ledger_url(ledger_url)
         ensure_current(url)
         engine = make_engine(url)
         try:
-            done = BudgetStore(engine).reconcile(now=utcnow(), older_than=timedelta(seconds=seconds))
+            done = BudgetStore(engine).reconcile(now=utcnow(), older_than=age)
         finally:
             engine.dispose()
     console.print(f"Reconciled {len(done)} open reservation(s) on {safe_url(url)}.",

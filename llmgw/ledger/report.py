@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError
 
 from llmgw.ledger.migrate import ledger_error
 from llmgw.ledger.models import UsageEvent
+from llmgw.pricing import micros_to_usd
 
 GroupBy = Literal[
     "project", "agent", "agent-type", "model", "provider", "day", "model-group", "deployment"
@@ -21,13 +22,6 @@ NULL_KEY = "-"
 TOTAL_KEY = "TOTAL"
 ATTEMPT_STATUSES = ("ok", "error", "partial")  # real provider calls
 
-_MICROS = Decimal(1_000_000)
-_SIX_PLACES = Decimal("0.000001")
-
-
-def micros_to_usd(micros: int) -> Decimal:
-    """Exact dollars with 6 decimal places (never through float)."""
-    return (Decimal(micros) / _MICROS).quantize(_SIX_PLACES)
 
 
 class ReportRow(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from collections.abc import Callable, Iterator
@@ -16,6 +16,7 @@ from sqlalchemy.types import TypeEngine
 from llmgw.errors import LedgerError
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.models import UsageEvent
+from llmgw.ledger.timespec import utcnow  # noqa: F401  (the ledger's clock, re-exported)
 from llmgw.types import Attempt
 
 
@@ -28,11 +29,6 @@ class RequestContext:
     agent_type: str | None
     project_id: str
     stream: bool = False
-
-
-def utcnow() -> datetime:
-    """Naive UTC, as the ledger stores times."""
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def usage_row(ctx: RequestContext, attempt: Attempt, *, ts: datetime, saved_micros: int = 0,

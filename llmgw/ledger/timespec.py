@@ -21,16 +21,26 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+def parse_duration(value: str) -> timedelta | None:
+    """`30s`, `15m`, `2h`, `7d`, `2w` (or `0`) as a timedelta; None for anything else."""
+    text = value.strip()
+    if text == "0":
+        return timedelta(0)
+    match = _RELATIVE.match(text)
+    if not match:
+        return None
+    return timedelta(**{_UNITS[match.group(2).lower()]: int(match.group(1))})
+
+
 def parse_time(value: str, *, now: datetime | None = None) -> datetime:
     """A naive UTC datetime from a relative duration ("ago"), an ISO date or an ISO datetime.
 
     Dates are midnight UTC; datetimes without an offset are UTC; with an offset, converted.
     """
     text = value.strip()
-    match = _RELATIVE.match(text)
-    if match:
-        amount, unit = int(match.group(1)), match.group(2).lower()
-        return (now or utcnow()) - timedelta(**{_UNITS[unit]: amount})
+    ago = parse_duration(text) if text != "0" else None
+    if ago is not None:
+        return (now or utcnow()) - ago
     if text.lower() == "now":
         return now or utcnow()
     if text.lower() in ("today", "yesterday"):

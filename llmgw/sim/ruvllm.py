@@ -194,16 +194,7 @@ class RuvLLMSim(SimServer):
             "latency_ms": self.latency_ms,
         }
 
-    def _error(
-        self,
-        rec: dict[str, Any],
-        started: float,
-        status: int,
-        error: dict[str, Any],
-        headers: dict[str, str] | None = None,
-    ) -> web.Response:
-        rec["status"] = status
-        self._finish(rec, started)
+    def error_response(self, status: int, error: dict[str, Any], headers: dict[str, str]) -> web.Response:
         return _text(status, error, headers)
 
 

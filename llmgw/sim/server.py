@@ -549,9 +549,11 @@ class SimServer:
     ) -> web.Response:
         rec["status"] = status
         self._finish(rec, started)
-        return web.json_response(
-            error, status=status, headers={**self.error_headers(status), **(headers or {})}
-        )
+        return self.error_response(status, error, {**self.error_headers(status), **(headers or {})})
+
+    def error_response(self, status: int, error: dict[str, Any], headers: dict[str, str]) -> web.Response:
+        """How this provider sends an error body (JSON unless it says otherwise)."""
+        return web.json_response(error, status=status, headers=headers)
 
 
 def _break_event(event: bytes) -> bytes:

@@ -15,12 +15,7 @@ from llmgw.sim.faults import FaultPlan, ToolCall
 from llmgw.sim.ollama import OllamaSim
 from tests.sim.conftest import fresh
 
-try:  # the official client: its types are the schema (dev extra)
-    import ollama
-except ImportError:  # pragma: no cover - the LiteLLM tests below still run
-    ollama = None
-
-needs_sdk = pytest.mark.skipif(ollama is None, reason="the official `ollama` client is not installed")
+import ollama  # the official client (dev extra): its types are the schema
 
 MESSAGES = [
     {"role": "system", "content": "Be brief."},
@@ -83,7 +78,6 @@ def ndjson(text: str) -> list[dict[str, Any]]:
 # -- wire format -----------------------------------------------------------------------
 
 
-@needs_sdk
 def test_chat_json_matches_ollama_types(sim: OllamaSim) -> None:
     resp = post(sim, "/api/chat", BODY)
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("application/json")
@@ -101,7 +95,6 @@ def test_chat_json_matches_ollama_types(sim: OllamaSim) -> None:
     assert (record.prompt_tokens, record.completion_tokens) == (8, 9)
 
 
-@needs_sdk
 def test_chat_streams_ndjson_by_default_and_ends_with_done(sim: OllamaSim) -> None:
     sim.plan = FaultPlan(answer="Paris is the capital.", prompt_tokens=30, completion_tokens=5)
     resp = post(sim, "/api/chat", {"model": "llama3.2", "messages": MESSAGES})  # no "stream": streams
@@ -120,7 +113,6 @@ def test_chat_streams_ndjson_by_default_and_ends_with_done(sim: OllamaSim) -> No
     assert record.usage == {k: final[k] for k in record.usage}
 
 
-@needs_sdk
 def test_generate_json_and_stream(sim: OllamaSim) -> None:
     body = {"model": "llama3.2", "prompt": "Why is the sky blue?", "system": "Be brief.", "stream": False}
     data = post(sim, "/api/generate", body).json()
@@ -133,7 +125,6 @@ def test_generate_json_and_stream(sim: OllamaSim) -> None:
     assert [r.path for r in sim.requests] == ["/api/generate", "/api/generate"]
 
 
-@needs_sdk
 def test_tool_call_json_and_stream(sim: OllamaSim) -> None:
     sim.plan = FaultPlan(tool_call=ToolCall(arguments={"city": "Paris"}))
     data = post(sim, "/api/chat", {**BODY, "tools": TOOLS}).json()
@@ -148,7 +139,6 @@ def test_tool_call_json_and_stream(sim: OllamaSim) -> None:
     assert post(sim, "/api/chat", BODY).json()["message"]["content"] == ANSWER
 
 
-@needs_sdk
 def test_tags_version_show_and_root(sim: OllamaSim) -> None:
     tags = httpx.get(sim.base_url + "/api/tags").json()
     listed = known(ollama.ListResponse, tags)
@@ -165,7 +155,6 @@ def test_tags_version_show_and_root(sim: OllamaSim) -> None:
     assert [r.path for r in sim.requests] == ["/api/tags", "/api/version", "/api/show", "/api/show", "/"]
 
 
-@needs_sdk
 def test_official_client_round_trip(sim: OllamaSim) -> None:
     client = ollama.Client(host=sim.base_url)
     assert client.chat(model="llama3.2", messages=MESSAGES).message.content == ANSWER
