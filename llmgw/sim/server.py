@@ -153,6 +153,7 @@ class SimServer:
         self._lock = threading.Condition()
         self._requests: list[RecordedRequest] = []
         self._responses: list[RecordedResponse] = []
+        self._reset_at = 0.0  # answers to requests that arrived before a reset are not recorded
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -271,6 +272,7 @@ class SimServer:
     def reset(self) -> None:
         """Clear records and restart the plan's fault counters and RNG."""
         with self._lock:
+            self._reset_at = time.monotonic()
             self._requests.clear()
             self._responses.clear()
         self._state = FaultState(self._state.plan)
@@ -537,6 +539,8 @@ class SimServer:
         raise Dropped
 
     def _finish(self, rec: dict[str, Any], started: float) -> None:
+        if started < self._reset_at:  # a request of an earlier test finishing late
+            return
         self._record(RecordedResponse(elapsed_s=time.monotonic() - started, **rec))
 
     def _error(

@@ -145,6 +145,20 @@ def test_times_and_reset(sim: OpenAISim) -> None:
     assert call(sim) == 200
 
 
+def test_a_request_from_before_a_reset_is_not_recorded_after_it(sim: OpenAISim) -> None:
+    # A test's client can hang up while the server still answers; that late answer must
+    # not show up in the next test's records.
+    sim.plan = FaultPlan.latency(0.2)
+    statuses: list[int] = []
+    worker = threading.Thread(target=lambda: statuses.append(call(sim)))
+    worker.start()
+    sim.wait_for_requests(1)
+    sim.reset()
+    worker.join()
+    assert statuses == [200] and sim.responses == [] and sim.requests == []
+    assert call(sim) == 200 and len(sim.wait_for_responses(1)) == 1
+
+
 def test_model_filter_through_server(sim: OpenAISim) -> None:
     sim.plan = FaultPlan.parse("429:model=sim-gpt-mini")
     assert [call(sim, "sim-gpt"), call(sim, "sim-gpt-mini")] == [200, 429]
