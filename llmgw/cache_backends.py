@@ -267,20 +267,22 @@ class RedisCache:
         await self._client.aclose()
 
 
-def make_cache(settings: CacheSettings) -> Cache | None:
+def make_cache(settings: CacheSettings, shared_url: str | None = None) -> Cache | None:
     """The backend the config asks for; None when caching is off.
 
     For Redis the URL is `LLMGW_CACHE_URL` when set (the environment overrides the file),
-    else `llmgw.cache.url`. The variable never switches the backend on by itself.
+    else `llmgw.cache.url`, else `shared_url` (the Router's `redis_url`, so one Redis set
+    once serves both). The variables never switch the backend on by themselves.
     """
     if settings.backend == "none":
         return None
     if settings.backend == "memory":
         return MemoryCache(max_entries=settings.max_entries)
-    url = os.environ.get(ENV_CACHE_URL) or settings.url
+    url = os.environ.get(ENV_CACHE_URL) or settings.url or shared_url
     if not url:
         raise ConfigError("llmgw.cache.url: backend redis needs a URL.", key="llmgw.cache.url",
-                          hint=f"Set llmgw.cache.url (redis://host:6379/0) or {ENV_CACHE_URL}.")
+                          hint=f"Set llmgw.cache.url (redis://host:6379/0), {ENV_CACHE_URL} "
+                                "or LLMGW_REDIS_URL.")
     try:
         return RedisCache(url)
     except ValueError as exc:  # redis-py's verdict on a malformed URL

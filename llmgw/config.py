@@ -9,6 +9,7 @@ import os
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote, urlsplit
 
 import yaml
 from pydantic import (
@@ -25,7 +26,10 @@ from llmgw.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "model_list.yaml"
 DEFAULT_LEDGER_URL = "sqlite:///llmgw.db"
+ENV_REDIS_URL = "LLMGW_REDIS_URL"
 ENV_PREFIX = "os.environ/"
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_REDIS_SETTINGS = ("redis_url", "redis_host", "redis_port", "redis_password")
 _SECRET_PARAM_HINTS = ("key", "secret", "token", "password", "credential")
 # LiteLLM 1.106.2 cannot parse Cohere's v2 SSE stream (it json-decodes the `event:` lines);
 # with fake_stream it makes a plain call and replays the answer as a stream.
@@ -119,6 +123,53 @@ class RouterSettings(BaseModel):
     routing_strategy: str = "simple-shuffle"
     num_retries: int | None = Field(default=None, ge=0)
     fallbacks: list[dict[str, list[str]]] = Field(default_factory=list)
+    # LiteLLM's shared Router state (cooldowns, latency, usage) across gateway processes.
+    # Values may be `os.environ/NAME` references; `LLMGW_REDIS_URL` overrides redis_url.
+    redis_url: str | None = Field(default=None, min_length=1)
+    redis_host: str | None = Field(default=None, min_length=1)
+    redis_port: int | str | None = None
+    redis_password: str | None = None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, v: str | None) -> str | None:
+        if v and not v.startswith(ENV_PREFIX) and urlsplit(v).scheme not in _REDIS_SCHEMES:
+            raise ValueError("expected redis://[:password@]host:port/db, rediss://... or "
+                             "unix://..., or an os.environ/NAME reference")
+        return v
+
+    def router_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `litellm.Router`, `os.environ/` references resolved."""
+        kwargs = self.model_dump(exclude_none=True)
+        for name in _REDIS_SETTINGS:
+            value = kwargs.get(name)
+            if isinstance(value, str) and value.startswith(ENV_PREFIX):
+                resolved = os.environ.get(value[len(ENV_PREFIX):])
+                if resolved is None:
+                    kwargs.pop(name)
+                else:
+                    kwargs[name] = int(resolved) if name == "redis_port" else resolved
+        return kwargs
+
+    def shared_state_url(self) -> str | None:
+        """The Redis the Router shares its state through, as a URL; None when per process."""
+        kwargs = self.router_kwargs()
+        if kwargs.get("redis_url"):
+            return str(kwargs["redis_url"])
+        if kwargs.get("redis_host") and kwargs.get("redis_port"):
+            password = kwargs.get("redis_password")
+            auth = f":{quote(str(password), safe='')}@" if password else ""
+            return f"redis://{auth}{kwargs['redis_host']}:{kwargs['redis_port']}"
+        return None
+
+    def redis_secrets(self) -> list[str]:
+        """The Redis password, however it is given, so it can be scrubbed from any text."""
+        kwargs = self.router_kwargs()
+        found = [str(kwargs.get("redis_password") or "")]
+        url = kwargs.get("redis_url")
+        if url:
+            found.append(urlsplit(url).password or "")
+        return [s for s in found if s]
 
     def fallback_map(self) -> dict[str, list[str]]:
         merged: dict[str, list[str]] = {}
@@ -331,7 +382,7 @@ class Config(BaseModel):
                     value = os.environ.get(value[len(ENV_PREFIX):], "")
                 if len(value) >= 6:
                     secrets.append(value)
-        return secrets
+        return secrets + self.router_settings.redis_secrets()
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -370,6 +421,9 @@ def config_from_dict(data: Any, *, source: str = "<dict>") -> Config:
     ledger_url = os.environ.get("LLMGW_LEDGER_URL")
     if ledger_url:
         cfg.llmgw.ledger.url = ledger_url
+    redis_url = os.environ.get(ENV_REDIS_URL)
+    if redis_url:
+        cfg.router_settings.redis_url = redis_url
     return cfg
 
 

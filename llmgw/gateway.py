@@ -754,7 +754,7 @@ def _make_caches(config: Config) -> tuple[Cache | None, Any]:
         from llmgw.semantic import SemanticIndex  # the model itself loads on first use
 
         semantic = SemanticIndex.from_settings(settings.semantic)
-    return make_cache(settings), semantic
+    return make_cache(settings, config.router_settings.router_kwargs().get("redis_url")), semantic
 
 
 def _validate(agent_id: Any, project_id: Any, messages: Any, agent_type: Any, model_group: Any,

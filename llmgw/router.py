@@ -268,7 +268,7 @@ def _quiet_litellm_logs() -> None:
 def build_router(config: Config, redactor: Redactor) -> Any:
     """A `litellm.Router` for the config; the one Router this process routes with."""
     _quiet_litellm_logs()
-    settings = config.router_settings.model_dump(exclude_none=True)
+    settings = config.router_settings.router_kwargs()
     policy = dict(settings.pop("retry_policy", None) or {})
     policy.update(_FORCED_RETRY_POLICY)
     if settings.pop("cache_responses", False):
@@ -285,10 +285,32 @@ def build_router(config: Config, redactor: Redactor) -> Any:
         **settings,
     )
     _previous_router_callbacks.extend(cb for cb in _snapshot() if id(cb) not in before)
+    _check_shared_state(config, redactor)
     rec = recorder()
     rec.config = config
     rec.redactor.add(redactor.secrets)
     return router
+
+
+def _check_shared_state(config: Config, redactor: Redactor) -> None:
+    """Say once, at start, when the Redis for shared Router state cannot be reached.
+
+    LiteLLM keeps routing without it (cooldowns and latency stay per process), so this is
+    a warning, not an error: an outage of Redis must not become an outage of the gateway."""
+    url = config.router_settings.shared_state_url()
+    if url is None:
+        return
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        log.warning("Shared Router state: Redis at %s is unreachable (%s); cooldowns and "
+                    "latency stay per process until it is back. Check router_settings.redis_url "
+                    "or LLMGW_REDIS_URL.", redactor.scrub(url), redactor.scrub(str(exc)))
+    finally:
+        client.close()
 
 
 def map_exception(exc: BaseException, *, trace: RequestTrace, model_group: str,

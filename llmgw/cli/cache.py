@@ -24,7 +24,8 @@ def _backend(config: str | None):  # type: ignore[no-untyped-def]
     from llmgw.cache_backends import make_cache
     from llmgw.config import load_config
 
-    return make_cache(load_config(config).llmgw.cache)
+    cfg = load_config(config)
+    return make_cache(cfg.llmgw.cache, cfg.router_settings.router_kwargs().get("redis_url"))
 
 
 @app.command()

@@ -76,6 +76,8 @@ def test_ids_generated_when_missing_and_prices_exact():
         (lambda d: d.pop("llmgw"), "llmgw", "Field required"),
         (lambda d: d["router_settings"].update(num_retries="many"), "router_settings.num_retries",
          "valid integer"),
+        (lambda d: d["router_settings"].update(redis_url="http://127.0.0.1:6379"),
+         "router_settings.redis_url", "redis://"),
     ],
 )
 def test_malformed_config_names_the_bad_key(mutate, key, words):
@@ -115,3 +117,32 @@ def test_secret_values_resolve_env_references(monkeypatch):
     cfg = config_from_dict(data)
     assert set(cfg.secret_values()) == {"sk-abcdef123", "sk-from-env-987654"}
     assert cfg.model_list[1].api_key_env() == "MY_KEY"
+
+
+def test_shared_router_state_settings_resolve_env_and_are_secret(monkeypatch):
+    monkeypatch.setenv("REDIS_HOST", "127.0.0.1")
+    monkeypatch.setenv("REDIS_PORT", "6390")
+    monkeypatch.setenv("REDIS_PASSWORD", "redis-pass-4242")
+    data = bad(lambda d: d["router_settings"].update(
+        redis_host="os.environ/REDIS_HOST", redis_port="os.environ/REDIS_PORT",
+        redis_password="os.environ/REDIS_PASSWORD"))
+    settings = config_from_dict(data).router_settings
+    kwargs = settings.router_kwargs()
+    assert (kwargs["redis_host"], kwargs["redis_port"], kwargs["redis_password"]) == (
+        "127.0.0.1", 6390, "redis-pass-4242")
+    assert settings.shared_state_url() == "redis://:redis-pass-4242@127.0.0.1:6390"
+    assert "redis-pass-4242" in config_from_dict(data).secret_values()
+    # Unset variables leave the setting out, so the Router runs without shared state.
+    monkeypatch.delenv("REDIS_HOST")
+    assert config_from_dict(data).router_settings.shared_state_url() is None
+    assert config_from_dict(GOOD).router_settings.shared_state_url() is None
+
+
+def test_llmgw_redis_url_overrides_the_file_and_its_password_is_secret(tmp_path, monkeypatch):
+    p = tmp_path / "custom.yaml"
+    p.write_text(yaml.safe_dump(bad(lambda d: d["router_settings"].update(
+        redis_url="redis://127.0.0.1:1/0"))))
+    monkeypatch.setenv("LLMGW_REDIS_URL", "redis://:s3cret-redis-pw@127.0.0.1:6379/2")
+    cfg = load_config(p)
+    assert cfg.router_settings.router_kwargs()["redis_url"] == "redis://:s3cret-redis-pw@127.0.0.1:6379/2"
+    assert "s3cret-redis-pw" in cfg.secret_values()
