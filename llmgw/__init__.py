@@ -32,11 +32,12 @@ from llmgw.types import Attempt, Completion, Usage
 
 if TYPE_CHECKING:
     from llmgw.gateway import LLMGateway
+    from llmgw.metrics import PrometheusMetrics
 
 __all__ = [
     "AllDeploymentsFailed", "Attempt", "AuthenticationFailed", "BudgetExceeded", "Completion",
     "Config", "ConfigError", "ContextWindowExceeded", "InvalidRequest", "LLMGateway",
-    "LLMGatewayError", "LedgerError", "ProviderError", "ProviderRejected", "ProviderUnavailable",
+    "LLMGatewayError", "LedgerError", "PrometheusMetrics", "ProviderError", "ProviderRejected", "ProviderUnavailable",
     "RateLimited", "UnknownModelGroup", "Usage", "errors", "load_config",
 ]
 
@@ -46,4 +47,8 @@ def __getattr__(name: str) -> Any:
         from llmgw.gateway import LLMGateway
 
         return LLMGateway
+    if name == "PrometheusMetrics":
+        from llmgw.metrics import PrometheusMetrics
+
+        return PrometheusMetrics
     raise AttributeError(f"module 'llmgw' has no attribute {name!r}")

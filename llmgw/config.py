@@ -27,6 +27,7 @@ from llmgw.errors import ConfigError
 DEFAULT_CONFIG_FILE = "model_list.yaml"
 DEFAULT_LEDGER_URL = "sqlite:///llmgw.db"
 ENV_REDIS_URL = "LLMGW_REDIS_URL"
+ENV_METRICS_PORT = "LLMGW_METRICS_PORT"
 ENV_PREFIX = "os.environ/"
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _REDIS_SETTINGS = ("redis_url", "redis_host", "redis_port", "redis_password")
@@ -262,6 +263,18 @@ class CacheSettings(BaseModel):
     semantic: SemanticSettings | None = None
 
 
+class MetricsSettings(BaseModel):
+    """`llmgw.metrics`: a Prometheus endpoint per gateway process (`/metrics`).
+    `LLMGW_METRICS_PORT` turns it on with that port (one port per process on a host)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    host: str = Field(default="127.0.0.1", min_length=1,
+                      description="0.0.0.0 to let a Prometheus on another host scrape it")
+    port: int = Field(default=9464, ge=0, lt=65536, description="0: any free port")
+
+
 class GatewaySettings(BaseModel):
     """Our own section, `llmgw:`. Unknown keys are errors, so typos do not pass silently."""
 
@@ -273,6 +286,7 @@ class GatewaySettings(BaseModel):
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     request_timeout_s: float = Field(default=600.0, gt=0)
 
 
@@ -424,6 +438,15 @@ def config_from_dict(data: Any, *, source: str = "<dict>") -> Config:
     redis_url = os.environ.get(ENV_REDIS_URL)
     if redis_url:
         cfg.router_settings.redis_url = redis_url
+    metrics_port = os.environ.get(ENV_METRICS_PORT)
+    if metrics_port:
+        try:
+            cfg.llmgw.metrics = MetricsSettings(enabled=True, host=cfg.llmgw.metrics.host,
+                                                port=int(metrics_port))
+        except ValueError:
+            raise ConfigError(f"{ENV_METRICS_PORT}={metrics_port!r} is not a port number.",
+                              key=ENV_METRICS_PORT,
+                              hint="Use a free TCP port (0-65535), or unset it.") from None
     return cfg
 
 

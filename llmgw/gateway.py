@@ -108,6 +108,8 @@ class LLMGateway:
         self.stats_collector = StatsCollector()
         self.cache, self.semantic = _make_caches(self.config)
         self._open_streams: set[asyncio.Event] = set()
+        self._started: dict[str, float] = {}  # request_id -> perf_counter, until finished
+        self.metrics = _make_metrics(self)
         self.reconcile()
 
     # -- public API --------------------------------------------------------------------------
@@ -117,7 +119,8 @@ class LLMGateway:
         self.agents.register(agent_id, agent_type)
 
     def on(self, event: str, handler: Handler) -> None:
-        """Subscribe to an event (`budget.warning`, `budget.refused`)."""
+        """Subscribe to an event: request.started / request.finished, fallback, cache.hit,
+        budget.warning, budget.refused (payloads: `llmgw.events`)."""
         self.events.on(event, handler)
 
     def reconcile(self, older_than_s: float | None = None) -> list[str]:
@@ -222,9 +225,8 @@ class LLMGateway:
         cut off (the provider drops it, or the caller stops iterating or is cancelled) is
         recorded as a `partial` row with the tokens generated so far, and settled."""
         request, route, ctx, now, call_params, hold = await self._begin(
-            agent_id, project_id, messages, agent_type, model_group, metadata, params)
-        ctx = RequestContext(ctx.request_id, ctx.agent_id, ctx.agent_type, ctx.project_id,
-                             stream=True)
+            agent_id, project_id, messages, agent_type, model_group, metadata, params,
+            stream=True)
         started = time.perf_counter()
         lookup = await self._cache_lookup(request, route, ctx, call_params, use=cache,
                                           stream=True)
@@ -412,6 +414,8 @@ class LLMGateway:
         return math.ceil(usd * 1_000_000)
 
     def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
         self.ledger.dispose()
 
     async def aclose(self) -> None:
@@ -479,6 +483,12 @@ class LLMGateway:
         extra = {"cache": {"first_request_id": hit.request_id, "scope": lookup.scope}}
         if lookup.similarity is not None:
             extra["cache"]["similarity"] = round(lookup.similarity, 4)
+        if self.events.wants("cache.hit"):
+            self.events.emit("cache.hit", {
+                "request_id": ctx.request_id, "project_id": ctx.project_id,
+                "agent_type": ctx.agent_type, "model_group": hit.model_group,
+                "scope": lookup.scope, "similarity": lookup.similarity,
+                "saved_micros": hit.cost_micros})
         await self._record(ctx, [attempt], request.metadata, route, now, hold,
                            completion=completion, saved_micros=hit.cost_micros, extra=extra)
         return completion
@@ -507,7 +517,8 @@ class LLMGateway:
     # -- budgets -----------------------------------------------------------------------------
 
     async def _begin(self, agent_id: Any, project_id: Any, messages: Any, agent_type: Any,
-                     model_group: Any, metadata: Any, params: dict[str, Any]) -> tuple[
+                     model_group: Any, metadata: Any, params: dict[str, Any], *,
+                     stream: bool = False) -> tuple[
                          CompletionRequest, Resolution, RequestContext, Any, dict[str, Any],
                          Hold | None]:
         """Steps 1-3 of every call: validate, resolve the group, reserve the budget."""
@@ -517,13 +528,25 @@ class LLMGateway:
                                     model_group=request.model_group)
         now = self.clock()
         ctx = RequestContext(uuid.uuid4().hex, request.agent_id, route.agent_type,
-                             request.project_id)
+                             request.project_id, stream=stream)
         call_params = dict(request.params)
         if call_params.get("tools"):
             # LiteLLM imports its MCP gateway (and the `mcp` package) whenever tools are
             # passed; plain function tools never need it.
             call_params["_skip_mcp_handler"] = True
-        route, hold = await self._reserve(ctx, route, request, call_params, now)
+        self._started[ctx.request_id] = time.perf_counter()
+        if self.events.wants("request.started"):
+            self.events.emit("request.started", {
+                "request_id": ctx.request_id, "agent_id": ctx.agent_id,
+                "project_id": ctx.project_id, "agent_type": ctx.agent_type,
+                "model_group": route.model_group, "stream": ctx.stream})
+        try:
+            route, hold = await self._reserve(ctx, route, request, call_params, now)
+        except BudgetExceeded:
+            raise  # finished by _refuse, after its row
+        except BaseException as exc:  # the ledger failed before anything was answered
+            self._finished(ctx, [], route, error_class=type(exc).__name__, written=False)
+            raise
         return request, route, ctx, now, call_params, hold
 
     def _current_rules(self) -> list[Rule]:
@@ -606,6 +629,7 @@ class LLMGateway:
                                             "scope_id": limit.scope_id, "period": limit.period,
                                             "requested_micros": amount,
                                             "limit_micros": limit.limit_micros})
+        self._finished(ctx, [refused], route)
         raise error
 
     async def _db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -674,12 +698,14 @@ class LLMGateway:
         try:
             if hold is None:
                 await self.ledger.write(rows)
+                self._finished(ctx, attempts, route, completion, saved_micros)
                 return
             spent = sum(a.cost_micros for a in attempts)
             result = await self._db(self.budget_store.settle, hold, spent_micros=spent, rows=rows,
                                     state="settled" if completion else "released")
         except LedgerError as exc:
             exc.completion = completion  # type: ignore[attr-defined]  # paid for: keep it
+            self._finished(ctx, attempts, route, completion, saved_micros, written=False)
             raise
         except Exception as exc:
             error = LedgerError(f"Could not settle the budget and write the ledger rows of "
@@ -688,12 +714,46 @@ class LLMGateway:
                                 hint="Check the ledger database; `llmgw db reconcile` settles "
                                      "what was left open.")
             error.completion = completion  # type: ignore[attr-defined]
+            self._finished(ctx, attempts, route, completion, saved_micros, written=False)
             raise error from exc
+        self._finished(ctx, attempts, route, completion, saved_micros)
         for c in result.crossings:
             self.events.emit("budget.warning", {
                 "scope": c.limit.scope, "scope_id": c.limit.scope_id, "period": c.limit.period,
                 "period_start": c.key.period_start.isoformat(), "spent_micros": c.spent_micros,
                 "limit_micros": c.limit.limit_micros, "warn_ratio": c.limit.warn_ratio})
+
+    def _finished(self, ctx: RequestContext, attempts: list[Attempt], route: Resolution,
+                  completion: Completion | None = None, saved_micros: int = 0, *,
+                  error_class: str | None = None, written: bool = True) -> None:
+        """`fallback` per failed hop, then `request.finished` (once per started request)."""
+        started = self._started.pop(ctx.request_id, None)
+        events = self.events
+        if events.wants("fallback"):
+            for failed, then in zip(attempts, attempts[1:]):
+                events.emit("fallback", {
+                    "request_id": ctx.request_id, "project_id": ctx.project_id,
+                    "agent_type": ctx.agent_type, "from_group": failed.model_group,
+                    "from_deployment": failed.deployment, "to_group": then.model_group,
+                    "to_deployment": then.deployment, "error_class": failed.error_class})
+        if not events.wants("request.finished"):
+            return
+        final = attempts[-1] if attempts else None
+        events.emit("request.finished", {
+            "request_id": ctx.request_id, "agent_id": ctx.agent_id,
+            "project_id": ctx.project_id, "agent_type": ctx.agent_type,
+            "requested_group": route.model_group,
+            "model_group": final.model_group if final else route.model_group,
+            "deployment": final.deployment if final else None,
+            "provider": final.provider if final else None,
+            "status": final.status if final else "error",
+            "error_class": final.error_class if final else error_class,
+            "stream": ctx.stream,
+            "duration_s": time.perf_counter() - started if started is not None else 0.0,
+            "prompt_tokens": sum(a.usage.prompt_tokens for a in attempts),
+            "completion_tokens": sum(a.usage.completion_tokens for a in attempts),
+            "cost_micros": sum(a.cost_micros for a in attempts),
+            "saved_micros": saved_micros, "attempts": attempts, "ledger_written": written})
 
 
 class _StreamAccumulator:
@@ -743,6 +803,19 @@ class _StreamAccumulator:
                 call["function"]["arguments"] += args
                 events.append(ToolCallDelta(index=index, id=tc.id, name=name, arguments=args))
         return events
+
+
+def _make_metrics(gateway: LLMGateway) -> Any:
+    """The Prometheus exporter when `llmgw.metrics` (or LLMGW_METRICS_PORT) turns it on."""
+    settings = gateway.config.llmgw.metrics
+    if not settings.enabled:
+        return None
+    from llmgw.metrics import PrometheusMetrics
+
+    metrics = PrometheusMetrics()
+    metrics.attach(gateway)
+    metrics.serve(settings.host, settings.port)
+    return metrics
 
 
 def _make_caches(config: Config) -> tuple[Cache | None, Any]:

@@ -146,3 +146,15 @@ def test_llmgw_redis_url_overrides_the_file_and_its_password_is_secret(tmp_path,
     cfg = load_config(p)
     assert cfg.router_settings.router_kwargs()["redis_url"] == "redis://:s3cret-redis-pw@127.0.0.1:6379/2"
     assert "s3cret-redis-pw" in cfg.secret_values()
+
+
+def test_llmgw_metrics_port_turns_the_exporter_on(tmp_path, monkeypatch):
+    p = tmp_path / "custom.yaml"
+    p.write_text(yaml.safe_dump(GOOD))
+    assert load_config(p).llmgw.metrics.enabled is False
+    monkeypatch.setenv("LLMGW_METRICS_PORT", "9555")
+    metrics = load_config(p).llmgw.metrics
+    assert (metrics.enabled, metrics.host, metrics.port) == (True, "127.0.0.1", 9555)
+    monkeypatch.setenv("LLMGW_METRICS_PORT", "ninety")
+    with pytest.raises(ConfigError, match="LLMGW_METRICS_PORT='ninety' is not a port"):
+        load_config(p)
