@@ -25,6 +25,7 @@ from llmgw.errors import BudgetExceeded, InvalidRequest, LedgerError, ProviderEr
 from llmgw.events import EventBus, Handler
 from llmgw.health import DeploymentHealth, DeploymentStats, StatsCollector, probe
 from llmgw.ledger.budget_store import BudgetStore, Hold, RefusedError
+from llmgw.ledger.engine import make_engine
 from llmgw.ledger.migrate import ensure_current
 from llmgw.ledger.store import LedgerStore, RequestContext, usage_row, utcnow
 from llmgw.pricing import to_micros, token_cost_micros
@@ -98,7 +99,9 @@ class LLMGateway:
         url = ledger_url or self.config.llmgw.ledger.url
         if check_schema:
             ensure_current(url)
-        self.ledger = LedgerStore(url)
+        ledger = self.config.llmgw.ledger
+        self.ledger = LedgerStore(url, engine=make_engine(url, pool_size=ledger.pool_size,
+                                                          max_overflow=ledger.max_overflow))
         self.budget_policy = BudgetPolicy(self.config.llmgw.budgets)
         self.budget_store = BudgetStore(self.ledger.engine)
         self._rules: list[Rule] = []
