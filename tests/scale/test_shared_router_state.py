@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, select
+from typer.testing import CliRunner
+
+from llmgw.cli import app as cli
 
 from llmgw.ledger.models import UsageEvent
 from llmgw.sim import FaultPlan
@@ -45,7 +48,7 @@ def ledger_rows(url: str) -> list[tuple[str, str]]:
         engine.dispose()
 
 
-async def test_a_deployment_cooled_down_in_one_process_is_skipped_by_another(
+def test_a_deployment_cooled_down_in_one_process_is_skipped_by_another(
         sims, migrated_ledger_url: str, redis_servers, tmp_path: Path) -> None:
     openai_sim, anthropic_sim = sims
     anthropic_sim.plan = FaultPlan.rate_limited(retry_after=30)  # primary's only deployment
@@ -64,6 +67,10 @@ async def test_a_deployment_cooled_down_in_one_process_is_skipped_by_another(
     # Both processes wrote into the one ledger: the report sees every attempt.
     assert ledger_rows(migrated_ledger_url) == [("backup-openai", "ok"), ("backup-openai", "ok"),
                                                 ("primary-anthropic", "error")]
+    # `llmgw health` from a shell (a third Router) shows the fleet's cooldown too.
+    shown = CliRunner().invoke(cli, ["health", "--config", str(config), "--format", "json"])
+    cooling = {h["deployment_id"]: h["cooling_down"] for h in json.loads(shown.stdout)}
+    assert cooling["primary-anthropic"] is True and cooling["backup-openai"] is False
 
 
 @pytest.mark.parametrize("ledger_url", ["sqlite"], indirect=True)
