@@ -5,7 +5,7 @@ Money is integer micro-dollars (`*_micros`); times are naive UTC.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -13,10 +13,12 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     Float,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -73,6 +75,52 @@ class UsageEvent(Base):
         Index("ix_usage_events_ts", "ts"),
     )
 
+
+
+class UsageRollup(Base):
+    """Per-day report totals, kept by a trigger on `usage_events` (migration 0003 has the SQL).
+
+    NULL keys are stored as '' with a bit in `null_keys` (1 agent_type, 2 deployment_id,
+    4 provider, 8 model) so the primary key is an upsert target on both databases. `req_*` are
+    request credits: a row of usage_events adds 1 to `req_first` if it is its request's first
+    row, and to `req_<column>` if it is its request's first row with that column's value."""
+
+    __tablename__ = "usage_rollup"
+
+    project_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    agent_type: Mapped[str] = mapped_column(String(200), primary_key=True)
+    model_group: Mapped[str] = mapped_column(String(200), primary_key=True)
+    deployment_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(100), primary_key=True)
+    model: Mapped[str] = mapped_column(String(300), primary_key=True)
+    null_keys: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    attempts: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)
+    cached: Mapped[int] = mapped_column(BigInteger)
+    refused: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_micros: Mapped[int] = mapped_column(BigInteger)
+    saved_micros: Mapped[int] = mapped_column(BigInteger)
+    req_first: Mapped[int] = mapped_column(BigInteger)
+    req_agent_type: Mapped[int] = mapped_column(BigInteger)
+    req_model_group: Mapped[int] = mapped_column(BigInteger)
+    req_deployment: Mapped[int] = mapped_column(BigInteger)
+    req_provider: Mapped[int] = mapped_column(BigInteger)
+    req_model: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = {"sqlite_with_rowid": False}
+
+
+class UsageSplitRequest(Base):
+    """A request whose rows differ in day, project or agent: the rollup's credits cannot
+    count it exactly, so the report counts it from `usage_events` (the trigger lists it)."""
+
+    __tablename__ = "usage_split_requests"
+
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
 
 class BudgetRule(Base):
     """A limit set with `llmgw budgets set`; overrides the config file's default for its key.

@@ -1,17 +1,35 @@
-"""Usage reports: one GROUP BY query over `usage_events`, same answers on SQLite and PostgreSQL."""
+"""Usage reports from the per-day rollup (whole days) and `usage_events` (partial days, split
+requests): exact integer answers, the same on SQLite and PostgreSQL, fast at millions of rows."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, computed_field
-from sqlalchemy import ColumnElement, Engine, Select, case, distinct, func, literal_column, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    and_,
+    case,
+    distinct,
+    func,
+    literal,
+    literal_column,
+    null,
+    or_,
+    select,
+)
 from sqlalchemy.exc import DBAPIError
 
 from llmgw.ledger.migrate import ledger_error
-from llmgw.ledger.models import UsageEvent
+from llmgw.ledger.models import UsageEvent, UsageRollup, UsageSplitRequest
 from llmgw.pricing import micros_to_usd
 
 GroupBy = Literal[
@@ -21,7 +39,23 @@ GROUP_BY_VALUES: tuple[str, ...] = get_args(GroupBy)
 NULL_KEY = "-"
 TOTAL_KEY = "TOTAL"
 ATTEMPT_STATUSES = ("ok", "error", "partial")  # real provider calls
+MEASURES = ("requests", "attempts", "errors", "cached", "refused", "prompt_tokens",
+            "completion_tokens", "cost_micros", "saved_micros")
 
+# Per --by (None: the totals): the usage_rollup key column, the request-credit column, and
+# the usage_events column whose first row per request earns that credit (None: the first row;
+# project, agent and day are one value per request outside usage_split_requests).
+_ROLLUP_COLUMN = {"project": "project_id", "agent": "agent_id", "agent-type": "agent_type",
+                  "model": "model", "provider": "provider", "model-group": "model_group",
+                  "deployment": "deployment_id"}
+_CREDIT_COLUMN: dict[str | None, str | None] = {
+    None: None, "project": None, "agent": None, "day": None, "agent-type": "agent_type",
+    "model": "model", "provider": "provider", "model-group": "model_group",
+    "deployment": "deployment_id"}
+_CREDIT = {by: "req_first" if column is None else
+           "req_deployment" if column == "deployment_id" else f"req_{column}"
+           for by, column in _CREDIT_COLUMN.items()}
+_NULL_BIT = {"agent_type": 1, "deployment_id": 2, "provider": 4, "model": 8}  # see UsageRollup
 
 
 class ReportRow(BaseModel):
@@ -60,9 +94,8 @@ def usage_report(engine: Engine, *, by: GroupBy, project: str | None = None,
     """
     if by not in GROUP_BY_VALUES:
         raise ValueError(f"unknown group-by {by!r}; use one of {', '.join(GROUP_BY_VALUES)}")
-    key = _key_expr(by, engine.dialect.name).label("key")
-    stmt = _filtered(select(key, *_measures()), project, agent, since, until).group_by(key)
-    rows = [_row(r.key, r) for r in _fetch(engine, stmt)]
+    by_key = _report(engine, by, project, agent, since, until)
+    rows = [_row(key, values) for key, values in by_key.items()]
     if by == "day":
         return sorted(rows, key=lambda r: r.key)
     return sorted(rows, key=lambda r: (-r.cost_micros, r.key))
@@ -71,11 +104,178 @@ def usage_report(engine: Engine, *, by: GroupBy, project: str | None = None,
 def usage_totals(engine: Engine, *, project: str | None = None, agent: str | None = None,
                  since: datetime | None = None, until: datetime | None = None) -> ReportRow:
     """One TOTAL row for the same filters (its own query: a request can span several keys)."""
-    stmt = _filtered(select(*_measures()), project, agent, since, until)
-    return _row(TOTAL_KEY, _fetch(engine, stmt)[0])
+    totals = _report(engine, None, project, agent, since, until)
+    return _row(TOTAL_KEY, totals.get(None, {}))
 
 
-def _measures() -> list[ColumnElement[int]]:
+# -- where each part of the answer comes from ------------------------------------------------
+#
+# Whole UTC days come from usage_rollup (kept by a trigger, migration 0003): sums are sums,
+# and "requests" (a distinct count) is a sum of request credits. Partial days at the edges of
+# --since/--until come from usage_events. Requests whose rows differ in day, project or agent
+# (usage_split_requests, rare) are counted from usage_events: their rollup credits are taken
+# back out. Every number stays the exact distinct count / integer sum of the ledger rows.
+
+
+@dataclass(frozen=True, slots=True)
+class _Range:
+    """[since, until) cut into whole days [first_day, end_day) and partial-day edges."""
+
+    since: datetime | None
+    until: datetime | None
+    whole_days: bool  # False: [since, until) holds no whole day, it is all edges
+    first_day: datetime | None  # None: unbounded
+    end_day: datetime | None
+    edges: tuple[tuple[datetime, datetime], ...]
+
+
+def _cut(since: datetime | None, until: datetime | None) -> _Range:
+    since = naive_utc(since) if since is not None else None
+    until = naive_utc(until) if until is not None else None
+    first = _midnight(since, up=True) if since is not None else None
+    end = _midnight(until, up=False) if until is not None else None
+    if first is not None and end is not None and first >= end:
+        assert since is not None and until is not None
+        return _Range(since, until, False, None, None, ((since, until),) if since < until else ())
+    edges = []
+    if since is not None and first is not None and since < first:
+        edges.append((since, first))
+    if until is not None and end is not None and end < until:
+        edges.append((end, until))
+    return _Range(since, until, True, first, end, tuple(edges))
+
+
+def _midnight(moment: datetime, *, up: bool) -> datetime:
+    day = datetime.combine(moment.date(), time())
+    return day + timedelta(days=1) if up and day < moment else day
+
+
+def _report(engine: Engine, by: str | None, project: str | None, agent: str | None,
+            since: datetime | None, until: datetime | None) -> dict[object, dict[str, int]]:
+    """Key (None for NULL, or for the totals) -> measures, all parts added up."""
+    span = _cut(since, until)
+    scope = (project, agent)
+    dialect = engine.dialect.name
+    queries: list[tuple[Select, Callable[[Any], dict[str, int]]]] = []  # type: ignore[type-arg]
+    if span.whole_days:
+        queries.append((_rollup_query(by, scope, span), _measures_of))
+    if span.edges:
+        queries.append((_edges_query(by, dialect, scope, span), _measures_of))
+    queries.append((_split_query(by, dialect, scope, span), _split_requests_of))
+    totals: dict[object, dict[str, int]] = {}
+    with _snapshot(engine) as conn:
+        for stmt, values_of in queries:
+            for r in conn.execute(stmt):
+                into = totals.setdefault(_key_value(r.key), dict.fromkeys(MEASURES, 0))
+                for name, value in values_of(r).items():
+                    into[name] += value
+    # Every ledger row adds to attempts, cached or refused: all zeros is "no rows" (the totals
+    # query's one row over an empty range).
+    return {key: values for key, values in totals.items() if any(values.values())}
+
+
+def _rollup_query(by: str | None, scope: tuple[str | None, str | None],
+                  span: _Range) -> Select:  # type: ignore[type-arg]
+    u = UsageRollup.__table__.c
+    key = _rollup_key(by)
+    credit = u[_CREDIT[by]]
+    stmt = select(key.label("key"), *(func.coalesce(func.sum(u[m]), 0).label(m)
+                                      for m in MEASURES if m != "requests"),
+                  func.coalesce(func.sum(credit), 0).label("requests"))
+    project, agent = scope
+    if project is not None:
+        stmt = stmt.where(u.project_id == project)
+    if agent is not None:
+        stmt = stmt.where(u.agent_id == agent)
+    if span.first_day is not None:
+        stmt = stmt.where(u.day >= span.first_day.date())
+    if span.end_day is not None:
+        stmt = stmt.where(u.day < span.end_day.date())
+    return _grouped(stmt, key, by)
+
+
+def _edges_query(by: str | None, dialect: str, scope: tuple[str | None, str | None],
+                 span: _Range) -> Select:  # type: ignore[type-arg]
+    """Partial days from usage_events; split requests are left to _split_query."""
+    t, s = UsageEvent.__table__, UsageSplitRequest.__table__
+    key = _key_expr(by, dialect) if by else null()
+    regular = case((s.c.request_id.is_(None), t.c.request_id))
+    stmt = (select(key.label("key"), *_measures(requests=func.count(distinct(regular))))
+            .select_from(t.outerjoin(s, s.c.request_id == t.c.request_id))
+            .where(or_(*(and_(t.c.ts >= start, t.c.ts < end) for start, end in span.edges))))
+    return _grouped(_filtered(stmt, *scope, None, None), key, by)
+
+
+def _split_query(by: str | None, dialect: str, scope: tuple[str | None, str | None],
+                 span: _Range) -> Select:  # type: ignore[type-arg]
+    """Split requests: their distinct count in range, and the credits the rollup gave them."""
+    t, s = UsageEvent.__table__, UsageSplitRequest.__table__
+    key = _key_expr(by, dialect) if by else null()
+    first = t.alias("first")
+    column = _CREDIT_COLUMN[by]
+    same = [first.c[column].is_not_distinct_from(t.c[column])] if column else []
+    first_id = (select(func.min(first.c.id))
+                .where(first.c.request_id == t.c.request_id, *same).scalar_subquery())
+    in_rollup: list[ColumnElement[bool]] = [t.c.id == first_id]
+    if span.first_day is not None:
+        in_rollup.append(t.c.ts >= span.first_day)
+    if span.end_day is not None:
+        in_rollup.append(t.c.ts < span.end_day)
+    credited = (func.sum(case((and_(*in_rollup), 1), else_=0)) if span.whole_days
+                else literal(0))
+    # IN, not a join: SQLite (no statistics) would scan usage_events and probe the few splits.
+    stmt = (select(key.label("key"), func.count(distinct(t.c.request_id)).label("in_range"),
+                   func.coalesce(credited, 0).label("credited"))
+            .where(t.c.request_id.in_(select(s.c.request_id))))
+    return _grouped(_filtered(stmt, *scope, span.since, span.until), key, by)
+
+
+def _grouped(stmt: Select, key: ColumnElement[Any], by: str | None) -> Select:  # type: ignore[type-arg]
+    return stmt.group_by(key) if by else stmt
+
+
+def _rollup_key(by: str | None) -> ColumnElement[Any]:
+    u = UsageRollup.__table__.c
+    if by is None:
+        return null()
+    if by == "day":
+        return u.day
+    column = _ROLLUP_COLUMN[by]
+    bit = _NULL_BIT.get(column)
+    if bit is None:
+        return u[column]
+    # '' with the bit set was NULL in usage_events (see UsageRollup).
+    return case((u.null_keys.op("&")(bit) != 0, null()), else_=u[column])
+
+
+def _measures_of(r: Any) -> dict[str, int]:
+    return {m: int(getattr(r, m)) for m in MEASURES}
+
+
+def _split_requests_of(r: Any) -> dict[str, int]:
+    return {"requests": int(r.in_range) - int(r.credited)}
+
+
+def _key_value(key: object) -> object:
+    # The rollup's day is a date, usage_events' a 'YYYY-MM-DD' text: one form for both.
+    return key.isoformat() if isinstance(key, date) else key
+
+
+@contextmanager
+def _snapshot(engine: Engine) -> Iterator[Connection]:
+    """One connection whose queries all see the same ledger state (one read transaction)."""
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "postgresql":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            else:
+                conn.exec_driver_sql("BEGIN")  # pysqlite would not begin one for SELECTs
+            yield conn
+    except DBAPIError as exc:
+        raise ledger_error(exc, engine) from None
+
+
+def _measures(*, requests: ColumnElement[int]) -> list[ColumnElement[int]]:
     t = UsageEvent.__table__.c
 
     def count_status(*statuses: str) -> ColumnElement[int]:
@@ -85,7 +285,7 @@ def _measures() -> list[ColumnElement[int]]:
         return func.coalesce(func.sum(column), 0)
 
     return [
-        func.count(distinct(t.request_id)).label("requests"),
+        requests.label("requests"),
         count_status(*ATTEMPT_STATUSES).label("attempts"),
         count_status("error").label("errors"),
         count_status("cached").label("cached"),
@@ -97,7 +297,7 @@ def _measures() -> list[ColumnElement[int]]:
     ]
 
 
-def _key_expr(by: str, dialect: str) -> ColumnElement[str | None]:
+def _key_expr(by: str, dialect: str) -> ColumnElement[Any]:
     t = UsageEvent.__table__.c
     if by == "day":
         if dialect == "postgresql":
@@ -137,20 +337,6 @@ def naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(timezone.utc).replace(tzinfo=None)
 
 
-def _fetch(engine: Engine, stmt: Select) -> list:  # type: ignore[type-arg]
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(stmt))
-    except DBAPIError as exc:
-        raise ledger_error(exc, engine) from None
-
-
-def _row(key: object, r: object) -> ReportRow:
-    # PostgreSQL's SUM(bigint) is NUMERIC (a Decimal): int() keeps it exact.
-    return ReportRow(
-        key=NULL_KEY if key is None else str(key),
-        **{name: int(getattr(r, name)) for name in (
-            "requests", "attempts", "errors", "cached", "refused",
-            "prompt_tokens", "completion_tokens", "cost_micros", "saved_micros",
-        )},
-    )
+def _row(key: object, values: dict[str, int]) -> ReportRow:
+    # PostgreSQL's SUM(bigint) is NUMERIC (a Decimal): int() kept it exact.
+    return ReportRow(key=NULL_KEY if key is None else str(key), **values)

@@ -53,19 +53,21 @@ def _model_diff(url: str) -> list[object]:
         engine.dispose()
 
 
-LEDGER_TABLES = {"usage_events", "budgets", "budget_counters", "reservations"}
+LEDGER_TABLES = {"usage_events", "budgets", "budget_counters", "reservations", "usage_rollup",
+                 "usage_split_requests"}
 
 
-def test_head_is_0002_and_folder_found() -> None:
-    assert head() == "0002"
+def test_head_is_0003_and_folder_found() -> None:
+    assert head() == "0003"
     assert (migrations_dir() / "versions" / "0001_usage_events.py").is_file()
     assert (migrations_dir() / "versions" / "0002_budgets.py").is_file()
+    assert (migrations_dir() / "versions" / "0003_usage_rollup.py").is_file()
 
 
 def test_upgrade_downgrade_upgrade(ledger_url: str) -> None:
     assert current(ledger_url) is None
     upgrade(ledger_url)
-    assert current(ledger_url) == "0002"
+    assert current(ledger_url) == "0003"
     schema = _schema(ledger_url)
     assert LEDGER_TABLES | {"alembic_version"} <= schema["tables"]  # type: ignore[operator]
     model_columns = {c.name: c.nullable for c in UsageEvent.__table__.columns}
@@ -82,7 +84,7 @@ def test_upgrade_downgrade_upgrade(ledger_url: str) -> None:
     assert not LEDGER_TABLES & _schema(ledger_url)["tables"]  # type: ignore[operator]
 
     upgrade(ledger_url)
-    assert current(ledger_url) == "0002"
+    assert current(ledger_url) == "0003"
     assert _schema(ledger_url)["indexes"] == INDEXES
 
 
@@ -95,7 +97,7 @@ def test_0001_to_0002_keeps_usage_rows_and_steps_back(ledger_url: str) -> None:
     try:
         with engine.begin() as conn:
             conn.execute(insert(UsageEvent.__table__), [row])
-        upgrade(ledger_url)
+        upgrade(ledger_url, "0002")
         assert current(ledger_url) == "0002"
         with engine.connect() as conn:
             assert conn.execute(UsageEvent.__table__.select()).one().cost_micros == 3

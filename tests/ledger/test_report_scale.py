@@ -1,0 +1,226 @@
+"""usage_report / usage_totals at scale (the rollup of migration 0003) against plain SQL.
+
+A generated ledger of 10^5 rows, bulk-loaded in several statements (so the rollup trigger sees
+requests whose rows arrive in different statements, like `llmgw db reconcile` writes them),
+then every --by and the totals, unfiltered and filtered, compared with a direct GROUP BY over
+usage_events written here in plain SQL, on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from llmgw.ledger.engine import make_engine
+from llmgw.ledger.migrate import upgrade
+from llmgw.ledger.report import GROUP_BY_VALUES, ReportRow, usage_report, usage_totals
+from llmgw.ledger.store import LedgerStore, UsageInsert
+
+COLUMNS = ("request_id", "attempt", "ts", "agent_id", "agent_type", "project_id", "model_group",
+           "deployment_id", "provider", "model", "status", "error_class", "error_message",
+           "prompt_tokens", "completion_tokens", "cached_tokens", "cost_micros", "saved_micros",
+           "latency_ms", "stream", "metadata")
+START = datetime(2026, 9, 1)
+DAYS = 40
+# (group, deployment, provider, model); NULL keys too.
+DEPLOYMENTS = [("smart", "claude", "anthropic", "sonnet"), ("smart", "gpt", "openai", "gpt-4"),
+               ("fast", "flash", "gemini", "flash"), ("fast", "mini", "openai", "gpt-4o-mini"),
+               ("cheap", "auto", "ruvector", "auto"), ("local", "gguf", None, None)]
+PROJECTS = [f"p{i:02d}" for i in range(12)]
+TYPES = ["dev", "qa", "ops", "pm", None]
+
+
+def generate(n_rows: int, seed: int = 2026) -> list[dict[str, Any]]:
+    """Ledger rows: every status, fallback chains across deployments and groups, NULL keys,
+    requests straddling midnight and (unrealistic, but the sums must still be exact) requests
+    whose rows change project or agent."""
+    rng = random.Random(seed)
+    agents = [(f"a{i:03d}", rng.choice(PROJECTS), rng.choice(TYPES)) for i in range(90)]
+    rows: list[dict[str, Any]] = []
+    while len(rows) < n_rows:
+        request_id = uuid.UUID(int=rng.getrandbits(128)).hex
+        agent, project, agent_type = rng.choice(agents)
+        ts = START + timedelta(microseconds=rng.randrange(DAYS * 86_400 * 10**6))
+        kind = rng.random()
+        attempts = 1 if kind < 0.2 else rng.choice([1, 1, 1, 2, 2, 3, 4])
+        for attempt in range(1, attempts + 1):
+            group, dep, provider, model = rng.choice(DEPLOYMENTS)
+            if kind < 0.05:
+                status, dep, provider, model = "refused", None, None, None
+            elif kind < 0.2:
+                status = "cached"
+            else:
+                status = rng.choice(["ok"] * 6 + ["partial"]) if attempt == attempts else "error"
+            if kind > 0.995:  # a row under another project or agent than its request's first
+                agent, project, agent_type = rng.choice(agents)
+            cost = rng.choice([0, rng.randint(1, 90_000), rng.randint(1, 4 * 10**12)])
+            rows.append(dict(
+                request_id=request_id, attempt=attempt, ts=ts, agent_id=agent,
+                agent_type=agent_type, project_id=project, model_group=group,
+                deployment_id=dep, provider=provider, model=model, status=status,
+                error_class="Timeout" if status == "error" else None, error_message=None,
+                prompt_tokens=rng.randint(0, 9000), completion_tokens=rng.randint(0, 3000),
+                cached_tokens=0, cost_micros=0 if status in ("error", "refused") else cost,
+                saved_micros=rng.randint(1, 50_000) if status == "cached" else 0,
+                latency_ms=None, stream=False, metadata=None))
+            # Fallbacks run seconds later; now and then hours later, past midnight.
+            ts += timedelta(seconds=rng.choice([0.5, 3, 20, 4 * 3600]))
+    return rows
+
+
+ROWS = generate(100_000)
+
+
+def load(engine: Engine, rows: list[dict[str, Any]], statements: int = 4) -> None:
+    """Bulk insert (executemany on SQLite, COPY on PostgreSQL) in several statements; a
+    request's last row goes in a later statement than its first ones now and then."""
+    rng = random.Random(7)
+    batches: list[list[dict[str, Any]]] = [[] for _ in range(statements)]
+    for i, row in enumerate(rows):
+        late = row["attempt"] > 1 and rng.random() < 0.1
+        batches[min(statements - 1, i * statements // len(rows) + late)].append(row)
+    for batch in batches:
+        raw = engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            if engine.dialect.name == "sqlite":
+                insert = UsageInsert(engine)
+                cur.executemany(insert.sql, insert.params(batch))
+            else:
+                with cur.copy(f"COPY usage_events ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+                    for row in batch:
+                        copy.write_row(tuple(row[c] for c in COLUMNS))
+            raw.commit()
+        finally:
+            raw.close()
+
+
+# --- the expected answer: plain SQL over usage_events ------------------------------------------
+
+KEY_SQL = {"project": "project_id", "agent": "agent_id", "agent-type": "agent_type",
+           "model": "model", "provider": "provider", "model-group": "model_group",
+           "deployment": "deployment_id"}
+DAY_SQL = {"sqlite": "substr(ts, 1, 10)", "postgresql": "to_char(ts, 'YYYY-MM-DD')"}
+MEASURES_SQL = """
+    COUNT(DISTINCT request_id),
+    SUM(CASE WHEN status IN ('ok', 'error', 'partial') THEN 1 ELSE 0 END),
+    SUM(CASE WHEN status = 'error' THEN 1 ELSE 0 END),
+    SUM(CASE WHEN status = 'cached' THEN 1 ELSE 0 END),
+    SUM(CASE WHEN status = 'refused' THEN 1 ELSE 0 END),
+    SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_micros), SUM(saved_micros)"""
+
+
+def expected(engine: Engine, by: str | None, **filters: Any) -> dict[str, tuple[int, ...]]:
+    """key -> (requests, attempts, errors, cached, refused, prompt, completion, cost, saved)."""
+    where, params = ["1 = 1"], {}
+    for name, sql in (("project", "project_id = :project"), ("agent", "agent_id = :agent"),
+                      ("since", "ts >= :since"), ("until", "ts < :until")):
+        if filters.get(name) is not None:
+            where.append(sql)
+            params[name] = filters[name]
+    key = ("'TOTAL'" if by is None else DAY_SQL[engine.dialect.name] if by == "day"
+           else KEY_SQL[by])
+    group = "" if by is None else f" GROUP BY {key}"
+    sql = (f"SELECT {key}, {MEASURES_SQL} FROM usage_events "
+           f"WHERE {' AND '.join(where)}{group}")
+    with engine.connect() as conn:
+        rows = conn.execute(text(sql).bindparams(**params)).all()
+    return {"-" if r[0] is None else str(r[0]): tuple(int(v or 0) for v in r[1:]) for r in rows
+            if r[1]}
+
+
+def got(row: ReportRow) -> tuple[int, ...]:
+    return (row.requests, row.attempts, row.errors, row.cached, row.refused, row.prompt_tokens,
+            row.completion_tokens, row.cost_micros, row.saved_micros)
+
+
+FILTERS: dict[str, dict[str, Any]] = {
+    "none": {},
+    # Not on midnight: whole days from the rollup, the edges from usage_events.
+    "project+since/until": {"project": "p03", "since": START + timedelta(days=3, hours=5.5),
+                            "until": START + timedelta(days=31, seconds=1)},
+    "agent+until": {"agent": "a007", "until": START + timedelta(days=20, hours=23)},
+    "days on midnight": {"since": START + timedelta(days=12), "until": START + timedelta(days=16)},
+    "project+since": {"project": "p07", "since": START + timedelta(days=25, hours=13)},
+    "within one day": {"since": START + timedelta(days=9, hours=1),
+                       "until": START + timedelta(days=9, hours=22)},
+}
+
+
+def check_all(engine: Engine) -> list[str]:
+    """Every --by and the totals under every filter; the mismatches, described."""
+    wrong = []
+    for name, filters in FILTERS.items():
+        want_total = expected(engine, None, **filters).get("TOTAL", (0,) * 9)
+        if got(usage_totals(engine, **filters)) != want_total:
+            wrong.append(f"TOTAL [{name}]: {got(usage_totals(engine, **filters))} != {want_total}")
+        for by in GROUP_BY_VALUES:
+            report = usage_report(engine, by=by, **filters)  # type: ignore[arg-type]
+            have = {r.key: got(r) for r in report}
+            want = expected(engine, by, **filters)
+            if have != want or len(report) != len(want):
+                diff = {k: (have.get(k), want.get(k)) for k in set(have) | set(want)
+                        if have.get(k) != want.get(k)}
+                wrong.append(f"--by {by} [{name}]: {len(diff)} keys differ, e.g. "
+                             f"{sorted(diff.items(), key=str)[:2]}")
+    return wrong
+
+
+# --- tests ----------------------------------------------------------------------------------------
+
+
+def test_generated_ledger_has_the_hard_cases() -> None:
+    assert len(ROWS) >= 100_000
+    assert {r["status"] for r in ROWS} == {"ok", "error", "partial", "cached", "refused"}
+    by_request: dict[str, set[tuple[str, str, str]]] = {}
+    for r in ROWS:
+        by_request.setdefault(r["request_id"], set()).add(
+            (r["ts"].date().isoformat(), r["project_id"], r["agent_id"]))
+    spans = [len(v) for v in by_request.values()]
+    assert sum(n > 1 for n in spans) > 100  # split requests: several days, projects or agents
+    assert max(spans) > 1 and sum(n == 1 for n in spans) > 0.95 * len(spans)
+    assert any(r["model"] is None for r in ROWS) and any(r["agent_type"] is None for r in ROWS)
+    assert sum(r["cost_micros"] for r in ROWS) > 2**53
+
+
+def test_every_report_matches_plain_sql(migrated_ledger_url: str) -> None:
+    engine = make_engine(migrated_ledger_url)
+    try:
+        load(engine, ROWS)
+        with engine.connect() as conn:
+            cells = conn.execute(text("SELECT COUNT(*) FROM usage_rollup")).scalar_one()
+            split = conn.execute(text("SELECT COUNT(*) FROM usage_split_requests")).scalar_one()
+        assert 0 < cells < len(ROWS) / 2  # the rollup is much smaller than the ledger
+        assert split > 100
+        assert check_all(engine) == []
+        # Non-empty answers: a filter that matched nothing would compare nothing.
+        assert all(usage_totals(engine, **f).requests > 0 for f in FILTERS.values())
+    finally:
+        engine.dispose()
+
+
+def test_rows_written_one_request_at_a_time_and_before_0003(ledger_url: str) -> None:
+    """Rows in the ledger before migration 0003 are rolled up by it; later rows by the trigger,
+    one small transaction per request as the gateway writes them."""
+    rows = generate(3000, seed=5)
+    before, after = rows[:1800], rows[1800:]
+    upgrade(ledger_url, "0002")
+    engine = make_engine(ledger_url)
+    try:
+        load(engine, before, statements=1)
+        upgrade(ledger_url)
+        store = LedgerStore(ledger_url, engine=engine)  # the gateway's own ledger write
+        for request_id in dict.fromkeys(r["request_id"] for r in after):
+            store.write_sync([r for r in after if r["request_id"] == request_id])
+        assert check_all(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_empty_ledger(ledger_engine: Engine) -> None:
+    assert got(usage_totals(ledger_engine)) == (0,) * 9
+    assert all(usage_report(ledger_engine, by=by) == [] for by in GROUP_BY_VALUES)  # type: ignore[arg-type]
