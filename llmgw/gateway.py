@@ -29,6 +29,7 @@ from llmgw.ledger.engine import make_engine
 from llmgw.ledger.migrate import ensure_current
 from llmgw.ledger.store import LedgerStore, RequestContext, usage_row, utcnow
 from llmgw.pricing import to_micros, token_cost_micros
+from llmgw.tokens import PromptTokenCounter
 from llmgw.providers.ruvector import HIDDEN_KEY as RUVECTOR_DETAILS
 from llmgw.redact import Redactor, install_log_filter
 from llmgw.router import (
@@ -112,6 +113,7 @@ class LLMGateway:
         self.cache, self.semantic = _make_caches(self.config)
         self._open_streams: set[asyncio.Event] = set()
         self._started: dict[str, float] = {}  # request_id -> perf_counter, until finished
+        self._tokens = PromptTokenCounter()
         self.metrics = _make_metrics(self)
         self.reconcile()
 
@@ -377,7 +379,7 @@ class LLMGateway:
                 impacts.append(BudgetImpact(scope="request", scope_id="*", period="request",
                                             limit_micros=plan.cap.limit_micros, spent_micros=0,
                                             reserved_micros=0, would_exceed=over))
-            counters = await self._db(self.budget_store.counters, plan.keys)
+            counters = await self.ledger.run(self.budget_store.counters, plan.keys)
             for key, limit in zip(plan.keys, plan.limits):
                 spent, held = counters.get(key, (0, 0))
                 over = spent + held + amount > limit.limit_micros
@@ -400,8 +402,7 @@ class LLMGateway:
     def _prompt_tokens(self, model_group: str, messages: list[Message]) -> int:
         """Prompt tokens by LiteLLM's tokenizer for the group's first deployment's model."""
         first = self.config.groups()[model_group][0].litellm_params.model
-        return int(import_litellm().token_counter(
-            model=first, messages=[m.model_dump(exclude_none=True) for m in messages]))
+        return self._tokens.count(first, [m.model_dump(exclude_none=True) for m in messages])
 
     def worst_case_micros(self, model_group: str, messages: list[Message],
                           max_tokens: int) -> int:
@@ -588,11 +589,11 @@ class LLMGateway:
         if cap is not None and amount > cap.limit_micros:
             await self._refuse(ctx, route, request, now, cap, 0, 0, amount, None)
         try:
-            hold = await self._db(self.budget_store.reserve, request_id=ctx.request_id,
-                                  amount_micros=amount, limits=plan.limits, keys=plan.keys,
-                                  created_at=now, agent_id=ctx.agent_id,
-                                  agent_type=ctx.agent_type, project_id=ctx.project_id,
-                                  model_group=route.model_group)
+            hold = await self._transact(self.budget_store.reserve_op(
+                request_id=ctx.request_id, amount_micros=amount, limits=plan.limits,
+                keys=plan.keys, created_at=now, agent_id=ctx.agent_id,
+                agent_type=ctx.agent_type, project_id=ctx.project_id,
+                model_group=route.model_group))
         except RefusedError as exc:
             r = exc.refusal
             await self._refuse(ctx, route, request, now, r.limit, r.spent_micros,
@@ -626,8 +627,8 @@ class LLMGateway:
         meta = {**request.metadata, "llmgw": {"route": route.reason, "budget": {
             "scope": limit.scope, "scope_id": limit.scope_id, "period": limit.period,
             "limit_micros": limit.limit_micros, "requested_micros": amount}}}
-        await self._db(self.budget_store.write_rows, [usage_row(ctx, refused, ts=now,
-                                                                metadata=meta)])
+        await self._transact(self.ledger.write_op([usage_row(ctx, refused, ts=now,
+                                                             metadata=meta)]))
         self.events.emit("budget.refused", {"request_id": ctx.request_id, "scope": limit.scope,
                                             "scope_id": limit.scope_id, "period": limit.period,
                                             "requested_micros": amount,
@@ -635,13 +636,10 @@ class LLMGateway:
         self._finished(ctx, [refused], route)
         raise error
 
-    async def _db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """SQLite: inline (a local commit is cheaper than a thread hop, and the loop
-        serialises writers); PostgreSQL: a worker thread, so the loop never waits on the
-        network."""
-        if self.ledger.local:
-            return fn(*args, **kwargs)
-        return await asyncio.to_thread(fn, *args, **kwargs)
+    async def _transact(self, op: Callable[[Any], Any]) -> Any:
+        """A ledger transaction, placed by `LedgerStore.transact`: inline when this request
+        is the only one in flight, batched with the others' when it is not."""
+        return await self.ledger.transact(op, inline=len(self._started) <= 1)
 
     # -- steps -------------------------------------------------------------------------------
 
@@ -700,12 +698,13 @@ class LLMGateway:
                 for a in attempts]
         try:
             if hold is None:
-                await self.ledger.write(rows)
+                await self.ledger.write(rows, inline=len(self._started) <= 1)
                 self._finished(ctx, attempts, route, completion, saved_micros)
                 return
             spent = sum(a.cost_micros for a in attempts)
-            result = await self._db(self.budget_store.settle, hold, spent_micros=spent, rows=rows,
-                                    state="settled" if completion else "released")
+            result = await self._transact(self.budget_store.settle_op(
+                hold, spent_micros=spent, rows=rows,
+                state="settled" if completion else "released"))
         except LedgerError as exc:
             exc.completion = completion  # type: ignore[attr-defined]  # paid for: keep it
             self._finished(ctx, attempts, route, completion, saved_micros, written=False)

