@@ -1,4 +1,4 @@
-"""Several gateway processes, one Redis: LiteLLM's Router state (cooldowns) is shared."""
+"""Several gateway processes, one Redis, one ledger: Router state, cache and reports shared."""
 
 from __future__ import annotations
 
@@ -129,3 +129,21 @@ async def test_one_redis_setting_serves_the_router_and_the_answer_cache(
         assert len(openai_sim.requests) == 1
     finally:
         await gw.aclose()
+
+
+def test_an_answer_cached_by_one_process_is_served_by_another(
+        sims, migrated_ledger_url: str, redis_servers, tmp_path: Path) -> None:
+    openai_sim, anthropic_sim = sims
+    redis = redis_servers()
+    path = tmp_path / "config.json"
+    data = sim_config_dict(openai_sim.base_url, anthropic_sim.base_url, migrated_ledger_url,
+                           redis_url=redis.url)
+    data["llmgw"]["cache"] = {"backend": "redis"}  # the Router's Redis serves the cache too
+    path.write_text(json.dumps(data))
+    [first] = run_gateway_process(path, "qa-engineer")
+    [second] = run_gateway_process(path, "qa-engineer")
+    assert first["attempts"] == [["backup-openai", "ok"]]
+    assert second["attempts"] == [["backup-openai", "cached"]]
+    assert len(openai_sim.requests) == 1
+    assert ledger_rows(migrated_ledger_url) == [("backup-openai", "cached"),
+                                                ("backup-openai", "ok")]
