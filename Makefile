@@ -40,8 +40,9 @@ redis:
 test: install redis model
 	$(BIN)/python -m pytest -q
 
-bench: install
+bench: install redis
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/load.py
 
 clean:
 	rm -rf $(VENV) .cache/demo llmgw.db llmgw.db-wal llmgw.db-shm
