@@ -10,7 +10,6 @@ ledger rows, so counters and ledger always agree. Checks read counter rows, neve
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,6 +20,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from llmgw.budgets import CounterKey, Limit, Rule
 from llmgw.ledger.models import BudgetCounter, BudgetRule, Reservation, UsageEvent
+from llmgw.ledger.steps import Op, Steps, run_steps
 from llmgw.ledger.store import UsageInsert, bind_processor, driver_sql, driver_transaction
 
 _C = BudgetCounter.__table__.c
@@ -117,16 +117,11 @@ class BudgetStore:
 
     def reserve_op(self, *, request_id: str, amount_micros: int, limits: list[Limit],
                    keys: list[CounterKey], created_at: datetime, agent_id: str,
-                   agent_type: str | None, project_id: str,
-                   model_group: str) -> Callable[[Any], Hold]:
-        """`reserve` as an operation on a driver cursor, for `LedgerStore.transact`."""
+                   agent_type: str | None, project_id: str, model_group: str) -> Op[Hold]:
+        """`reserve` as SQL steps, for `LedgerStore.transact` (any driver, sync or async)."""
         pairs = sorted(zip(keys, limits), key=lambda p: p[0].as_list())
-
-        def op(cur: Any) -> Hold:
-            self._reserve_driver(cur, request_id, amount_micros, pairs, created_at, agent_id,
-                                 agent_type, project_id, model_group)
-            return Hold(request_id, amount_micros, tuple(pairs))
-        return op
+        return lambda: self._reserve_steps(request_id, amount_micros, pairs, created_at,
+                                           agent_id, agent_type, project_id, model_group)
 
     def reserve(self, *, request_id: str, amount_micros: int, limits: list[Limit],
                 keys: list[CounterKey], created_at: datetime, agent_id: str,
@@ -135,10 +130,10 @@ class BudgetStore:
         pairs = sorted(zip(keys, limits), key=lambda p: p[0].as_list())
         if self._lean:
             with driver_transaction(self.engine) as cur:
-                return self.reserve_op(request_id=request_id, amount_micros=amount_micros,
-                                       limits=limits, keys=keys, created_at=created_at,
-                                       agent_id=agent_id, agent_type=agent_type,
-                                       project_id=project_id, model_group=model_group)(cur)
+                return run_steps(cur, self.reserve_op(
+                    request_id=request_id, amount_micros=amount_micros, limits=limits,
+                    keys=keys, created_at=created_at, agent_id=agent_id,
+                    agent_type=agent_type, project_id=project_id, model_group=model_group)())
         with self.engine.begin() as conn:
             # First statement is a write: SQLite takes its write lock now, not mid-transaction.
             conn.execute(Reservation.__table__.insert().values(
@@ -159,36 +154,35 @@ class BudgetStore:
                     raise RefusedError(Refusal(limit, spent, reserved, key.period_start))
         return Hold(request_id, amount_micros, tuple(pairs))
 
-    def _reserve_driver(self, cur: Any, request_id: str, amount: int,
-                        pairs: list[tuple[CounterKey, Limit]], created_at: datetime,
-                        agent_id: str, agent_type: str | None, project_id: str,
-                        model_group: str) -> None:
+    def _reserve_steps(self, request_id: str, amount: int,
+                       pairs: list[tuple[CounterKey, Limit]], created_at: datetime,
+                       agent_id: str, agent_type: str | None, project_id: str,
+                       model_group: str) -> Steps[Hold]:
         sql = self._sql
         keys = [(k.scope, k.scope_id, k.period, self._dt(k.period_start)) for k, _ in pairs]
-        cur.execute(sql["insert_reservation"], (
+        yield sql["insert_reservation"], (
             request_id, self._dt(created_at), amount, agent_id, agent_type, project_id,
-            model_group, self._json([k.as_list() for k, _ in pairs])))
+            model_group, self._json([k.as_list() for k, _ in pairs])), False
         new = [k for k in keys if k not in self._known]
         if new:
-            cur.executemany(sql["ensure_counter"], new)
+            yield sql["ensure_counter"], new, True
         for key, (counter, limit) in zip(keys, pairs):
             hold = (amount, *key, amount, limit.limit_micros)
-            cur.execute(sql["hold"], hold)
-            if cur.rowcount == 1:
+            held, _ = yield sql["hold"], hold, False
+            if held == 1:
                 continue
-            cur.execute(sql["read_counter"], key)
-            row = cur.fetchone()
+            _, row = yield sql["read_counter"], key, False
             if row is None:  # a counter thought known is gone (rolled back): make it again
-                cur.execute(sql["ensure_counter"], key)
-                cur.execute(sql["hold"], hold)
-                if cur.rowcount == 1:
+                yield sql["ensure_counter"], key, False
+                held, _ = yield sql["hold"], hold, False
+                if held == 1:
                     continue
-                cur.execute(sql["read_counter"], key)
-                row = cur.fetchone()
+                _, row = yield sql["read_counter"], key, False
             raise RefusedError(Refusal(limit, row[0], row[1], counter.period_start))
         if len(self._known) > 100_000:  # old windows' keys: forget them all, cheaply
             self._known.clear()
         self._known.update(keys)
+        return Hold(request_id, amount, tuple(pairs))
 
     def _ensure_counter(self, conn: Connection, key: CounterKey) -> None:
         ins = (pg_insert if self._dialect == "postgresql" else sqlite_insert)(
@@ -205,7 +199,7 @@ class BudgetStore:
         in one transaction. Idempotent: a hold that is no longer open moves no counter."""
         if self._lean:
             with driver_transaction(self.engine) as cur:
-                return self._settle_driver(cur, hold, spent_micros, rows, state)
+                return run_steps(cur, self._settle_steps(hold, spent_micros, rows, state))
         result = SettleResult()
         with self.engine.begin() as conn:
             moved = conn.execute(
@@ -224,35 +218,35 @@ class BudgetStore:
         return result
 
     def settle_op(self, hold: Hold, *, spent_micros: int, rows: list[dict[str, Any]],
-                  state: str = "settled") -> Callable[[Any], SettleResult]:
-        """`settle` as an operation on a driver cursor, for `LedgerStore.transact`."""
-        return lambda cur: self._settle_driver(cur, hold, spent_micros, rows, state)
+                  state: str = "settled") -> Op[SettleResult]:
+        """`settle` as SQL steps, for `LedgerStore.transact` (any driver, sync or async)."""
+        return lambda: self._settle_steps(hold, spent_micros, rows, state)
 
-    def _settle_driver(self, cur: Any, hold: Hold, spent: int, rows: list[dict[str, Any]],
-                       state: str) -> SettleResult:
+    def _settle_steps(self, hold: Hold, spent: int, rows: list[dict[str, Any]],
+                      state: str) -> Steps[SettleResult]:
         result = SettleResult()
         sql = self._sql
-        cur.execute(sql["close_reservation"], (state, spent, hold.request_id))
-        if cur.rowcount == 1:
+        moved, _ = yield sql["close_reservation"], (state, spent, hold.request_id), False
+        if moved == 1:
             for key, limit in hold.counters:
                 k = (key.scope, key.scope_id, key.period, self._dt(key.period_start))
                 threshold = int(limit.limit_micros * limit.warn_ratio)
                 if self._returning:
-                    cur.execute(sql["settle_counter_returning"], (hold.amount_micros, spent, *k))
-                    row = cur.fetchone()
+                    _, row = yield (sql["settle_counter_returning"],
+                                    (hold.amount_micros, spent, *k), False)
                     # Only a counter at its threshold and not yet warned can cross.
                     if spent <= 0 or row is None or row[1] or row[0] < threshold:
                         continue
                 else:
-                    cur.execute(sql["settle_counter"], (hold.amount_micros, spent, *k))
+                    yield sql["settle_counter"], (hold.amount_micros, spent, *k), False
                     if spent <= 0:
                         continue
-                cur.execute(sql["mark_warned"], (*k, threshold))
-                if cur.rowcount == 1:  # exactly one process sees 1: once per window
-                    cur.execute(sql["read_counter"], k)
-                    result.crossings.append(Crossing(key, limit, cur.fetchone()[0]))
+                marked, _ = yield sql["mark_warned"], (*k, threshold), False
+                if marked == 1:  # exactly one process sees 1: once per window
+                    _, row = yield sql["read_counter"], k, False
+                    result.crossings.append(Crossing(key, limit, row[0]))
         if rows:
-            cur.executemany(self._usage.sql, self._usage.params(rows))
+            yield self._usage.sql, self._usage.params(rows), True
         return result
 
     def _mark_crossing(self, conn: Connection, key: CounterKey, limit: Limit) -> list[Crossing]:

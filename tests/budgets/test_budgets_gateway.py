@@ -41,7 +41,9 @@ async def test_200_concurrent_requests_never_overspend(sims, migrated_ledger_url
     ok = [r for r in results if not isinstance(r, BaseException)]
     refused = [r for r in results if isinstance(r, BudgetExceeded)]
     assert len(ok) + len(refused) == 200
-    assert 40 <= len(ok) <= 8400 // worst
+    # ~50 holds fit at once; a settled hold frees its unused part (worst - actual), so a
+    # request that starts after some have settled can fit too: never more than the money.
+    assert 40 <= len(ok) <= 8400 // ACTUAL
     s = sums(migrated_ledger_url)
     spent, reserved = s["counters"][("project", "proj-a", "day")]
     assert spent == s["ledger"]["proj-a"] == len(ok) * ACTUAL == sum(c.cost_micros for c in ok)

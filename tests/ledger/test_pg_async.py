@@ -1,0 +1,107 @@
+"""AsyncPostgres: the ledger's PostgreSQL transactions awaited on the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import text
+
+import llmgw.ledger.pg_async as pg_async
+from llmgw.ledger.engine import make_engine
+from llmgw.ledger.pg_async import AsyncPostgres
+from llmgw.ledger.steps import Steps
+
+pytestmark = pytest.mark.parametrize("ledger_url", ["postgresql"], indirect=True)
+
+
+@pytest.fixture
+def engine(ledger_url: str):
+    engine = make_engine(ledger_url, pool_size=2, max_overflow=1)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (v INTEGER NOT NULL)"))
+    yield engine
+    engine.dispose()
+
+
+def insert_then(v: int):
+    def steps() -> Steps[int]:
+        yield "INSERT INTO t (v) VALUES (%s)", (v,), False
+        _, row = yield "SELECT pg_backend_pid()", (), False
+        return row[0]
+    return steps
+
+
+def values(engine) -> list[int]:
+    with engine.connect() as conn:
+        return [r[0] for r in conn.execute(text("SELECT v FROM t ORDER BY v"))]
+
+
+async def test_more_transactions_than_connections_all_commit_first_come_first_served(engine):
+    pool = AsyncPostgres(engine)
+    try:
+        pids = await asyncio.gather(*(pool.transact(insert_then(i)) for i in range(40)))
+        assert values(engine) == list(range(40))
+        assert len(set(pids)) <= 3  # pool_size 2 + max_overflow 1
+    finally:
+        pool.forget()
+
+
+async def test_a_failing_transaction_rolls_back_and_its_connection_is_reused(engine):
+    pool = AsyncPostgres(engine)
+
+    def half_then_fail() -> Steps[None]:
+        yield "INSERT INTO t (v) VALUES (%s)", (99,), False
+        yield "SELECT * FROM no_such_table", (), False
+
+    try:
+        with pytest.raises(Exception, match="no_such_table"):
+            await pool.transact(half_then_fail)
+        await pool.transact(insert_then(1))
+        assert values(engine) == [1]
+    finally:
+        pool.forget()
+
+
+async def test_a_connection_dropped_while_idle_is_replaced(engine, monkeypatch):
+    pool = AsyncPostgres(engine)
+    try:
+        pid = await pool.transact(insert_then(1))
+        with engine.connect() as conn:
+            assert conn.execute(text(f"SELECT pg_terminate_backend({pid})")).scalar()
+        monkeypatch.setattr(pg_async, "IDLE_PING_AFTER_S", 0.0)
+        assert await pool.transact(insert_then(2)) != pid
+        assert values(engine) == [1, 2]
+    finally:
+        pool.forget()
+
+
+async def test_a_cancelled_transaction_writes_nothing_and_frees_its_slot(engine):
+    pool = AsyncPostgres(engine)
+    inserted = asyncio.Event()
+
+    def slow() -> Steps[None]:
+        yield "INSERT INTO t (v) VALUES (%s)", (7,), False
+        inserted.set()
+        yield "SELECT pg_sleep(30)", (), False
+
+    try:
+        task = asyncio.ensure_future(pool.transact(slow))
+        await inserted.wait()  # mid-transaction, holding its connection
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.gather(*(pool.transact(insert_then(i)) for i in range(5)))
+        assert values(engine) == [0, 1, 2, 3, 4]
+    finally:
+        pool.forget()
+
+
+def test_a_new_event_loop_gets_new_connections(engine):
+    pool = AsyncPostgres(engine)
+    try:
+        asyncio.run(pool.transact(insert_then(1)))
+        asyncio.run(pool.transact(insert_then(2)))  # complete_sync: a new loop per call
+        assert values(engine) == [1, 2]
+    finally:
+        pool.forget()
