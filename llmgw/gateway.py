@@ -102,7 +102,8 @@ class LLMGateway:
             ensure_current(url)
         ledger = self.config.llmgw.ledger
         self.ledger = LedgerStore(url, engine=make_engine(url, pool_size=ledger.pool_size,
-                                                          max_overflow=ledger.max_overflow))
+                                                          max_overflow=ledger.max_overflow),
+                                  max_connections=ledger.pool_size + ledger.max_overflow)
         self.budget_policy = BudgetPolicy(self.config.llmgw.budgets)
         self.budget_store = BudgetStore(self.ledger.engine)
         self._rules: list[Rule] = []

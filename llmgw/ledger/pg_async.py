@@ -23,15 +23,12 @@ IDLE_PING_AFTER_S = 5.0
 
 
 class AsyncPostgres:
-    """A small pool of psycopg `AsyncConnection`s (size: the engine pool's size + overflow);
-    callers waiting for a connection are served first come, first served."""
+    """A small pool of psycopg `AsyncConnection`s (at most `max_connections`); callers waiting for a connection are served first come, first served."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, max_connections: int = 15) -> None:
         url = engine.url.set(drivername="postgresql")
         self._conninfo = url.render_as_string(hide_password=False)
-        pool = engine.pool
-        self._max = int(getattr(pool, "size", lambda: 5)()) + max(
-            0, int(getattr(pool, "_max_overflow", 10)))
+        self._max = max_connections
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: list[tuple[Any, float]] = []
         self._waiters: deque[asyncio.Future[Any]] = deque()

@@ -117,7 +117,8 @@ class LedgerStore:
     work: see there.
     """
 
-    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
+    def __init__(self, url: str, *, engine: Engine | None = None,
+                 max_connections: int = 15) -> None:
         self.url = url
         self.engine = engine or make_engine(url)
         self._insert = UsageEvent.__table__.insert()
@@ -127,7 +128,7 @@ class LedgerStore:
         self._executor = ThreadPoolExecutor(thread_name_prefix="llmgw-ledger")
         # PostgreSQL: transactions on the event loop (psycopg async), no thread hop per
         # statement: half the CPU of the same SQL through worker threads.
-        self._pg = (AsyncPostgres(self.engine)
+        self._pg = (AsyncPostgres(self.engine, max_connections)
                     if self.engine.dialect.name == "postgresql" else None)
         # In-memory SQLite lives in one connection: its work stays on the loop's thread.
         self._memory = self.local and sqlite_path(self.engine.url) is None
