@@ -184,8 +184,9 @@ class LedgerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = DEFAULT_LEDGER_URL
-    # PostgreSQL: connections per gateway process <= pool_size + max_overflow; the server's
-    # max_connections must cover every process (and the CLI). Ignored for SQLite.
+    # PostgreSQL: a gateway process's transactions use at most pool_size + max_overflow
+    # connections (its reads another pool of that size, rarely more than one or two in use);
+    # the server's max_connections must cover every process and the CLI. Ignored for SQLite.
     pool_size: int = Field(default=5, ge=1)
     max_overflow: int = Field(default=10, ge=0)
 
