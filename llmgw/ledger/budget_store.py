@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Connection, DateTime, Engine, and_, or_, select, tuple_, update
+from sqlalchemy import JSON, DateTime, Engine, and_, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -78,7 +78,6 @@ class BudgetStore:
         self.engine = engine
         self._dialect = engine.dialect.name
         self._insert_usage = UsageEvent.__table__.insert()
-        self._lean = self._dialect in ("sqlite", "postgresql")
         self._sql = {name: driver_sql(sql, engine) for name, sql in _SQL.items()}
         # SQLite before 3.35 has no RETURNING: it reads the counter back instead.
         self._returning = self._dialect == "postgresql" or sqlite3.sqlite_version_info >= (3, 35)
@@ -127,32 +126,12 @@ class BudgetStore:
                 keys: list[CounterKey], created_at: datetime, agent_id: str,
                 agent_type: str | None, project_id: str, model_group: str) -> Hold:
         """Hold `amount_micros` on every counter, or raise `RefusedError` holding nothing."""
-        pairs = sorted(zip(keys, limits), key=lambda p: p[0].as_list())
-        if self._lean:
-            with driver_transaction(self.engine) as cur:
-                return run_steps(cur, self.reserve_op(
-                    request_id=request_id, amount_micros=amount_micros, limits=limits,
-                    keys=keys, created_at=created_at, agent_id=agent_id,
-                    agent_type=agent_type, project_id=project_id, model_group=model_group)())
-        with self.engine.begin() as conn:
-            # First statement is a write: SQLite takes its write lock now, not mid-transaction.
-            conn.execute(Reservation.__table__.insert().values(
-                request_id=request_id, created_at=created_at, state="open",
-                amount_micros=amount_micros, agent_id=agent_id, agent_type=agent_type,
-                project_id=project_id, model_group=model_group,
-                counters=[k.as_list() for k, _ in pairs]))
-            for key, limit in pairs:
-                self._ensure_counter(conn, key)
-                held = conn.execute(
-                    update(BudgetCounter.__table__)
-                    .where(_key(key), _C.spent_micros + _C.reserved_micros + amount_micros
-                           <= limit.limit_micros)
-                    .values(reserved_micros=_C.reserved_micros + amount_micros)).rowcount
-                if held != 1:
-                    spent, reserved = conn.execute(
-                        select(_C.spent_micros, _C.reserved_micros).where(_key(key))).one()
-                    raise RefusedError(Refusal(limit, spent, reserved, key.period_start))
-        return Hold(request_id, amount_micros, tuple(pairs))
+        op = self.reserve_op(request_id=request_id, amount_micros=amount_micros, limits=limits,
+                             keys=keys, created_at=created_at, agent_id=agent_id,
+                             agent_type=agent_type, project_id=project_id,
+                             model_group=model_group)
+        with driver_transaction(self.engine) as cur:
+            return run_steps(cur, op())
 
     def _reserve_steps(self, request_id: str, amount: int,
                        pairs: list[tuple[CounterKey, Limit]], created_at: datetime,
@@ -184,38 +163,14 @@ class BudgetStore:
         self._known.update(keys)
         return Hold(request_id, amount, tuple(pairs))
 
-    def _ensure_counter(self, conn: Connection, key: CounterKey) -> None:
-        ins = (pg_insert if self._dialect == "postgresql" else sqlite_insert)(
-            BudgetCounter.__table__)
-        conn.execute(ins.values(scope=key.scope, scope_id=key.scope_id, period=key.period,
-                                period_start=key.period_start, spent_micros=0,
-                                reserved_micros=0, warned=False).on_conflict_do_nothing())
-
     # -- settle / release ----------------------------------------------------------------
 
     def settle(self, hold: Hold, *, spent_micros: int, rows: list[dict[str, Any]],
                state: str = "settled") -> SettleResult:
         """Turn the hold into `spent_micros` of spend and write the request's ledger rows,
         in one transaction. Idempotent: a hold that is no longer open moves no counter."""
-        if self._lean:
-            with driver_transaction(self.engine) as cur:
-                return run_steps(cur, self._settle_steps(hold, spent_micros, rows, state))
-        result = SettleResult()
-        with self.engine.begin() as conn:
-            moved = conn.execute(
-                update(Reservation.__table__)
-                .where(_R.request_id == hold.request_id, _R.state == "open")
-                .values(state=state, settled_micros=spent_micros)).rowcount == 1
-            if moved:
-                for key, limit in hold.counters:
-                    conn.execute(update(BudgetCounter.__table__).where(_key(key)).values(
-                        reserved_micros=_C.reserved_micros - hold.amount_micros,
-                        spent_micros=_C.spent_micros + spent_micros))
-                    if spent_micros > 0:
-                        result.crossings += self._mark_crossing(conn, key, limit)
-            if rows:
-                conn.execute(self._insert_usage, rows)
-        return result
+        with driver_transaction(self.engine) as cur:
+            return run_steps(cur, self._settle_steps(hold, spent_micros, rows, state))
 
     def settle_op(self, hold: Hold, *, spent_micros: int, rows: list[dict[str, Any]],
                   state: str = "settled") -> Op[SettleResult]:
@@ -248,21 +203,6 @@ class BudgetStore:
         if rows:
             yield self._usage.sql, self._usage.params(rows), True
         return result
-
-    def _mark_crossing(self, conn: Connection, key: CounterKey, limit: Limit) -> list[Crossing]:
-        threshold = int(limit.limit_micros * limit.warn_ratio)
-        marked = conn.execute(
-            update(BudgetCounter.__table__)
-            .where(_key(key), _C.warned.is_(False), _C.spent_micros >= threshold)
-            .values(warned=True)).rowcount == 1  # exactly one process sees 1: once per window
-        if not marked:
-            return []
-        spent = conn.execute(select(_C.spent_micros).where(_key(key))).scalar_one()
-        return [Crossing(key, limit, spent)]
-
-    def write_rows(self, rows: list[dict[str, Any]]) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(self._insert_usage, rows)
 
     # -- reads ---------------------------------------------------------------------------
 

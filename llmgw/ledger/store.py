@@ -1,4 +1,4 @@
-"""LedgerStore: writes usage events. One transaction per request, off the event loop."""
+"""LedgerStore: writes usage events, one transaction per request (batched under load)."""
 
 from __future__ import annotations
 
@@ -113,17 +113,15 @@ class LedgerStore:
 
     Rows are written before `complete()` returns, so the write sits on every request's path.
     It is a driver-level `executemany` with SQLAlchemy's own bind processors (the values are
-    stored exactly as Core would store them, at a third of Core's cost). `run` places database
-    work: see there.
+    stored exactly as Core would store them, at a third of Core's cost). `transact` places
+    each transaction: see there.
     """
 
     def __init__(self, url: str, *, engine: Engine | None = None,
                  max_connections: int = 15) -> None:
         self.url = url
         self.engine = engine or make_engine(url)
-        self._insert = UsageEvent.__table__.insert()
         self.local = self.engine.dialect.name == "sqlite"
-        self._lean = self.engine.dialect.name in ("sqlite", "postgresql")
         self._usage = UsageInsert(self.engine)
         self._executor = ThreadPoolExecutor(thread_name_prefix="llmgw-ledger")
         # PostgreSQL: transactions on the event loop (psycopg async), no thread hop per
@@ -146,11 +144,8 @@ class LedgerStore:
         thread hop); under concurrency, `GroupCommit` (one commit for many requests)."""
         if self._pg is not None:
             return await self._pg.transact(op)
-        if self._memory or inline:
+        if self._batcher is None or inline:  # in-memory SQLite, or a request alone
             return self.transact_sync(op)
-        if self._batcher is None:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, self.transact_sync, op)
         return await asyncio.wrap_future(self._batcher.submit(lambda cur: run_steps(cur, op())))
 
     def transact_sync(self, op: Op[T]) -> T:
@@ -168,23 +163,12 @@ class LedgerStore:
         if not rows:
             return
         try:
-            if self._lean:
-                self._write_driver(rows)
-            else:
-                with self.engine.begin() as conn:
-                    conn.execute(self._insert, rows)
+            self.transact_sync(self.write_op(rows))
         except Exception as exc:
             raise _write_failed(len(rows), exc) from exc
 
-    def _write_driver(self, rows: list[dict[str, Any]]) -> None:
-        with driver_transaction(self.engine) as cur:
-            cur.executemany(self._usage.sql, self._usage.params(rows))
-
     async def write(self, rows: list[dict[str, Any]], *, inline: bool = False) -> None:
         if not rows:
-            return
-        if not self._lean:
-            await self.run(self.write_sync, rows)
             return
         try:
             await self.transact(self.write_op(rows), inline=inline)
@@ -252,10 +236,8 @@ class GroupCommit:
     def _commit(self, batch: list[tuple[Callable[[Any], Any], Future[Any]]]) -> None:
         outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
         try:
-            conn = self.engine.raw_connection()
-            try:
-                cur = conn.cursor()
-                cur.execute("BEGIN IMMEDIATE")
+            with driver_transaction(self.engine) as cur:
+                cur.execute("BEGIN IMMEDIATE")  # the write lock now, not mid-batch
                 for op, future in batch:
                     cur.execute("SAVEPOINT op")
                     try:
@@ -264,12 +246,6 @@ class GroupCommit:
                         cur.execute("ROLLBACK TO op")
                         outcomes.append((future, None, exc))
                     cur.execute("RELEASE op")
-                conn.commit()
-            except BaseException:
-                conn.rollback()
-                raise
-            finally:
-                conn.close()
         except Exception as exc:  # the batch did not commit: nothing of it was written
             for _, future in batch:
                 future.set_exception(exc)
