@@ -16,7 +16,9 @@ counters and settles them with its ledger row.
 
 Each configuration runs in its own worker process (one Router per process, DESIGN 11); the
 workers take turns, never run together, and the paths alternate (ABBA) over the rounds so
-machine noise hits both sides alike. Prints req/s, p50 and p99 per path, and the ratios
+machine noise hits both sides alike. Prints req/s, p50 and p99 per path, the CPU time per
+request of the bench process (`CPU ms`) and of the servers (`srv ms`: simulators, PostgreSQL,
+Redis; they share the machine's cores with the bench), and the ratios
 gateway/Router. Target: throughput (b)/(a) and (c)/(a') >= 0.95 (median of the per-round
 ratios, so one burst of other work on the machine does not decide). With --hit-requests > 0,
 also the cache-hit path of each gateway (the same prompts again). With --history N, every
@@ -36,6 +38,7 @@ import asyncio
 import functools
 import itertools
 import multiprocessing as mp
+import os
 import shutil
 import statistics
 import subprocess
@@ -70,6 +73,23 @@ SIM_SCRIPT = (
     "import sys; from llmgw import sim; s = getattr(sim, sys.argv[1])(api_key=sys.argv[2])"
     ".start(); print(s.base_url, flush=True); sys.stdin.read()"
 )
+
+
+def servers_cpu_s() -> float:
+    """CPU seconds used so far by the machine's postgres, redis-server and simulator
+    processes (their share of the 2 cores is the bench process's loss)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)
+            comm = fields[0].split("(", 1)[1]
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if comm in ("postgres", "redis-server") or b"llmgw import sim" in cmdline:
+            utime, stime = fields[1].split()[11:13]
+            total += int(utime) + int(stime)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -128,10 +148,10 @@ async def load(call: Call, requests: int, agents: int, make_messages: Callable[.
                 continue
             latencies.append((time.perf_counter() - t0) * 1000)
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(agent(i) for i in range(agents)))
-    wall = time.perf_counter() - t0
-    return {"wall_s": wall, "latencies": latencies, "errors": errors}
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return {"wall_s": wall, "cpu_s": cpu, "latencies": latencies, "errors": errors}
 
 
 # -- a worker process: one gateway (and its Router) per configuration ----------------------
@@ -312,12 +332,16 @@ LABELS = {("sqlite", "router"): "(a)  Router",
 @dataclass
 class Figures:
     walls: list[float] = field(default_factory=list)
+    cpus: list[float] = field(default_factory=list)
+    server_cpus: list[float] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     def add(self, result: dict[str, Any]) -> None:
         self.walls.append(result["wall_s"])
+        self.cpus.append(result["cpu_s"])
+        self.server_cpus.append(result.get("servers_cpu_s", 0.0))
         self.counts.append(len(result["latencies"]))
         self.latencies += result["latencies"]
         self.errors += result["errors"]
@@ -325,6 +349,16 @@ class Figures:
     @property
     def rps(self) -> float:
         return sum(self.counts) / sum(self.walls)
+
+    @property
+    def cpu_ms(self) -> float:
+        """The bench process's CPU time per request (every thread), in ms."""
+        return 1000 * sum(self.cpus) / sum(self.counts)
+
+    @property
+    def server_cpu_ms(self) -> float:
+        """CPU of the simulators, PostgreSQL and Redis per request, in ms."""
+        return 1000 * sum(self.server_cpus) / sum(self.counts)
 
     def round_rps(self) -> list[float]:
         return [c / w for c, w in zip(self.counts, self.walls)]
@@ -335,13 +369,14 @@ def report(figs: dict[tuple[str, str], Figures], agents: int, rounds: int,
     context = f", {history} earlier turns (~{300 * history} tokens) per prompt" if history else ""
     print(f"\n{agents} concurrent agents, {rounds} rounds (ABBA order), unique prompts "
           f"(cache misses){context}, budgets on (3 counters + request cap per call)\n")
-    print(f"{'path':32} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8}  {'req/s per round':24} errors")
+    print(f"{'path':32} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms':>7} {'srv ms':>7}  "
+          f"{'req/s per round':24} errors")
     for key, f in figs.items():
         if not f.latencies:
             continue
         rounds_txt = " ".join(f"{r:6.1f}" for r in f.round_rps())
         print(f"{LABELS[key]:32} {f.rps:7.1f} {pct(f.latencies, 50):8.1f} "
-              f"{pct(f.latencies, 99):8.1f}  {rounds_txt:24} {len(f.errors)}")
+              f"{pct(f.latencies, 99):8.1f} {f.cpu_ms:7.2f} {f.server_cpu_ms:7.2f}  {rounds_txt:24} {len(f.errors)}")
     print()
     for gw_key, base_key in ((("sqlite", "gateway"), ("sqlite", "router")),
                              (("pg-redis", "gateway"), ("pg-redis", "router")),
@@ -376,7 +411,9 @@ def run(requests: int, agents: int, rounds: int, hit_requests: int, history: int
         per_round = max(1, requests // rounds)
         for r in range(rounds):
             for name, path in (order if r % 2 == 0 else order[::-1]):
+                before = servers_cpu_s()
                 result = workers[name].run(path, per_round, agents, f"r{r}", history)
+                result["servers_cpu_s"] = servers_cpu_s() - before
                 figs[(name, path)].add(result)
                 print(f"  round {r + 1}: {LABELS[(name, path)].strip():26} "
                       f"{len(result['latencies']) / result['wall_s']:7.1f} req/s", flush=True)

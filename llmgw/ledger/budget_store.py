@@ -20,7 +20,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from llmgw.budgets import CounterKey, Limit, Rule
 from llmgw.ledger.models import BudgetCounter, BudgetRule, Reservation, UsageEvent
-from llmgw.ledger.steps import Op, Steps, run_steps
+from llmgw.ledger.steps import COMMIT, Op, Steps, run_steps
 from llmgw.ledger.store import UsageInsert, bind_processor, driver_sql, driver_transaction
 
 _C = BudgetCounter.__table__.c
@@ -139,22 +139,26 @@ class BudgetStore:
                        model_group: str) -> Steps[Hold]:
         sql = self._sql
         keys = [(k.scope, k.scope_id, k.period, self._dt(k.period_start)) for k, _ in pairs]
-        yield sql["insert_reservation"], (
-            request_id, self._dt(created_at), amount, agent_id, agent_type, project_id,
-            model_group, self._json([k.as_list() for k, _ in pairs])), False
+        holds = [(amount, *key, amount, limit.limit_micros)
+                 for key, (_, limit) in zip(keys, pairs)]
         new = [k for k in keys if k not in self._known]
-        if new:
-            yield sql["ensure_counter"], new, True
-        for key, (counter, limit) in zip(keys, pairs):
-            hold = (amount, *key, amount, limit.limit_micros)
-            held, _ = yield sql["hold"], hold, False
-            if held == 1:
+        # One batch (one round trip on PostgreSQL): a hold that finds no room does not stop
+        # the ones after it, but the refusal below rolls them all back.
+        held = yield [
+            (sql["insert_reservation"], (
+                request_id, self._dt(created_at), amount, agent_id, agent_type, project_id,
+                model_group, self._json([k.as_list() for k, _ in pairs])), False),
+            *([(sql["ensure_counter"], new, True)] if new else []),
+            *((sql["hold"], hold, False) for hold in holds)]
+        for key, hold, (counter, limit), (count, _) in zip(keys, holds, pairs,
+                                                           held[-len(holds):]):
+            if count == 1:
                 continue
             _, row = yield sql["read_counter"], key, False
             if row is None:  # a counter thought known is gone (rolled back): make it again
                 yield sql["ensure_counter"], key, False
-                held, _ = yield sql["hold"], hold, False
-                if held == 1:
+                retried, _ = yield sql["hold"], hold, False
+                if retried == 1:
                     continue
                 _, row = yield sql["read_counter"], key, False
             raise RefusedError(Refusal(limit, row[0], row[1], counter.period_start))
@@ -181,27 +185,31 @@ class BudgetStore:
                       state: str) -> Steps[SettleResult]:
         result = SettleResult()
         sql = self._sql
+        insert = [(self._usage.sql, self._usage.params(rows), True)] if rows else []
         moved, _ = yield sql["close_reservation"], (state, spent, hold.request_id), False
-        if moved == 1:
-            for key, limit in hold.counters:
-                k = (key.scope, key.scope_id, key.period, self._dt(key.period_start))
-                threshold = int(limit.limit_micros * limit.warn_ratio)
-                if self._returning:
-                    _, row = yield (sql["settle_counter_returning"],
-                                    (hold.amount_micros, spent, *k), False)
-                    # Only a counter at its threshold and not yet warned can cross.
-                    if spent <= 0 or row is None or row[1] or row[0] < threshold:
-                        continue
-                else:
-                    yield sql["settle_counter"], (hold.amount_micros, spent, *k), False
-                    if spent <= 0:
-                        continue
-                marked, _ = yield sql["mark_warned"], (*k, threshold), False
-                if marked == 1:  # exactly one process sees 1: once per window
-                    _, row = yield sql["read_counter"], k, False
-                    result.crossings.append(Crossing(key, limit, row[0]))
-        if rows:
-            yield self._usage.sql, self._usage.params(rows), True
+        if moved != 1:  # settled or reconciled already: only the rows are written
+            if insert:
+                yield [*insert, COMMIT]
+            return result
+        keys = [(key.scope, key.scope_id, key.period, self._dt(key.period_start))
+                for key, _ in hold.counters]
+        settle = sql["settle_counter_returning" if self._returning else "settle_counter"]
+        # One batch (one round trip on PostgreSQL, its COMMIT included).
+        settled = yield [*((settle, (hold.amount_micros, spent, *k), False) for k in keys),
+                         *insert, COMMIT]
+        if spent <= 0:
+            return result
+        for k, (key, limit), (_, row) in zip(keys, hold.counters, settled):
+            threshold = int(limit.limit_micros * limit.warn_ratio)
+            # Only a counter at its threshold and not yet warned can cross.
+            if self._returning and (row is None or row[1] or row[0] < threshold):
+                continue
+            # After the commit, in a transaction of its own if the driver made one there:
+            # the conditional update still lets exactly one process see 1, once per window.
+            marked, _ = yield sql["mark_warned"], (*k, threshold), False
+            if marked == 1:
+                _, row = yield sql["read_counter"], k, False
+                result.crossings.append(Crossing(key, limit, row[0]))
         return result
 
     # -- reads ---------------------------------------------------------------------------

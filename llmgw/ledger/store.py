@@ -21,7 +21,7 @@ from llmgw.ledger.engine import make_engine, sqlite_path
 from llmgw.ledger.models import UsageEvent
 from llmgw.ledger.timespec import utcnow  # noqa: F401  (the ledger's clock, re-exported)
 from llmgw.ledger.pg_async import AsyncPostgres
-from llmgw.ledger.steps import Op, Steps, run_steps
+from llmgw.ledger.steps import COMMIT, Op, Steps, run_steps
 from llmgw.types import Attempt
 
 T = TypeVar("T")
@@ -155,7 +155,7 @@ class LedgerStore:
     def write_op(self, rows: list[dict[str, Any]]) -> Op[None]:
         """The insert of one request's rows, as SQL steps."""
         def steps() -> Steps[None]:
-            yield self._usage.sql, self._usage.params(rows), True
+            yield [(self._usage.sql, self._usage.params(rows), True), COMMIT]
         return steps
 
     def write_sync(self, rows: list[dict[str, Any]]) -> None:

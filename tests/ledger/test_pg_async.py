@@ -10,7 +10,7 @@ from sqlalchemy import text
 import llmgw.ledger.pg_async as pg_async
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.pg_async import AsyncPostgres
-from llmgw.ledger.steps import Steps
+from llmgw.ledger.steps import COMMIT, Steps
 
 pytestmark = pytest.mark.parametrize("ledger_url", ["postgresql"], indirect=True)
 
@@ -58,6 +58,60 @@ async def test_a_failing_transaction_rolls_back_and_its_connection_is_reused(eng
         with pytest.raises(Exception, match="no_such_table"):
             await pool.transact(half_then_fail)
         await pool.transact(insert_then(1))
+        assert values(engine) == [1]
+    finally:
+        pool.forget()
+
+
+async def test_a_batch_runs_its_statements_in_order_and_returns_each_result(engine):
+    pool = AsyncPostgres(engine, max_connections=3)
+
+    def batch() -> Steps[list]:
+        return (yield [
+            ("INSERT INTO t (v) VALUES (%s)", (1,), False),
+            ("INSERT INTO t (v) VALUES (%s), (%s)", (2, 3), False),
+            ("SELECT count(*), max(v) FROM t", (), False),
+            ("INSERT INTO t (v) VALUES (%s)", [(4,), (5,)], True),
+            COMMIT])
+
+    try:
+        assert await pool.transact(batch) == [(1, None), (2, None), (1, (3, 3)), (2, None),
+                                              (0, None)]
+        assert values(engine) == [1, 2, 3, 4, 5]
+    finally:
+        pool.forget()
+
+
+async def test_a_failing_statement_mid_batch_rolls_back_the_whole_transaction(engine):
+    pool = AsyncPostgres(engine, max_connections=1)
+
+    def fails_mid_batch() -> Steps[None]:
+        yield "INSERT INTO t (v) VALUES (%s)", (1,), False
+        yield [("INSERT INTO t (v) VALUES (%s)", (2,), False),
+               ("INSERT INTO t (v) VALUES (NULL)", (), False),  # NOT NULL
+               ("INSERT INTO t (v) VALUES (%s)", (3,), False), COMMIT]
+
+    try:
+        with pytest.raises(Exception, match="null value"):
+            await pool.transact(fails_mid_batch)
+        assert values(engine) == []
+        await pool.transact(insert_then(9))  # the connection is usable again
+        assert values(engine) == [9]
+    finally:
+        pool.forget()
+
+
+async def test_steps_after_a_commit_run_in_a_transaction_of_their_own(engine):
+    pool = AsyncPostgres(engine, max_connections=1)
+
+    def commit_then_fail() -> Steps[None]:
+        yield [("INSERT INTO t (v) VALUES (%s)", (1,), False), COMMIT]
+        yield "INSERT INTO t (v) VALUES (%s)", (2,), False
+        yield "SELECT * FROM no_such_table", (), False
+
+    try:
+        with pytest.raises(Exception, match="no_such_table"):
+            await pool.transact(commit_then_fail)
         assert values(engine) == [1]
     finally:
         pool.forget()
