@@ -75,10 +75,10 @@ SIM_SCRIPT = (
 )
 
 
-def servers_cpu_s() -> float:
-    """CPU seconds used so far by the machine's postgres, redis-server and simulator
-    processes (their share of the 2 cores is the bench process's loss)."""
-    total = 0
+def _server_processes() -> list[tuple[int, list[str]]]:
+    """(pid, /proc stat fields after the name) of every postgres, redis-server and
+    simulator process on the machine."""
+    found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)
@@ -87,9 +87,31 @@ def servers_cpu_s() -> float:
         except (OSError, IndexError):
             continue
         if comm in ("postgres", "redis-server") or b"llmgw import sim" in cmdline:
-            utime, stime = fields[1].split()[11:13]
-            total += int(utime) + int(stime)
-    return total / os.sysconf("SC_CLK_TCK")
+            found.append((int(stat.parent.name), fields[1].split()))
+    return found
+
+
+def servers_cpu_s() -> float:
+    """CPU seconds used so far by the simulators, PostgreSQL and Redis."""
+    ticks = sum(int(f[11]) + int(f[12]) for _, f in _server_processes())
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def pin_cores() -> str:
+    """Servers on the last core, the bench's workers on the others: in production the
+    database is not on the gateway's core, and here a server woken on the bench's core
+    would preempt it (and charge the gateway for the server's work). New PostgreSQL
+    backends inherit the postmaster's core."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return "not pinned (one core)"
+    for pid, _ in _server_processes():
+        try:
+            os.sched_setaffinity(pid, {cores[-1]})
+        except OSError:
+            pass
+    os.sched_setaffinity(0, set(cores[:-1]))  # the workers are spawned from here
+    return f"servers on core {cores[-1]}, bench workers on cores {cores[:-1]}"
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -398,14 +420,18 @@ def report(figs: dict[tuple[str, str], Figures], agents: int, rounds: int,
             print(f"  error: {e}")
 
 
-def run(requests: int, agents: int, rounds: int, hit_requests: int, history: int) -> None:
+def run(requests: int, agents: int, rounds: int, hit_requests: int, history: int,
+        pin: bool = True) -> None:
     servers = Servers()
     workers: dict[str, Worker] = {}
     try:
         t0 = time.perf_counter()
-        for name, cfg in configs(servers).items():
+        cfgs = configs(servers)
+        pinned = pin_cores() if pin else "not pinned (--no-pin)"
+        for name, cfg in cfgs.items():
             workers[name] = Worker(name, cfg)
-        print(f"servers and workers ready in {time.perf_counter() - t0:.1f} s", flush=True)
+        print(f"servers and workers ready in {time.perf_counter() - t0:.1f} s; {pinned}",
+              flush=True)
         order = [(w, p) for w in workers for p in ("router", "gateway")]
         figs = {key: Figures() for key in LABELS}
         per_round = max(1, requests // rounds)
@@ -435,5 +461,8 @@ if __name__ == "__main__":
     ap.add_argument("--hit-requests", type=int, default=600, help="0: skip the hit path")
     ap.add_argument("--history", type=int, default=0,
                     help="earlier conversation turns sent with every prompt (~300 tokens each)")
+    ap.add_argument("--no-pin", action="store_true",
+                    help="let the servers share the bench's cores (see pin_cores)")
     args = ap.parse_args()
-    run(args.requests, args.agents, args.rounds, args.hit_requests, args.history)
+    run(args.requests, args.agents, args.rounds, args.hit_requests, args.history,
+        pin=not args.no_pin)

@@ -9,6 +9,7 @@ ledger rows, so counters and ledger always agree. Checks read counter rows, neve
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -81,6 +82,8 @@ class BudgetStore:
         self._sql = {name: driver_sql(sql, engine) for name, sql in _SQL.items()}
         # SQLite before 3.35 has no RETURNING: it reads the counter back instead.
         self._returning = self._dialect == "postgresql" or sqlite3.sqlite_version_info >= (3, 35)
+        # PostgreSQL runs reserve and settle as functions (one call each); SQLite as steps.
+        self._functions = self._dialect == "postgresql"
         # Counters known to exist (made once per window, never deleted), so a reserve skips
         # creating them; a missing one is made again on the spot.
         self._known: set[tuple[Any, ...]] = set()
@@ -138,6 +141,15 @@ class BudgetStore:
                        agent_id: str, agent_type: str | None, project_id: str,
                        model_group: str) -> Steps[Hold]:
         sql = self._sql
+        if self._functions:  # PostgreSQL: one call, one round trip (migration 0004)
+            (_, row), _ = yield [(sql["reserve_fn"], (
+                request_id, created_at, amount, agent_id, agent_type, project_id, model_group,
+                json.dumps([k.as_list() for k, _ in pairs]), *_key_arrays(pairs),
+                [limit.limit_micros for _, limit in pairs]), False), COMMIT]
+            if row[0] is not None:
+                counter, limit = pairs[row[0] - 1]
+                raise RefusedError(Refusal(limit, row[1], row[2], counter.period_start))
+            return Hold(request_id, amount, tuple(pairs))
         keys = [(k.scope, k.scope_id, k.period, self._dt(k.period_start)) for k, _ in pairs]
         holds = [(amount, *key, amount, limit.limit_micros)
                  for key, (_, limit) in zip(keys, pairs)]
@@ -185,6 +197,15 @@ class BudgetStore:
                       state: str) -> Steps[SettleResult]:
         result = SettleResult()
         sql = self._sql
+        if self._functions:  # PostgreSQL: one call, one round trip (migration 0004)
+            (_, row), _ = yield [(sql["settle_fn"], (
+                hold.request_id, state, spent, hold.amount_micros, *_key_arrays(hold.counters),
+                [int(limit.limit_micros * limit.warn_ratio) for _, limit in hold.counters],
+                json.dumps(rows, default=_iso) if rows else None), False), COMMIT]
+            for i, crossed_spent in zip(row[0], row[1]):
+                key, limit = hold.counters[i - 1]
+                result.crossings.append(Crossing(key, limit, crossed_spent))
+            return result
         insert = [(self._usage.sql, self._usage.params(rows), True)] if rows else []
         moved, _ = yield sql["close_reservation"], (state, spent, hold.request_id), False
         if moved != 1:  # settled or reconciled already: only the rows are written
@@ -293,9 +314,28 @@ _SQL = {
                           "WHERE request_id = ? AND state = 'open'"),
     "settle_counter": _SETTLE,
     "settle_counter_returning": _SETTLE + " RETURNING spent_micros, warned",
+    "reserve_fn": ("SELECT o_refused, o_spent, o_reserved FROM llmgw_reserve(?::text, "
+                   "?::timestamp, ?::bigint, ?::text, ?::text, ?::text, ?::text, ?::json, "
+                   "?::text[], ?::text[], ?::text[], ?::timestamp[], ?::bigint[])"),
+    "settle_fn": ("SELECT o_crossed, o_crossed_spent FROM llmgw_settle(?::text, ?::text, "
+                  "?::bigint, ?::bigint, ?::text[], ?::text[], ?::text[], ?::timestamp[], "
+                  "?::bigint[], ?::json)"),
     "mark_warned": (f"UPDATE budget_counters SET warned = TRUE WHERE {_WHERE_KEY} "
                     "AND warned = FALSE AND spent_micros >= ?"),
 }
+
+
+def _key_arrays(pairs: Any) -> tuple[list[Any], ...]:
+    """The counters' key columns as four arrays, the functions' parameters."""
+    keys = [key for key, _ in pairs]
+    return ([k.scope for k in keys], [k.scope_id for k in keys], [k.period for k in keys],
+            [k.period_start for k in keys])
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _key(key: CounterKey) -> Any:

@@ -2,11 +2,11 @@
 
 Through worker threads every statement cost a GIL hand-over and a thread wake-up; awaited on
 the loop, the same reserve + settle SQL takes about half the CPU (measured: 0.84-0.95 vs
-1.41-1.63 ms per request at 100 concurrent requests). Each transaction runs in pipeline mode:
-a batch of steps, with the BEGIN before it and a COMMIT after it, is one round trip, and
-every round trip saved is an event-loop wake-up saved (reserve + settle went from 13 round
-trips to 6: 1.54-1.66 -> 1.22-1.40 ms CPU per request). Connections belong to one event loop:
-a gateway used from a new loop (`complete_sync`) starts a fresh set.
+1.41-1.63 ms per request at 100 concurrent requests). Every round trip and every statement
+costs the event loop more than the database: reserve and settle are one function call each
+(migration 0004), sent alone in autocommit, one round trip each; other transactions are
+pipelined, a round trip per batch of steps (`run_steps_async`). Connections belong to one
+event loop: a gateway used from a new loop (`complete_sync`) starts a fresh set.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 
-from llmgw.ledger.steps import Op, run_steps_pipelined
+from llmgw.ledger.steps import Op, run_steps_async
 
 T = TypeVar("T")
 IDLE_PING_AFTER_S = 5.0
@@ -40,9 +40,7 @@ class AsyncPostgres:
     async def transact(self, op: Op[T]) -> T:
         conn = await self._acquire()
         try:
-            async with conn.pipeline() as pipeline:
-                result = await run_steps_pipelined(conn, pipeline, op())
-                await conn.commit()  # nothing to send if the op's last batch committed
+            result = await run_steps_async(conn, op())
         except Exception:
             await self._after_failure(conn)
             raise
@@ -135,4 +133,6 @@ async def _connect(conninfo: str) -> Any:
     (a Sync), and every transaction syncs anyway."""
     import psycopg
 
-    return await psycopg.AsyncConnection.connect(conninfo, connect_timeout=10)
+    # Autocommit: a one-statement transaction needs no BEGIN/COMMIT round trips; longer
+    # ones send their own (`run_steps_async`).
+    return await psycopg.AsyncConnection.connect(conninfo, connect_timeout=10, autocommit=True)

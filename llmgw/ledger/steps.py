@@ -52,34 +52,48 @@ def _run_one(cur: Any, step: Step) -> StepResult:
     return cur.rowcount, cur.fetchone() if cur.description is not None else None
 
 
-async def run_steps_pipelined(conn: Any, pipeline: Any, steps: Steps[T]) -> T:
-    """`run_steps` on a psycopg `AsyncConnection` in pipeline mode (`pipeline` is its
-    `conn.pipeline()`): each batch, or lone step, is sent at once and costs one round trip,
-    its `COMMIT` included."""
+async def run_steps_async(conn: Any, steps: Steps[T]) -> T:
+    """`run_steps` on a psycopg `AsyncConnection` in autocommit mode.
+
+    A batch of one statement then `COMMIT`, outside a transaction, is sent alone: its own
+    transaction, one round trip (the budget functions and plain statements). Anything else
+    runs in an explicit transaction, each batch pipelined: one round trip for its
+    statements, the BEGIN before them and the COMMIT after them included.
+    """
     result: Any = None
+    open_tx = False
     while True:
         try:
             step = steps.send(result)
         except StopIteration as done:
+            if open_tx:
+                await conn.execute("COMMIT")
             return done.value  # type: ignore[no-any-return]
         batch = step if isinstance(step, list) else [step]
-        cursors: list[Any] = []
+        if not open_tx and len(batch) == 2 and batch[1] is COMMIT and not batch[0][2]:
+            sql, params, _ = batch[0]
+            cur = await conn.execute(sql, params)
+            out = [(cur.rowcount, await cur.fetchone() if cur.description else None), (0, None)]
+        else:
+            out = await _pipelined(conn, batch, begin=not open_tx)
+            open_tx = batch[-1] is not COMMIT
+        result = out if isinstance(step, list) else out[0]
+
+
+async def _pipelined(conn: Any, batch: list[Step], *, begin: bool) -> list[StepResult]:
+    cursors: list[Any] = []
+    async with conn.pipeline() as pipeline:
+        if begin:
+            await conn.execute("BEGIN")
         for one in batch:
-            if one is COMMIT:
-                cursors.append(None)
-                continue
-            sql, params, many = one
+            sql, params, many = ("COMMIT", None, False) if one is COMMIT else one
             cur = conn.cursor()
             if many:
                 await cur.executemany(sql, params)
             else:
                 await cur.execute(sql, params)
-            cursors.append(cur)
-        if batch[-1] is COMMIT:
-            await conn.commit()  # queues COMMIT, then syncs: every result of the batch arrives
-        else:
-            await pipeline.sync()
-        out = [(0, None) if cur is None else
-               (cur.rowcount, await cur.fetchone() if cur.description is not None else None)
-               for cur in cursors]
-        result = out if isinstance(step, list) else out[0]
+            cursors.append(None if one is COMMIT else cur)
+        await pipeline.sync()
+    return [(0, None) if cur is None else
+            (cur.rowcount, await cur.fetchone() if cur.description is not None else None)
+            for cur in cursors]

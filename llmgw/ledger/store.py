@@ -155,7 +155,10 @@ class LedgerStore:
     def write_op(self, rows: list[dict[str, Any]]) -> Op[None]:
         """The insert of one request's rows, as SQL steps."""
         def steps() -> Steps[None]:
-            yield [(self._usage.sql, self._usage.params(rows), True), COMMIT]
+            params = self._usage.params(rows)
+            # One row (the usual case) as a plain statement: on PostgreSQL, one round trip.
+            yield [(self._usage.sql, params[0], False) if len(params) == 1 else
+                   (self._usage.sql, params, True), COMMIT]
         return steps
 
     def write_sync(self, rows: list[dict[str, Any]]) -> None:

@@ -60,7 +60,7 @@ async def test_a_refusal_on_a_middle_counter_undoes_the_holds_before_and_after_i
         await reserve(ledger, budgets, 5_000, lims, keys)
     assert refused.value.refusal.limit == lims[1]
     assert (refused.value.refusal.spent_micros, refused.value.refusal.reserved_micros) == (0, 0)
-    assert budgets.counters(keys) == {}  # made in the refused transaction: gone with it
+    assert set(budgets.counters(keys).values()) <= {(0, 0)}  # nothing held, nothing spent
     assert budgets.open_reservations() == []
     # Room on every counter again: the same amount now holds on all three.
     hold = await reserve(ledger, budgets, 900, lims, keys)

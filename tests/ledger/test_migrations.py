@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, insert
+from sqlalchemy import inspect, insert, text
 from sqlalchemy.exc import IntegrityError
 
 from llmgw.errors import LedgerError
@@ -57,17 +57,18 @@ LEDGER_TABLES = {"usage_events", "budgets", "budget_counters", "reservations", "
                  "usage_split_requests"}
 
 
-def test_head_is_0003_and_folder_found() -> None:
-    assert head() == "0003"
+def test_head_is_0004_and_folder_found() -> None:
+    assert head() == "0004"
     assert (migrations_dir() / "versions" / "0001_usage_events.py").is_file()
     assert (migrations_dir() / "versions" / "0002_budgets.py").is_file()
     assert (migrations_dir() / "versions" / "0003_usage_rollup.py").is_file()
+    assert (migrations_dir() / "versions" / "0004_budget_functions.py").is_file()
 
 
 def test_upgrade_downgrade_upgrade(ledger_url: str) -> None:
     assert current(ledger_url) is None
     upgrade(ledger_url)
-    assert current(ledger_url) == "0003"
+    assert current(ledger_url) == "0004"
     schema = _schema(ledger_url)
     assert LEDGER_TABLES | {"alembic_version"} <= schema["tables"]  # type: ignore[operator]
     model_columns = {c.name: c.nullable for c in UsageEvent.__table__.columns}
@@ -84,8 +85,28 @@ def test_upgrade_downgrade_upgrade(ledger_url: str) -> None:
     assert not LEDGER_TABLES & _schema(ledger_url)["tables"]  # type: ignore[operator]
 
     upgrade(ledger_url)
-    assert current(ledger_url) == "0003"
+    assert current(ledger_url) == "0004"
     assert _schema(ledger_url)["indexes"] == INDEXES
+
+
+def _functions(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return {r[0] for r in conn.execute(text(
+                "SELECT proname FROM pg_proc WHERE proname LIKE 'llmgw_%'"))}
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("ledger_url", ["postgresql"], indirect=True)
+def test_0004_adds_the_budget_functions_and_steps_back(ledger_url: str) -> None:
+    upgrade(ledger_url)
+    assert {"llmgw_reserve", "llmgw_settle"} <= _functions(ledger_url)
+    downgrade(ledger_url, "0003")
+    assert not {"llmgw_reserve", "llmgw_settle"} & _functions(ledger_url)
+    upgrade(ledger_url)
+    assert {"llmgw_reserve", "llmgw_settle"} <= _functions(ledger_url)
 
 
 def test_0001_to_0002_keeps_usage_rows_and_steps_back(ledger_url: str) -> None:
