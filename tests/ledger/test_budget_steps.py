@@ -1,5 +1,6 @@
-"""Reserve and settle as batched SQL steps (one round trip per batch on PostgreSQL): a batch
-that meets a full counter undoes itself, a hold settles once, a counter warns once."""
+"""Reserve and settle on both databases (SQLite: batched SQL steps; PostgreSQL: the
+functions of migration 0004, one round trip each): a refusal holds nothing, a hold settles
+once, a counter warns once, and settled rows read back as the plain ledger write stores them."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import uuid
 from datetime import datetime
 
 import pytest
+from sqlalchemy import select, text
 
 from llmgw.budgets import CounterKey, Limit
 from llmgw.ledger.budget_store import BudgetStore, RefusedError
+from llmgw.ledger.models import UsageEvent
 from llmgw.ledger.store import LedgerStore
-from sqlalchemy import text
 
 NOW = datetime(2026, 11, 23, 12, 0)
 DAY = datetime(2026, 11, 23)
@@ -103,3 +105,32 @@ async def test_a_counter_thought_known_but_gone_is_made_again(stores):
         conn.execute(text("DELETE FROM budget_counters WHERE scope = 'project'"))
     await reserve(ledger, budgets, 100, lims, keys)
     assert set(budgets.counters(keys).values()) == {(0, 100)}
+
+
+async def test_settled_rows_read_back_exactly_as_the_plain_ledger_write_stores_them(stores):
+    ledger, budgets = stores
+    lims, keys = limits()
+    hold = await reserve(ledger, budgets, 3_000, lims, keys)
+    meta = {"llmgw": {"route": "agent_type"}, "note": "café ✓", "nested": {"n": [1, 2.5]}}
+    failed = row(hold.request_id, 0) | {
+        "status": "error", "error_class": "RateLimited", "error_message": "429 'quoted'",
+        "ts": datetime(2026, 11, 23, 12, 0, 0, 123456), "latency_ms": None, "metadata": meta,
+        "prompt_tokens": 0, "completion_tokens": 0}
+    served = row(hold.request_id, 1_500) | {"attempt": 2, "metadata": meta, "stream": True,
+                                            "deployment_id": None, "latency_ms": 0.1 + 0.2}
+    await ledger.transact(budgets.settle_op(hold, spent_micros=1_500, rows=[failed, served]))
+    plain = [r | {"request_id": "plain"} for r in (failed, served)]
+    await ledger.write(plain)
+    with ledger.engine.connect() as conn:
+        c = UsageEvent.__table__.c
+        stored = conn.execute(select(
+            c.request_id, c.attempt, c.ts, c.agent_type, c.deployment_id, c.status,
+            c.error_class, c.error_message, c.prompt_tokens, c.cost_micros, c.latency_ms,
+            c.stream, c.metadata).order_by(c.request_id, c.attempt)).all()
+    by_request = {}
+    for r in stored:
+        by_request.setdefault(r[0], []).append(r[1:])
+    assert by_request[hold.request_id] == by_request["plain"]
+    assert [r[1] for r in by_request["plain"]] == [failed["ts"], served["ts"]]
+    assert by_request["plain"][0][-1] == meta
+    assert set(budgets.counters(keys).values()) == {(1_500, 0)}
