@@ -5,6 +5,10 @@ Reserve is one conditional `UPDATE ... SET reserved = reserved + :x WHERE spent 
 concurrency on SQLite (one writer) and on PostgreSQL across processes (row locks, no
 deadlock). Settle moves the hold to spend in the same transaction that writes the request's
 ledger rows, so counters and ledger always agree. Checks read counter rows, never the ledger.
+On PostgreSQL the same rules run inside the functions `llmgw_reserve` / `llmgw_settle`
+(migration 0004; counters locked `FOR UPDATE` in the same order, then held): one call and
+one round trip each, where the statements cost the gateway's event loop more than the
+database. `tests/ledger/test_budget_steps.py` holds both to the same behaviour.
 """
 
 from __future__ import annotations
