@@ -41,14 +41,11 @@ from sqlalchemy.engine import make_url  # noqa: E402
 
 from llmgw.ledger.engine import make_engine  # noqa: E402
 from llmgw.ledger.migrate import upgrade  # noqa: E402
+from llmgw.ledger.models import USAGE_COLUMNS as COLUMNS  # noqa: E402
 from llmgw.ledger.report import GROUP_BY_VALUES, usage_report, usage_totals  # noqa: E402
 from llmgw.ledger.store import LedgerStore  # noqa: E402
 
 TARGET_S = 1.0
-COLUMNS = ("request_id", "attempt", "ts", "agent_id", "agent_type", "project_id", "model_group",
-           "deployment_id", "provider", "model", "status", "error_class", "error_message",
-           "prompt_tokens", "completion_tokens", "cached_tokens", "cost_micros", "saved_micros",
-           "latency_ms", "stream", "metadata")
 START = datetime(2026, 8, 1)
 DAYS = 90
 

@@ -85,7 +85,7 @@ class BudgetStore:
         self._insert_usage = UsageEvent.__table__.insert()
         self._sql = {name: driver_sql(sql, engine) for name, sql in _SQL.items()}
         # SQLite before 3.35 has no RETURNING: it reads the counter back instead.
-        self._returning = self._dialect == "postgresql" or sqlite3.sqlite_version_info >= (3, 35)
+        self._returning = sqlite3.sqlite_version_info >= (3, 35)
         # PostgreSQL runs reserve and settle as functions (one call each); SQLite as steps.
         self._functions = self._dialect == "postgresql"
         # Counters known to exist (made once per window, never deleted), so a reserve skips
@@ -154,27 +154,24 @@ class BudgetStore:
                 counter, limit = pairs[row[0] - 1]
                 raise RefusedError(Refusal(limit, row[1], row[2], counter.period_start))
             return Hold(request_id, amount, tuple(pairs))
+        # SQLite: one statement at a time (no round trips to save), stopping at a refusal.
         keys = [(k.scope, k.scope_id, k.period, self._dt(k.period_start)) for k, _ in pairs]
-        holds = [(amount, *key, amount, limit.limit_micros)
-                 for key, (_, limit) in zip(keys, pairs)]
+        yield sql["insert_reservation"], (
+            request_id, self._dt(created_at), amount, agent_id, agent_type, project_id,
+            model_group, self._json([k.as_list() for k, _ in pairs])), False
         new = [k for k in keys if k not in self._known]
-        # One batch (one round trip on PostgreSQL): a hold that finds no room does not stop
-        # the ones after it, but the refusal below rolls them all back.
-        held = yield [
-            (sql["insert_reservation"], (
-                request_id, self._dt(created_at), amount, agent_id, agent_type, project_id,
-                model_group, self._json([k.as_list() for k, _ in pairs])), False),
-            *([(sql["ensure_counter"], new, True)] if new else []),
-            *((sql["hold"], hold, False) for hold in holds)]
-        for key, hold, (counter, limit), (count, _) in zip(keys, holds, pairs,
-                                                           held[-len(holds):]):
-            if count == 1:
+        if new:
+            yield sql["ensure_counter"], new, True
+        for key, (counter, limit) in zip(keys, pairs):
+            hold = (amount, *key, amount, limit.limit_micros)
+            held, _ = yield sql["hold"], hold, False
+            if held == 1:
                 continue
             _, row = yield sql["read_counter"], key, False
             if row is None:  # a counter thought known is gone (rolled back): make it again
                 yield sql["ensure_counter"], key, False
-                retried, _ = yield sql["hold"], hold, False
-                if retried == 1:
+                held, _ = yield sql["hold"], hold, False
+                if held == 1:
                     continue
                 _, row = yield sql["read_counter"], key, False
             raise RefusedError(Refusal(limit, row[0], row[1], counter.period_start))
@@ -210,31 +207,25 @@ class BudgetStore:
                 key, limit = hold.counters[i - 1]
                 result.crossings.append(Crossing(key, limit, crossed_spent))
             return result
-        insert = [(self._usage.sql, self._usage.params(rows), True)] if rows else []
+        # SQLite: one statement at a time; the op's transaction (or its batch's) commits.
         moved, _ = yield sql["close_reservation"], (state, spent, hold.request_id), False
-        if moved != 1:  # settled or reconciled already: only the rows are written
-            if insert:
-                yield [*insert, COMMIT]
-            return result
-        keys = [(key.scope, key.scope_id, key.period, self._dt(key.period_start))
-                for key, _ in hold.counters]
-        settle = sql["settle_counter_returning" if self._returning else "settle_counter"]
-        # One batch (one round trip on PostgreSQL, its COMMIT included).
-        settled = yield [*((settle, (hold.amount_micros, spent, *k), False) for k in keys),
-                         *insert, COMMIT]
-        if spent <= 0:
-            return result
-        for k, (key, limit), (_, row) in zip(keys, hold.counters, settled):
-            threshold = int(limit.limit_micros * limit.warn_ratio)
-            # Only a counter at its threshold and not yet warned can cross.
-            if self._returning and (row is None or row[1] or row[0] < threshold):
-                continue
-            # After the commit, in a transaction of its own if the driver made one there:
-            # the conditional update still lets exactly one process see 1, once per window.
-            marked, _ = yield sql["mark_warned"], (*k, threshold), False
-            if marked == 1:
-                _, row = yield sql["read_counter"], k, False
-                result.crossings.append(Crossing(key, limit, row[0]))
+        if moved == 1:  # still open: move the hold to spend (else settled or reconciled)
+            settle = sql["settle_counter_returning" if self._returning else "settle_counter"]
+            for key, limit in hold.counters:
+                k = (key.scope, key.scope_id, key.period, self._dt(key.period_start))
+                _, row = yield settle, (hold.amount_micros, spent, *k), False
+                threshold = int(limit.limit_micros * limit.warn_ratio)
+                # Only a counter at its threshold and not yet warned can cross.
+                at_risk = not self._returning or (row is not None and not row[1]
+                                                  and row[0] >= threshold)
+                if spent <= 0 or not at_risk:
+                    continue
+                marked, _ = yield sql["mark_warned"], (*k, threshold), False
+                if marked == 1:  # exactly one process sees 1: once per window
+                    _, row = yield sql["read_counter"], k, False
+                    result.crossings.append(Crossing(key, limit, row[0]))
+        if rows:
+            yield self._usage.sql, self._usage.params(rows), True
         return result
 
     # -- reads ---------------------------------------------------------------------------

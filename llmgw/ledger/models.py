@@ -76,6 +76,10 @@ class UsageEvent(Base):
     )
 
 
+# The columns a writer fills (all but the generated id), in table order.
+USAGE_COLUMNS: tuple[str, ...] = tuple(
+    c.name for c in UsageEvent.__table__.columns if c.name != "id")
+
 
 class UsageRollup(Base):
     """Per-day report totals, kept by a trigger on `usage_events` (migration 0003 has the SQL).

@@ -26,7 +26,8 @@ IDLE_PING_AFTER_S = 5.0
 
 
 class AsyncPostgres:
-    """A small pool of psycopg `AsyncConnection`s (at most `max_connections`); callers waiting for a connection are served first come, first served."""
+    """A small pool of psycopg `AsyncConnection`s (at most `max_connections`); callers
+    waiting for a connection are served first come, first served."""
 
     def __init__(self, engine: Engine, max_connections: int = 15) -> None:
         url = engine.url.set(drivername="postgresql")

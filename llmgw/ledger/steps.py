@@ -2,7 +2,7 @@
 
 A transaction is a generator. It yields a step `(sql, params, many)` and is sent back
 `(rowcount, first row or None)`, or yields a batch (a list of steps) and is sent back the
-list of their results. So the same budget logic runs on SQLite's cursor, in `GroupCommit`'s
+list of their results. So the same transaction runs on SQLite's cursor, in `GroupCommit`'s
 batches and on psycopg's async connection, where a batch is pipelined: one round trip for
 all of its statements, not one each.
 
@@ -86,7 +86,7 @@ async def _pipelined(conn: Any, batch: list[Step], *, begin: bool) -> list[StepR
         if begin:
             await conn.execute("BEGIN")
         for one in batch:
-            sql, params, many = ("COMMIT", None, False) if one is COMMIT else one
+            sql, params, many = one  # COMMIT too: a plain statement here
             cur = conn.cursor()
             if many:
                 await cur.executemany(sql, params)

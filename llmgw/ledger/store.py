@@ -18,7 +18,7 @@ from sqlalchemy.types import TypeEngine
 
 from llmgw.errors import LedgerError
 from llmgw.ledger.engine import make_engine, sqlite_path
-from llmgw.ledger.models import UsageEvent
+from llmgw.ledger.models import USAGE_COLUMNS, UsageEvent
 from llmgw.ledger.timespec import utcnow  # noqa: F401  (the ledger's clock, re-exported)
 from llmgw.ledger.pg_async import AsyncPostgres
 from llmgw.ledger.steps import COMMIT, Op, Steps, run_steps
@@ -97,11 +97,11 @@ class UsageInsert:
     converts them."""
 
     def __init__(self, engine: Engine) -> None:
-        columns = [c for c in UsageEvent.__table__.columns if c.name != "id"]
-        self._names = [c.name for c in columns]
-        self._processors = [bind_processor(c.type, engine) for c in columns]
-        self.sql = driver_sql(f"INSERT INTO usage_events ({', '.join(self._names)}) "
-                              f"VALUES ({', '.join('?' for _ in columns)})", engine)
+        self._names = USAGE_COLUMNS
+        self._processors = [bind_processor(UsageEvent.__table__.c[name].type, engine)
+                            for name in USAGE_COLUMNS]
+        self.sql = driver_sql(f"INSERT INTO usage_events ({', '.join(USAGE_COLUMNS)}) "
+                              f"VALUES ({', '.join('?' for _ in USAGE_COLUMNS)})", engine)
 
     def params(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         return [tuple(proc(row[name]) if proc else row[name]

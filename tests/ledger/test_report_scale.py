@@ -17,13 +17,10 @@ from sqlalchemy import Engine, text
 
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.migrate import upgrade
+from llmgw.ledger.models import USAGE_COLUMNS as COLUMNS
 from llmgw.ledger.report import GROUP_BY_VALUES, ReportRow, usage_report, usage_totals
 from llmgw.ledger.store import LedgerStore, UsageInsert
 
-COLUMNS = ("request_id", "attempt", "ts", "agent_id", "agent_type", "project_id", "model_group",
-           "deployment_id", "provider", "model", "status", "error_class", "error_message",
-           "prompt_tokens", "completion_tokens", "cached_tokens", "cost_micros", "saved_micros",
-           "latency_ms", "stream", "metadata")
 START = datetime(2026, 9, 1)
 DAYS = 40
 # (group, deployment, provider, model); NULL keys too.
