@@ -26,7 +26,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from llmgw.budgets import CounterKey, Limit, Rule
 from llmgw.ledger.models import BudgetCounter, BudgetRule, Reservation, UsageEvent
 from llmgw.ledger.steps import COMMIT, Op, Steps, run_steps
-from llmgw.ledger.store import UsageInsert, bind_processor, driver_sql, driver_transaction
+from llmgw.ledger.group_commit import driver_transaction
+from llmgw.ledger.store import UsageInsert, bind_processor, driver_sql
 
 _C = BudgetCounter.__table__.c
 _R = Reservation.__table__.c

@@ -2,7 +2,7 @@
 
 A transaction is a generator. It yields a step `(sql, params, many)` and is sent back
 `(rowcount, first row or None)`, or yields a batch (a list of steps) and is sent back the
-list of their results. So the same transaction runs on SQLite's cursor, in `GroupCommit`'s
+list of their results. So the same transaction runs on SQLite's cursor, in a group commit's
 batches and on psycopg's async connection, where a batch is pipelined: one round trip for
 all of its statements, not one each.
 

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import queue
-import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -18,6 +15,7 @@ from sqlalchemy.types import TypeEngine
 
 from llmgw.errors import LedgerError
 from llmgw.ledger.engine import make_engine, sqlite_path
+from llmgw.ledger.group_commit import GroupCommit, LoopCommit, driver_transaction
 from llmgw.ledger.models import USAGE_COLUMNS, UsageEvent
 from llmgw.ledger.timespec import utcnow  # noqa: F401  (the ledger's clock, re-exported)
 from llmgw.ledger.pg_async import AsyncPostgres
@@ -73,20 +71,6 @@ def bind_processor(type_: TypeEngine[Any], engine: Engine) -> Callable[[Any], An
     return type_.dialect_impl(engine.dialect).bind_processor(engine.dialect)
 
 
-@contextmanager
-def driver_transaction(engine: Engine) -> Iterator[Any]:
-    """A DBAPI cursor in one transaction: committed if the block succeeds, else rolled back."""
-    conn = engine.raw_connection()
-    try:
-        yield conn.cursor()
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
-    finally:
-        conn.close()
-
-
 def driver_sql(sql: str, engine: Engine) -> str:
     """Driver SQL written with `?` placeholders, in the engine's driver's style."""
     return sql if engine.dialect.paramstyle == "qmark" else sql.replace("?", "%s")
@@ -128,25 +112,28 @@ class LedgerStore:
         # statement: half the CPU of the same SQL through worker threads.
         self._pg = (AsyncPostgres(self.engine, max_connections)
                     if self.engine.dialect.name == "postgresql" else None)
-        # In-memory SQLite lives in one connection: its work stays on the loop's thread.
-        self._memory = self.local and sqlite_path(self.engine.url) is None
-        self._batcher = GroupCommit(self.engine) if self.local and not self._memory else None
+        # SQLite file: batches on the loop, the thread where the lock must be waited for.
+        # In-memory SQLite lives in one connection: each transaction runs on its own.
+        self._thread_commit = self._loop_commit = None
+        if self.local and sqlite_path(self.engine.url) is not None:
+            self._thread_commit = GroupCommit(self.engine)
+            self._loop_commit = LoopCommit(self.engine, self._thread_commit,
+                                           offload=self._executor.submit)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Blocking database work (reads, the CLI's calls) in a worker thread."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
 
-    async def transact(self, op: Op[T], *, inline: bool = False) -> T:
+    async def transact(self, op: Op[T]) -> T:
         """Run `op`'s SQL steps in a transaction of its own, or of its batch, committed
-        before this returns. PostgreSQL: psycopg's async driver on the event loop. SQLite:
-        `inline` when the caller is alone (a local WAL commit, ~0.1 ms, is cheaper than a
-        thread hop); under concurrency, `GroupCommit` (one commit for many requests)."""
+        before this returns. PostgreSQL: psycopg's async driver on the event loop. SQLite
+        file: `LoopCommit` (one commit for the requests of a loop pass)."""
         if self._pg is not None:
             return await self._pg.transact(op)
-        if self._batcher is None or inline:  # in-memory SQLite, or a request alone
+        if self._loop_commit is None:  # in-memory SQLite
             return self.transact_sync(op)
-        return await asyncio.wrap_future(self._batcher.submit(lambda cur: run_steps(cur, op())))
+        return await self._loop_commit.submit(lambda cur: run_steps(cur, op()))
 
     def transact_sync(self, op: Op[T]) -> T:
         with driver_transaction(self.engine) as cur:
@@ -170,94 +157,22 @@ class LedgerStore:
         except Exception as exc:
             raise _write_failed(len(rows), exc) from exc
 
-    async def write(self, rows: list[dict[str, Any]], *, inline: bool = False) -> None:
+    async def write(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
         try:
-            await self.transact(self.write_op(rows), inline=inline)
+            await self.transact(self.write_op(rows))
         except Exception as exc:
             raise _write_failed(len(rows), exc) from exc
 
     def dispose(self) -> None:
-        if self._batcher is not None:
-            self._batcher.close()
+        if self._loop_commit is not None:
+            self._loop_commit.close()
+            self._thread_commit.close()
         if self._pg is not None:
             self._pg.forget()
         self._executor.shutdown(wait=True)
         self.engine.dispose()
-
-
-class GroupCommit:
-    """SQLite's writes under concurrency: one thread runs the operations queued meanwhile in
-    one transaction, each in a savepoint (a failing or refused one undoes only itself), then
-    commits once. SQLite has one writer anyway; this makes it pay one commit per batch, not
-    per request. Every operation's future resolves only after its batch has committed."""
-
-    MAX_BATCH = 64
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._queue: queue.SimpleQueue[tuple[Callable[[Any], Any], Future[Any]] | None] = (
-            queue.SimpleQueue())
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def submit(self, op: Callable[[Any], T]) -> Future[T]:
-        future: Future[T] = Future()
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._serve, name="llmgw-group-commit",
-                                                daemon=True)
-                self._thread.start()
-        self._queue.put((op, future))
-        return future
-
-    def close(self) -> None:
-        with self._lock:
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(None)
-            thread.join()
-
-    def _serve(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            while len(batch) < self.MAX_BATCH:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._queue.put(None)  # finish this batch, then stop
-                    break
-                batch.append(more)
-            self._commit(batch)
-
-    def _commit(self, batch: list[tuple[Callable[[Any], Any], Future[Any]]]) -> None:
-        outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
-        try:
-            with driver_transaction(self.engine) as cur:
-                cur.execute("BEGIN IMMEDIATE")  # the write lock now, not mid-batch
-                for op, future in batch:
-                    cur.execute("SAVEPOINT op")
-                    try:
-                        outcomes.append((future, op(cur), None))
-                    except Exception as exc:
-                        cur.execute("ROLLBACK TO op")
-                        outcomes.append((future, None, exc))
-                    cur.execute("RELEASE op")
-        except Exception as exc:  # the batch did not commit: nothing of it was written
-            for _, future in batch:
-                future.set_exception(exc)
-            return
-        for future, result, error in outcomes:
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
 
 
 def _write_failed(count: int, exc: BaseException) -> LedgerError:

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from llmgw.ledger.engine import make_engine
-from llmgw.ledger.store import GroupCommit
+from llmgw.ledger.group_commit import GroupCommit
 
 
 @pytest.fixture
