@@ -148,9 +148,10 @@ class BudgetStore:
         sql = self._sql
         if self._functions:  # PostgreSQL: one call, one round trip (migration 0004)
             (_, row), _ = yield [(sql["reserve_fn"], (
-                request_id, created_at, amount, agent_id, agent_type, project_id, model_group,
-                json.dumps([k.as_list() for k, _ in pairs]), *_key_arrays(pairs),
-                [limit.limit_micros for _, limit in pairs]), False), COMMIT]
+                json.dumps([k.as_list() for k, _ in pairs]),
+                json.dumps([limit.limit_micros for _, limit in pairs]),
+                request_id, created_at, amount, agent_id, agent_type, project_id, model_group),
+                False), COMMIT]
             if row[0] is not None:
                 counter, limit = pairs[row[0] - 1]
                 raise RefusedError(Refusal(limit, row[1], row[2], counter.period_start))
@@ -201,8 +202,10 @@ class BudgetStore:
         sql = self._sql
         if self._functions:  # PostgreSQL: one call, one round trip (migration 0004)
             (_, row), _ = yield [(sql["settle_fn"], (
-                hold.request_id, state, spent, hold.amount_micros, *_key_arrays(hold.counters),
-                [int(limit.limit_micros * limit.warn_ratio) for _, limit in hold.counters],
+                json.dumps([key.as_list() for key, _ in hold.counters]),
+                json.dumps([int(limit.limit_micros * limit.warn_ratio)
+                            for _, limit in hold.counters]),
+                hold.request_id, state, spent, hold.amount_micros,
                 json.dumps(rows, default=_iso) if rows else None), False), COMMIT]
             for i, crossed_spent in zip(row[0], row[1]):
                 key, limit = hold.counters[i - 1]
@@ -296,6 +299,17 @@ class BudgetStore:
 _WHERE_KEY = "scope = ? AND scope_id = ? AND period = ? AND period_start = ?"
 _SETTLE = ("UPDATE budget_counters SET reserved_micros = reserved_micros - ?, "
            f"spent_micros = spent_micros + ? WHERE {_WHERE_KEY}")
+# The counters as one JSON text parameter (`CounterKey.as_list()` each) and one JSON array
+# of amounts (limits or thresholds), unpacked into the functions' arrays by the server:
+# psycopg dumps two strings far cheaper than five typed arrays.
+_KEYS_FROM_JSON = (
+    "(SELECT ?::json AS counters, ?::json AS amounts) j, LATERAL (SELECT "
+    "coalesce(array_agg(e->>0 ORDER BY n), '{}') AS scopes, "
+    "coalesce(array_agg(e->>1 ORDER BY n), '{}') AS scope_ids, "
+    "coalesce(array_agg(e->>2 ORDER BY n), '{}') AS periods, "
+    "coalesce(array_agg((e->>3)::timestamp ORDER BY n), '{}') AS starts, "
+    "coalesce(array_agg((j.amounts->>(n::integer - 1))::bigint ORDER BY n), '{}') AS amounts "
+    "FROM json_array_elements(j.counters) WITH ORDINALITY AS x(e, n)) k")
 _SQL = {
     "insert_reservation": (
         "INSERT INTO reservations (request_id, created_at, state, amount_micros, agent_id, "
@@ -310,22 +324,17 @@ _SQL = {
                           "WHERE request_id = ? AND state = 'open'"),
     "settle_counter": _SETTLE,
     "settle_counter_returning": _SETTLE + " RETURNING spent_micros, warned",
-    "reserve_fn": ("SELECT o_refused, o_spent, o_reserved FROM llmgw_reserve(?::text, "
-                   "?::timestamp, ?::bigint, ?::text, ?::text, ?::text, ?::text, ?::json, "
-                   "?::text[], ?::text[], ?::text[], ?::timestamp[], ?::bigint[])"),
-    "settle_fn": ("SELECT o_crossed, o_crossed_spent FROM llmgw_settle(?::text, ?::text, "
-                  "?::bigint, ?::bigint, ?::text[], ?::text[], ?::text[], ?::timestamp[], "
-                  "?::bigint[], ?::json)"),
+    "reserve_fn": (
+        f"SELECT r.o_refused, r.o_spent, r.o_reserved FROM {_KEYS_FROM_JSON}, "
+        "llmgw_reserve(?::text, ?::timestamp, ?::bigint, ?::text, ?::text, ?::text, ?::text, "
+        "j.counters, k.scopes, k.scope_ids, k.periods, k.starts, k.amounts) r"),
+    "settle_fn": (
+        f"SELECT r.o_crossed, r.o_crossed_spent FROM {_KEYS_FROM_JSON}, "
+        "llmgw_settle(?::text, ?::text, ?::bigint, ?::bigint, k.scopes, k.scope_ids, "
+        "k.periods, k.starts, k.amounts, ?::json) r"),
     "mark_warned": (f"UPDATE budget_counters SET warned = TRUE WHERE {_WHERE_KEY} "
                     "AND warned = FALSE AND spent_micros >= ?"),
 }
-
-
-def _key_arrays(pairs: Any) -> tuple[list[Any], ...]:
-    """The counters' key columns as four arrays, the functions' parameters."""
-    keys = [key for key, _ in pairs]
-    return ([k.scope for k in keys], [k.scope_id for k in keys], [k.period for k in keys],
-            [k.period_start for k in keys])
 
 
 def _iso(value: Any) -> str:
