@@ -590,7 +590,7 @@ class LLMGateway:
         if cap is not None and amount > cap.limit_micros:
             await self._refuse(ctx, route, request, now, cap, 0, 0, amount, None)
         try:
-            hold = await self.ledger.transact(self.budget_store.reserve_op(
+            hold = await self._transact(self.budget_store.reserve_op(
                 request_id=ctx.request_id, amount_micros=amount, limits=plan.limits,
                 keys=plan.keys, created_at=now, agent_id=ctx.agent_id,
                 agent_type=ctx.agent_type, project_id=ctx.project_id,
@@ -628,7 +628,7 @@ class LLMGateway:
         meta = {**request.metadata, "llmgw": {"route": route.reason, "budget": {
             "scope": limit.scope, "scope_id": limit.scope_id, "period": limit.period,
             "limit_micros": limit.limit_micros, "requested_micros": amount}}}
-        await self.ledger.transact(self.ledger.write_op([usage_row(ctx, refused, ts=now,
+        await self._transact(self.ledger.write_op([usage_row(ctx, refused, ts=now,
                                                              metadata=meta)]))
         self.events.emit("budget.refused", {"request_id": ctx.request_id, "scope": limit.scope,
                                             "scope_id": limit.scope_id, "period": limit.period,
@@ -636,6 +636,11 @@ class LLMGateway:
                                             "limit_micros": limit.limit_micros})
         self._finished(ctx, [refused], route)
         raise error
+
+    async def _transact(self, op: Callable[[Any], Any]) -> Any:
+        """A ledger transaction: committed right away when this request is the only one in
+        flight, else batched with the others' (`LedgerStore.transact`)."""
+        return await self.ledger.transact(op, alone=len(self._started) <= 1)
 
     # -- steps -------------------------------------------------------------------------------
 
@@ -694,11 +699,11 @@ class LLMGateway:
                 for a in attempts]
         try:
             if hold is None:
-                await self.ledger.write(rows)
+                await self.ledger.write(rows, alone=len(self._started) <= 1)
                 self._finished(ctx, attempts, route, completion, saved_micros)
                 return
             spent = sum(a.cost_micros for a in attempts)
-            result = await self.ledger.transact(self.budget_store.settle_op(
+            result = await self._transact(self.budget_store.settle_op(
                 hold, spent_micros=spent, rows=rows,
                 state="settled" if completion else "released"))
         except LedgerError as exc:

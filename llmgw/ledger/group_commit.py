@@ -141,7 +141,10 @@ class LoopCommit:
         self._commits = 0
         self._lock = threading.Lock()  # binding to a loop; only its thread touches the rest
 
-    async def submit(self, op: Callable[[Any], T]) -> T:
+    async def submit(self, op: Callable[[Any], T], *, alone: bool = False) -> T:
+        """`op`'s result once its batch committed. `alone`: the caller is the only request
+        in flight, so `op` runs now, in the caller's turn (waiting a loop pass would let other
+        work on the loop, such as LiteLLM's logging, run first and delay it)."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             with self._lock:
@@ -149,6 +152,14 @@ class LoopCommit:
                     self._loop = loop  # the last loop ended (asyncio.run, complete_sync)
             if loop is not self._loop:  # two live loops: this one uses the thread
                 return await asyncio.wrap_future(self._fallback.submit(op))
+        if alone and not self._pending:
+            outcomes = self._commit([op])
+            if outcomes is None:
+                return await asyncio.wrap_future(self._fallback.submit(op))
+            result, error = outcomes[0]
+            if error is not None:
+                raise error
+            return result  # type: ignore[no-any-return]
         future: asyncio.Future[T] = loop.create_future()
         if not self._pending:
             loop.call_soon(self._flush)
@@ -175,24 +186,15 @@ class LoopCommit:
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
         try:
-            conn = self._connection()
-            cur = conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-        except Exception:  # locked by another process; any other error, the thread reports
-            self._to_thread(batch)
-            return
-        try:
-            outcomes = run_batch(cur, [op for op, _ in batch])
-            conn.commit()
+            outcomes = self._commit([op for op, _ in batch])
         except Exception as exc:  # the batch did not commit: nothing of it was written
-            conn.rollback()
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
-        self._commits += 1
-        if self._commits % self.CHECKPOINT_EVERY == 0:
-            self._offload(self._checkpoint)
+        if outcomes is None:
+            self._to_thread(batch)
+            return
         for (_, future), (result, error) in zip(batch, outcomes):
             if future.done():  # its caller was cancelled; the work stands, as in a thread
                 continue
@@ -200,6 +202,25 @@ class LoopCommit:
                 future.set_exception(error)
             else:
                 future.set_result(result)
+
+    def _commit(self, ops: list[Operation]) -> list[tuple[Any, Exception | None]] | None:
+        """Run and commit `ops` as one batch; None if the write lock is not free now."""
+        try:
+            conn = self._connection()
+            cur = conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+        except Exception:  # locked by another process; any other error, the thread reports
+            return None
+        try:
+            outcomes = run_batch(cur, ops)
+            conn.commit()
+        except Exception:
+            conn.rollback()
+            raise
+        self._commits += 1
+        if self._commits % self.CHECKPOINT_EVERY == 0:
+            self._offload(self._checkpoint)
+        return outcomes
 
     def _to_thread(self, batch: list[tuple[Operation, asyncio.Future[Any]]]) -> None:
         for op, future in batch:

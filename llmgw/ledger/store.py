@@ -125,15 +125,16 @@ class LedgerStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
 
-    async def transact(self, op: Op[T]) -> T:
+    async def transact(self, op: Op[T], *, alone: bool = False) -> T:
         """Run `op`'s SQL steps in a transaction of its own, or of its batch, committed
         before this returns. PostgreSQL: psycopg's async driver on the event loop. SQLite
-        file: `LoopCommit` (one commit for the requests of a loop pass)."""
+        file: `LoopCommit` (one commit for the requests of a loop pass; right away when
+        the caller is `alone`, the only request in flight)."""
         if self._pg is not None:
             return await self._pg.transact(op)
         if self._loop_commit is None:  # in-memory SQLite
             return self.transact_sync(op)
-        return await self._loop_commit.submit(lambda cur: run_steps(cur, op()))
+        return await self._loop_commit.submit(lambda cur: run_steps(cur, op()), alone=alone)
 
     def transact_sync(self, op: Op[T]) -> T:
         with driver_transaction(self.engine) as cur:
@@ -157,11 +158,11 @@ class LedgerStore:
         except Exception as exc:
             raise _write_failed(len(rows), exc) from exc
 
-    async def write(self, rows: list[dict[str, Any]]) -> None:
+    async def write(self, rows: list[dict[str, Any]], *, alone: bool = False) -> None:
         if not rows:
             return
         try:
-            await self.transact(self.write_op(rows))
+            await self.transact(self.write_op(rows), alone=alone)
         except Exception as exc:
             raise _write_failed(len(rows), exc) from exc
 

@@ -57,12 +57,24 @@ async def test_one_loop_pass_shares_a_commit_and_a_failure_undoes_only_itself(db
     assert loop_commit._fallback._thread is None  # no thread was needed
 
 
-async def test_a_lock_held_by_another_process_sends_the_batch_to_the_thread(db) -> None:
+async def test_a_request_alone_commits_in_its_own_turn_others_after_the_loop_pass(db) -> None:
+    engine, loop_commit, _, _ = db
+    order: list[str] = []
+    loop = asyncio.get_running_loop()
+    loop.call_soon(order.append, "other work")
+    await loop_commit.submit(lambda cur: order.append("alone"), alone=True)
+    loop.call_soon(order.append, "more work")
+    await loop_commit.submit(lambda cur: order.append("batched"))
+    assert order == ["alone", "other work", "more work", "batched"]
+
+
+@pytest.mark.parametrize("alone", [False, True])
+async def test_a_lock_held_by_another_process_sends_the_batch_to_the_thread(db, alone) -> None:
     engine, loop_commit, _, path = db
     other = sqlite3.connect(path, isolation_level=None)  # another process's writer
     other.execute("BEGIN IMMEDIATE")
     try:
-        task = asyncio.ensure_future(loop_commit.submit(insert(7)))
+        task = asyncio.ensure_future(loop_commit.submit(insert(7), alone=alone))
         for _ in range(3):  # the loop runs on: the flush did not wait for the lock
             await asyncio.sleep(0)
         assert not task.done()
