@@ -219,7 +219,10 @@ class LoopCommit:
             raise
         self._commits += 1
         if self._commits % self.CHECKPOINT_EVERY == 0:
-            self._offload(self._checkpoint)
+            try:
+                self._offload(self._checkpoint)
+            except RuntimeError:  # executor shut down: the batch committed all the same
+                pass
         return outcomes
 
     def _to_thread(self, batch: list[tuple[Operation, asyncio.Future[Any]]]) -> None:

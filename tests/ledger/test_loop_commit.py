@@ -126,3 +126,16 @@ async def test_checkpoints_run_through_offload_and_move_the_wal_into_the_databas
     offloaded[-1]()
     assert path.stat().st_size > 1100 * 4000
     assert values(engine) == list(range(6))
+
+
+async def test_a_refused_checkpoint_does_not_fail_a_committed_batch(db) -> None:
+    engine, loop_commit, _, _ = db
+    loop_commit.CHECKPOINT_EVERY = 1
+
+    def refuse(job) -> None:  # as a shut-down executor's submit does
+        raise RuntimeError("cannot schedule new futures after shutdown")
+
+    loop_commit._offload = refuse
+    assert (await loop_commit.submit(insert(1), alone=True))[0] == 1
+    assert (await loop_commit.submit(insert(2)))[0] == 2
+    assert values(engine) == [1, 2]
