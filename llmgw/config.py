@@ -293,6 +293,8 @@ class GatewaySettings(BaseModel):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     request_timeout_s: float = Field(default=600.0, gt=0)
+    gc_freeze: bool = Field(default=True, description=(
+        "freeze start-up's objects out of Python's cyclic GC (llmgw.heap): no 250 ms pauses"))
 
 
 class Config(BaseModel):

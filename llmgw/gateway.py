@@ -24,6 +24,7 @@ from llmgw.config import Config, load_config
 from llmgw.errors import BudgetExceeded, InvalidRequest, LedgerError, ProviderError
 from llmgw.events import EventBus, Handler
 from llmgw.health import DeploymentHealth, DeploymentStats, StatsCollector, probe
+from llmgw.heap import FIRST_ANSWER, STARTUP, freeze_once
 from llmgw.ledger.budget_store import BudgetStore, Hold, RefusedError
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.migrate import ensure_current
@@ -117,6 +118,9 @@ class LLMGateway:
         self._tokens = PromptTokenCounter()
         self.metrics = _make_metrics(self)
         self.reconcile()
+        self._freeze_at_first_answer = self.config.llmgw.gc_freeze
+        if self.config.llmgw.gc_freeze:
+            freeze_once(STARTUP)
 
     # -- public API --------------------------------------------------------------------------
 
@@ -731,6 +735,9 @@ class LLMGateway:
                   error_class: str | None = None, written: bool = True) -> None:
         """`fallback` per failed hop, then `request.finished` (once per started request)."""
         started = self._started.pop(ctx.request_id, None)
+        if self._freeze_at_first_answer and completion is not None:
+            self._freeze_at_first_answer = False
+            freeze_once(FIRST_ANSWER)  # the provider modules LiteLLM imported on first use
         events = self.events
         if events.wants("fallback"):
             for failed, then in zip(attempts, attempts[1:]):
