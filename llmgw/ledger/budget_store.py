@@ -8,7 +8,9 @@ ledger rows, so counters and ledger always agree. Checks read counter rows, neve
 On PostgreSQL the same rules run inside the functions `llmgw_reserve` / `llmgw_settle`
 (migration 0004; counters locked `FOR UPDATE` in the same order, then held): one call and
 one round trip each, where the statements cost the gateway's event loop more than the
-database. `tests/ledger/test_budget_steps.py` holds both to the same behaviour.
+database; under load many requests' calls go as one (`llmgw_reserve_many` / `_settle_many`,
+migration 0005, merged by `pg_async`). `tests/ledger/test_budget_steps.py` holds both
+databases to the same behaviour, `test_pg_budget_batches.py` the batches to the lone calls'.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from llmgw.budgets import CounterKey, Limit, Rule
 from llmgw.ledger.models import BudgetCounter, BudgetRule, Reservation, UsageEvent
-from llmgw.ledger.steps import COMMIT, Op, Steps, run_steps
+from llmgw.ledger.steps import COMMIT, Call, Op, Steps, run_steps
 from llmgw.ledger.group_commit import driver_transaction
 from llmgw.ledger.store import UsageInsert, bind_processor, driver_sql
 
@@ -146,12 +148,15 @@ class BudgetStore:
                        agent_id: str, agent_type: str | None, project_id: str,
                        model_group: str) -> Steps[Hold]:
         sql = self._sql
-        if self._functions:  # PostgreSQL: one call, one round trip (migration 0004)
-            (_, row), _ = yield [(sql["reserve_fn"], (
-                json.dumps([k.as_list() for k, _ in pairs]),
-                json.dumps([limit.limit_micros for _, limit in pairs]),
-                request_id, created_at, amount, agent_id, agent_type, project_id, model_group),
-                False), COMMIT]
+        if self._functions:  # PostgreSQL: one call (0004), or one of a batch's (0005)
+            counters = [k.as_list() for k, _ in pairs]
+            limits = [limit.limit_micros for _, limit in pairs]
+            (_, row), _ = yield [Call(sql["reserve_fn"], lambda: (
+                json.dumps(counters), json.dumps(limits), request_id, created_at, amount,
+                agent_id, agent_type, project_id, model_group), sql["reserve_many"], {
+                "request_id": request_id, "created_at": created_at, "amount": amount,
+                "agent_id": agent_id, "agent_type": agent_type, "project_id": project_id,
+                "model_group": model_group, "counters": counters, "amounts": limits}), COMMIT]
             if row[0] is not None:
                 counter, limit = pairs[row[0] - 1]
                 raise RefusedError(Refusal(limit, row[1], row[2], counter.period_start))
@@ -200,13 +205,18 @@ class BudgetStore:
                       state: str) -> Steps[SettleResult]:
         result = SettleResult()
         sql = self._sql
-        if self._functions:  # PostgreSQL: one call, one round trip (migration 0004)
-            (_, row), _ = yield [(sql["settle_fn"], (
-                json.dumps([key.as_list() for key, _ in hold.counters]),
-                json.dumps([int(limit.limit_micros * limit.warn_ratio)
-                            for _, limit in hold.counters]),
-                hold.request_id, state, spent, hold.amount_micros,
-                json.dumps(rows, default=_iso) if rows else None), False), COMMIT]
+        if self._functions:  # PostgreSQL: one call (0004), or one of a batch's (0005)
+            counters = [key.as_list() for key, _ in hold.counters]
+            thresholds = [int(limit.limit_micros * limit.warn_ratio)
+                          for _, limit in hold.counters]
+            item = {"request_id": hold.request_id, "state": state, "spent": spent,
+                    "amount": hold.amount_micros, "counters": counters, "amounts": thresholds}
+            if rows:
+                item["rows"] = rows
+            (_, row), _ = yield [Call(sql["settle_fn"], lambda: (
+                json.dumps(counters), json.dumps(thresholds), hold.request_id, state, spent,
+                hold.amount_micros, json.dumps(rows, default=_iso) if rows else None),
+                sql["settle_many"], item), COMMIT]
             for i, crossed_spent in zip(row[0], row[1]):
                 key, limit = hold.counters[i - 1]
                 result.crossings.append(Crossing(key, limit, crossed_spent))
@@ -332,6 +342,9 @@ _SQL = {
         f"SELECT r.o_crossed, r.o_crossed_spent FROM {_KEYS_FROM_JSON}, "
         "llmgw_settle(?::text, ?::text, ?::bigint, ?::bigint, k.scopes, k.scope_ids, "
         "k.periods, k.starts, k.amounts, ?::json) r"),
+    "reserve_many": ("SELECT o_index, o_refused, o_spent, o_reserved "
+                     "FROM llmgw_reserve_many(?::json)"),
+    "settle_many": "SELECT o_index, o_crossed, o_crossed_spent FROM llmgw_settle_many(?::json)",
     "mark_warned": (f"UPDATE budget_counters SET warned = TRUE WHERE {_WHERE_KEY} "
                     "AND warned = FALSE AND spent_micros >= ?"),
 }

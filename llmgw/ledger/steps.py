@@ -15,6 +15,7 @@ batch's, commits when the op ends).
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -27,6 +28,30 @@ Op = Callable[[], Steps[T]]
 COMMIT: Step = ("COMMIT", None, False)
 
 
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A function call that runs alone as `sql(params())`, or merged with the other calls of
+    the same `batch_sql` as one statement: `item` is its element of the JSON array that
+    statement takes, and its result row is `(index, *what sql returns)`, 1-based.
+    Yielded as `[Call, COMMIT]`; `pg_async` merges the calls queued in one loop pass."""
+
+    sql: str
+    params: Callable[[], tuple[Any, ...]]
+    batch_sql: str
+    item: dict[str, Any]
+
+    def step(self) -> Step:
+        return self.sql, self.params(), False
+
+
+def mergeable(step: Any) -> Call | None:
+    """The call of a `[Call, COMMIT]` batch, else None."""
+    if (isinstance(step, list) and len(step) == 2 and step[1] is COMMIT
+            and isinstance(step[0], Call)):
+        return step[0]
+    return None
+
+
 def run_steps(cur: Any, steps: Steps[T]) -> T:
     """Run SQL steps on a DBAPI cursor (inside the caller's transaction)."""
     result: Any = None
@@ -36,7 +61,7 @@ def run_steps(cur: Any, steps: Steps[T]) -> T:
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
         if isinstance(step, list):
-            result = [_run_one(cur, s) for s in step]
+            result = [_run_one(cur, s.step() if isinstance(s, Call) else s) for s in step]
         else:
             result = _run_one(cur, step)
 
@@ -52,8 +77,9 @@ def _run_one(cur: Any, step: Step) -> StepResult:
     return cur.rowcount, cur.fetchone() if cur.description is not None else None
 
 
-async def run_steps_async(conn: Any, steps: Steps[T]) -> T:
-    """`run_steps` on a psycopg `AsyncConnection` in autocommit mode.
+async def run_steps_async(conn: Any, steps: Steps[T], *, first: Any = None) -> T:
+    """`run_steps` on a psycopg `AsyncConnection` in autocommit mode (`first`: the step the
+    caller already took from `steps`).
 
     A batch of one statement then `COMMIT`, outside a transaction, is sent alone: its own
     transaction, one round trip (the budget functions and plain statements). Anything else
@@ -64,12 +90,13 @@ async def run_steps_async(conn: Any, steps: Steps[T]) -> T:
     open_tx = False
     while True:
         try:
-            step = steps.send(result)
+            step, first = (steps.send(result) if first is None else first), None
         except StopIteration as done:
             if open_tx:
                 await conn.execute("COMMIT")
             return done.value  # type: ignore[no-any-return]
         batch = step if isinstance(step, list) else [step]
+        batch = [one.step() if isinstance(one, Call) else one for one in batch]
         if not open_tx and len(batch) == 2 and batch[1] is COMMIT and not batch[0][2]:
             sql, params, _ = batch[0]
             cur = await conn.execute(sql, params)

@@ -127,11 +127,12 @@ class LedgerStore:
 
     async def transact(self, op: Op[T], *, alone: bool = False) -> T:
         """Run `op`'s SQL steps in a transaction of its own, or of its batch, committed
-        before this returns. PostgreSQL: psycopg's async driver on the event loop. SQLite
-        file: `LoopCommit` (one commit for the requests of a loop pass; right away when
-        the caller is `alone`, the only request in flight)."""
+        before this returns. PostgreSQL: psycopg's async driver on the event loop, the budget
+        calls of a loop pass as one statement. SQLite file: `LoopCommit` (one commit for the
+        requests of a loop pass). Either way right away when the caller is `alone`, the only
+        request in flight."""
         if self._pg is not None:
-            return await self._pg.transact(op)
+            return await self._pg.transact(op, alone=alone)
         if self._loop_commit is None:  # in-memory SQLite
             return self.transact_sync(op)
         return await self._loop_commit.submit(lambda cur: run_steps(cur, op()), alone=alone)

@@ -57,18 +57,19 @@ LEDGER_TABLES = {"usage_events", "budgets", "budget_counters", "reservations", "
                  "usage_split_requests"}
 
 
-def test_head_is_0004_and_folder_found() -> None:
-    assert head() == "0004"
+def test_head_is_0005_and_folder_found() -> None:
+    assert head() == "0005"
     assert (migrations_dir() / "versions" / "0001_usage_events.py").is_file()
     assert (migrations_dir() / "versions" / "0002_budgets.py").is_file()
     assert (migrations_dir() / "versions" / "0003_usage_rollup.py").is_file()
     assert (migrations_dir() / "versions" / "0004_budget_functions.py").is_file()
+    assert (migrations_dir() / "versions" / "0005_budget_batches.py").is_file()
 
 
 def test_upgrade_downgrade_upgrade(ledger_url: str) -> None:
     assert current(ledger_url) is None
     upgrade(ledger_url)
-    assert current(ledger_url) == "0004"
+    assert current(ledger_url) == "0005"
     schema = _schema(ledger_url)
     assert LEDGER_TABLES | {"alembic_version"} <= schema["tables"]  # type: ignore[operator]
     model_columns = {c.name: c.nullable for c in UsageEvent.__table__.columns}
@@ -85,7 +86,7 @@ def test_upgrade_downgrade_upgrade(ledger_url: str) -> None:
     assert not LEDGER_TABLES & _schema(ledger_url)["tables"]  # type: ignore[operator]
 
     upgrade(ledger_url)
-    assert current(ledger_url) == "0004"
+    assert current(ledger_url) == "0005"
     assert _schema(ledger_url)["indexes"] == INDEXES
 
 
@@ -107,6 +108,20 @@ def test_0004_adds_the_budget_functions_and_steps_back(ledger_url: str) -> None:
     assert not {"llmgw_reserve", "llmgw_settle"} & _functions(ledger_url)
     upgrade(ledger_url)
     assert {"llmgw_reserve", "llmgw_settle"} <= _functions(ledger_url)
+
+
+BATCH_FUNCTIONS = {"llmgw_reserve_many", "llmgw_settle_many", "llmgw_lock_batch_counters"}
+
+
+@pytest.mark.parametrize("ledger_url", ["postgresql"], indirect=True)
+def test_0005_adds_the_batch_functions_and_steps_back(ledger_url: str) -> None:
+    upgrade(ledger_url)
+    assert BATCH_FUNCTIONS <= _functions(ledger_url)
+    downgrade(ledger_url, "0004")
+    assert not BATCH_FUNCTIONS & _functions(ledger_url)
+    assert {"llmgw_reserve", "llmgw_settle"} <= _functions(ledger_url)
+    upgrade(ledger_url)
+    assert BATCH_FUNCTIONS <= _functions(ledger_url)
 
 
 def test_0001_to_0002_keeps_usage_rows_and_steps_back(ledger_url: str) -> None:
