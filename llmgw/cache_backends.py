@@ -22,6 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.exceptions import RedisError
 
 from llmgw.cache import KEY_PREFIX, Cache, CachedAnswer, CacheStats
+from llmgw.coalesce import Coalesce
 from llmgw.errors import ConfigError, LLMGatewayError
 
 if TYPE_CHECKING:
@@ -38,11 +39,17 @@ STATS_KEY = f"{KEY_PREFIX}stats"  # a hash: hits, misses (every process's totals
 # answers OOM or READONLY must not fail requests either.
 _UNAVAILABLE = (RedisError, OSError)
 
-# One round trip for a get: the value and the hit/miss counter together.
+# One round trip for many gets: the values (nil for a miss) and the hit/miss counters
+# together. KEYS: the entries, then the stats hash.
 _GET_AND_COUNT = """
-local v = redis.call('GET', KEYS[1])
-if v then redis.call('HINCRBY', KEYS[2], 'hits', 1) else redis.call('HINCRBY', KEYS[2], 'misses', 1) end
-return v
+local out, hits, n = {}, 0, #KEYS - 1
+for i = 1, n do
+  local v = redis.call('GET', KEYS[i])
+  if v then hits = hits + 1; out[i] = v else out[i] = false end
+end
+if hits > 0 then redis.call('HINCRBY', KEYS[n + 1], 'hits', hits) end
+if hits < n then redis.call('HINCRBY', KEYS[n + 1], 'misses', n - hits) end
+return out
 """
 
 
@@ -149,6 +156,9 @@ class RedisCache:
             url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
             retry=Retry(NoBackoff(), 0), health_check_interval=0)
         self._get_script = self._client.register_script(_GET_AND_COUNT)
+        # Under load the gets (and sets) made while one round trip is out go in the next.
+        self._get_many: Coalesce[str, bytes | None] = Coalesce(self._send_gets)
+        self._set_many: Coalesce[tuple[str, str, int], None] = Coalesce(self._send_sets)
         self._down = False
         self._retry_at = 0.0
         self.hits = 0  # this process's; stats() reports every process's from Redis
@@ -190,7 +200,7 @@ class RedisCache:
             self.misses += 1
             return None
         try:
-            raw = await self._get_script(keys=[key, STATS_KEY])
+            raw = await self._get_many(key)
         except _UNAVAILABLE as exc:
             self._failed(exc)
             self.misses += 1
@@ -223,11 +233,25 @@ class RedisCache:
         if not self._usable():
             return
         try:
-            await self._client.set(key, answer.model_dump_json(), px=max(1, round(ttl_s * 1000)))
+            await self._set_many((key, answer.model_dump_json(), max(1, round(ttl_s * 1000))))
         except _UNAVAILABLE as exc:
             self._failed(exc)
             return
         self._ok()
+
+    async def _send_gets(self, keys: list[str]) -> list[bytes | None]:
+        return list(await self._get_script(keys=[*keys, STATS_KEY]))
+
+    async def _send_sets(self, entries: list[tuple[str, str, int]]) -> list[None]:
+        if len(entries) == 1:
+            key, value, px = entries[0]
+            await self._client.set(key, value, px=px)
+        else:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, value, px in entries:
+                    pipe.set(key, value, px=px)
+                await pipe.execute()
+        return [None] * len(entries)
 
     async def clear(self, scope: str | None = None) -> int:
         # `*:*` skips STATS_KEY: every entry key has a scope then a hash after the prefix.

@@ -398,3 +398,23 @@ def test_make_cache_redis_needs_a_valid_url(monkeypatch: pytest.MonkeyPatch) -> 
     assert info.value.key == "llmgw.cache.url"
     with pytest.raises(ConfigError, match=r"llmgw\.cache\.url"):
         make_cache(CacheSettings(backend="redis", url="http://127.0.0.1:6379"))
+
+
+async def test_redis_concurrent_gets_and_sets_share_round_trips(
+        redis_url: str, raw: aioredis.Redis) -> None:  # noqa: F811
+    cache = RedisCache(redis_url)
+    await cache.get(key(text="warm"))  # loads the script: later gets are one EVALSHA each
+    before = (await raw.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0)
+    texts = [f"q{i}" for i in range(20)]
+    await asyncio.gather(*(cache.set(key(text=t), answer(content=t), ttl_s=60)
+                           for t in texts[:12]))
+    got = await asyncio.gather(*(cache.get(key(text=t)) for t in texts))
+    assert [g.content if g else None for g in got] == texts[:12] + [None] * 8
+    # The first get went alone; the 19 made while it was out went together in one script.
+    after = (await raw.info("commandstats"))["cmdstat_evalsha"]["calls"]
+    assert after - before == 2
+    assert (cache.hits, cache.misses) == (12, 9)
+    stats = await cache.stats()
+    assert (stats.hits, stats.misses, stats.entries) == (12, 9, 12)
+    assert 0 < await raw.pttl(key(text="q11")) <= 60_000
+    await cache.aclose()
