@@ -53,19 +53,22 @@ _ARRAYS = """
         ARRAY(SELECT a::bigint FROM json_array_elements_text(r.e->'amounts')
                      WITH ORDINALITY x(a, n) ORDER BY n)"""
 
+# Lock the batch's counters, then each request in order, as `r.e` (element), `r.n` (index).
+_EACH_REQUEST = """DECLARE
+    r record;
+    x record;
+BEGIN
+    PERFORM llmgw_lock_batch_counters(p_batch);
+    FOR r IN SELECT t.e, t.n FROM json_array_elements(p_batch) WITH ORDINALITY AS t(e, n)
+             ORDER BY t.n LOOP"""
+
 RESERVE_MANY = f"""
 CREATE FUNCTION llmgw_reserve_many(p_batch json)
 RETURNS TABLE (o_index integer, o_refused integer, o_spent bigint, o_reserved bigint)
 LANGUAGE plpgsql AS $$
 -- Each element: {{request_id, created_at, amount, agent_id, agent_type, project_id,
 -- model_group, counters, amounts (the limits)}}; one result row each, 1-based index.
-DECLARE
-    r record;
-    x record;
-BEGIN
-    PERFORM llmgw_lock_batch_counters(p_batch);
-    FOR r IN SELECT t.e, t.n FROM json_array_elements(p_batch) WITH ORDINALITY AS t(e, n)
-             ORDER BY t.n LOOP
+{_EACH_REQUEST}
         SELECT * INTO x FROM llmgw_reserve(
             r.e->>'request_id', (r.e->>'created_at')::timestamp, (r.e->>'amount')::bigint,
             r.e->>'agent_id', r.e->>'agent_type', r.e->>'project_id', r.e->>'model_group',
@@ -85,13 +88,7 @@ RETURNS TABLE (o_index integer, o_crossed integer[], o_crossed_spent bigint[])
 LANGUAGE plpgsql AS $$
 -- Each element: {{request_id, state, spent, amount, counters, amounts (the warn thresholds),
 -- rows (absent: none)}}; one result row each, 1-based index.
-DECLARE
-    r record;
-    x record;
-BEGIN
-    PERFORM llmgw_lock_batch_counters(p_batch);
-    FOR r IN SELECT t.e, t.n FROM json_array_elements(p_batch) WITH ORDINALITY AS t(e, n)
-             ORDER BY t.n LOOP
+{_EACH_REQUEST}
         SELECT * INTO x FROM llmgw_settle(
             r.e->>'request_id', r.e->>'state', (r.e->>'spent')::bigint,
             (r.e->>'amount')::bigint, {_ARRAYS}, r.e->'rows');
