@@ -1,12 +1,13 @@
-"""llmgw_reserve_many, llmgw_settle_many: many requests' budget calls in one (PostgreSQL).
+"""llmgw_reserve_many: many requests' reservations in one call (PostgreSQL).
 
-Under load a gateway has dozens of requests reserving or settling at once. Each call cost the
-gateway's event loop a statement (psycopg's Python work, a wake-up) and the server a commit,
-which cost more than the work. These run the requests queued during one pass of the loop as
-one statement, one transaction: each request exactly as `llmgw_reserve` / `llmgw_settle`
-(0004) runs it alone, a refusal changing nothing of its own. Every counter of the batch is
-locked first, in one global order (the order a lone call uses: byte order of the key, then
-the window's start), so batches and lone calls never wait for each other in a cycle.
+Under load a gateway has dozens of requests reserving at once. Each call cost the gateway's
+event loop a statement (psycopg's Python work, a wake-up) and the server a commit, which
+cost more than the work. This runs the reserves queued during one pass of the loop as one
+statement, one transaction: each request exactly as `llmgw_reserve` (0004) runs it alone, a
+refusal changing nothing of its own. Every counter of the batch is locked first, in one
+global order (the order a lone call uses: byte order of the key, then the window's start),
+so batches and lone calls never wait for each other in a cycle. Settles are not batched:
+their usage rows' rollup trigger locks rollup rows before the counters.
 
 Revision ID: 0005
 Revises: 0004
@@ -82,36 +83,15 @@ LANGUAGE plpgsql AS $$
 END $$
 """
 
-SETTLE_MANY = f"""
-CREATE FUNCTION llmgw_settle_many(p_batch json)
-RETURNS TABLE (o_index integer, o_crossed integer[], o_crossed_spent bigint[])
-LANGUAGE plpgsql AS $$
--- Each element: {{request_id, state, spent, amount, counters, amounts (the warn thresholds),
--- rows (absent: none)}}; one result row each, 1-based index.
-{_EACH_REQUEST}
-        SELECT * INTO x FROM llmgw_settle(
-            r.e->>'request_id', r.e->>'state', (r.e->>'spent')::bigint,
-            (r.e->>'amount')::bigint, {_ARRAYS}, r.e->'rows');
-        o_index := r.n;
-        o_crossed := x.o_crossed;
-        o_crossed_spent := x.o_crossed_spent;
-        RETURN NEXT;
-    END LOOP;
-END $$
-"""
-
-
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
     op.execute(LOCK)
     op.execute(RESERVE_MANY)
-    op.execute(SETTLE_MANY)
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    op.execute("DROP FUNCTION llmgw_settle_many(json)")
     op.execute("DROP FUNCTION llmgw_reserve_many(json)")
     op.execute("DROP FUNCTION llmgw_lock_batch_counters(json)")

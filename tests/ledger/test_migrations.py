@@ -110,7 +110,7 @@ def test_0004_adds_the_budget_functions_and_steps_back(ledger_url: str) -> None:
     assert {"llmgw_reserve", "llmgw_settle"} <= _functions(ledger_url)
 
 
-BATCH_FUNCTIONS = {"llmgw_reserve_many", "llmgw_settle_many", "llmgw_lock_batch_counters"}
+BATCH_FUNCTIONS = {"llmgw_reserve_many", "llmgw_lock_batch_counters"}
 
 
 @pytest.mark.parametrize("ledger_url", ["postgresql"], indirect=True)
