@@ -2,8 +2,8 @@
 
 Builds one configuration of bench/load.py (`sqlite`: SQLite ledger + memory cache, or
 `pg-redis`: PostgreSQL ledger + Redis cache and Router state) in this process, pinned as
-load.py pins (servers and py-spy on the last core), warms it up, then samples it with py-spy (every thread, CPU only: idle waits are not counted) while 100
-agents send unique prompts. py-spy counts a thread that is runnable but waiting for the core
+load.py pins (servers and py-spy on the last core), warms it up, then samples it with py-spy
+(every thread, CPU only: idle waits are not counted) while 100 agents send unique prompts. py-spy counts a thread that is runnable but waiting for the core
 (or the GIL) as busy, so lines right after a system call collect samples they did not spend:
 trust process CPU (load.py's `CPU ms`) for totals. Each sample is attributed to:
   llmgw   a frame of llmgw is on the stack and it is not inside `Router.acompletion`
@@ -34,10 +34,6 @@ from pathlib import Path
 from load import Servers, _worker_setup, configs, load, messages, pin_cores
 
 PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-
-
-def _all_cores() -> set[int]:
-    return set(range(os.cpu_count() or 1))
 
 
 def _path(frame: str) -> str:
@@ -121,6 +117,7 @@ async def profile(config: str, path: str, requests: int, agents: int, tool: str,
     gw = None
     try:
         cfg = configs(servers)[config]
+        servers_core = sorted(os.sched_getaffinity(0))[-1]  # the core pin_cores gives them
         print(pin_cores(), flush=True)  # as bench/load.py: servers' CPU is not sampled here
         gw, paths = await _worker_setup(cfg)
         call = paths[path]
@@ -142,8 +139,7 @@ async def profile(config: str, path: str, requests: int, agents: int, tool: str,
                                 "--format", "raw", "--output", str(raw),
                                 *(["--native"] if native else ["--nonblocking"])],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        servers_core = sorted(os.sched_getaffinity(0) | _all_cores())[-1:]
-        os.sched_setaffinity(spy.pid, set(servers_core))  # the sampler off the bench's core
+        os.sched_setaffinity(spy.pid, {servers_core})  # the sampler off the bench's core
         await asyncio.sleep(1.0)  # py-spy attached
         t0 = time.perf_counter()
         await load(call, requests, agents, make)

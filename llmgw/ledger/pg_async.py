@@ -114,7 +114,7 @@ class AsyncPostgres:
                     continue
                 if not future.done():
                     future.set_result(rows[0] if rows else None)
-        except BaseException as exc:  # no connection, or cancelled: every caller hears it
+        except BaseException as exc:  # cancelled (the loop is ending): every caller hears it
             for _, future in calls:
                 if not future.done():
                     future.set_exception(exc)

@@ -44,7 +44,7 @@ BEGIN
 END $$
 """
 
-# One request's counters and amounts (limits or thresholds) as the 0004 functions' arrays.
+# One request's counters and limits as `llmgw_reserve`'s arrays.
 _ARRAYS = """
         ARRAY(SELECT k->>0 FROM json_array_elements(r.e->'counters') WITH ORDINALITY x(k, n) ORDER BY n),
         ARRAY(SELECT k->>1 FROM json_array_elements(r.e->'counters') WITH ORDINALITY x(k, n) ORDER BY n),
@@ -54,22 +54,19 @@ _ARRAYS = """
         ARRAY(SELECT a::bigint FROM json_array_elements_text(r.e->'amounts')
                      WITH ORDINALITY x(a, n) ORDER BY n)"""
 
-# Lock the batch's counters, then each request in order, as `r.e` (element), `r.n` (index).
-_EACH_REQUEST = """DECLARE
-    r record;
-    x record;
-BEGIN
-    PERFORM llmgw_lock_batch_counters(p_batch);
-    FOR r IN SELECT t.e, t.n FROM json_array_elements(p_batch) WITH ORDINALITY AS t(e, n)
-             ORDER BY t.n LOOP"""
-
 RESERVE_MANY = f"""
 CREATE FUNCTION llmgw_reserve_many(p_batch json)
 RETURNS TABLE (o_index integer, o_refused integer, o_spent bigint, o_reserved bigint)
 LANGUAGE plpgsql AS $$
 -- Each element: {{request_id, created_at, amount, agent_id, agent_type, project_id,
 -- model_group, counters, amounts (the limits)}}; one result row each, 1-based index.
-{_EACH_REQUEST}
+DECLARE
+    r record;
+    x record;
+BEGIN
+    PERFORM llmgw_lock_batch_counters(p_batch);
+    FOR r IN SELECT t.e, t.n FROM json_array_elements(p_batch) WITH ORDINALITY AS t(e, n)
+             ORDER BY t.n LOOP
         SELECT * INTO x FROM llmgw_reserve(
             r.e->>'request_id', (r.e->>'created_at')::timestamp, (r.e->>'amount')::bigint,
             r.e->>'agent_id', r.e->>'agent_type', r.e->>'project_id', r.e->>'model_group',
@@ -82,6 +79,7 @@ LANGUAGE plpgsql AS $$
     END LOOP;
 END $$
 """
+
 
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
