@@ -8,9 +8,11 @@ ledger rows, so counters and ledger always agree. Checks read counter rows, neve
 On PostgreSQL the same rules run inside the functions `llmgw_reserve` / `llmgw_settle`
 (migration 0004; counters locked `FOR UPDATE` in the same order, then held): one call and
 one round trip each, where the statements cost the gateway's event loop more than the
-database; under load many requests' reserves go as one (`llmgw_reserve_many`, migration
-0005, merged by `pg_async`). `tests/ledger/test_budget_steps.py` holds both
-databases to the same behaviour, `test_pg_budget_batches.py` the batches to the lone calls'.
+database; under load many requests' calls go as one (`llmgw_reserve_many`, migration 0005;
+`llmgw_settle_many`, 0006; merged by `pg_async`). Every writer locks reservations, then
+counters (one global order), then rollup rows, so none waits for another in a cycle.
+`tests/ledger/test_budget_steps.py` holds both databases to the same behaviour,
+`test_pg_budget_batches.py` the batches to the lone calls'.
 """
 
 from __future__ import annotations
@@ -205,16 +207,18 @@ class BudgetStore:
                       state: str) -> Steps[SettleResult]:
         result = SettleResult()
         sql = self._sql
-        if self._functions:  # PostgreSQL: one call, one round trip (migration 0004)
-            # Never batched: a settle writes usage rows first, whose rollup trigger locks
-            # rollup rows before the counters; a batch locking counters first would deadlock
-            # with it (seen: 1 in 200 concurrent requests).
-            (_, row), _ = yield [(sql["settle_fn"], (
-                json.dumps([key.as_list() for key, _ in hold.counters]),
-                json.dumps([int(limit.limit_micros * limit.warn_ratio)
-                            for _, limit in hold.counters]),
-                hold.request_id, state, spent, hold.amount_micros,
-                json.dumps(rows, default=_iso) if rows else None), False), COMMIT]
+        if self._functions:  # PostgreSQL: one call (0004, 0006), or one of a batch's (0006)
+            counters = [key.as_list() for key, _ in hold.counters]
+            thresholds = [int(limit.limit_micros * limit.warn_ratio)
+                          for _, limit in hold.counters]
+            item = {"request_id": hold.request_id, "state": state, "spent": spent,
+                    "amount": hold.amount_micros, "counters": counters, "amounts": thresholds}
+            if rows:
+                item["rows"] = rows
+            (_, row), _ = yield [Call(sql["settle_fn"], lambda: (
+                json.dumps(counters), json.dumps(thresholds), hold.request_id, state, spent,
+                hold.amount_micros, json.dumps(rows, default=_iso) if rows else None),
+                sql["settle_many"], item), COMMIT]
             for i, crossed_spent in zip(row[0], row[1]):
                 key, limit = hold.counters[i - 1]
                 result.crossings.append(Crossing(key, limit, crossed_spent))
@@ -342,6 +346,7 @@ _SQL = {
         "k.periods, k.starts, k.amounts, ?::json) r"),
     "reserve_many": ("SELECT o_index, o_refused, o_spent, o_reserved "
                      "FROM llmgw_reserve_many(?::json)"),
+    "settle_many": "SELECT o_index, o_crossed, o_crossed_spent FROM llmgw_settle_many(?::json)",
     "mark_warned": (f"UPDATE budget_counters SET warned = TRUE WHERE {_WHERE_KEY} "
                     "AND warned = FALSE AND spent_micros >= ?"),
 }

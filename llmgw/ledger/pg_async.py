@@ -6,8 +6,8 @@ the loop, the same reserve + settle SQL takes about half the CPU (measured: 0.84
 costs the event loop more than the database: reserve and settle are one function call each
 (migration 0004), sent alone in autocommit, one round trip each; other transactions are
 pipelined, a round trip per batch of steps (`run_steps_async`). Under load the calls queued
-during one pass of the loop go as one statement (`steps.Call`, migration 0005): one round
-trip and one commit for all of them. Connections belong to one event loop: a gateway used
+during one pass of the loop go as one statement (`steps.Call`, migrations 0005-0006): one
+round trip and one commit for all of them. Connections belong to one event loop: a gateway used
 from a new loop (`complete_sync`) starts a fresh set.
 """
 

@@ -6,8 +6,7 @@ cost more than the work. This runs the reserves queued during one pass of the lo
 statement, one transaction: each request exactly as `llmgw_reserve` (0004) runs it alone, a
 refusal changing nothing of its own. Every counter of the batch is locked first, in one
 global order (the order a lone call uses: byte order of the key, then the window's start),
-so batches and lone calls never wait for each other in a cycle. Settles are not batched:
-their usage rows' rollup trigger locks rollup rows before the counters.
+so batches and lone calls never wait for each other in a cycle. (Settles: 0006.)
 
 Revision ID: 0005
 Revises: 0004

@@ -57,19 +57,20 @@ LEDGER_TABLES = {"usage_events", "budgets", "budget_counters", "reservations", "
                  "usage_split_requests"}
 
 
-def test_head_is_0005_and_folder_found() -> None:
-    assert head() == "0005"
+def test_head_is_0006_and_folder_found() -> None:
+    assert head() == "0006"
     assert (migrations_dir() / "versions" / "0001_usage_events.py").is_file()
     assert (migrations_dir() / "versions" / "0002_budgets.py").is_file()
     assert (migrations_dir() / "versions" / "0003_usage_rollup.py").is_file()
     assert (migrations_dir() / "versions" / "0004_budget_functions.py").is_file()
     assert (migrations_dir() / "versions" / "0005_budget_batches.py").is_file()
+    assert (migrations_dir() / "versions" / "0006_settle_batches.py").is_file()
 
 
 def test_upgrade_downgrade_upgrade(ledger_url: str) -> None:
     assert current(ledger_url) is None
     upgrade(ledger_url)
-    assert current(ledger_url) == "0005"
+    assert current(ledger_url) == "0006"
     schema = _schema(ledger_url)
     assert LEDGER_TABLES | {"alembic_version"} <= schema["tables"]  # type: ignore[operator]
     model_columns = {c.name: c.nullable for c in UsageEvent.__table__.columns}
@@ -86,7 +87,7 @@ def test_upgrade_downgrade_upgrade(ledger_url: str) -> None:
     assert not LEDGER_TABLES & _schema(ledger_url)["tables"]  # type: ignore[operator]
 
     upgrade(ledger_url)
-    assert current(ledger_url) == "0005"
+    assert current(ledger_url) == "0006"
     assert _schema(ledger_url)["indexes"] == INDEXES
 
 
@@ -122,6 +123,32 @@ def test_0005_adds_the_batch_functions_and_steps_back(ledger_url: str) -> None:
     assert {"llmgw_reserve", "llmgw_settle"} <= _functions(ledger_url)
     upgrade(ledger_url)
     assert BATCH_FUNCTIONS <= _functions(ledger_url)
+
+
+def _settle_body(url: str) -> str:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT prosrc FROM pg_proc WHERE proname = 'llmgw_settle'")
+                                ).scalar_one()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("ledger_url", ["postgresql"], indirect=True)
+def test_0006_batches_settles_writes_rows_last_and_steps_back(ledger_url: str) -> None:
+    def rows_last(body: str) -> bool:
+        return body.index("INSERT INTO usage_events") > body.index("UPDATE budget_counters")
+
+    upgrade(ledger_url)
+    assert "llmgw_settle_many" in _functions(ledger_url)
+    assert rows_last(_settle_body(ledger_url))
+    downgrade(ledger_url, "0005")
+    assert "llmgw_settle_many" not in _functions(ledger_url)
+    assert not rows_last(_settle_body(ledger_url))  # 0004's order again
+    assert BATCH_FUNCTIONS <= _functions(ledger_url)
+    upgrade(ledger_url)
+    assert "llmgw_settle_many" in _functions(ledger_url)
 
 
 def test_0001_to_0002_keeps_usage_rows_and_steps_back(ledger_url: str) -> None:

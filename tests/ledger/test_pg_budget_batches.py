@@ -1,5 +1,5 @@
-"""PostgreSQL: the reserves queued in one loop pass go as one statement (migration 0005),
-each request answered as if it ran alone."""
+"""PostgreSQL: the reserves (migration 0005) and the settles (0006) queued in one loop pass
+go as one statement each, each request answered as if it ran alone."""
 
 from __future__ import annotations
 
@@ -55,17 +55,78 @@ async def test_a_loop_pass_of_reserves_is_one_transaction_each_answered_alone(st
         h.request_id for h in holds)
 
 
-async def test_settles_are_not_batched(stores) -> None:
-    # Their usage rows' rollup trigger locks rollup rows before the counters: a batch
-    # locking the counters first would deadlock with a lone settle.
+async def test_a_loop_pass_of_settles_is_one_transaction_and_warns_once(stores) -> None:
     ledger, budgets = stores
-    lims, keys = limits()
+    lims, keys = limits(project_micros=1_000)  # warns at 800 spent
     holds = await asyncio.gather(*(ledger.transact(reserve_op(budgets, 300, lims, keys))
                                    for _ in range(3)))
-    await asyncio.gather(*(ledger.transact(budgets.settle_op(
+    results = await asyncio.gather(*(ledger.transact(budgets.settle_op(
         hold, spent_micros=290, rows=[row(hold.request_id, 290)])) for hold in holds))
-    assert transactions(ledger, "usage_events", [h.request_id for h in holds]) == 3
+    ids = [h.request_id for h in holds]
+    assert transactions(ledger, "usage_events", ids) == 1
+    assert transactions(ledger, "reservations", ids) == 1  # closed by that same transaction
     assert budgets.counters(keys)[keys[1]] == (870, 0)
+    # The project's day crossed 800 with the third settle, in batch order: one warning.
+    crossings = [c for r in results for c in r.crossings]
+    assert [(c.key, c.spent_micros) for c in crossings] == [(keys[1], 870)]
+    assert budgets.open_reservations() == []
+    with ledger.engine.connect() as conn:  # the rollup trigger saw every row of the batch
+        assert conn.execute(text("SELECT sum(cost_micros), sum(attempts) FROM usage_rollup")
+                            ).one() == (870, 3)
+
+
+async def test_a_batch_settles_each_hold_once_as_lone_calls_would(stores) -> None:
+    ledger, budgets = stores
+    lims, keys = limits()
+    hold = await ledger.transact(reserve_op(budgets, 300, lims, keys))
+    rows = [row(hold.request_id, 100), {**row(hold.request_id, 0), "attempt": 2}]
+    await asyncio.gather(
+        ledger.transact(budgets.settle_op(hold, spent_micros=100, rows=rows[:1])),
+        ledger.transact(budgets.settle_op(hold, spent_micros=50, rows=rows[1:],
+                                          state="released")))
+    assert set(budgets.counters(keys).values()) == {(100, 0)}  # the first settle moved it
+    with ledger.engine.connect() as conn:
+        assert conn.execute(text("SELECT state, settled_micros FROM reservations")).one() == (
+            "settled", 100)
+        assert conn.execute(text("SELECT attempt FROM usage_events ORDER BY attempt")
+                            ).scalars().all() == [1, 2]
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])
+async def test_a_settle_takes_its_reservation_and_counters_before_rollup_rows(
+        stores, batched: bool) -> None:
+    # Every writer locks reservations, then counters, then rollup rows: a settle that waits
+    # for a rollup row already holds the rest, so nobody can hold a rollup row it needs
+    # while waiting for one of its counters (the deadlock of lone vs batched settles).
+    ledger, budgets = stores
+    lims, keys = limits()
+    first = await ledger.transact(reserve_op(budgets, 100, lims, keys))
+    await ledger.transact(budgets.settle_op(first, spent_micros=10,
+                                            rows=[row(first.request_id, 10)]))
+    holds = await asyncio.gather(*(ledger.transact(reserve_op(budgets, 100, lims, keys))
+                                   for _ in range(2 if batched else 1)))
+    ids = [h.request_id for h in holds]
+    conninfo = ledger.engine.url.set(drivername="postgresql").render_as_string(
+        hide_password=False)
+    async with await psycopg.AsyncConnection.connect(conninfo) as blocker, \
+            await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as probe:
+        await blocker.execute("SELECT 1 FROM usage_rollup FOR UPDATE")  # the one rollup row
+        settling = asyncio.gather(*(ledger.transact(budgets.settle_op(
+            h, spent_micros=10, rows=[row(h.request_id, 10)]), alone=not batched)
+            for h in holds))
+        while not (await (await probe.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()")).fetchone())[0]:
+            await asyncio.sleep(0.005)  # polls a condition: the settle is waiting
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            await probe.execute("SELECT 1 FROM budget_counters FOR UPDATE NOWAIT")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            await probe.execute("SELECT 1 FROM reservations WHERE request_id = ANY(%s) "
+                                "FOR UPDATE NOWAIT", (ids,))
+        await blocker.rollback()
+        await settling
+    assert transactions(ledger, "usage_events", ids) == 1
+    assert set(budgets.counters(keys).values()) == {(10 + 10 * len(holds), 0)}
 
 
 async def test_a_bad_call_fails_alone_and_the_rest_of_its_batch_commits(stores) -> None:
