@@ -66,6 +66,7 @@ class BudgetPolicy:
         self.settings = settings
         self.tz = ZoneInfo(settings.timezone)
         self._config: dict[tuple[str, str], BudgetLimits] = {}
+        self._windows: dict[str, tuple[datetime, datetime]] = {}  # period -> [start, end)
         if settings.global_:
             self._config[("global", ANY)] = settings.global_
         for scope, table in (("project", settings.projects), ("agent", settings.agents),
@@ -137,6 +138,14 @@ class BudgetPolicy:
 
     def period_start(self, now: datetime, period: str) -> datetime:
         """Start of the day or month containing `now` (naive UTC), in the budget timezone."""
+        window = self._windows.get(period)  # the last one asked for: the current one
+        if window is not None and now.tzinfo is None and window[0] <= now < window[1]:
+            return window[0]
+        start = self._period_start(now, period)
+        self._windows[period] = (start, self.period_end(start, period))
+        return start
+
+    def _period_start(self, now: datetime, period: str) -> datetime:
         local = now.replace(tzinfo=UTC).astimezone(self.tz)
         start = local.replace(hour=0, minute=0, second=0, microsecond=0)
         if period == "month":

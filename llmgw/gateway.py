@@ -116,6 +116,10 @@ class LLMGateway:
         self._open_streams: set[asyncio.Event] = set()
         self._started: dict[str, float] = {}  # request_id -> perf_counter, until finished
         self._tokens = PromptTokenCounter()
+        self._top_prices: dict[str, tuple[Any, Any]] = {}  # group -> highest (input, output)
+        # (agent, agent type, project) -> its limits and request cap, under `_limits_of`
+        self._limits: dict[tuple[str, str | None, str], tuple[list[Limit], Limit | None]] = {}
+        self._limits_of: list[Rule] | None = None
         self.metrics = _make_metrics(self)
         self.reconcile()
         self._freeze_at_first_answer = self.config.llmgw.gc_freeze
@@ -414,13 +418,15 @@ class LLMGateway:
         """The most a call can cost: prompt tokens (LiteLLM's tokenizer, with the configured
         margin) at the highest input price, and max_tokens at the highest output price,
         across the group and every group its fallbacks reach. Rounded up."""
-        deployments = [d for g in self.config.fallback_chain(model_group)
-                       for d in self.config.groups()[g]]
+        prices = self._top_prices.get(model_group)
+        if prices is None:  # the config does not change under a running gateway
+            deployments = [d for g in self.config.fallback_chain(model_group)
+                           for d in self.config.groups()[g]]
+            prices = self._top_prices[model_group] = (max(d.input_price for d in deployments),
+                                                      max(d.output_price for d in deployments))
         counted = self._prompt_tokens(model_group, messages)
         prompt = math.ceil(counted * self.config.llmgw.budgets.prompt_margin)
-        usd = (prompt * max(d.input_price for d in deployments)
-               + max_tokens * max(d.output_price for d in deployments))
-        return math.ceil(usd * 1_000_000)
+        return math.ceil((prompt * prices[0] + max_tokens * prices[1]) * 1_000_000)
 
     def close(self) -> None:
         if self.metrics is not None:
@@ -572,9 +578,19 @@ class LLMGateway:
         rules = self._current_rules()
         if not rules and not policy.configured:
             return None
-        limits = policy.limits(agent_id=ctx.agent_id, agent_type=route.agent_type,
-                               project_id=ctx.project_id, rules=rules)
-        cap = policy.request_cap(rules)
+        if self._limits_of is not rules:  # rules reloaded: changed ones void what we know
+            if rules != self._limits_of:
+                self._limits.clear()
+            self._limits_of = rules
+        who = (ctx.agent_id, route.agent_type, ctx.project_id)
+        found = self._limits.get(who)
+        if found is None:
+            if len(self._limits) >= 10_000:
+                self._limits.clear()
+            found = self._limits[who] = (
+                policy.limits(agent_id=ctx.agent_id, agent_type=route.agent_type,
+                              project_id=ctx.project_id, rules=rules), policy.request_cap(rules))
+        limits, cap = found
         if not limits and cap is None:
             return None
         route = self._maybe_downgrade(route, limits, now)

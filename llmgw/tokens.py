@@ -3,12 +3,18 @@
 Agents resend their whole history on every turn; tokenizing all of it each time cost more
 than the Router itself for long conversations. LiteLLM counts a plain-text conversation as
 the sum of its messages' counts less a fixed reply-priming overhead per extra message, so
-each message's count is remembered and only new turns are tokenized. Anything but plain
-text (tools, images, names) is counted by LiteLLM in full, as before.
+each message's count is remembered and only new turns are tokenized. A new turn's count is
+its role's base (the count of that role with empty content) plus its content counted by
+LiteLLM's own text-count function for the model: `token_counter` looks the tokenizer up
+again on every call, which cost three times the counting. That function's name is private
+(litellm is pinned), so on first use per model the sum is checked against `token_counter`;
+if it differs, or the name is gone, that model's turns go through `token_counter`. Anything
+but plain text (tools, images, names) is counted by LiteLLM in full, as before.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from llmgw._litellm import import_litellm
@@ -25,10 +31,12 @@ class PromptTokenCounter:
         self._max = max_entries
         self._per_message: dict[tuple[str, str, str], int] = {}
         self._overhead: dict[str, int] = {}
+        self._text: dict[str, Callable[[str], int] | None] = {}  # None: use token_counter
+        self._base: dict[tuple[str, str], int] = {}
 
     def count(self, model: str, messages: list[dict[str, Any]]) -> int:
-        if len(messages) < 2 or not all(m.keys() <= _PLAIN and isinstance(m.get("content"), str)
-                                        for m in messages):
+        if not messages or not all(m.keys() <= _PLAIN and isinstance(m.get("content"), str)
+                                   for m in messages):
             return int(self._counter(model=model, messages=messages))
         memo = self._per_message
         total = 0
@@ -38,9 +46,31 @@ class PromptTokenCounter:
             if n is None:
                 if len(memo) >= self._max:  # oldest first: dicts keep insertion order
                     del memo[next(iter(memo))]
-                n = memo[key] = int(self._counter(model=model, messages=[m]))
+                n = memo[key] = self._count_one(model, m)
             total += n
         return total - self._overhead_of(model) * (len(messages) - 1)
+
+    def _count_one(self, model: str, message: dict[str, Any]) -> int:
+        text = self._text[model] if model in self._text else self._text_function(model, message)
+        if text is None:
+            return int(self._counter(model=model, messages=[message]))
+        return self._base_of(model, message["role"]) + text(message["content"])
+
+    def _base_of(self, model: str, role: str) -> int:
+        base = self._base.get((model, role))
+        if base is None:
+            base = self._base[(model, role)] = int(
+                self._counter(model=model, messages=[{"role": role, "content": ""}]))
+        return base
+
+    def _text_function(self, model: str, probe: dict[str, Any]) -> Callable[[str], int] | None:
+        """LiteLLM's text count for `model`, if base + it counts `probe` as LiteLLM does."""
+        text = litellm_text_counter(model)
+        if text is not None and (self._base_of(model, probe["role"]) + text(probe["content"])
+                                 != int(self._counter(model=model, messages=[probe]))):
+            text = None
+        self._text[model] = text
+        return text
 
     def _overhead_of(self, model: str) -> int:
         overhead = self._overhead.get(model)
@@ -50,3 +80,13 @@ class PromptTokenCounter:
                 self._counter(model=model, messages=[a]) + self._counter(model=model, messages=[b])
                 - self._counter(model=model, messages=[a, b]))
         return overhead
+
+
+def litellm_text_counter(model: str) -> Callable[[str], int] | None:
+    """The function `token_counter` counts a string with for `model`, or None."""
+    try:
+        from litellm.litellm_core_utils.token_counter import _get_count_function
+
+        return _get_count_function(model)  # type: ignore[no-any-return]
+    except Exception:  # renamed or failing in another litellm: the public call instead
+        return None

@@ -96,6 +96,7 @@ class BudgetStore:
         # Counters known to exist (made once per window, never deleted), so a reserve skips
         # creating them; a missing one is made again on the spot.
         self._known: set[tuple[Any, ...]] = set()
+        self._row_keys: dict[CounterKey, tuple[Any, ...]] = {}
         self._dt = bind_processor(DateTime(), engine) or (lambda v: v)
         self._json = bind_processor(JSON(), engine) or (lambda v: v)
         self._usage = UsageInsert(engine)
@@ -164,7 +165,7 @@ class BudgetStore:
                 raise RefusedError(Refusal(limit, row[1], row[2], counter.period_start))
             return Hold(request_id, amount, tuple(pairs))
         # SQLite: one statement at a time (no round trips to save), stopping at a refusal.
-        keys = [(k.scope, k.scope_id, k.period, self._dt(k.period_start)) for k, _ in pairs]
+        keys = [self._row_key(k) for k, _ in pairs]
         yield sql["insert_reservation"], (
             request_id, self._dt(created_at), amount, agent_id, agent_type, project_id,
             model_group, self._json([k.as_list() for k, _ in pairs])), False
@@ -186,8 +187,18 @@ class BudgetStore:
             raise RefusedError(Refusal(limit, row[0], row[1], counter.period_start))
         if len(self._known) > 100_000:  # old windows' keys: forget them all, cheaply
             self._known.clear()
+            self._row_keys.clear()
         self._known.update(keys)
         return Hold(request_id, amount, tuple(pairs))
+
+    def _row_key(self, key: CounterKey) -> tuple[Any, ...]:
+        """A counter's key as driver parameters (the window start converted once, not per
+        request: SQLAlchemy's DateTime conversion costs more than the rest of a step)."""
+        row = self._row_keys.get(key)
+        if row is None:
+            row = self._row_keys[key] = (key.scope, key.scope_id, key.period,
+                                         self._dt(key.period_start))
+        return row
 
     # -- settle / release ----------------------------------------------------------------
 
@@ -228,7 +239,7 @@ class BudgetStore:
         if moved == 1:  # still open: move the hold to spend (else settled or reconciled)
             settle = sql["settle_counter_returning" if self._returning else "settle_counter"]
             for key, limit in hold.counters:
-                k = (key.scope, key.scope_id, key.period, self._dt(key.period_start))
+                k = self._row_key(key)
                 _, row = yield settle, (hold.amount_micros, spent, *k), False
                 threshold = int(limit.limit_micros * limit.warn_ratio)
                 # Only a counter at its threshold and not yet warned can cross.

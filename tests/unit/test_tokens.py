@@ -46,3 +46,35 @@ def test_messages_that_are_not_plain_text_are_counted_in_full() -> None:
     long = CONVERSATIONS[2]  # more messages than the memory holds: still exact
     assert counter.count("openai/gpt-4.1", long) == litellm.token_counter(model="openai/gpt-4.1",
                                                                           messages=long)
+
+
+@pytest.mark.parametrize("model", ["openai/gpt-4.1", "anthropic/claude-sim"])
+def test_long_and_single_turns_are_litellms_count(model: str) -> None:
+    counter = PromptTokenCounter()
+    litellm = import_litellm()
+    long_turn = {"role": "user", "content": " ".join(TURNS) * 4000}  # LiteLLM extrapolates
+    for messages in ([long_turn], [{"role": "system", "content": "Be brief."}, long_turn], []):
+        assert counter.count(model, messages) == litellm.token_counter(model=model,
+                                                                       messages=messages)
+
+
+class _WrongText(PromptTokenCounter):
+    def _text_function(self, model, probe):  # type: ignore[no-untyped-def]
+        # As if LiteLLM's text count no longer added up to its message count.
+        import llmgw.tokens as tokens
+
+        real = tokens.litellm_text_counter
+        tokens.litellm_text_counter = lambda m: (lambda text: len(text))  # type: ignore
+        try:
+            return super()._text_function(model, probe)
+        finally:
+            tokens.litellm_text_counter = real
+
+
+def test_a_text_count_that_does_not_add_up_is_not_used() -> None:
+    counter = _WrongText()
+    litellm = import_litellm()
+    for messages in CONVERSATIONS:
+        assert counter.count("openai/gpt-4.1", messages) == litellm.token_counter(
+            model="openai/gpt-4.1", messages=messages)
+    assert counter._text["openai/gpt-4.1"] is None
