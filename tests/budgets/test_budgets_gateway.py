@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from datetime import datetime
 
 import pytest
@@ -82,6 +83,29 @@ async def test_daily_window_rolls_over_at_midnight_in_the_budget_timezone(sims, 
     rows = ledger_rows(migrated_ledger_url)
     assert [r["ts"] for r in rows if r["status"] == "ok"] == [datetime(2026, 11, 23, 22, 30),
                                                               datetime(2026, 11, 23, 23, 0, 1)]
+
+
+async def test_a_rule_set_while_running_applies_once_the_gateway_rereads_the_rules(
+        sims, migrated_ledger_url):
+    from llmgw.budgets import Rule
+
+    openai_sim, _ = sims
+    openai_sim.set_plan(FaultPlan(**ANSWER_USAGE))
+    gw = gateway_for(sims, migrated_ledger_url, {"projects": {"*": {"daily_usd": "1"}}})
+    try:
+        await gw.complete("dev-1", "p", ASK, model_group="solo", max_tokens=100)
+        gw.budget_store.set_rule(Rule("project", "p", "day", 100, 0.8), gw.clock())
+        gw._rules_at = -math.inf  # as if `_RULES_TTL_S` had passed
+        with pytest.raises(BudgetExceeded) as info:
+            await gw.complete("dev-1", "p", ASK, model_group="solo", max_tokens=100)
+        assert (info.value.scope, info.value.limit_micros) == ("project", 100)
+        await gw.complete("dev-1", "q", ASK, model_group="solo", max_tokens=100)  # not p's
+        gw.budget_store.delete_rule("project", "p", "day")
+        gw._rules_at = -math.inf
+        await gw.complete("dev-1", "p", ASK, model_group="solo", max_tokens=100)
+    finally:
+        await gw.aclose()
+    assert sums(migrated_ledger_url)["statuses"] == {"ok": 3, "refused": 1}
 
 
 async def test_warning_fires_once_per_window(sims, migrated_ledger_url):

@@ -33,6 +33,18 @@ def test_window_start_and_reset(tz, now, period, start, end):
     assert p.period_end(start, period) == end
 
 
+def test_one_policy_asked_across_windows_in_any_order_gives_each_its_own_start():
+    remembered = policy(timezone="Europe/Paris")  # keeps the last window it worked out
+    nows = [datetime(2026, 11, 23, 22, 59), datetime(2026, 11, 23, 23, 0),
+            datetime(2026, 11, 23, 22, 59, 59, 999999), datetime(2026, 11, 30, 23, 0),
+            datetime(2026, 11, 1, 0, 0), datetime(2027, 3, 28, 12, 0),
+            datetime(2027, 3, 28, 22, 0), datetime(2027, 3, 28, 21, 59)]
+    for now in nows + nows[::-1]:
+        for period in ("day", "month"):
+            assert remembered.period_start(now, period) == policy(
+                timezone="Europe/Paris").period_start(now, period)
+
+
 def test_star_defaults_give_each_id_its_own_limit_and_db_rules_win():
     p = policy(warn_at=0.7, projects={"*": {"daily_usd": 50}, "vip": {"daily_usd": 500}},
                agents={"*": {"daily_usd": "10.5"}}, **{"global": {"monthly_usd": 1000}})
