@@ -10,7 +10,11 @@ did:
 - `llmgw_settle` is redefined to write its usage rows last (same arguments and results);
 - `llmgw_settle_many` closes the batch's reservations in batch order, locks the counters
   of the batch, moves each still-open hold to spend as `llmgw_settle` would, then inserts
-  every usage row of the batch in one statement (one trigger run for the batch).
+  every usage row of the batch in one statement (one trigger run for the batch);
+- `llmgw_reserve_many` makes the batch's missing counters as it locks them, one at a time
+  in the global order (`llmgw_make_batch_counters`), as a lone reserve does with its own.
+  It made them request by request: at a window's start, two batches (or a batch and a lone
+  reserve) could each make a counter the other then waited for.
 
 Revision ID: 0006
 Revises: 0005
@@ -158,15 +162,79 @@ END $$
 """
 
 
+MAKE = """
+CREATE FUNCTION llmgw_make_batch_counters(p_batch json) RETURNS void
+LANGUAGE plpgsql AS $$
+-- Make (if missing) and lock every counter of the batch, one at a time in the global order.
+DECLARE
+    k record;
+BEGIN
+    FOR k IN SELECT * FROM (
+                 SELECT DISTINCT x->>0 AS scope, x->>1 AS scope_id, x->>2 AS period,
+                                 (x->>3)::timestamp AS period_start
+                   FROM json_array_elements(p_batch) AS r(e),
+                        json_array_elements(r.e->'counters') AS c(x)) d
+             ORDER BY d.scope COLLATE "C", d.scope_id COLLATE "C", d.period COLLATE "C",
+                      d.period_start LOOP
+        INSERT INTO budget_counters (scope, scope_id, period, period_start, spent_micros,
+                                     reserved_micros, warned)
+        VALUES (k.scope, k.scope_id, k.period, k.period_start, 0, 0, FALSE)
+        ON CONFLICT DO NOTHING;
+        PERFORM 1 FROM budget_counters c
+         WHERE c.scope = k.scope AND c.scope_id = k.scope_id AND c.period = k.period
+           AND c.period_start = k.period_start
+           FOR UPDATE;
+    END LOOP;
+END $$
+"""
+
+# 0005's llmgw_reserve_many, with the function that takes the batch's counters first.
+_RESERVE_MANY = """
+CREATE OR REPLACE FUNCTION llmgw_reserve_many(p_batch json)
+RETURNS TABLE (o_index integer, o_refused integer, o_spent bigint, o_reserved bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    x record;
+BEGIN
+    PERFORM {take}(p_batch);
+    FOR r IN SELECT t.e, t.n FROM json_array_elements(p_batch) WITH ORDINALITY AS t(e, n)
+             ORDER BY t.n LOOP
+        SELECT * INTO x FROM llmgw_reserve(
+            r.e->>'request_id', (r.e->>'created_at')::timestamp, (r.e->>'amount')::bigint,
+            r.e->>'agent_id', r.e->>'agent_type', r.e->>'project_id', r.e->>'model_group',
+            r.e->'counters', {arrays});
+        o_index := r.n;
+        o_refused := x.o_refused;
+        o_spent := x.o_spent;
+        o_reserved := x.o_reserved;
+        RETURN NEXT;
+    END LOOP;
+END $$
+"""
+_ARRAYS = """
+        ARRAY(SELECT k->>0 FROM json_array_elements(r.e->'counters') WITH ORDINALITY x(k, n) ORDER BY n),
+        ARRAY(SELECT k->>1 FROM json_array_elements(r.e->'counters') WITH ORDINALITY x(k, n) ORDER BY n),
+        ARRAY(SELECT k->>2 FROM json_array_elements(r.e->'counters') WITH ORDINALITY x(k, n) ORDER BY n),
+        ARRAY(SELECT (k->>3)::timestamp FROM json_array_elements(r.e->'counters')
+                     WITH ORDINALITY x(k, n) ORDER BY n),
+        ARRAY(SELECT a::bigint FROM json_array_elements_text(r.e->'amounts')
+                     WITH ORDINALITY x(a, n) ORDER BY n)"""
+
+
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
     op.execute(SETTLE)
     op.execute(SETTLE_MANY)
+    op.execute(MAKE)
+    op.execute(_RESERVE_MANY.format(take="llmgw_make_batch_counters", arrays=_ARRAYS))
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
+    op.execute(_RESERVE_MANY.format(take="llmgw_lock_batch_counters", arrays=_ARRAYS))
+    op.execute("DROP FUNCTION llmgw_make_batch_counters(json)")
     op.execute("DROP FUNCTION llmgw_settle_many(json)")
     op.execute(SETTLE_0004)

@@ -136,15 +136,15 @@ def _settle_body(url: str) -> str:
 
 
 @pytest.mark.parametrize("ledger_url", ["postgresql"], indirect=True)
-def test_0006_batches_settles_writes_rows_last_and_steps_back(ledger_url: str) -> None:
+def test_0006_batches_settles_orders_locks_and_steps_back(ledger_url: str) -> None:
     def rows_last(body: str) -> bool:
         return body.index("INSERT INTO usage_events") > body.index("UPDATE budget_counters")
 
     upgrade(ledger_url)
-    assert "llmgw_settle_many" in _functions(ledger_url)
+    assert {"llmgw_settle_many", "llmgw_make_batch_counters"} <= _functions(ledger_url)
     assert rows_last(_settle_body(ledger_url))
     downgrade(ledger_url, "0005")
-    assert "llmgw_settle_many" not in _functions(ledger_url)
+    assert not {"llmgw_settle_many", "llmgw_make_batch_counters"} & _functions(ledger_url)
     assert not rows_last(_settle_body(ledger_url))  # 0004's order again
     assert BATCH_FUNCTIONS <= _functions(ledger_url)
     upgrade(ledger_url)

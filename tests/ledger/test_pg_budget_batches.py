@@ -10,9 +10,10 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
+from llmgw.budgets import CounterKey, Limit
 from llmgw.ledger.budget_store import BudgetStore, Hold, RefusedError
 from llmgw.ledger.store import LedgerStore
-from tests.ledger.test_budget_steps import NOW, limits, row
+from tests.ledger.test_budget_steps import DAY, NOW, limits, row
 
 pytestmark = pytest.mark.parametrize("ledger_url", ["postgresql"], indirect=True)
 
@@ -127,6 +128,39 @@ async def test_a_settle_takes_its_reservation_and_counters_before_rollup_rows(
         await settling
     assert transactions(ledger, "usage_events", ids) == 1
     assert set(budgets.counters(keys).values()) == {(10 + 10 * len(holds), 0)}
+
+
+async def test_a_reserve_batch_makes_its_new_counters_in_the_global_order(stores) -> None:
+    # At a window's start the counters are new. A batch makes and locks them one at a time
+    # in the one global order, as a lone reserve does: while it waits for a counter someone
+    # else is making, it has made every counter before it and none after.
+    ledger, budgets = stores
+    late, early = (CounterKey("agent", name, "day", DAY) for name in ("zed", "ann"))
+    limit = Limit("agent", "x", "day", 10_000, 0.8)
+    conninfo = ledger.engine.url.set(drivername="postgresql").render_as_string(
+        hide_password=False)
+    make = ("INSERT INTO budget_counters (scope, scope_id, period, period_start, spent_micros, "
+            "reserved_micros, warned) VALUES (%s, %s, %s, %s, 0, 0, FALSE) "
+            "ON CONFLICT DO NOTHING")
+    async with await psycopg.AsyncConnection.connect(conninfo) as blocker, \
+            await psycopg.AsyncConnection.connect(conninfo) as probe, \
+            await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as watch:
+        await blocker.execute(make, ("agent", "zed", "day", DAY))  # not committed yet
+        # The request needing the late counter comes first in the batch.
+        reserving = asyncio.gather(*(ledger.transact(reserve_op(budgets, 100, [limit], [key]))
+                                     for key in (late, early)))
+        while not (await (await watch.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()")).fetchone())[0]:
+            await asyncio.sleep(0.005)  # polls a condition: the batch is waiting
+        await probe.execute("SET lock_timeout = '200ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):  # the batch made "ann" already
+            await probe.execute(make, ("agent", "ann", "day", DAY))
+        await probe.rollback()
+        await blocker.commit()
+        holds = await reserving
+    assert transactions(ledger, "reservations", [h.request_id for h in holds]) == 1
+    assert budgets.counters([late, early]) == {late: (0, 100), early: (0, 100)}
 
 
 async def test_a_bad_call_fails_alone_and_the_rest_of_its_batch_commits(stores) -> None:
