@@ -57,47 +57,36 @@ _MOVE = f"""
         END IF;
     END LOOP;"""
 
-SETTLE = f"""
+_BEGIN = f"""
 CREATE OR REPLACE FUNCTION {_SIGNATURE}
 LANGUAGE plpgsql AS $$
--- If the request's reservation is still open, close it and move the hold to spend on every
--- counter; then write the request's usage rows. Returns the counters (1-based) whose spend
--- crossed their warn threshold for the first time in their window, marked warned here, once.
 DECLARE
     i integer;
     s bigint;
     w boolean;
 BEGIN
     o_crossed := '{{}}';
-    o_crossed_spent := '{{}}';
+    o_crossed_spent := '{{}}';"""
+_CLOSE = """
     UPDATE reservations SET state = p_state, settled_micros = p_spent
-     WHERE request_id = p_request_id AND state = 'open';
-    IF FOUND THEN  -- else settled or reconciled already: its counters moved then{_MOVE}
-    END IF;
+     WHERE request_id = p_request_id AND state = 'open';"""
+_ROWS = f"""
     IF p_rows IS NOT NULL THEN
         INSERT INTO usage_events ({_COLUMNS})
         SELECT {_COLUMNS} FROM json_populate_recordset(NULL::usage_events, p_rows);
-    END IF;
+    END IF;"""
+
+# If the request's reservation is still open, close it and move the hold to spend on every
+# counter; then write the request's usage rows. Returns the counters (1-based) whose spend
+# crossed their warn threshold for the first time in their window, marked warned here, once.
+SETTLE = f"""{_BEGIN}{_CLOSE}
+    IF FOUND THEN  -- else settled or reconciled already: its counters moved then{_MOVE}
+    END IF;{_ROWS}
 END $$
 """
 
 # As 0004 wrote it (usage rows first), for downgrade.
-SETTLE_0004 = f"""
-CREATE OR REPLACE FUNCTION {_SIGNATURE}
-LANGUAGE plpgsql AS $$
-DECLARE
-    i integer;
-    s bigint;
-    w boolean;
-BEGIN
-    o_crossed := '{{}}';
-    o_crossed_spent := '{{}}';
-    IF p_rows IS NOT NULL THEN
-        INSERT INTO usage_events ({_COLUMNS})
-        SELECT {_COLUMNS} FROM json_populate_recordset(NULL::usage_events, p_rows);
-    END IF;
-    UPDATE reservations SET state = p_state, settled_micros = p_spent
-     WHERE request_id = p_request_id AND state = 'open';
+SETTLE_0004 = f"""{_BEGIN}{_ROWS}{_CLOSE}
     IF NOT FOUND THEN
         RETURN;
     END IF;{_MOVE}
