@@ -97,6 +97,7 @@ class BudgetStore:
         # creating them; a missing one is made again on the spot.
         self._known: set[tuple[Any, ...]] = set()
         self._row_keys: dict[CounterKey, tuple[Any, ...]] = {}
+        self._listed: dict[tuple[Any, ...], Any] = {}  # counters -> reservations.counters
         self._dt = bind_processor(DateTime(), engine) or (lambda v: v)
         self._json = bind_processor(JSON(), engine) or (lambda v: v)
         self._usage = UsageInsert(engine)
@@ -166,9 +167,12 @@ class BudgetStore:
             return Hold(request_id, amount, tuple(pairs))
         # SQLite: one statement at a time (no round trips to save), stopping at a refusal.
         keys = [self._row_key(k) for k, _ in pairs]
+        listed = self._listed.get(tuple(keys))
+        if listed is None:  # the same agent and project in the same windows: the same text
+            listed = self._listed[tuple(keys)] = self._json([k.as_list() for k, _ in pairs])
         yield sql["insert_reservation"], (
             request_id, self._dt(created_at), amount, agent_id, agent_type, project_id,
-            model_group, self._json([k.as_list() for k, _ in pairs])), False
+            model_group, listed), False
         new = [k for k in keys if k not in self._known]
         if new:
             yield sql["ensure_counter"], new, True
@@ -188,6 +192,7 @@ class BudgetStore:
         if len(self._known) > 100_000:  # old windows' keys: forget them all, cheaply
             self._known.clear()
             self._row_keys.clear()
+            self._listed.clear()
         self._known.update(keys)
         return Hold(request_id, amount, tuple(pairs))
 
