@@ -369,8 +369,11 @@ class LLMGateway:
         else:
             max_tokens = int(call_params.get("max_tokens")
                              or self.config.llmgw.budgets.default_max_tokens)
-            amount = self.worst_case_micros(route.model_group, request.messages, max_tokens)
-        prompt = self._prompt_tokens(route.model_group, request.messages)
+            amount = self.worst_case_micros(route.model_group, request.messages, max_tokens,
+                                            tools=call_params.get("tools"),
+                                            tool_choice=call_params.get("tool_choice"))
+        prompt = self._prompt_tokens(route.model_group, request.messages,
+                                     call_params.get("tools"), call_params.get("tool_choice"))
         expected = min(max_tokens, max(16, prompt // 2))  # answers are usually shorter than asks
         chain = self.config.fallback_chain(route.model_group)
         per_deployment = [DeploymentEstimate(
@@ -408,23 +411,28 @@ class LLMGateway:
         """`complete` for scripts without an event loop."""
         return asyncio.run(self.complete(agent_id, project_id, messages, **kwargs))
 
-    def _prompt_tokens(self, model_group: str, messages: list[Message]) -> int:
-        """Prompt tokens by LiteLLM's tokenizer for the group's first deployment's model."""
+    def _prompt_tokens(self, model_group: str, messages: list[Message], tools: Any = None,
+                       tool_choice: Any = None) -> int:
+        """Prompt tokens by LiteLLM's tokenizer for the group's first deployment's model,
+        the tools' definitions (and a named tool choice) included."""
         first = self.config.groups()[model_group][0].litellm_params.model
-        return self._tokens.count(first, [m.model_dump(exclude_none=True) for m in messages])
+        return self._tokens.count(first, [m.model_dump(exclude_none=True) for m in messages],
+                                  tools=tools, tool_choice=tool_choice)
 
-    def worst_case_micros(self, model_group: str, messages: list[Message],
-                          max_tokens: int) -> int:
+    def worst_case_micros(self, model_group: str, messages: list[Message], max_tokens: int, *,
+                          tools: list[dict[str, Any]] | None = None,
+                          tool_choice: Any = None) -> int:
         """The most a call can cost: prompt tokens (LiteLLM's tokenizer, with the configured
-        margin) at the highest input price, and max_tokens at the highest output price,
-        across the group and every group its fallbacks reach. Rounded up."""
+        margin; tool definitions count as prompt) at the highest input price, and max_tokens
+        at the highest output price, across the group and every group its fallbacks reach.
+        Rounded up."""
         prices = self._top_prices.get(model_group)
         if prices is None:  # the config does not change under a running gateway
             deployments = [d for g in self.config.fallback_chain(model_group)
                            for d in self.config.groups()[g]]
             prices = self._top_prices[model_group] = (max(d.input_price for d in deployments),
                                                       max(d.output_price for d in deployments))
-        counted = self._prompt_tokens(model_group, messages)
+        counted = self._prompt_tokens(model_group, messages, tools, tool_choice)
         prompt = math.ceil(counted * self.config.llmgw.budgets.prompt_margin)
         return math.ceil((prompt * prices[0] + max_tokens * prices[1]) * 1_000_000)
 
@@ -597,7 +605,9 @@ class LLMGateway:
         max_tokens = params.get("max_tokens") or params.get("max_completion_tokens")
         if max_tokens is None:
             max_tokens = params["max_tokens"] = self.config.llmgw.budgets.default_max_tokens
-        amount = self.worst_case_micros(route.model_group, request.messages, int(max_tokens))
+        amount = self.worst_case_micros(route.model_group, request.messages, int(max_tokens),
+                                        tools=params.get("tools"),
+                                        tool_choice=params.get("tool_choice"))
         keys = [policy.counter_key(limit, now) for limit in limits]
         return _BudgetPlan(route, amount, int(max_tokens), limits, keys, cap)
 

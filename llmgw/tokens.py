@@ -9,7 +9,7 @@ LiteLLM's own text-count function for the model: `token_counter` looks the token
 again on every call, which cost three times the counting. That function's name is private
 (litellm is pinned), so on first use per model the sum is checked against `token_counter`;
 if it differs, or the name is gone, that model's turns go through `token_counter`. Anything
-but plain text (tools, images, names) is counted by LiteLLM in full, as before.
+but plain text (tools and their definitions, images, names) is counted by LiteLLM in full.
 """
 
 from __future__ import annotations
@@ -34,10 +34,12 @@ class PromptTokenCounter:
         self._text: dict[str, Callable[[str], int] | None] = {}  # None: use token_counter
         self._base: dict[tuple[str, str], int] = {}
 
-    def count(self, model: str, messages: list[dict[str, Any]]) -> int:
-        if not messages or not all(m.keys() <= _PLAIN and isinstance(m.get("content"), str)
-                                   for m in messages):
-            return int(self._counter(model=model, messages=messages))
+    def count(self, model: str, messages: list[dict[str, Any]], *, tools: Any = None,
+              tool_choice: Any = None) -> int:
+        if tools or tool_choice or not messages or not all(
+                m.keys() <= _PLAIN and isinstance(m.get("content"), str) for m in messages):
+            return int(self._counter(model=model, messages=messages, tools=tools or None,
+                                     tool_choice=tool_choice))
         memo = self._per_message
         total = 0
         for m in messages:

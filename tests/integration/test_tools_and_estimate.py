@@ -102,3 +102,30 @@ async def test_estimate_equals_the_reservation_complete_makes(sims, migrated_led
     assert [(b.scope, b.period, b.would_exceed) for b in est.budgets] == [("project", "day", False)]
     assert not est.would_be_refused and big.would_be_refused
     assert big.budgets[0].spent_micros > 0  # it saw the first request's spend
+
+
+async def test_tool_definitions_count_in_the_reservation(sims, migrated_ledger_url):
+    # A model reads the tools' definitions as prompt: the hold must cover them.
+    from llmgw._litellm import import_litellm
+
+    gw = make_gateway(sims, migrated_ledger_url, {"projects": {"p": {"daily_usd": "0.05"}}})
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    try:
+        plain = await gw.estimate("arch-1", "p", ASK, model_group="primary", max_tokens=50)
+        est = await gw.estimate("arch-1", "p", ASK, model_group="primary", max_tokens=50,
+                                tools=TOOLS, tool_choice=named)
+        sims[1].set_plan(FaultPlan(tool_call=ToolCall(name="get_weather",
+                                                      arguments={"city": "Paris"})))
+        await gw.complete("arch-1", "p", ASK, model_group="primary", max_tokens=50,
+                          tools=TOOLS, tool_choice=named)
+        model = gw.config.groups()["primary"][0].litellm_params.model
+    finally:
+        await gw.aclose()
+    assert est.prompt_tokens == import_litellm().token_counter(
+        model=model, messages=ASK, tools=TOOLS, tool_choice=named) > plain.prompt_tokens + 30
+    assert est.worst_case_micros > plain.worst_case_micros
+    engine = create_engine(migrated_ledger_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as conn:
+        [reserved] = conn.execute(text("SELECT amount_micros FROM reservations")).scalars().all()
+    engine.dispose()
+    assert reserved == est.worst_case_micros
