@@ -7,9 +7,10 @@ each message's count is remembered and only new turns are tokenized. A new turn'
 its role's base (the count of that role with empty content) plus its content counted by
 LiteLLM's own text-count function for the model: `token_counter` looks the tokenizer up
 again on every call, which cost three times the counting. That function's name is private
-(litellm is pinned), so on first use per model the sum is checked against `token_counter`;
-if it differs, or the name is gone, that model's turns go through `token_counter`. Anything
-but plain text (tools and their definitions, images, names) is counted by LiteLLM in full.
+(litellm is pinned), so on first use per model the sum is checked against `token_counter`
+on sample turns; if it differs, or the name is gone, that model's turns go through
+`token_counter`. Anything but plain text (tools and their definitions, images, names) is
+counted by LiteLLM in full.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from llmgw._litellm import import_litellm
 
 _PLAIN = frozenset({"role", "content"})
 _PROBE = ({"role": "user", "content": "ab cd"}, {"role": "assistant", "content": "ef"})
+_SAMPLES = ({"role": "user", "content": "Check: ünïcode ✓, 12345 and `x = f(y)`.\n\nDone."},
+            {"role": "system", "content": "  spaced   words  "})
 
 
 class PromptTokenCounter:
@@ -53,7 +56,7 @@ class PromptTokenCounter:
         return total - self._overhead_of(model) * (len(messages) - 1)
 
     def _count_one(self, model: str, message: dict[str, Any]) -> int:
-        text = self._text[model] if model in self._text else self._text_function(model, message)
+        text = self._text[model] if model in self._text else self._text_function(model)
         if text is None:
             return int(self._counter(model=model, messages=[message]))
         return self._base_of(model, message["role"]) + text(message["content"])
@@ -65,11 +68,12 @@ class PromptTokenCounter:
                 self._counter(model=model, messages=[{"role": role, "content": ""}]))
         return base
 
-    def _text_function(self, model: str, probe: dict[str, Any]) -> Callable[[str], int] | None:
-        """LiteLLM's text count for `model`, if base + it counts `probe` as LiteLLM does."""
+    def _text_function(self, model: str) -> Callable[[str], int] | None:
+        """LiteLLM's text count for `model`, if base + it counts the samples as LiteLLM does."""
         text = litellm_text_counter(model)
-        if text is not None and (self._base_of(model, probe["role"]) + text(probe["content"])
-                                 != int(self._counter(model=model, messages=[probe]))):
+        if text is not None and any(
+                self._base_of(model, m["role"]) + text(m["content"])
+                != int(self._counter(model=model, messages=[m])) for m in _SAMPLES):
             text = None
         self._text[model] = text
         return text
