@@ -85,6 +85,7 @@ async def test_a_batch_settles_each_hold_once_as_lone_calls_would(stores) -> Non
         ledger.transact(budgets.settle_op(hold, spent_micros=100, rows=rows[:1])),
         ledger.transact(budgets.settle_op(hold, spent_micros=50, rows=rows[1:],
                                           state="released")))
+    assert transactions(ledger, "usage_events", [hold.request_id]) == 1  # one batch
     assert set(budgets.counters(keys).values()) == {(100, 0)}  # the first settle moved it
     with ledger.engine.connect() as conn:
         assert conn.execute(text("SELECT state, settled_micros FROM reservations")).one() == (
