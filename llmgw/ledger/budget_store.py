@@ -29,7 +29,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from llmgw.budgets import CounterKey, Limit, Rule
 from llmgw.ledger.models import BudgetCounter, BudgetRule, Reservation, UsageEvent
-from llmgw.ledger.steps import COMMIT, Call, Op, Steps, run_steps
+from llmgw.ledger.steps import COMMIT, Call, Op, Steps, json_default, run_steps
 from llmgw.ledger.group_commit import driver_transaction
 from llmgw.ledger.store import UsageInsert, bind_processor, driver_sql
 
@@ -167,9 +167,10 @@ class BudgetStore:
             return Hold(request_id, amount, tuple(pairs))
         # SQLite: one statement at a time (no round trips to save), stopping at a refusal.
         keys = [self._row_key(k) for k, _ in pairs]
-        listed = self._listed.get(tuple(keys))
+        held_on = tuple(keys)
+        listed = self._listed.get(held_on)
         if listed is None:  # the same agent and project in the same windows: the same text
-            listed = self._listed[tuple(keys)] = self._json([k.as_list() for k, _ in pairs])
+            listed = self._listed[held_on] = self._json([k.as_list() for k, _ in pairs])
         yield sql["insert_reservation"], (
             request_id, self._dt(created_at), amount, agent_id, agent_type, project_id,
             model_group, listed), False
@@ -233,7 +234,7 @@ class BudgetStore:
                 item["rows"] = rows
             (_, row), _ = yield [Call(sql["settle_fn"], lambda: (
                 json.dumps(counters), json.dumps(thresholds), hold.request_id, state, spent,
-                hold.amount_micros, json.dumps(rows, default=_iso) if rows else None),
+                hold.amount_micros, json.dumps(rows, default=json_default) if rows else None),
                 sql["settle_many"], item), COMMIT]
             for i, crossed_spent in zip(row[0], row[1]):
                 key, limit = hold.counters[i - 1]
@@ -366,12 +367,6 @@ _SQL = {
     "mark_warned": (f"UPDATE budget_counters SET warned = TRUE WHERE {_WHERE_KEY} "
                     "AND warned = FALSE AND spent_micros >= ?"),
 }
-
-
-def _iso(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _key(key: CounterKey) -> Any:

@@ -18,12 +18,11 @@ import contextlib
 import json
 import time
 from collections import deque
-from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 
-from llmgw.ledger.steps import Call, Op, Steps, mergeable, run_steps_async
+from llmgw.ledger.steps import Call, Op, Steps, json_default, mergeable, run_steps_async
 
 T = TypeVar("T")
 IDLE_PING_AFTER_S = 5.0
@@ -97,7 +96,7 @@ class AsyncPostgres:
             if len(calls) > 1:
                 try:
                     rows = await self._fetch(batch_sql, (
-                        json.dumps([call.item for call, _ in calls], default=_json_value),))
+                        json.dumps([call.item for call, _ in calls], default=json_default),))
                 except Exception:
                     pass
                 else:
@@ -222,9 +221,3 @@ async def _connect(conninfo: str) -> Any:
     # Autocommit: a one-statement transaction needs no BEGIN/COMMIT round trips; longer
     # ones send their own (`run_steps_async`).
     return await psycopg.AsyncConnection.connect(conninfo, connect_timeout=10, autocommit=True)
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")

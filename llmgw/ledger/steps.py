@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -42,6 +43,13 @@ class Call:
 
     def step(self) -> Step:
         return self.sql, self.params(), False
+
+
+def json_default(value: Any) -> Any:
+    """`json.dumps(default=)` for steps' JSON parameters: datetimes as ISO text."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def mergeable(step: Any) -> Call | None:
