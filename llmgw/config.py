@@ -280,6 +280,22 @@ class MetricsSettings(BaseModel):
     port: int = Field(default=9464, ge=0, lt=65536, description="0: any free port")
 
 
+class OtelSettings(BaseModel):
+    """`llmgw.otel`: OpenTelemetry traces (`pip install 'llmgw[otel]'`). One `llmgw.request`
+    span per call; LiteLLM's own spans (one per attempt) are its children."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    exporter: Literal["otlp_http", "otlp_grpc", "console"] = "otlp_http"
+    endpoint: str | None = Field(default=None, description=(
+        "the collector's OTLP endpoint; unset: OTEL_EXPORTER_OTLP_ENDPOINT or the exporter's "
+        "default"))
+    service_name: str = Field(default="llmgw", min_length=1)
+    capture_content: bool = Field(default=False, description=(
+        "put prompts and answers in LiteLLM's spans; off, spans carry sizes, not text"))
+
+
 class GatewaySettings(BaseModel):
     """Our own section, `llmgw:`. Unknown keys are errors, so typos do not pass silently."""
 
@@ -292,6 +308,7 @@ class GatewaySettings(BaseModel):
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    otel: OtelSettings = Field(default_factory=OtelSettings)
     request_timeout_s: float = Field(default=600.0, gt=0)
     gc_freeze: bool = Field(default=True, description=(
         "freeze start-up's objects out of Python's cyclic GC (llmgw.heap): no 250 ms pauses"))

@@ -31,6 +31,7 @@ from llmgw.ledger.migrate import ensure_current
 from llmgw.ledger.store import LedgerStore, RequestContext, usage_row, utcnow
 from llmgw.pricing import to_micros, token_cost_micros
 from llmgw.tokens import PromptTokenCounter
+from llmgw.tracing import PARENT_SPAN_KEY, make_tracing
 from llmgw.providers.ruvector import HIDDEN_KEY as RUVECTOR_DETAILS
 from llmgw.redact import Redactor, install_log_filter
 from llmgw.router import (
@@ -91,7 +92,8 @@ class LLMGateway:
     """One gateway per process: `await gw.complete(agent_id, project_id, messages)`."""
 
     def __init__(self, config: Config | str | Any | None = None, *, ledger_url: str | None = None,
-                 check_schema: bool = True, clock: Callable[[], Any] = utcnow) -> None:
+                 check_schema: bool = True, clock: Callable[[], Any] = utcnow,
+                 tracer_provider: Any = None) -> None:
         self.config = config if isinstance(config, Config) else load_config(config)
         self.redactor = Redactor(self.config.secret_values())
         install_log_filter(self.redactor)
@@ -121,6 +123,8 @@ class LLMGateway:
         self._limits: dict[tuple[str, str | None, str], tuple[list[Limit], Limit | None]] = {}
         self._limits_of: list[Rule] | None = None
         self.metrics = _make_metrics(self)
+        # OpenTelemetry: `llmgw.otel`, or the caller's own provider (llmgw.tracing)
+        self.tracing = make_tracing(self.config.llmgw.otel, tracer_provider)
         self.reconcile()
         self._freeze_at_first_answer = self.config.llmgw.gc_freeze
         if self.config.llmgw.gc_freeze:
@@ -164,10 +168,7 @@ class LLMGateway:
             response = await self.router.acompletion(
                 model=route.model_group,
                 messages=[m.model_dump(exclude_none=True) for m in request.messages],
-                metadata={REQUEST_ID_KEY: request_id, "agent_id": ctx.agent_id,
-                          "project_id": ctx.project_id, "agent_type": ctx.agent_type},
-                **call_params,
-            )
+                metadata=self._litellm_metadata(ctx), **call_params)
         except Exception as exc:
             trace = self._recorder.close(request_id)
             error = self._failed(exc, trace, route)
@@ -260,9 +261,7 @@ class LLMGateway:
             response = await self.router.acompletion(
                 model=route.model_group, messages=msgs, stream=True,
                 stream_options={"include_usage": True},
-                metadata={REQUEST_ID_KEY: ctx.request_id, "agent_id": ctx.agent_id,
-                          "project_id": ctx.project_id, "agent_type": ctx.agent_type},
-                **call_params)
+                metadata=self._litellm_metadata(ctx), **call_params)
         except Exception as exc:
             trace = self._recorder.close(ctx.request_id)
             error = self._failed(exc, trace, route)
@@ -439,10 +438,14 @@ class LLMGateway:
     def close(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
+        if self.tracing is not None:
+            self.tracing.close()
         self.ledger.dispose()
 
     async def aclose(self) -> None:
         await self.drain()
+        if self.tracing is not None:
+            await self.tracing.flush()
         if self.cache is not None:
             await self.cache.aclose()
         self.close()
@@ -558,11 +561,13 @@ class LLMGateway:
             # passed; plain function tools never need it.
             call_params["_skip_mcp_handler"] = True
         self._started[ctx.request_id] = time.perf_counter()
-        if self.events.wants("request.started"):
-            self.events.emit("request.started", {
-                "request_id": ctx.request_id, "agent_id": ctx.agent_id,
-                "project_id": ctx.project_id, "agent_type": ctx.agent_type,
-                "model_group": route.model_group, "stream": ctx.stream})
+        if self.events.wants("request.started") or self.tracing is not None:
+            started = {"request_id": ctx.request_id, "agent_id": ctx.agent_id,
+                       "project_id": ctx.project_id, "agent_type": ctx.agent_type,
+                       "model_group": route.model_group, "stream": ctx.stream}
+            if self.tracing is not None:
+                self.tracing.start(started)
+            self.events.emit("request.started", started)
         try:
             route, hold = await self._reserve(ctx, route, request, call_params, now)
         except BudgetExceeded:
@@ -772,10 +777,10 @@ class LLMGateway:
                     "agent_type": ctx.agent_type, "from_group": failed.model_group,
                     "from_deployment": failed.deployment, "to_group": then.model_group,
                     "to_deployment": then.deployment, "error_class": failed.error_class})
-        if not events.wants("request.finished"):
+        if not events.wants("request.finished") and self.tracing is None:
             return
         final = attempts[-1] if attempts else None
-        events.emit("request.finished", {
+        finished = {
             "request_id": ctx.request_id, "agent_id": ctx.agent_id,
             "project_id": ctx.project_id, "agent_type": ctx.agent_type,
             "requested_group": route.model_group,
@@ -789,7 +794,19 @@ class LLMGateway:
             "prompt_tokens": sum(a.usage.prompt_tokens for a in attempts),
             "completion_tokens": sum(a.usage.completion_tokens for a in attempts),
             "cost_micros": sum(a.cost_micros for a in attempts),
-            "saved_micros": saved_micros, "attempts": attempts, "ledger_written": written})
+            "saved_micros": saved_micros, "attempts": attempts, "ledger_written": written}
+        if self.tracing is not None:
+            self.tracing.finish(finished)
+        events.emit("request.finished", finished)
+
+    def _litellm_metadata(self, ctx: RequestContext) -> dict[str, Any]:
+        """What LiteLLM's callbacks see of a request: its id (our attempt recorder), who
+        asked, and under tracing the span its own spans go under."""
+        metadata = {REQUEST_ID_KEY: ctx.request_id, "agent_id": ctx.agent_id,
+                    "project_id": ctx.project_id, "agent_type": ctx.agent_type}
+        if self.tracing is not None:
+            metadata[PARENT_SPAN_KEY] = self.tracing.parent(ctx.request_id)
+        return metadata
 
 
 class _StreamAccumulator:

@@ -237,7 +237,7 @@ async def _no_failover_after_auth_failure(*, model: str, request_kwargs: Mapping
 # routing handlers by class name, so a second Router's latency tracker would never register
 # unless the first one's are taken out.
 _previous_router_callbacks: list[object] = []
-_CALLBACK_LISTS = ("callbacks", "success_callback", "failure_callback", "_async_success_callback",
+CALLBACK_LISTS = ("callbacks", "success_callback", "failure_callback", "_async_success_callback",
                    "_async_failure_callback", "input_callback", "service_callback")
 
 # Retries that would be a silent failover or a pointless repeat; not overridable.
@@ -245,12 +245,12 @@ _FORCED_RETRY_POLICY = {"AuthenticationErrorRetries": 0, "BadRequestErrorRetries
 
 
 def _snapshot() -> list[object]:
-    return [cb for name in _CALLBACK_LISTS for cb in getattr(litellm, name, [])]
+    return [cb for name in CALLBACK_LISTS for cb in getattr(litellm, name, [])]
 
 
 def _release_previous_router() -> None:
     stale = {id(cb) for cb in _previous_router_callbacks}
-    for name in _CALLBACK_LISTS:
+    for name in CALLBACK_LISTS:
         current = getattr(litellm, name, None)
         if isinstance(current, list):
             current[:] = [cb for cb in current if id(cb) not in stale]
