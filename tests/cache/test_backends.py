@@ -7,6 +7,7 @@ and that is awaited by polling with a deadline.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -188,11 +189,18 @@ async def test_memory_evicts_least_recently_used(clock: FakeClock) -> None:
     assert (await cache.stats()).entries == 3
 
 
-async def test_memory_returns_the_stored_object() -> None:
+async def test_memory_keeps_answers_out_of_the_garbage_collector() -> None:
     cache = MemoryCache()
     stored = answer()
-    await cache.set(key(), stored, ttl_s=60)
-    assert await cache.get(key()) is stored
+    stored.tool_calls.append({"id": "call-1", "function": {"name": "f", "arguments": "{}"}})
+    for n in range(50):
+        await cache.set(key(text=str(n)), stored, ttl_s=60)
+    # What an entry holds is text: nothing of it for a GC pass to walk.
+    assert not any(gc.is_tracked(value) for _, value in cache._entries.values())
+    hit = await cache.get(key(text="7"))
+    assert hit == stored and hit is not stored  # a copy, equal to what was stored
+    hit.tool_calls.clear()  # a caller changing its copy changes no other hit
+    assert (await cache.get(key(text="7"))).tool_calls == stored.tool_calls
 
 
 # -- RedisCache -------------------------------------------------------------------------
