@@ -47,8 +47,7 @@ class Tracing:
         # requests answered whose LiteLLM span has not ended yet, and the other order.
         self._unlogged: set[str] = set()
         self._logged: set[str] = set()
-        self._all_logged = asyncio.Event()
-        self._all_logged.set()
+        self._waiter: asyncio.Future[None] | None = None  # flush's, on the loop it runs on
         tracing = self
 
         class LiteLLMSpans(OpenTelemetry):  # type: ignore[misc,valid-type]
@@ -96,8 +95,9 @@ class Tracing:
         if request_id in self._logged:
             self._logged.discard(request_id)
         elif answered:
+            if len(self._unlogged) >= 10_000:  # LiteLLM dropped logs (its queue was full)
+                self._unlogged.clear()
             self._unlogged.add(request_id)
-            self._all_logged.clear()
         for key in _FINISHED:
             if finished.get(key) is not None:
                 span.set_attribute(f"llmgw.{key}", finished[key])
@@ -113,8 +113,9 @@ class Tracing:
         """Wait for LiteLLM's logging callbacks (they end its spans after the answer is
         returned), then export every ended span."""
         if self._unlogged:
+            self._waiter = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait_for(self._all_logged.wait(), _FLUSH_TIMEOUT_S)
+                await asyncio.wait_for(self._waiter, _FLUSH_TIMEOUT_S)
             except TimeoutError:
                 log.warning("LiteLLM did not log %d answer(s) within %.0f s; their spans are "
                             "missing from the trace.", len(self._unlogged), _FLUSH_TIMEOUT_S)
@@ -126,8 +127,8 @@ class Tracing:
         request_id = metadata.get(REQUEST_ID_KEY)
         if request_id in self._unlogged:
             self._unlogged.discard(request_id)
-            if not self._unlogged:
-                self._all_logged.set()
+            if not self._unlogged and self._waiter is not None and not self._waiter.done():
+                self._waiter.set_result(None)
         elif request_id in self._spans:
             self._logged.add(request_id)
 
