@@ -408,7 +408,12 @@ class LLMGateway:
     def complete_sync(self, agent_id: str, project_id: str, messages: list[dict[str, Any]],
                       **kwargs: Any) -> Completion:
         """`complete` for scripts without an event loop."""
-        return asyncio.run(self.complete(agent_id, project_id, messages, **kwargs))
+        async def answer() -> Completion:
+            completion = await self.complete(agent_id, project_id, messages, **kwargs)
+            if self.tracing is not None:  # LiteLLM's span ends in a task of this loop
+                await self.tracing.flush()
+            return completion
+        return asyncio.run(answer())
 
     def _prompt_tokens(self, model_group: str, messages: list[Message], tools: Any = None,
                        tool_choice: Any = None) -> int:

@@ -198,3 +198,19 @@ async def test_a_stream_is_one_span_with_litellm_under_it(traced) -> None:
             root.attributes["llmgw.cost_micros"]) == (True, "ok", row["cost_micros"])
     assert [s.parent.span_id for s in under if s.name == "litellm_request"] == [
         root.context.span_id]
+
+
+def test_complete_sync_waits_for_litellm_span(sims, migrated_ledger_url: str) -> None:
+    """Each `complete_sync` runs its own event loop: LiteLLM's span must end before it does."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    gw = make_gateway(sims, migrated_ledger_url, provider)
+    try:
+        done = gw.complete_sync("qa-6", "proj-t", ASK, agent_type="qa-engineer")
+        root, under = spans_of(exporter, done.request_id)
+        assert [s.parent.span_id for s in under if s.name == "litellm_request"] == [
+            root.context.span_id]
+        assert not gw.tracing._unlogged  # nothing left for aclose to wait for
+    finally:
+        gw.close()
