@@ -289,8 +289,8 @@ class OtelSettings(BaseModel):
     enabled: bool = False
     exporter: Literal["otlp_http", "otlp_grpc", "console"] = "otlp_http"
     endpoint: str | None = Field(default=None, description=(
-        "the collector's OTLP endpoint; unset: OTEL_EXPORTER_OTLP_ENDPOINT or the exporter's "
-        "default"))
+        "the collector's base URL (http://collector:4318; gRPC: collector:4317), as "
+        "OTEL_EXPORTER_OTLP_ENDPOINT takes it; unset: that variable or the exporter's default"))
     service_name: str = Field(default="llmgw", min_length=1)
     capture_content: bool = Field(default=False, description=(
         "put prompts and answers in LiteLLM's spans; off, spans carry sizes, not text"))

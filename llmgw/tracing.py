@@ -181,4 +181,9 @@ def _exporter(settings: OtelSettings) -> Any:
         raise ConfigError(f"llmgw.otel.exporter {settings.exporter!r} needs {package}, which is "
                           "not installed.", key="llmgw.otel.exporter",
                           hint=f"pip install {package}, or pick another exporter.") from exc
-    return exporter_cls(endpoint=settings.endpoint) if settings.endpoint else exporter_cls()
+    if not settings.endpoint:  # OTEL_EXPORTER_OTLP_ENDPOINT, or the exporter's default
+        return exporter_cls()
+    endpoint = settings.endpoint
+    if settings.exporter == "otlp_http" and not endpoint.rstrip("/").endswith("/v1/traces"):
+        endpoint = endpoint.rstrip("/") + "/v1/traces"  # a base URL, as the env var takes
+    return exporter_cls(endpoint=endpoint)

@@ -214,3 +214,80 @@ def test_complete_sync_waits_for_litellm_span(sims, migrated_ledger_url: str) ->
         assert not gw.tracing._unlogged  # nothing left for aclose to wait for
     finally:
         gw.close()
+
+
+class _Collector:
+    """A loopback OTLP/HTTP receiver: keeps each POSTed body (protobuf) with its path."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        received = self.received = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    import gzip
+                    body = gzip.decompress(body)
+                received.append((self.path, self.headers["Content-Type"], body))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def spans(self) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+        """(name, attributes, resource attributes) of every span received."""
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+        )
+
+        def values(attrs: Any) -> dict[str, Any]:
+            out = {}
+            for kv in attrs:
+                field = kv.value.WhichOneof("value")
+                out[kv.key] = getattr(kv.value, field) if field else None
+            return out
+
+        found = []
+        for _, _, body in self.received:
+            request = ExportTraceServiceRequest.FromString(body)
+            for rs in request.resource_spans:
+                resource = values(rs.resource.attributes)
+                for ss in rs.scope_spans:
+                    found.extend((s.name, values(s.attributes), resource) for s in ss.spans)
+        return found
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_the_default_exporter_sends_otlp_http_to_the_collector(
+        sims, migrated_ledger_url: str) -> None:
+    collector = _Collector()
+    try:
+        gw = make_gateway(sims, migrated_ledger_url, enabled=True, endpoint=collector.url,
+                          service_name="fleet-b")  # exporter: otlp_http, the default
+        done = await gw.complete("qa-7", "proj-t", ASK, agent_type="qa-engineer")
+        [row] = [r for r in ledger_rows(migrated_ledger_url)
+                 if r["request_id"] == done.request_id]
+        await gw.aclose()  # flushes the batch processor and shuts the provider down
+        assert {(path, ctype) for path, ctype, _ in collector.received} == {
+            ("/v1/traces", "application/x-protobuf")}
+        spans = collector.spans()
+        [(_, mine, resource)] = [s for s in spans if s[0] == "llmgw.request"]
+        assert (mine["llmgw.request_id"], mine["llmgw.cost_micros"], resource["service.name"]
+                ) == (done.request_id, row["cost_micros"], "fleet-b")
+        assert "litellm_request" in {name for name, _, _ in spans}
+    finally:
+        collector.close()
