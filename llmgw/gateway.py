@@ -411,7 +411,7 @@ class LLMGateway:
         async def answer() -> Completion:
             completion = await self.complete(agent_id, project_id, messages, **kwargs)
             if self.tracing is not None:  # LiteLLM's span ends in a task of this loop
-                await self.tracing.flush()
+                await self.tracing.litellm_logged()
             return completion
         return asyncio.run(answer())
 

@@ -110,8 +110,13 @@ class Tracing:
         span.end()
 
     async def flush(self) -> None:
-        """Wait for LiteLLM's logging callbacks (they end its spans after the answer is
-        returned), then export every ended span."""
+        """`litellm_logged`, then export every ended span now."""
+        await self.litellm_logged()
+        self.provider.force_flush()
+
+    async def litellm_logged(self) -> None:
+        """Wait for LiteLLM's logging callbacks: they end its spans after the answer is
+        returned, in a task of the loop that asked."""
         if self._unlogged:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
@@ -120,7 +125,6 @@ class Tracing:
                 log.warning("LiteLLM did not log %d answer(s) within %.0f s; their spans are "
                             "missing from the trace.", len(self._unlogged), _FLUSH_TIMEOUT_S)
                 self._unlogged.clear()
-        self.provider.force_flush()
 
     def _answer_logged(self, kwargs: dict[str, Any]) -> None:
         metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}

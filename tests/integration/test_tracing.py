@@ -34,11 +34,17 @@ def make_gateway(sims: Any, url: str, provider: Any = None, **otel: Any) -> Any:
     return LLMGateway(config_from_dict(data), tracer_provider=provider)
 
 
-@pytest.fixture
-async def traced(sims, migrated_ledger_url: str) -> AsyncIterator:
+def memory_provider() -> tuple[TracerProvider, InMemorySpanExporter]:
+    """A provider whose spans are exported, as each ends, to a list the test reads."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+@pytest.fixture
+async def traced(sims, migrated_ledger_url: str) -> AsyncIterator:
+    provider, exporter = memory_provider()
     gw = make_gateway(sims, migrated_ledger_url, provider)
     yield gw, exporter, migrated_ledger_url
     await gw.aclose()
@@ -147,9 +153,7 @@ async def test_a_failed_request_is_an_error_span(traced, sims) -> None:
 
 
 async def test_content_capture_is_opt_in(sims, migrated_ledger_url: str) -> None:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider, exporter = memory_provider()
     gw = make_gateway(sims, migrated_ledger_url, provider, capture_content=True)
     try:
         done = await gw.complete("qa-3", "proj-t", ASK, agent_type="qa-engineer")
@@ -202,9 +206,7 @@ async def test_a_stream_is_one_span_with_litellm_under_it(traced) -> None:
 
 def test_complete_sync_waits_for_litellm_span(sims, migrated_ledger_url: str) -> None:
     """Each `complete_sync` runs its own event loop: LiteLLM's span must end before it does."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider, exporter = memory_provider()
     gw = make_gateway(sims, migrated_ledger_url, provider)
     try:
         done = gw.complete_sync("qa-6", "proj-t", ASK, agent_type="qa-engineer")
