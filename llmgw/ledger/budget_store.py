@@ -9,10 +9,12 @@ On PostgreSQL the same rules run inside the functions `llmgw_reserve` / `llmgw_s
 (migration 0004; counters locked `FOR UPDATE` in the same order, then held): one call and
 one round trip each, where the statements cost the gateway's event loop more than the
 database; under load many requests' calls go as one (`llmgw_reserve_many`, migration 0005;
-`llmgw_settle_many`, 0006; merged by `pg_async`). Every writer locks reservations, then
+`llmgw_settle_many`, 0006; merged by `pg_async`). On SQLite a batch's reserves and settles
+are merged in Python (`_reserve_many`, `_settle_many`): one conditional UPDATE per counter
+with the batch's sum, when all of them fit. Every writer locks reservations, then
 counters (one global order), then rollup rows, so none waits for another in a cycle.
 `tests/ledger/test_budget_steps.py` holds both databases to the same behaviour,
-`test_pg_budget_batches.py` the batches to the lone calls'.
+`test_budget_batches.py` the batches to the lone calls'.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from llmgw.budgets import CounterKey, Limit, Rule
 from llmgw.ledger.models import BudgetCounter, BudgetRule, Reservation, UsageEvent
-from llmgw.ledger.steps import COMMIT, Call, Op, Steps, json_default, run_steps
+from llmgw.ledger.steps import COMMIT, Call, Merge, Op, Steps, json_default, run_steps
 from llmgw.ledger.group_commit import driver_transaction
 from llmgw.ledger.store import UsageInsert, bind_processor, driver_sql
 
@@ -74,6 +76,41 @@ class SettleResult:
 class RefusedError(Exception):
     def __init__(self, refusal: Refusal) -> None:
         self.refusal = refusal
+
+
+# A batch's items wait across an await: each is one object pointing at what its request holds
+# anyway. Their driver parameters are made in the batch and dropped right after it (made
+# before it, ~100 requests' worth of tuples stayed alive and the GC walked them).
+@dataclass(frozen=True, slots=True)
+class _Reserve:
+    """One request's reserve on SQLite."""
+
+    request_id: str
+    created_at: datetime
+    amount: int
+    agent_id: str
+    agent_type: str | None
+    project_id: str
+    model_group: str
+    pairs: list[tuple[CounterKey, Limit]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Settle:
+    """One request's settle on SQLite."""
+
+    hold: Hold
+    state: str
+    spent: int
+    rows: list[dict[str, Any]]
+
+
+class _NotAll(Exception):
+    """A merged batch cannot run as one: its items run one by one."""
+
+
+_HELD = (None, None, None)
+_NO_CROSSING: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
 
 
 class BudgetStore:
@@ -161,41 +198,100 @@ class BudgetStore:
                 "request_id": request_id, "created_at": created_at, "amount": amount,
                 "agent_id": agent_id, "agent_type": agent_type, "project_id": project_id,
                 "model_group": model_group, "counters": counters, "amounts": limits}), COMMIT]
-            if row[0] is not None:
-                counter, limit = pairs[row[0] - 1]
-                raise RefusedError(Refusal(limit, row[1], row[2], counter.period_start))
-            return Hold(request_id, amount, tuple(pairs))
-        # SQLite: one statement at a time (no round trips to save), stopping at a refusal.
-        keys = [self._row_key(k) for k, _ in pairs]
-        held_on = tuple(keys)
-        listed = self._listed.get(held_on)
+        else:  # SQLite: the reserves of a batch merged (`_reserve_many`)
+            row = yield Merge(self._reserve_many, _Reserve(
+                request_id, created_at, amount, agent_id, agent_type, project_id, model_group,
+                pairs))
+        if row[0] is not None:
+            counter, limit = pairs[row[0] - 1]
+            raise RefusedError(Refusal(limit, row[1], row[2], counter.period_start))
+        return Hold(request_id, amount, tuple(pairs))
+
+    def _reserve_many(self, cur: Any, items: list[_Reserve]) -> list[Any]:
+        """SQLite's `llmgw_reserve_many`: each item's (index of the counter that refused it,
+        its spent, its reserved), all None when held. Merged when every counter has room for
+        the sum of the batch's holds on it, so holding them one by one would refuse none: one
+        conditional UPDATE per counter, with that sum. Else one by one, in order."""
+        if len(items) > 1 and self._hold_merged(cur, items):
+            return [_HELD] * len(items)
+        return [self._hold_alone(cur, item) for item in items]
+
+    def _reservation(self, item: _Reserve) -> tuple[Any, ...]:
+        """The item's `reservations` row, as driver parameters."""
+        keys = tuple(self._row_key(key) for key, _ in item.pairs)
+        listed = self._listed.get(keys)
         if listed is None:  # the same agent and project in the same windows: the same text
-            listed = self._listed[held_on] = self._json([k.as_list() for k, _ in pairs])
-        yield sql["insert_reservation"], (
-            request_id, self._dt(created_at), amount, agent_id, agent_type, project_id,
-            model_group, listed), False
-        new = [k for k in keys if k not in self._known]
-        if new:
-            yield sql["ensure_counter"], new, True
-        for key, (counter, limit) in zip(keys, pairs):
-            hold = (amount, *key, amount, limit.limit_micros)
-            held, _ = yield sql["hold"], hold, False
-            if held == 1:
-                continue
-            _, row = yield sql["read_counter"], key, False
-            if row is None:  # a counter thought known is gone (rolled back): make it again
-                yield sql["ensure_counter"], key, False
-                held, _ = yield sql["hold"], hold, False
-                if held == 1:
+            listed = self._listed[keys] = self._json([key.as_list() for key, _ in item.pairs])
+        return (item.request_id, self._dt(item.created_at), item.amount, item.agent_id,
+                item.agent_type, item.project_id, item.model_group, listed)
+
+    def _hold_merged(self, cur: Any, items: list[_Reserve]) -> bool:
+        sums: dict[tuple[Any, ...], list[int]] = {}
+        for item in items:
+            for key, limit in item.pairs:
+                k = self._row_key(key)
+                held = sums.get(k)
+                if held is None:
+                    sums[k] = [item.amount, limit.limit_micros]
+                elif held[1] != limit.limit_micros:  # the rules changed between two of them
+                    return False
+                else:
+                    held[0] += item.amount
+        sql = self._sql
+        cur.execute("SAVEPOINT merged")
+        try:
+            cur.executemany(sql["insert_reservation"], map(self._reservation, items))
+            new = [key for key in sums if key not in self._known]
+            if new:
+                cur.executemany(sql["ensure_counter"], new)
+            for key, (amount, limit) in sums.items():
+                if cur.execute(sql["hold"], (amount, *key, amount, limit)).rowcount != 1:
+                    raise _NotAll
+        except Exception:  # no room for all, or a bad item: one by one, undone here
+            cur.execute("ROLLBACK TO merged")
+            cur.execute("RELEASE merged")
+            return False
+        cur.execute("RELEASE merged")
+        self._remember(sums)
+        return True
+
+    def _hold_alone(self, cur: Any, item: _Reserve) -> Any:
+        sql = self._sql
+        cur.execute("SAVEPOINT alone")
+        try:
+            cur.execute(sql["insert_reservation"], self._reservation(item))
+            keys = [self._row_key(key) for key, _ in item.pairs]
+            new = [key for key in keys if key not in self._known]
+            if new:
+                cur.executemany(sql["ensure_counter"], new)
+            for i, (key, (_, limit)) in enumerate(zip(keys, item.pairs), 1):
+                hold = (item.amount, *key, item.amount, limit.limit_micros)
+                if cur.execute(sql["hold"], hold).rowcount == 1:
                     continue
-                _, row = yield sql["read_counter"], key, False
-            raise RefusedError(Refusal(limit, row[0], row[1], counter.period_start))
+                row = cur.execute(sql["read_counter"], key).fetchone()
+                if row is None:  # a counter thought known is gone (rolled back): make it again
+                    cur.execute(sql["ensure_counter"], key)
+                    if cur.execute(sql["hold"], hold).rowcount == 1:
+                        continue
+                    row = cur.execute(sql["read_counter"], key).fetchone()
+                cur.execute("ROLLBACK TO alone")  # the holds before this one, the reservation
+                cur.execute("RELEASE alone")
+                return (i, row[0], row[1])
+        except Exception as exc:
+            cur.execute("ROLLBACK TO alone")
+            cur.execute("RELEASE alone")
+            return exc
+        cur.execute("RELEASE alone")
+        self._remember(keys)
+        return _HELD
+
+    def _remember(self, keys: Any) -> None:
+        """Counters that exist now (a rolled-back batch may undo one: it is made again)."""
         if len(self._known) > 100_000:  # old windows' keys: forget them all, cheaply
             self._known.clear()
             self._row_keys.clear()
             self._listed.clear()
         self._known.update(keys)
-        return Hold(request_id, amount, tuple(pairs))
 
     def _row_key(self, key: CounterKey) -> tuple[Any, ...]:
         """A counter's key as driver parameters (the window start converted once, not per
@@ -236,30 +332,105 @@ class BudgetStore:
                 json.dumps(counters), json.dumps(thresholds), hold.request_id, state, spent,
                 hold.amount_micros, json.dumps(rows, default=json_default) if rows else None),
                 sql["settle_many"], item), COMMIT]
-            for i, crossed_spent in zip(row[0], row[1]):
-                key, limit = hold.counters[i - 1]
-                result.crossings.append(Crossing(key, limit, crossed_spent))
-            return result
-        # SQLite: one statement at a time; the op's transaction (or its batch's) commits.
-        moved, _ = yield sql["close_reservation"], (state, spent, hold.request_id), False
-        if moved == 1:  # still open: move the hold to spend (else settled or reconciled)
-            settle = sql["settle_counter_returning" if self._returning else "settle_counter"]
-            for key, limit in hold.counters:
-                k = self._row_key(key)
-                _, row = yield settle, (hold.amount_micros, spent, *k), False
-                threshold = int(limit.limit_micros * limit.warn_ratio)
-                # Only a counter at its threshold and not yet warned can cross.
-                at_risk = not self._returning or (row is not None and not row[1]
-                                                  and row[0] >= threshold)
-                if spent <= 0 or not at_risk:
-                    continue
-                marked, _ = yield sql["mark_warned"], (*k, threshold), False
-                if marked == 1:  # exactly one process sees 1: once per window
-                    _, row = yield sql["read_counter"], k, False
-                    result.crossings.append(Crossing(key, limit, row[0]))
-        if rows:
-            yield self._usage.sql, self._usage.params(rows), True
+        else:  # SQLite: the settles of a batch merged (`_settle_many`)
+            row = yield Merge(self._settle_many, _Settle(hold, state, spent, rows))
+        for i, crossed_spent in zip(row[0], row[1]):
+            key, limit = hold.counters[i - 1]
+            result.crossings.append(Crossing(key, limit, crossed_spent))
         return result
+
+    def _settle_many(self, cur: Any, items: list[_Settle]) -> list[Any]:
+        """SQLite's `llmgw_settle_many`: close each item's reservation, move its hold to spend
+        (nothing moves if it was closed already) and write its rows. Each item's result: the
+        indexes of its counters that crossed their warn threshold, and their spend. Merged:
+        one UPDATE per counter with the batch's sums, one INSERT for all rows; one by one if
+        that fails, so that a bad item fails alone."""
+        if len(items) > 1:
+            merged = self._settle_merged(cur, items)
+            if merged is not None:
+                return merged
+        return [self._settle_alone(cur, item) for item in items]
+
+    def _settle_merged(self, cur: Any, items: list[_Settle]) -> list[Any] | None:
+        sql = self._sql
+        results: list[Any] = [_NO_CROSSING] * len(items)
+        # counter -> [held, spent, threshold, the item and counter index a crossing goes to]
+        moves: dict[tuple[Any, ...], list[int]] = {}
+        for n, item in enumerate(items):
+            amount = item.hold.amount_micros
+            for i, (key, limit) in enumerate(item.hold.counters, 1):
+                k = self._row_key(key)
+                threshold = int(limit.limit_micros * limit.warn_ratio)
+                move = moves.get(k)
+                if move is None:
+                    moves[k] = [amount, item.spent, threshold, n, i]
+                elif move[2] != threshold:  # the rules changed between two of them
+                    return None
+                else:
+                    move[0] += amount
+                    move[1] += item.spent
+                    if item.spent > 0:  # the crossing goes to the last one that spent
+                        move[3], move[4] = n, i
+        cur.execute("SAVEPOINT merged")
+        try:
+            closed = cur.executemany(sql["close_reservation"], [
+                (item.state, item.spent, item.hold.request_id) for item in items]).rowcount
+            if closed != len(items):  # some were closed already: they move nothing
+                raise _NotAll
+            for key, (held, spent, threshold, n, i) in moves.items():
+                if self._settle_counter(cur, key, held, spent, threshold):
+                    if results[n] is _NO_CROSSING:
+                        results[n] = ([], [])
+                    results[n][0].append(i)
+                    results[n][1].append(cur.execute(sql["read_counter"], key).fetchone()[0])
+            cur.executemany(self._usage.sql, self._usage.each(
+                row for item in items for row in item.rows))
+        except Exception:
+            cur.execute("ROLLBACK TO merged")
+            cur.execute("RELEASE merged")
+            return None
+        cur.execute("RELEASE merged")
+        return results
+
+    def _settle_alone(self, cur: Any, item: _Settle) -> Any:
+        sql = self._sql
+        hold = item.hold
+        result: tuple[list[int], list[int]] = ([], [])
+        cur.execute("SAVEPOINT alone")
+        try:
+            if cur.execute(sql["close_reservation"], (item.state, item.spent, hold.request_id)
+                           ).rowcount == 1:  # still open (else settled or reconciled)
+                for i, (key, limit) in enumerate(hold.counters, 1):
+                    k = self._row_key(key)
+                    if self._settle_counter(cur, k, hold.amount_micros, item.spent,
+                                            int(limit.limit_micros * limit.warn_ratio)):
+                        result[0].append(i)
+                        result[1].append(cur.execute(sql["read_counter"], k).fetchone()[0])
+            if item.rows:
+                cur.executemany(self._usage.sql, self._usage.each(item.rows))
+        except Exception as exc:
+            cur.execute("ROLLBACK TO alone")
+            cur.execute("RELEASE alone")
+            return exc
+        cur.execute("RELEASE alone")
+        return result
+
+    def _settle_counter(self, cur: Any, key: tuple[Any, ...], held: int, spent: int,
+                        threshold: int) -> bool:
+        """Move `held` to `spent` on a counter; True if it crossed its warn threshold now
+        (exactly one process sees that: once per window)."""
+        sql = self._sql
+        if self._returning:
+            row = cur.execute(sql["settle_counter_returning"], (held, spent, *key)).fetchone()
+            # Only a counter at its threshold and not yet warned can cross.
+            if spent <= 0 or row is None or row[1] or row[0] < threshold:
+                return False
+        else:
+            cur.execute(sql["settle_counter"], (held, spent, *key))
+            if spent <= 0:
+                return False
+        marked: int = cur.execute(sql["mark_warned"], (*key, threshold)).rowcount
+        return marked == 1
 
     # -- reads ---------------------------------------------------------------------------
 

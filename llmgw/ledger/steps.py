@@ -6,6 +6,9 @@ list of their results. So the same transaction runs on SQLite's cursor, in a gro
 batches and on psycopg's async connection, where a batch is pipelined: one round trip for
 all of its statements, not one each.
 
+On SQLite a step may be a `Merge`: work that Python does on the cursor for every request of
+a batch at once (SQLite's counterpart of a `Call`).
+
 `COMMIT` as the last step of a batch says the transaction may commit there, in the same
 round trip: the steps yielded after it only need what came before to be durable (they may
 run in a transaction of their own). SQLite runners skip it (their transaction, or their
@@ -45,6 +48,18 @@ class Call:
         return self.sql, self.params(), False
 
 
+@dataclass(frozen=True, slots=True)
+class Merge:
+    """SQLite's `Call`: `many(cursor, items)` does the work of several requests' items in one
+    go (a few statements for all of them, not each one's own) and returns one result per item,
+    in order: a value, or the exception that item alone failed with. A runner gives it the
+    items of one batch, or a list of one. It is its operation's last step: sent its result,
+    the operation returns or raises. `group_commit.run_batch` merges them."""
+
+    many: Callable[[Any, list[Any]], list[Any]]
+    item: Any
+
+
 def json_default(value: Any) -> Any:
     """`json.dumps(default=)` for steps' JSON parameters: datetimes as ISO text."""
     if isinstance(value, datetime):
@@ -60,15 +75,20 @@ def mergeable(step: Any) -> Call | None:
     return None
 
 
-def run_steps(cur: Any, steps: Steps[T]) -> T:
-    """Run SQL steps on a DBAPI cursor (inside the caller's transaction)."""
+def run_steps(cur: Any, steps: Steps[T], *, first: Any = None) -> T:
+    """Run SQL steps on a DBAPI cursor (inside the caller's transaction); `first`: the step
+    the caller already took from `steps`."""
     result: Any = None
     while True:
         try:
-            step = steps.send(result)
+            step, first = (steps.send(result) if first is None else first), None
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
-        if isinstance(step, list):
+        if isinstance(step, Merge):
+            result = step.many(cur, [step.item])[0]
+            if isinstance(result, Exception):
+                raise result
+        elif isinstance(step, list):
             result = [_run_one(cur, s.step() if isinstance(s, Call) else s) for s in step]
         else:
             result = _run_one(cur, step)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,11 +15,11 @@ from sqlalchemy.types import TypeEngine
 
 from llmgw.errors import LedgerError
 from llmgw.ledger.engine import make_engine, sqlite_path
-from llmgw.ledger.group_commit import GroupCommit, LoopCommit, driver_transaction
+from llmgw.ledger.group_commit import GroupCommit, LoopCommit, Merging, driver_transaction
 from llmgw.ledger.models import USAGE_COLUMNS, UsageEvent
 from llmgw.ledger.timespec import utcnow  # noqa: F401  (the ledger's clock, re-exported)
 from llmgw.ledger.pg_async import AsyncPostgres
-from llmgw.ledger.steps import COMMIT, Op, Steps, run_steps
+from llmgw.ledger.steps import COMMIT, Merge, Op, Steps, run_steps
 from llmgw.types import Attempt
 
 T = TypeVar("T")
@@ -88,8 +88,15 @@ class UsageInsert:
                               f"VALUES ({', '.join('?' for _ in USAGE_COLUMNS)})", engine)
 
     def params(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-        return [tuple(proc(row[name]) if proc else row[name]
-                      for name, proc in zip(self._names, self._processors)) for row in rows]
+        return list(self.each(rows))
+
+    def each(self, rows: Iterable[dict[str, Any]]) -> Iterator[tuple[Any, ...]]:
+        """Each row's parameters, made as the driver takes them (an `executemany` of many
+        requests' rows holds one at a time)."""
+        names, processors = self._names, self._processors
+        for row in rows:
+            yield tuple(proc(row[name]) if proc else row[name]
+                        for name, proc in zip(names, processors))
 
 
 class LedgerStore:
@@ -129,13 +136,20 @@ class LedgerStore:
         """Run `op`'s SQL steps in a transaction of its own, or of its batch, committed
         before this returns. PostgreSQL: psycopg's async driver on the event loop, the budget
         calls of a loop pass as one statement. SQLite file: `LoopCommit` (one commit for the
-        requests of a loop pass). Either way right away when the caller is `alone`, the only
-        request in flight."""
+        requests of a loop pass, their reserves and their settles merged). Either way right
+        away when the caller is `alone`, the only request in flight."""
         if self._pg is not None:
             return await self._pg.transact(op, alone=alone)
         if self._loop_commit is None:  # in-memory SQLite
             return self.transact_sync(op)
-        return await self._loop_commit.submit(lambda cur: run_steps(cur, op()), alone=alone)
+        steps = op()
+        try:
+            first = next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        work = (Merging(first, steps) if isinstance(first, Merge) else
+                lambda cur: run_steps(cur, steps, first=first))
+        return await self._loop_commit.submit(work, alone=alone)
 
     def transact_sync(self, op: Op[T]) -> T:
         with driver_transaction(self.engine) as cur:

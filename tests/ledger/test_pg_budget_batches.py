@@ -1,5 +1,5 @@
-"""PostgreSQL: the reserves (migration 0005) and the settles (0006) queued in one loop pass
-go as one statement each, each request answered as if it ran alone."""
+"""PostgreSQL's batches (migrations 0005-0006) take their locks in the one global order.
+What batches do on both databases: `test_budget_batches.py`."""
 
 from __future__ import annotations
 
@@ -38,60 +38,6 @@ def transactions(ledger: LedgerStore, table: str, request_ids: list[str]) -> int
         return conn.execute(text(f"SELECT count(DISTINCT xmin::text) FROM {table} "
                                  "WHERE request_id = ANY(:ids)"), {"ids": request_ids}
                             ).scalar_one()
-
-
-async def test_a_loop_pass_of_reserves_is_one_transaction_each_answered_alone(stores) -> None:
-    ledger, budgets = stores
-    lims, keys = limits(project_micros=1_000)  # room for three holds of 300, not four
-    outcomes = await asyncio.gather(*(ledger.transact(reserve_op(budgets, 300, lims, keys))
-                                      for _ in range(4)), return_exceptions=True)
-    holds = [o for o in outcomes if isinstance(o, Hold)]
-    [refused] = [o for o in outcomes if isinstance(o, RefusedError)]
-    assert len(holds) == 3
-    assert refused.refusal.limit == lims[1]
-    assert (refused.refusal.spent_micros, refused.refusal.reserved_micros) == (0, 900)
-    assert transactions(ledger, "reservations", [h.request_id for h in holds]) == 1
-    assert set(budgets.counters(keys).values()) == {(0, 900)}  # the refusal held nothing
-    assert sorted(r.request_id for r in budgets.open_reservations()) == sorted(
-        h.request_id for h in holds)
-
-
-async def test_a_loop_pass_of_settles_is_one_transaction_and_warns_once(stores) -> None:
-    ledger, budgets = stores
-    lims, keys = limits(project_micros=1_000)  # warns at 800 spent
-    holds = await asyncio.gather(*(ledger.transact(reserve_op(budgets, 300, lims, keys))
-                                   for _ in range(3)))
-    results = await asyncio.gather(*(ledger.transact(budgets.settle_op(
-        hold, spent_micros=290, rows=[row(hold.request_id, 290)])) for hold in holds))
-    ids = [h.request_id for h in holds]
-    assert transactions(ledger, "usage_events", ids) == 1
-    assert transactions(ledger, "reservations", ids) == 1  # closed by that same transaction
-    assert budgets.counters(keys)[keys[1]] == (870, 0)
-    # The project's day crossed 800 with the third settle, in batch order: one warning.
-    crossings = [c for r in results for c in r.crossings]
-    assert [(c.key, c.spent_micros) for c in crossings] == [(keys[1], 870)]
-    assert budgets.open_reservations() == []
-    with ledger.engine.connect() as conn:  # the rollup trigger saw every row of the batch
-        assert conn.execute(text("SELECT sum(cost_micros), sum(attempts) FROM usage_rollup")
-                            ).one() == (870, 3)
-
-
-async def test_a_batch_settles_each_hold_once_as_lone_calls_would(stores) -> None:
-    ledger, budgets = stores
-    lims, keys = limits()
-    hold = await ledger.transact(reserve_op(budgets, 300, lims, keys))
-    rows = [row(hold.request_id, 100), {**row(hold.request_id, 0), "attempt": 2}]
-    await asyncio.gather(
-        ledger.transact(budgets.settle_op(hold, spent_micros=100, rows=rows[:1])),
-        ledger.transact(budgets.settle_op(hold, spent_micros=50, rows=rows[1:],
-                                          state="released")))
-    assert transactions(ledger, "usage_events", [hold.request_id]) == 1  # one batch
-    assert set(budgets.counters(keys).values()) == {(100, 0)}  # the first settle moved it
-    with ledger.engine.connect() as conn:
-        assert conn.execute(text("SELECT state, settled_micros FROM reservations")).one() == (
-            "settled", 100)
-        assert conn.execute(text("SELECT attempt FROM usage_events ORDER BY attempt")
-                            ).scalars().all() == [1, 2]
 
 
 @pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])
@@ -162,24 +108,3 @@ async def test_a_reserve_batch_makes_its_new_counters_in_the_global_order(stores
         holds = await reserving
     assert transactions(ledger, "reservations", [h.request_id for h in holds]) == 1
     assert budgets.counters([late, early]) == {late: (0, 100), early: (0, 100)}
-
-
-async def test_a_bad_call_fails_alone_and_the_rest_of_its_batch_commits(stores) -> None:
-    ledger, budgets = stores
-    lims, keys = limits()
-    outcomes = await asyncio.gather(
-        ledger.transact(reserve_op(budgets, 100, lims, keys, request_id="same")),
-        ledger.transact(reserve_op(budgets, 100, lims, keys, request_id="same")),
-        ledger.transact(reserve_op(budgets, 100, lims, keys)), return_exceptions=True)
-    assert [type(o) for o in outcomes] == [Hold, psycopg.errors.UniqueViolation, Hold]
-    assert set(budgets.counters(keys).values()) == {(0, 200)}  # the duplicate held nothing
-    assert len(budgets.open_reservations()) == 2
-
-
-async def test_a_caller_alone_is_sent_at_once_in_a_transaction_of_its_own(stores) -> None:
-    ledger, budgets = stores
-    lims, keys = limits()
-    holds = await asyncio.gather(*(ledger.transact(reserve_op(budgets, 100, lims, keys),
-                                                   alone=True) for _ in range(3)))
-    assert transactions(ledger, "reservations", [h.request_id for h in holds]) == 3
-    assert set(budgets.counters(keys).values()) == {(0, 300)}
