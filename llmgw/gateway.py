@@ -8,7 +8,6 @@ import contextlib
 import json
 import math
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,6 +24,7 @@ from llmgw.errors import BudgetExceeded, InvalidRequest, LedgerError, ProviderEr
 from llmgw.events import EventBus, Handler
 from llmgw.health import DeploymentHealth, DeploymentStats, StatsCollector, probe
 from llmgw.heap import FIRST_ANSWER, STARTUP, freeze_once
+from llmgw.ids import new_request_id
 from llmgw.ledger.budget_store import BudgetStore, Hold, RefusedError
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.migrate import ensure_current
@@ -558,7 +558,7 @@ class LLMGateway:
         route = self.agents.resolve(request.agent_id, agent_type=request.agent_type,
                                     model_group=request.model_group)
         now = self.clock()
-        ctx = RequestContext(uuid.uuid4().hex, request.agent_id, route.agent_type,
+        ctx = RequestContext(new_request_id(), request.agent_id, route.agent_type,
                              request.project_id, stream=stream)
         call_params = dict(request.params)
         if call_params.get("tools"):
