@@ -51,3 +51,17 @@ def test_a_forked_process_makes_other_ids_than_its_parent() -> None:
     assert len(theirs) == 5
     # The random bits (all but the timestamp) share nothing: no common sequence.
     assert not {i[12:] for i in mine} & {i[12:] for i in theirs}
+
+
+def test_an_application_seeding_random_does_not_repeat_our_ids() -> None:
+    import random
+
+    state = random.getstate()
+    try:
+        random.seed(7)
+        first = new_request_id()
+        random.seed(7)  # two worker processes seeded alike for reproducible agents
+        second = new_request_id()
+    finally:
+        random.setstate(state)
+    assert first[12:] != second[12:]
