@@ -221,3 +221,26 @@ async def test_sqlite_a_batch_without_room_for_all_refuses_exactly_whom_lone_cal
                                       keys[2]: (0, 2_000)}
     assert budgets.counters(other_keys)[other_keys[0]] == (0, 1_200)
     assert len(budgets.open_reservations()) == 5
+
+
+@SQLITE
+async def test_sqlite_a_batch_waiting_for_another_process_runs_in_the_writer_thread(
+        stores) -> None:
+    ledger, budgets = stores
+    lims, keys = limits(project_micros=1_000)  # room for three holds of 300, not four
+    other = sqlite3.connect(ledger.engine.url.database, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process is writing
+    try:
+        reserving = asyncio.gather(*(ledger.transact(reserve_op(budgets, 300, lims, keys))
+                                     for _ in range(4)), return_exceptions=True)
+        for _ in range(3):  # the loop runs on: the batch went to the writer thread
+            await asyncio.sleep(0)
+        assert not reserving.done() and ledger._thread_commit._thread is not None
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    outcomes = await reserving
+    assert [type(o).__name__ for o in outcomes].count("Hold") == 3
+    [refused] = [o for o in outcomes if isinstance(o, RefusedError)]
+    assert (refused.refusal.spent_micros, refused.refusal.reserved_micros) == (0, 900)
+    assert set(budgets.counters(keys).values()) == {(0, 900)}
