@@ -238,7 +238,7 @@ async def _no_failover_after_auth_failure(*, model: str, request_kwargs: Mapping
 # unless the first one's are taken out.
 _previous_router_callbacks: list[object] = []
 CALLBACK_LISTS = ("callbacks", "success_callback", "failure_callback", "_async_success_callback",
-                   "_async_failure_callback", "input_callback", "service_callback")
+                  "_async_failure_callback", "input_callback", "service_callback")
 
 # Retries that would be a silent failover or a pointless repeat; not overridable.
 _FORCED_RETRY_POLICY = {"AuthenticationErrorRetries": 0, "BadRequestErrorRetries": 0}

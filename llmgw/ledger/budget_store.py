@@ -241,9 +241,7 @@ class BudgetStore:
         cur.execute("SAVEPOINT merged")
         try:
             cur.executemany(sql["insert_reservation"], map(self._reservation, items))
-            new = [key for key in sums if key not in self._known]
-            if new:
-                cur.executemany(sql["ensure_counter"], new)
+            self._make_unknown(cur, sums)
             for key, (amount, limit) in sums.items():
                 if cur.execute(sql["hold"], (amount, *key, amount, limit)).rowcount != 1:
                     raise _NotAll
@@ -261,9 +259,7 @@ class BudgetStore:
         try:
             cur.execute(sql["insert_reservation"], self._reservation(item))
             keys = [self._row_key(key) for key, _ in item.pairs]
-            new = [key for key in keys if key not in self._known]
-            if new:
-                cur.executemany(sql["ensure_counter"], new)
+            self._make_unknown(cur, keys)
             for i, (key, (_, limit)) in enumerate(zip(keys, item.pairs), 1):
                 hold = (item.amount, *key, item.amount, limit.limit_micros)
                 if cur.execute(sql["hold"], hold).rowcount == 1:
@@ -284,6 +280,12 @@ class BudgetStore:
         cur.execute("RELEASE alone")
         self._remember(keys)
         return _HELD
+
+    def _make_unknown(self, cur: Any, keys: Any) -> None:
+        """Make the counters not known to exist (made by another writer meanwhile: no-op)."""
+        new = [key for key in keys if key not in self._known]
+        if new:
+            cur.executemany(self._sql["ensure_counter"], new)
 
     def _remember(self, keys: Any) -> None:
         """Counters that exist now (a rolled-back batch may undo one: it is made again)."""

@@ -4,40 +4,15 @@ What batches do on both databases: `test_budget_batches.py`."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import psycopg
 import pytest
-from sqlalchemy import text
 
 from llmgw.budgets import CounterKey, Limit
-from llmgw.ledger.budget_store import BudgetStore, Hold, RefusedError
-from llmgw.ledger.store import LedgerStore
-from tests.ledger.test_budget_steps import DAY, NOW, limits, row
+from tests.ledger.test_budget_batches import reserve_op, stores, transactions  # noqa: F401
+from tests.ledger.test_budget_steps import DAY, limits, row
 
 pytestmark = pytest.mark.parametrize("ledger_url", ["postgresql"], indirect=True)
-
-
-@pytest.fixture
-async def stores(migrated_ledger_url: str):
-    ledger = LedgerStore(migrated_ledger_url)
-    yield ledger, BudgetStore(ledger.engine)
-    ledger.dispose()
-
-
-def reserve_op(budgets: BudgetStore, amount: int, lims, keys, request_id: str | None = None):
-    return budgets.reserve_op(
-        request_id=request_id or uuid.uuid4().hex, amount_micros=amount, limits=lims,
-        keys=keys, created_at=NOW, agent_id="a1", agent_type="qa", project_id="p1",
-        model_group="g")
-
-
-def transactions(ledger: LedgerStore, table: str, request_ids: list[str]) -> int:
-    """How many transactions wrote these requests' rows (xmin: the writing transaction)."""
-    with ledger.engine.connect() as conn:
-        return conn.execute(text(f"SELECT count(DISTINCT xmin::text) FROM {table} "
-                                 "WHERE request_id = ANY(:ids)"), {"ids": request_ids}
-                            ).scalar_one()
 
 
 @pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])
