@@ -15,6 +15,7 @@ counted by LiteLLM in full.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +33,9 @@ class PromptTokenCounter:
     def __init__(self, max_entries: int = 8192) -> None:
         self._counter = import_litellm().token_counter
         self._max = max_entries
-        self._per_message: dict[tuple[str, str, str], int] = {}
+        # Oldest out first in O(1): a dict's first key after many deletions at its front is
+        # found by skipping them (~4 us a request once the memo is full).
+        self._per_message: OrderedDict[tuple[str, str, str], int] = OrderedDict()
         self._overhead: dict[str, int] = {}
         self._text: dict[str, Callable[[str], int] | None] = {}  # None: use token_counter
         self._base: dict[tuple[str, str], int] = {}
@@ -49,8 +52,8 @@ class PromptTokenCounter:
             key = (model, m["role"], m["content"])
             n = memo.get(key)
             if n is None:
-                if len(memo) >= self._max:  # oldest first: dicts keep insertion order
-                    del memo[next(iter(memo))]
+                if len(memo) >= self._max:
+                    memo.popitem(last=False)
                 n = memo[key] = self._count_one(model, m)
             total += n
         return total - self._overhead_of(model) * (len(messages) - 1)

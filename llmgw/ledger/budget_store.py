@@ -47,6 +47,8 @@ class Hold:
     request_id: str
     amount_micros: int
     counters: tuple[tuple[CounterKey, Limit], ...]
+    # SQLite: the counters' keys as driver parameters, made once at reserve for the settle
+    row_keys: tuple[tuple[Any, ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,7 @@ class _Reserve:
     project_id: str
     model_group: str
     pairs: list[tuple[CounterKey, Limit]]
+    keys: tuple[tuple[Any, ...], ...]  # the pairs' counters as driver parameters
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +192,7 @@ class BudgetStore:
                        agent_id: str, agent_type: str | None, project_id: str,
                        model_group: str) -> Steps[Hold]:
         sql = self._sql
+        keys: tuple[tuple[Any, ...], ...] = ()
         if self._functions:  # PostgreSQL: one call (0004), or one of a batch's (0005)
             counters = [k.as_list() for k, _ in pairs]
             limits = [limit.limit_micros for _, limit in pairs]
@@ -199,13 +203,14 @@ class BudgetStore:
                 "agent_id": agent_id, "agent_type": agent_type, "project_id": project_id,
                 "model_group": model_group, "counters": counters, "amounts": limits}), COMMIT]
         else:  # SQLite: the reserves of a batch merged (`_reserve_many`)
+            keys = tuple(self._row_key(key) for key, _ in pairs)
             row = yield Merge(self._reserve_many, _Reserve(
                 request_id, created_at, amount, agent_id, agent_type, project_id, model_group,
-                pairs))
+                pairs, keys))
         if row[0] is not None:
             counter, limit = pairs[row[0] - 1]
             raise RefusedError(Refusal(limit, row[1], row[2], counter.period_start))
-        return Hold(request_id, amount, tuple(pairs))
+        return Hold(request_id, amount, tuple(pairs), keys)
 
     def _reserve_many(self, cur: Any, items: list[_Reserve]) -> list[Any]:
         """SQLite's `llmgw_reserve_many`: each item's (index of the counter that refused it,
@@ -218,18 +223,16 @@ class BudgetStore:
 
     def _reservation(self, item: _Reserve) -> tuple[Any, ...]:
         """The item's `reservations` row, as driver parameters."""
-        keys = tuple(self._row_key(key) for key, _ in item.pairs)
-        listed = self._listed.get(keys)
+        listed = self._listed.get(item.keys)
         if listed is None:  # the same agent and project in the same windows: the same text
-            listed = self._listed[keys] = self._json([key.as_list() for key, _ in item.pairs])
+            listed = self._listed[item.keys] = self._json([key.as_list() for key, _ in item.pairs])
         return (item.request_id, self._dt(item.created_at), item.amount, item.agent_id,
                 item.agent_type, item.project_id, item.model_group, listed)
 
     def _hold_merged(self, cur: Any, items: list[_Reserve]) -> bool:
         sums: dict[tuple[Any, ...], list[int]] = {}
         for item in items:
-            for key, limit in item.pairs:
-                k = self._row_key(key)
+            for k, (_, limit) in zip(item.keys, item.pairs):
                 held = sums.get(k)
                 if held is None:
                     sums[k] = [item.amount, limit.limit_micros]
@@ -258,7 +261,7 @@ class BudgetStore:
         cur.execute("SAVEPOINT alone")
         try:
             cur.execute(sql["insert_reservation"], self._reservation(item))
-            keys = [self._row_key(key) for key, _ in item.pairs]
+            keys = item.keys
             self._make_unknown(cur, keys)
             for i, (key, (_, limit)) in enumerate(zip(keys, item.pairs), 1):
                 hold = (item.amount, *key, item.amount, limit.limit_micros)
@@ -294,6 +297,9 @@ class BudgetStore:
             self._row_keys.clear()
             self._listed.clear()
         self._known.update(keys)
+
+    def _keys_of(self, hold: Hold) -> tuple[tuple[Any, ...], ...]:
+        return hold.row_keys or tuple(self._row_key(key) for key, _ in hold.counters)
 
     def _row_key(self, key: CounterKey) -> tuple[Any, ...]:
         """A counter's key as driver parameters (the window start converted once, not per
@@ -360,8 +366,8 @@ class BudgetStore:
         moves: dict[tuple[Any, ...], list[int]] = {}
         for n, item in enumerate(items):
             amount = item.hold.amount_micros
-            for i, (key, limit) in enumerate(item.hold.counters, 1):
-                k = self._row_key(key)
+            for i, (k, (_, limit)) in enumerate(zip(self._keys_of(item.hold),
+                                                    item.hold.counters), 1):
                 threshold = int(limit.limit_micros * limit.warn_ratio)
                 move = moves.get(k)
                 if move is None:
@@ -402,8 +408,8 @@ class BudgetStore:
         try:
             if cur.execute(sql["close_reservation"], (item.state, item.spent, hold.request_id)
                            ).rowcount == 1:  # still open (else settled or reconciled)
-                for i, (key, limit) in enumerate(hold.counters, 1):
-                    k = self._row_key(key)
+                for i, (k, (_, limit)) in enumerate(zip(self._keys_of(hold), hold.counters),
+                                                    1):
                     if self._settle_counter(cur, k, hold.amount_micros, item.spent,
                                             int(limit.limit_micros * limit.warn_ratio)):
                         result[0].append(i)

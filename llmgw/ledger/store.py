@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import operator
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -81,9 +82,11 @@ class UsageInsert:
     converts them."""
 
     def __init__(self, engine: Engine) -> None:
-        self._names = USAGE_COLUMNS
-        self._processors = [bind_processor(UsageEvent.__table__.c[name].type, engine)
-                            for name in USAGE_COLUMNS]
+        processors = [bind_processor(UsageEvent.__table__.c[name].type, engine)
+                      for name in USAGE_COLUMNS]
+        self._values = operator.itemgetter(*USAGE_COLUMNS)
+        # Only a few columns need converting (times, JSON, flags): the rest go as they are.
+        self._convert = [(i, proc) for i, proc in enumerate(processors) if proc]
         self.sql = driver_sql(f"INSERT INTO usage_events ({', '.join(USAGE_COLUMNS)}) "
                               f"VALUES ({', '.join('?' for _ in USAGE_COLUMNS)})", engine)
 
@@ -93,10 +96,12 @@ class UsageInsert:
     def each(self, rows: Iterable[dict[str, Any]]) -> Iterator[tuple[Any, ...]]:
         """Each row's parameters, made as the driver takes them (an `executemany` of many
         requests' rows holds one at a time)."""
-        names, processors = self._names, self._processors
+        values, convert = self._values, self._convert
         for row in rows:
-            yield tuple(proc(row[name]) if proc else row[name]
-                        for name, proc in zip(names, processors))
+            params = list(values(row))
+            for i, proc in convert:
+                params[i] = proc(params[i])
+            yield tuple(params)
 
 
 class LedgerStore:

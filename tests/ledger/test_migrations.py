@@ -236,6 +236,8 @@ def test_sqlite_engine_pragmas_and_parent_dir(tmp_path: Path) -> None:
             assert pragma("synchronous") == 1  # NORMAL
             assert pragma("busy_timeout") == 30_000
             assert pragma("foreign_keys") == 1
+            # MEMORY: a big batch's savepoint journal never spills to a file on disk
+            assert pragma("temp_store") == 2
     finally:
         engine.dispose()
     assert (tmp_path / "a" / "b" / "ledger.db").exists()
