@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import operator
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,10 +21,20 @@ from llmgw.ledger.group_commit import GroupCommit, LoopCommit, Merging, driver_t
 from llmgw.ledger.models import USAGE_COLUMNS, UsageEvent
 from llmgw.ledger.timespec import utcnow  # noqa: F401  (the ledger's clock, re-exported)
 from llmgw.ledger.pg_async import AsyncPostgres
-from llmgw.ledger.steps import COMMIT, Merge, Op, Steps, run_steps
+from llmgw.ledger.steps import COMMIT, Call, Merge, Op, Steps, json_default, run_steps
 from llmgw.types import Attempt
 
 T = TypeVar("T")
+
+# PostgreSQL: the rows of many requests' writes as one statement (one JSON array, an element
+# per request, one result row each), as the budget functions take a batch's settles.
+_PG_INSERT_ROWS = (
+    "WITH t AS (SELECT e, n FROM json_array_elements(%s::json) WITH ORDINALITY AS t(e, n)), "
+    f"ins AS (INSERT INTO usage_events ({', '.join(USAGE_COLUMNS)}) "
+    f"SELECT {', '.join('u.' + c for c in USAGE_COLUMNS)} FROM t, "
+    "json_populate_recordset(NULL::usage_events, t.e->'rows') WITH ORDINALITY AS u "
+    "ORDER BY t.n, u.ordinality) "
+    "SELECT n FROM t ORDER BY n")
 
 @dataclass(frozen=True, slots=True)
 class RequestContext:
@@ -161,7 +172,16 @@ class LedgerStore:
             return run_steps(cur, op())
 
     def write_op(self, rows: list[dict[str, Any]]) -> Op[None]:
-        """The insert of one request's rows, as SQL steps."""
+        """The insert of one request's rows, as SQL steps. PostgreSQL: a `Call`, so the writes
+        queued in one loop pass go as one statement (else one round trip each)."""
+        if self._pg is not None:
+            item = {"rows": rows}
+
+            def pg_steps() -> Steps[None]:
+                yield [Call(_PG_INSERT_ROWS, lambda: (json.dumps([item], default=json_default),),
+                            _PG_INSERT_ROWS, item), COMMIT]
+            return pg_steps
+
         def steps() -> Steps[None]:
             params = self._usage.params(rows)
             # One row (the usual case) as a plain statement: on PostgreSQL, one round trip.

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from llmgw.budgets import CounterKey, Limit
+from llmgw.errors import LedgerError
 from llmgw.ledger.budget_store import BudgetStore, Hold, RefusedError
 from llmgw.ledger.store import LedgerStore
 from tests.ledger.test_budget_steps import DAY, NOW, limits, row
@@ -162,6 +163,34 @@ async def test_a_bad_settle_fails_alone_and_the_rest_of_its_batch_commits(stores
     with ledger.engine.connect() as conn:
         assert sorted(conn.execute(text("SELECT request_id FROM usage_events")).scalars()) == \
             sorted([holds[0].request_id, holds[2].request_id])
+
+
+@BOTH
+async def test_a_loop_pass_of_plain_row_writes_is_one_transaction(stores) -> None:
+    ledger, _ = stores
+    ids = [uuid.uuid4().hex for _ in range(3)]
+    with counting(ledger) as seen:
+        await asyncio.gather(*(ledger.write([row(i, 10), row(i, 20) | {"attempt": 2}])
+                               for i in ids))
+    assert one_transaction(ledger, seen, "usage_events", ids)
+    with ledger.engine.connect() as conn:
+        stored = conn.execute(text("SELECT request_id, attempt, cost_micros FROM usage_events "
+                                   "ORDER BY id")).all()
+    assert [tuple(r) for r in stored] == [(i, a, c) for i in ids for a, c in ((1, 10), (2, 20))]
+
+
+@BOTH
+async def test_a_bad_row_write_fails_alone_and_the_rest_of_its_batch_is_written(stores) -> None:
+    ledger, _ = stores
+    ids = [uuid.uuid4().hex for _ in range(3)]
+    bad = row(ids[1], 10) | {"status": "no such status"}  # a CHECK fails
+    outcomes = await asyncio.gather(*(ledger.write([bad if i == ids[1] else row(i, 10)])
+                                      for i in ids), return_exceptions=True)
+    assert isinstance(outcomes[1], LedgerError) and "1 usage row" in str(outcomes[1])
+    assert outcomes[0] is None and outcomes[2] is None
+    with ledger.engine.connect() as conn:
+        assert sorted(conn.execute(text("SELECT request_id FROM usage_events")).scalars()) == \
+            sorted([ids[0], ids[2]])
 
 
 @BOTH
