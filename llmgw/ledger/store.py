@@ -36,6 +36,7 @@ _PG_INSERT_ROWS = (
     "ORDER BY t.n, u.ordinality) "
     "SELECT n FROM t ORDER BY n")
 
+
 @dataclass(frozen=True, slots=True)
 class RequestContext:
     """Who asked and for which group: the same on every row of one request."""
@@ -183,10 +184,7 @@ class LedgerStore:
             return pg_steps
 
         def steps() -> Steps[None]:
-            params = self._usage.params(rows)
-            # One row (the usual case) as a plain statement: on PostgreSQL, one round trip.
-            yield [(self._usage.sql, params[0], False) if len(params) == 1 else
-                   (self._usage.sql, params, True), COMMIT]
+            yield [(self._usage.sql, self._usage.params(rows), True), COMMIT]
         return steps
 
     def write_sync(self, rows: list[dict[str, Any]]) -> None:
