@@ -9,7 +9,7 @@ Rules set with `llmgw budgets set` (the `budgets` table) win over the config fil
 from __future__ import annotations
 
 import calendar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -50,9 +50,15 @@ class CounterKey:
     scope_id: str
     period: str
     period_start: datetime  # naive UTC
+    # As the ledger's JSON parameters list it; built once (a request lists its keys 9 times).
+    listed: tuple[str, str, str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "listed", (self.scope, self.scope_id, self.period,
+                                            self.period_start.isoformat()))
 
     def as_list(self) -> list[str]:
-        return [self.scope, self.scope_id, self.period, self.period_start.isoformat()]
+        return list(self.listed)
 
     @classmethod
     def from_list(cls, v: list[str]) -> CounterKey:

@@ -368,10 +368,10 @@ class LLMGateway:
         else:
             max_tokens = int(call_params.get("max_tokens")
                              or self.config.llmgw.budgets.default_max_tokens)
-            amount = self.worst_case_micros(route.model_group, request.messages, max_tokens,
+            amount = self.worst_case_micros(route.model_group, request.message_dicts, max_tokens,
                                             tools=call_params.get("tools"),
                                             tool_choice=call_params.get("tool_choice"))
-        prompt = self._prompt_tokens(route.model_group, request.messages,
+        prompt = self._prompt_tokens(route.model_group, request.message_dicts,
                                      call_params.get("tools"), call_params.get("tool_choice"))
         expected = min(max_tokens, max(16, prompt // 2))  # answers are usually shorter than asks
         chain = self.config.fallback_chain(route.model_group)
@@ -415,15 +415,17 @@ class LLMGateway:
             return completion
         return asyncio.run(answer())
 
-    def _prompt_tokens(self, model_group: str, messages: list[Message], tools: Any = None,
-                       tool_choice: Any = None) -> int:
+    def _prompt_tokens(self, model_group: str, messages: list[Message] | list[dict[str, Any]],
+                       tools: Any = None, tool_choice: Any = None) -> int:
         """Prompt tokens by LiteLLM's tokenizer for the group's first deployment's model,
         the tools' definitions (and a named tool choice) included."""
         first = self.config.groups()[model_group][0].litellm_params.model
-        return self._tokens.count(first, [m.model_dump(exclude_none=True) for m in messages],
-                                  tools=tools, tool_choice=tool_choice)
+        dicts = [m.model_dump(exclude_none=True) if isinstance(m, Message) else m
+                 for m in messages]
+        return self._tokens.count(first, dicts, tools=tools, tool_choice=tool_choice)
 
-    def worst_case_micros(self, model_group: str, messages: list[Message], max_tokens: int, *,
+    def worst_case_micros(self, model_group: str, messages: list[Message] | list[dict[str, Any]],
+                          max_tokens: int, *,
                           tools: list[dict[str, Any]] | None = None,
                           tool_choice: Any = None) -> int:
         """The most a call can cost: prompt tokens (LiteLLM's tokenizer, with the configured
@@ -475,7 +477,7 @@ class LLMGateway:
                 or (stream and not settings.streams)):
             return _CacheLookup()
         scope = scope_of(settings.scope, project_id=ctx.project_id, agent_type=route.agent_type)
-        msgs = [m.model_dump(exclude_none=True) for m in request.messages]
+        msgs = request.message_dicts
         key = cache_key(scope, route.model_group, msgs, params)
         hit = await self.cache.get(key)
         if hit is not None or self.semantic is None or params.get("tools"):
@@ -615,7 +617,7 @@ class LLMGateway:
         max_tokens = params.get("max_tokens") or params.get("max_completion_tokens")
         if max_tokens is None:
             max_tokens = params["max_tokens"] = self.config.llmgw.budgets.default_max_tokens
-        amount = self.worst_case_micros(route.model_group, request.messages, int(max_tokens),
+        amount = self.worst_case_micros(route.model_group, request.message_dicts, int(max_tokens),
                                         tools=params.get("tools"),
                                         tool_choice=params.get("tool_choice"))
         keys = [policy.counter_key(limit, now) for limit in limits]
@@ -899,7 +901,8 @@ def _validate(agent_id: Any, project_id: Any, messages: Any, agent_type: Any, mo
         request = CompletionRequest(agent_id=agent_id, project_id=project_id, messages=messages,
                                     agent_type=agent_type, model_group=model_group,
                                     metadata=metadata or {}, params=params)
-        json.dumps(request.metadata)
+        if request.metadata:
+            json.dumps(request.metadata)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: "
                              f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
@@ -34,6 +35,12 @@ class CompletionRequest(BaseModel):
     model_group: str | None = Field(default=None, min_length=1, max_length=200)
     metadata: dict[str, Any] = Field(default_factory=dict)
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @cached_property
+    def message_dicts(self) -> list[dict[str, Any]]:
+        """The messages as plain dicts (unset fields left out), built once per request; do
+        not mutate (pass a provider its own copy)."""
+        return [m.model_dump(exclude_none=True) for m in self.messages]
 
     @field_validator("agent_id", "project_id")
     @classmethod

@@ -31,7 +31,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from llmgw.budgets import CounterKey, Limit, Rule
 from llmgw.ledger.models import BudgetCounter, BudgetRule, Reservation, UsageEvent
-from llmgw.ledger.steps import COMMIT, Call, Merge, Op, Steps, json_default, run_steps
+from llmgw.ledger.steps import COMMIT, Call, Merge, Op, Steps, json_text, run_steps
 from llmgw.ledger.group_commit import driver_transaction
 from llmgw.ledger.store import UsageInsert, bind_processor, driver_sql
 
@@ -172,7 +172,7 @@ class BudgetStore:
                    keys: list[CounterKey], created_at: datetime, agent_id: str,
                    agent_type: str | None, project_id: str, model_group: str) -> Op[Hold]:
         """`reserve` as SQL steps, for `LedgerStore.transact` (any driver, sync or async)."""
-        pairs = sorted(zip(keys, limits), key=lambda p: p[0].as_list())
+        pairs = sorted(zip(keys, limits), key=lambda p: p[0].listed)
         return lambda: self._reserve_steps(request_id, amount_micros, pairs, created_at,
                                            agent_id, agent_type, project_id, model_group)
 
@@ -194,7 +194,7 @@ class BudgetStore:
         sql = self._sql
         keys: tuple[tuple[Any, ...], ...] = ()
         if self._functions:  # PostgreSQL: one call (0004), or one of a batch's (0005)
-            counters = [k.as_list() for k, _ in pairs]
+            counters = [k.listed for k, _ in pairs]
             limits = [limit.limit_micros for _, limit in pairs]
             (_, row), _ = yield [Call(sql["reserve_fn"], lambda: (
                 json.dumps(counters), json.dumps(limits), request_id, created_at, amount,
@@ -329,7 +329,7 @@ class BudgetStore:
         result = SettleResult()
         sql = self._sql
         if self._functions:  # PostgreSQL: one call (0004, 0006), or one of a batch's (0006)
-            counters = [key.as_list() for key, _ in hold.counters]
+            counters = [key.listed for key, _ in hold.counters]
             thresholds = [int(limit.limit_micros * limit.warn_ratio)
                           for _, limit in hold.counters]
             item = {"request_id": hold.request_id, "state": state, "spent": spent,
@@ -338,7 +338,7 @@ class BudgetStore:
                 item["rows"] = rows
             (_, row), _ = yield [Call(sql["settle_fn"], lambda: (
                 json.dumps(counters), json.dumps(thresholds), hold.request_id, state, spent,
-                hold.amount_micros, json.dumps(rows, default=json_default) if rows else None),
+                hold.amount_micros, json_text(rows) if rows else None),
                 sql["settle_many"], item), COMMIT]
         else:  # SQLite: the settles of a batch merged (`_settle_many`)
             row = yield Merge(self._settle_many, _Settle(hold, state, spent, rows))

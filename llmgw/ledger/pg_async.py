@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections import deque
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 
-from llmgw.ledger.steps import Call, Op, Steps, json_default, mergeable, run_steps_async
+from llmgw.ledger.steps import Call, Op, Steps, json_text, mergeable, run_steps_async
 
 T = TypeVar("T")
 IDLE_PING_AFTER_S = 5.0
@@ -96,7 +95,7 @@ class AsyncPostgres:
             if len(calls) > 1:
                 try:
                     rows = await self._fetch(batch_sql, (
-                        json.dumps([call.item for call, _ in calls], default=json_default),))
+                        json_text([call.item for call, _ in calls]),))
                 except Exception:
                     pass
                 else:

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, TypeVar
+
+from pydantic_core import to_json
 
 T = TypeVar("T")
 
@@ -60,11 +61,10 @@ class Merge:
     item: Any
 
 
-def json_default(value: Any) -> Any:
-    """`json.dumps(default=)` for steps' JSON parameters: datetimes as ISO text."""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+def json_text(value: Any) -> str:
+    """A steps' JSON parameter as text, datetimes in ISO 8601. pydantic-core's encoder: a
+    batch of settles with their ledger rows costs a third of `json.dumps(default=)`."""
+    return to_json(value).decode()
 
 
 def mergeable(step: Any) -> Call | None:

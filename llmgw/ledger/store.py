@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import operator
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ from llmgw.ledger.group_commit import GroupCommit, LoopCommit, Merging, driver_t
 from llmgw.ledger.models import USAGE_COLUMNS, UsageEvent
 from llmgw.ledger.timespec import utcnow  # noqa: F401  (the ledger's clock, re-exported)
 from llmgw.ledger.pg_async import AsyncPostgres
-from llmgw.ledger.steps import COMMIT, Call, Merge, Op, Steps, json_default, run_steps
+from llmgw.ledger.steps import COMMIT, Call, Merge, Op, Steps, json_text, run_steps
 from llmgw.types import Attempt
 
 T = TypeVar("T")
@@ -179,7 +178,7 @@ class LedgerStore:
             item = {"rows": rows}
 
             def pg_steps() -> Steps[None]:
-                yield [Call(_PG_INSERT_ROWS, lambda: (json.dumps([item], default=json_default),),
+                yield [Call(_PG_INSERT_ROWS, lambda: (json_text([item]),),
                             _PG_INSERT_ROWS, item), COMMIT]
             return pg_steps
 
