@@ -7,8 +7,10 @@ costs the event loop more than the database: reserve and settle are one function
 (migration 0004), sent alone in autocommit, one round trip each; other transactions are
 pipelined, a round trip per batch of steps (`run_steps_async`). Under load the calls queued
 during one pass of the loop go as one statement (`steps.Call`, migrations 0005-0006): one
-round trip and one commit for all of them. Connections belong to one event loop: a gateway used
-from a new loop (`complete_sync`) starts a fresh set.
+round trip and one commit for all of them. At most one round trip per statement is out; the
+calls made meanwhile go together when it is back (with a fast provider or cache hits, flushing
+every pass sent batches of ~6 and cost a third more CPU per request). Connections belong to
+one event loop: a gateway used from a new loop (`complete_sync`) starts a fresh set.
 """
 
 from __future__ import annotations
@@ -39,14 +41,18 @@ class AsyncPostgres:
         self._idle: list[tuple[Any, float]] = []
         self._waiters: deque[asyncio.Future[Any]] = deque()
         self._open = 0
-        # Calls queued in this loop pass, by their batch statement.
+        # Calls waiting for their batch statement's next round trip, and the statements with
+        # one out: at most one each, so the calls made meanwhile go together in the next.
         self._queued: dict[str, list[tuple[Call, asyncio.Future[Any]]]] = {}
+        self._out: set[str] = set()
+        self._queue_loop: asyncio.AbstractEventLoop | None = None
         self._sending: set[asyncio.Task[None]] = set()
 
     async def transact(self, op: Op[T], *, alone: bool = True) -> T:
         """Run `op`'s steps on a connection of the pool. Unless the caller is `alone` (the
         only request in flight), a first step that is a `Call` waits for the end of the loop
-        pass and goes with the other calls queued meanwhile, as one statement."""
+        pass, or while its statement's last round trip is out for its return, and goes with
+        the other calls queued meanwhile, as one statement."""
         steps = op()
         try:
             first = next(steps)
@@ -56,10 +62,13 @@ class AsyncPostgres:
         if call is None:
             return await self._run(steps, first)
         loop = asyncio.get_running_loop()
+        if loop is not self._queue_loop:  # what another loop left queued or out is not ours
+            self._queue_loop, self._queued, self._out = loop, {}, set()
         future: asyncio.Future[Any] = loop.create_future()
-        if not self._queued:
-            loop.call_soon(self._flush)
-        self._queued.setdefault(call.batch_sql, []).append((call, future))
+        queue = self._queued.setdefault(call.batch_sql, [])
+        queue.append((call, future))
+        if len(queue) == 1 and call.batch_sql not in self._out:
+            loop.call_soon(self._flush, call.batch_sql)
         row = await future
         try:  # the rest of the op, if any, in transactions of its own (COMMIT came first)
             step = steps.send([(1, row), (0, None)])
@@ -80,17 +89,25 @@ class AsyncPostgres:
         self._release(conn)
         return result
 
-    def _flush(self) -> None:
-        queued, self._queued = self._queued, {}
-        for batch_sql, calls in queued.items():
-            task = asyncio.ensure_future(self._send(batch_sql, calls))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+    def _flush(self, batch_sql: str) -> None:
+        calls = self._queued.pop(batch_sql, None)
+        if not calls:
+            return
+        self._out.add(batch_sql)
+        task = asyncio.ensure_future(self._send(batch_sql, calls))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    def _next(self, batch_sql: str) -> None:
+        """The round trip of `batch_sql` is back: the calls queued meanwhile go now."""
+        self._out.discard(batch_sql)
+        if self._queued.get(batch_sql):
+            self._flush(batch_sql)
 
     async def _send(self, batch_sql: str, calls: list[tuple[Call, asyncio.Future[Any]]]) -> None:
         """One statement for all `calls`; if it fails (it changed nothing), each call alone,
         in order, so a bad call fails only itself. A caller cancelled meanwhile: its call
-        stands."""
+        stands. Then the calls queued meanwhile go, together."""
         try:
             if len(calls) > 1:
                 try:
@@ -112,12 +129,16 @@ class AsyncPostgres:
                     continue
                 if not future.done():
                     future.set_result(rows[0] if rows else None)
-        except BaseException as exc:  # cancelled (the loop is ending): every caller hears it
+        except BaseException as exc:  # cancelled (the loop is ending): every caller hears it,
+            if not isinstance(exc, Exception):  # those queued for the next round trip too
+                calls = calls + self._queued.pop(batch_sql, [])
             for _, future in calls:
                 if not future.done():
                     future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
+        finally:
+            self._next(batch_sql)
 
     async def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         """One statement in its own (autocommit) transaction: its rows."""

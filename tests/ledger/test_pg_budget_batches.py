@@ -4,6 +4,7 @@ What batches do on both databases: `test_budget_batches.py`."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import psycopg
 import pytest
@@ -83,3 +84,30 @@ async def test_a_reserve_batch_makes_its_new_counters_in_the_global_order(stores
         holds = await reserving
     assert transactions(ledger, "reservations", [h.request_id for h in holds]) == 1
     assert budgets.counters([late, early]) == {late: (0, 100), early: (0, 100)}
+
+
+async def test_calls_made_while_their_statements_round_trip_is_out_go_together_next(
+        stores) -> None:
+    # At most one round trip per batch statement is out: the calls made meanwhile, over any
+    # number of loop passes, wait for it and then go together, as one statement.
+    ledger, _ = stores
+    first, later = uuid.uuid4().hex, [uuid.uuid4().hex for _ in range(3)]
+    conninfo = ledger.engine.url.set(drivername="postgresql").render_as_string(
+        hide_password=False)
+    async with await psycopg.AsyncConnection.connect(conninfo) as blocker, \
+            await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as probe:
+        await blocker.execute("LOCK TABLE usage_events IN SHARE ROW EXCLUSIVE MODE")
+        writes = [asyncio.ensure_future(ledger.write([row(first, 10)]))]
+        while not (await (await probe.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()")).fetchone())[0]:
+            await asyncio.sleep(0.005)  # polls a condition: the first write is out, waiting
+        for request_id in later:  # each in loop passes of its own
+            writes.append(asyncio.ensure_future(ledger.write([row(request_id, 10)])))
+            for _ in range(3):
+                await asyncio.sleep(0)
+        await blocker.rollback()
+        await asyncio.gather(*writes)
+    assert transactions(ledger, "usage_events", [first]) == 1
+    assert transactions(ledger, "usage_events", later) == 1
+    assert transactions(ledger, "usage_events", [first, *later]) == 2
