@@ -45,7 +45,6 @@ class AsyncPostgres:
         # one out: at most one each, so the calls made meanwhile go together in the next.
         self._queued: dict[str, list[tuple[Call, asyncio.Future[Any]]]] = {}
         self._out: set[str] = set()
-        self._queue_loop: asyncio.AbstractEventLoop | None = None
         self._sending: set[asyncio.Task[None]] = set()
 
     async def transact(self, op: Op[T], *, alone: bool = True) -> T:
@@ -61,9 +60,7 @@ class AsyncPostgres:
         call = None if alone else mergeable(first)
         if call is None:
             return await self._run(steps, first)
-        loop = asyncio.get_running_loop()
-        if loop is not self._queue_loop:  # what another loop left queued or out is not ours
-            self._queue_loop, self._queued, self._out = loop, {}, set()
+        loop = self._bind()
         future: asyncio.Future[Any] = loop.create_future()
         queue = self._queued.setdefault(call.batch_sql, [])
         queue.append((call, future))
@@ -130,12 +127,13 @@ class AsyncPostgres:
                 if not future.done():
                     future.set_result(rows[0] if rows else None)
         except BaseException as exc:  # cancelled (the loop is ending): every caller hears it,
-            if not isinstance(exc, Exception):  # those queued for the next round trip too
+            cancelled = not isinstance(exc, Exception)  # those queued for the next trip too
+            if cancelled:
                 calls = calls + self._queued.pop(batch_sql, [])
             for _, future in calls:
                 if not future.done():
                     future.set_exception(exc)
-            if not isinstance(exc, Exception):
+            if cancelled:
                 raise
         finally:
             self._next(batch_sql)
@@ -164,11 +162,17 @@ class AsyncPostgres:
         self._waiters.clear()
         self._open = 0
 
-    async def _acquire(self) -> Any:
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        """The running loop. Connections, queued calls and round trips out belong to one
+        loop: what another loop left cannot be awaited here, so a new loop starts afresh."""
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # connections of another loop cannot be awaited here
+        if loop is not self._loop:
             self.forget()
-            self._loop = loop
+            self._loop, self._queued, self._out = loop, {}, set()
+        return loop
+
+    async def _acquire(self) -> Any:
+        loop = self._bind()
         while self._idle:
             conn, since = self._idle.pop()
             if time.monotonic() - since < IDLE_PING_AFTER_S or await self._alive(conn):
