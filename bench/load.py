@@ -19,8 +19,9 @@ gateway froze the start-up heap out of the garbage collector, `llmgw.heap`, for 
 pinned to the machine's first cores, the servers to the last one (`--no-pin` to share); the
 workers take turns, never run together, and the paths alternate (ABBA) over the rounds so
 machine noise hits both sides alike. Prints req/s, p50 and p99 per path, the CPU time per
-request of the bench process (`CPU ms`) and of the servers (`srv ms`: simulators,
-PostgreSQL, Redis), and the ratios gateway/Router. Target: throughput (b)/(a) and (c)/(a')
+request of the bench process (`CPU ms`; `loop ms` of it on the event-loop thread, the rest
+is LiteLLM's executor threads) and of the servers (`srv ms`: simulators, PostgreSQL,
+Redis), and the ratios gateway/Router. Target: throughput (b)/(a) and (c)/(a')
 >= 0.95 (median of the per-round ratios, so one burst of other work on the machine does not
 decide). With --hit-requests > 0, also the cache-hit path of each gateway (the same prompts
 again). With --history N, every prompt carries the project's N earlier turns (~300 tokens
@@ -182,10 +183,11 @@ async def load(call: Call, requests: int, agents: int, make_messages: Callable[.
                 continue
             latencies.append((time.perf_counter() - t0) * 1000)
 
-    t0, cpu0 = time.perf_counter(), time.process_time()
+    t0, cpu0, loop0 = time.perf_counter(), time.process_time(), time.thread_time()
     await asyncio.gather(*(agent(i) for i in range(agents)))
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    return {"wall_s": wall, "cpu_s": cpu, "latencies": latencies, "errors": errors}
+    return {"wall_s": wall, "cpu_s": cpu, "loop_cpu_s": time.thread_time() - loop0,
+            "latencies": latencies, "errors": errors}
 
 
 # -- a worker process: one gateway (and its Router) per configuration ----------------------
@@ -374,6 +376,7 @@ LABELS = {("sqlite", "router"): "(a)  Router",
 class Figures:
     walls: list[float] = field(default_factory=list)
     cpus: list[float] = field(default_factory=list)
+    loop_cpus: list[float] = field(default_factory=list)
     server_cpus: list[float] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
@@ -382,6 +385,7 @@ class Figures:
     def add(self, result: dict[str, Any]) -> None:
         self.walls.append(result["wall_s"])
         self.cpus.append(result["cpu_s"])
+        self.loop_cpus.append(result["loop_cpu_s"])
         self.server_cpus.append(result.get("servers_cpu_s", 0.0))
         self.counts.append(len(result["latencies"]))
         self.latencies += result["latencies"]
@@ -397,6 +401,12 @@ class Figures:
         return 1000 * sum(self.cpus) / sum(self.counts)
 
     @property
+    def loop_cpu_ms(self) -> float:
+        """The event-loop thread's share of `cpu_ms`: the rest is other threads (LiteLLM
+        builds each request in asyncio's default executor)."""
+        return 1000 * sum(self.loop_cpus) / sum(self.counts)
+
+    @property
     def server_cpu_ms(self) -> float:
         """CPU of the simulators, PostgreSQL and Redis per request, in ms."""
         return 1000 * sum(self.server_cpus) / sum(self.counts)
@@ -410,14 +420,15 @@ def report(figs: dict[tuple[str, str], Figures], agents: int, rounds: int,
     context = f", {history} earlier turns (~{300 * history} tokens) per prompt" if history else ""
     print(f"\n{agents} concurrent agents, {rounds} rounds (ABBA order), unique prompts "
           f"(cache misses){context}, budgets on (3 counters + request cap per call)\n")
-    print(f"{'path':32} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms':>7} {'srv ms':>7}  "
-          f"{'req/s per round':24} errors")
+    print(f"{'path':32} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms':>7} {'loop ms':>7} "
+          f"{'srv ms':>7}  {'req/s per round':24} errors")
     for key, f in figs.items():
         if not f.latencies:
             continue
         rounds_txt = " ".join(f"{r:6.1f}" for r in f.round_rps())
         print(f"{LABELS[key]:32} {f.rps:7.1f} {pct(f.latencies, 50):8.1f} "
-              f"{pct(f.latencies, 99):8.1f} {f.cpu_ms:7.2f} {f.server_cpu_ms:7.2f}  {rounds_txt:24} {len(f.errors)}")
+              f"{pct(f.latencies, 99):8.1f} {f.cpu_ms:7.2f} {f.loop_cpu_ms:7.2f} "
+              f"{f.server_cpu_ms:7.2f}  {rounds_txt:24} {len(f.errors)}")
     print()
     for gw_key, base_key in ((("sqlite", "gateway"), ("sqlite", "router")),
                              (("pg-redis", "gateway"), ("pg-redis", "router")),
@@ -439,6 +450,10 @@ def report(figs: dict[tuple[str, str], Figures], agents: int, rounds: int,
               f"{pct(g.latencies, 50) / pct(b.latencies, 50):.2f}, p99 x"
               f"{pct(g.latencies, 99) / pct(b.latencies, 99):.2f}  "
               f"{verdict if verdict == 'info' else verdict + ' (target >= 0.95)'}")
+        if base_key[1] == "router-yield":  # the gateway's own share, thread by thread
+            print(f"     CPU per request over it: event-loop thread "
+                  f"{g.loop_cpu_ms - b.loop_cpu_ms:+.2f} ms, other threads "
+                  f"{(g.cpu_ms - g.loop_cpu_ms) - (b.cpu_ms - b.loop_cpu_ms):+.2f} ms")
     for f in figs.values():
         for e in sorted(set(f.errors))[:3]:
             print(f"  error: {e}")
