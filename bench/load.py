@@ -31,8 +31,8 @@ With --yielding-router, also (a*)/(a'*): the bare Router called by agents that a
 `asyncio.sleep(0)` before each call, as agents that await anything between two calls do.
 LiteLLM's `acompletion` builds each request in asyncio's default executor (a thread); an
 agent that starts its next call in the same task step that received the last answer costs
-LiteLLM ~0.15-0.2 ms more CPU per request (~1 more context switch per request between the
-loop and those threads; measured in one process, se 0.015-0.03). The gateway awaits its
+LiteLLM ~0.15-0.2 ms more CPU per request (1-2 more context switches per request between
+the loop and those threads; measured in one process, se 0.015-0.03). The gateway awaits its
 ledger and cache before each call, so it pays little of that; against (a*) its own share
 shows without that credit (info lines, no verdict).
 

@@ -98,8 +98,7 @@ class AsyncPostgres:
     def _next(self, batch_sql: str) -> None:
         """The round trip of `batch_sql` is back: the calls queued meanwhile go now."""
         self._out.discard(batch_sql)
-        if self._queued.get(batch_sql):
-            self._flush(batch_sql)
+        self._flush(batch_sql)
 
     async def _send(self, batch_sql: str, calls: list[tuple[Call, asyncio.Future[Any]]]) -> None:
         """One statement for all `calls`; if it fails (it changed nothing), each call alone,
