@@ -38,7 +38,7 @@ redis:
 	  else echo '$(REDIS_MISSING)' >&2; exit 1; fi; }
 
 test: install redis model
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 bench: install redis
 	$(BIN)/python bench/overhead.py

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
-
-from pydantic import ValidationError
 
 from llmgw._litellm import import_litellm
 from llmgw.agents import AgentDirectory, Resolution
@@ -44,6 +41,7 @@ from llmgw.router import (
     recorder,
     status_code_of,
 )
+from llmgw.validation import validate_call
 from llmgw.types import (
     Attempt,
     BudgetImpact,
@@ -60,9 +58,6 @@ from llmgw.types import (
     Usage,
 )
 
-# Keys the gateway sets itself; a caller passing them would bypass routing or leak secrets.
-_RESERVED_PARAMS = frozenset({"model", "messages", "stream", "api_key", "api_base", "base_url",
-                              "litellm_metadata", "fallbacks", "disable_fallbacks"})
 _RULES_TTL_S = 5.0  # `llmgw budgets set` reaches running gateways within this
 
 
@@ -356,7 +351,7 @@ class LLMGateway:
                        **params: Any) -> CostEstimate:
         """What `complete` would cost and which budgets it would hit; reserves nothing and
         calls no provider. `worst_case_micros` is exactly what `complete` would reserve."""
-        request = _validate(agent_id, project_id, messages, agent_type, model_group, None, params)
+        request = validate_call(agent_id, project_id, messages, agent_type, model_group, None, params)
         route = self.agents.resolve(request.agent_id, agent_type=request.agent_type,
                                     model_group=request.model_group)
         ctx = RequestContext("estimate", request.agent_id, route.agent_type, request.project_id)
@@ -555,7 +550,7 @@ class LLMGateway:
                          CompletionRequest, Resolution, RequestContext, Any, dict[str, Any],
                          Hold | None]:
         """Steps 1-3 of every call: validate, resolve the group, reserve the budget."""
-        request = _validate(agent_id, project_id, messages, agent_type, model_group, metadata,
+        request = validate_call(agent_id, project_id, messages, agent_type, model_group, metadata,
                             params)
         route = self.agents.resolve(request.agent_id, agent_type=request.agent_type,
                                     model_group=request.model_group)
@@ -888,40 +883,6 @@ def _make_caches(config: Config) -> tuple[Cache | None, Any]:
 
         semantic = SemanticIndex.from_settings(settings.semantic)
     return make_cache(settings, config.router_settings.router_kwargs().get("redis_url")), semantic
-
-
-def _validate(agent_id: Any, project_id: Any, messages: Any, agent_type: Any, model_group: Any,
-              metadata: Any, params: dict[str, Any]) -> CompletionRequest:
-    reserved = sorted(_RESERVED_PARAMS & params.keys())
-    if reserved:
-        raise InvalidRequest(f"Parameter(s) {', '.join(reserved)} cannot be passed to complete().",
-                             hint="Choose the model with model_group= or agent_type=; credentials "
-                                  "and endpoints belong in model_list.yaml.")
-    try:
-        request = CompletionRequest(agent_id=agent_id, project_id=project_id, messages=messages,
-                                    agent_type=agent_type, model_group=model_group,
-                                    metadata=metadata or {}, params=params)
-        if request.metadata:
-            json.dumps(request.metadata)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: "
-                             f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
-        raise InvalidRequest(f"Invalid request: {problems}.",
-                             hint="Pass agent_id, project_id and a non-empty list of "
-                                  "{'role', 'content'} messages.") from None
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequest(f"metadata must be JSON-serialisable: {exc}.") from None
-    tools = params.get("tools")
-    if tools is not None and (not isinstance(tools, list) or not all(
-            isinstance(t, dict) and t.get("type", "function") == "function" and
-            isinstance(t.get("function"), dict) and t["function"].get("name") for t in tools)):
-        raise InvalidRequest("tools must be a list of OpenAI-shaped function tools: "
-                             "[{'type': 'function', 'function': {'name': ..., 'parameters': "
-                             "{...}}}].", hint="Other tool types (e.g. MCP) are not supported.")
-    max_tokens = params.get("max_tokens")
-    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):
-        raise InvalidRequest(f"max_tokens must be a positive integer, got {max_tokens!r}.")
-    return request
 
 
 def _usage_of(response: Any) -> Usage:
