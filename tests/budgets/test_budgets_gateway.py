@@ -95,13 +95,13 @@ async def test_a_rule_set_while_running_applies_once_the_gateway_rereads_the_rul
     try:
         await gw.complete("dev-1", "p", ASK, model_group="solo", max_tokens=100)
         gw.budget_store.set_rule(Rule("project", "p", "day", 100, 0.8), gw.clock())
-        gw._rules_at = -math.inf  # as if `_RULES_TTL_S` had passed
+        gw.planner._rules_at = -math.inf  # as if `_RULES_TTL_S` had passed
         with pytest.raises(BudgetExceeded) as info:
             await gw.complete("dev-1", "p", ASK, model_group="solo", max_tokens=100)
         assert (info.value.scope, info.value.limit_micros) == ("project", 100)
         await gw.complete("dev-1", "q", ASK, model_group="solo", max_tokens=100)  # not p's
         gw.budget_store.delete_rule("project", "p", "day")
-        gw._rules_at = -math.inf
+        gw.planner._rules_at = -math.inf
         await gw.complete("dev-1", "p", ASK, model_group="solo", max_tokens=100)
     finally:
         await gw.aclose()

@@ -1,0 +1,92 @@
+"""Step 4 (DESIGN section 3): whether a call may use the answer cache, its key, its hit
+(exact, then semantic), and keeping a fresh answer. The cache itself is `llmgw.cache`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from llmgw.agents import Resolution
+from llmgw.cache import Cache, CachedAnswer, cache_key, scope_of
+from llmgw.config import Config
+from llmgw.types import Completion, CompletionRequest
+
+
+@dataclass(frozen=True, slots=True)
+class CacheLookup:
+    key: str | None = None
+    scope: str = ""
+    msgs: list[dict[str, Any]] | None = None
+    params: dict[str, Any] | None = None
+    hit: CachedAnswer | None = None
+    similarity: float | None = None
+    text: str = ""
+    fingerprint: str = ""
+
+
+MISS = CacheLookup()
+
+
+class CacheStep:
+    """The answer cache as the pipeline uses it; `cache` None turns it off."""
+
+    def __init__(self, config: Config, cache: Cache | None, semantic: Any) -> None:
+        self.config = config
+        self.cache = cache
+        self.semantic = semantic
+
+    async def lookup(self, request: CompletionRequest, route: Resolution, project_id: str,
+                     params: dict[str, Any], *, use: bool, stream: bool) -> CacheLookup:
+        """The cache key of a cacheable call, and its hit if there is one."""
+        settings = self.config.llmgw.cache
+        temperature = params.get("temperature")
+        if (not use or self.cache is None
+                or (temperature is not None and temperature > settings.max_temperature)
+                or (params.get("tools") and not settings.tool_calls)
+                or (stream and not settings.streams)):
+            return MISS
+        scope = scope_of(settings.scope, project_id=project_id, agent_type=route.agent_type)
+        msgs = request.message_dicts
+        key = cache_key(scope, route.model_group, msgs, params)
+        hit = await self.cache.get(key)
+        if hit is not None or self.semantic is None or params.get("tools"):
+            return CacheLookup(key, scope, msgs, params, hit)
+        from llmgw.semantic import params_fingerprint, semantic_text
+
+        text = semantic_text(msgs)
+        if text is None:  # the last turn is not plain user text: exact matches only
+            return CacheLookup(key, scope, msgs, params, None)
+        fingerprint = params_fingerprint(msgs, params)
+        found = await self.semantic.lookup(scope, route.model_group, text, fingerprint)
+        if found is None:
+            return CacheLookup(key, scope, msgs, params, None, None, text, fingerprint)
+        similar = await self.cache.get(found[0])
+        if similar is None:
+            self.semantic.remove(found[0])
+        return CacheLookup(key, scope, msgs, params, similar, found[1] if similar else None,
+                           text, fingerprint)
+
+    async def store(self, lookup: CacheLookup, completion: Completion, now: Any) -> None:
+        """Keep an answer, under the group that actually served it (a fallback's answer must
+        not stand in for the requested group's once that group is back)."""
+        if lookup.key is None or self.cache is None or not (completion.content
+                                                            or completion.tool_calls):
+            return
+        answer = CachedAnswer(
+            content=completion.content, tool_calls=completion.tool_calls,
+            finish_reason=completion.finish_reason, usage=completion.usage,
+            cost_micros=completion.cost_micros, model_group=completion.model_group,
+            requested_group=completion.requested_group, deployment=completion.deployment,
+            provider=completion.provider, model=completion.model,
+            request_id=completion.request_id, created_at=now)
+        key = (lookup.key if completion.model_group == completion.requested_group else
+               cache_key(lookup.scope, completion.model_group, lookup.msgs, lookup.params))
+        await self.cache.set(key, answer, self.config.llmgw.cache.ttl_s)
+        if (self.semantic is not None and lookup.text
+                and completion.model_group == completion.requested_group):
+            await self.semantic.add(lookup.scope, completion.model_group, lookup.text,
+                                    lookup.fingerprint, key)
+
+    async def aclose(self) -> None:
+        if self.cache is not None:
+            await self.cache.aclose()

@@ -1,0 +1,273 @@
+"""One request from start to finish (DESIGN section 3, "the lifecycle rule").
+
+A `RequestLifecycle` owns a request's budget hold, its attempt trace and its started entry.
+Every request ends in exactly one settle or release, one set of ledger rows and one
+`request.finished`, whatever ends it: a return, an error, a cancellation, a stream its caller
+closed, a timeout. Its writes run as tasks of their own, shielded from the caller's
+cancellation and tracked by the gateway, so `drain()` / `aclose()` wait for them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from llmgw.agents import Resolution
+from llmgw.budgets import Limit
+from llmgw.errors import BudgetExceeded, LedgerError, ProviderError
+from llmgw.heap import FIRST_ANSWER, freeze_once
+from llmgw.ledger.budget_store import Hold, RefusedError
+from llmgw.ledger.store import RequestContext, usage_row
+from llmgw.planner import BudgetPlan
+from llmgw.responses import since_ms
+from llmgw.router import RequestTrace, classify, map_exception, provider_message, status_code_of
+from llmgw.types import Attempt, Completion
+
+if TYPE_CHECKING:
+    from llmgw.gateway import LLMGateway
+
+log = logging.getLogger("llmgw.lifecycle")
+
+
+class RequestLifecycle:
+    """`async with gw._lifecycle(...) as life:` around everything a request does after its
+    validation. Inside, the pipeline calls `reserve`, `open_trace`, then ends the request with
+    `finish`, `fail` or `refuse`; leaving the block any other way abandons it: the hold is
+    released (minus nothing: no answer was received), a provider call in flight is recorded
+    as a `Cancelled` (or the error's) attempt, and `request.finished` is emitted."""
+
+    def __init__(self, gw: LLMGateway, ctx: RequestContext, route: Resolution,
+                 metadata: dict[str, Any], now: Any) -> None:
+        self.gw = gw
+        self.ctx = ctx
+        self.route = route
+        self.metadata = metadata
+        self.now = now
+        self.hold: Hold | None = None
+        self.trace: RequestTrace | None = None
+        self.started = time.perf_counter()
+        self.ended = False
+        self._reserving: asyncio.Future[Hold] | None = None
+        gw._started[ctx.request_id] = self.started
+        if gw.events.wants("request.started") or gw.tracing is not None:
+            payload = {"request_id": ctx.request_id, "agent_id": ctx.agent_id,
+                       "project_id": ctx.project_id, "agent_type": ctx.agent_type,
+                       "model_group": route.model_group, "stream": ctx.stream}
+            if gw.tracing is not None:
+                gw.tracing.start(payload)
+            gw.events.emit("request.started", payload)
+
+    async def __aenter__(self) -> RequestLifecycle:
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if not self.ended:
+            self.ended = True
+            await self._shielded(self._abandon(exc))
+
+    # -- budget ------------------------------------------------------------------------------
+
+    async def reserve(self, plan: BudgetPlan) -> None:
+        """Hold the plan's worst case against every limit, or refuse (a `refused` row,
+        `BudgetExceeded`). A reserve cancelled in flight may still commit: the exit then
+        waits for it and releases what it held."""
+        self.route = plan.route
+        if plan.cap is not None and plan.amount > plan.cap.limit_micros:
+            await self.refuse(plan.cap, 0, 0, plan.amount, None)
+        gw, ctx = self.gw, self.ctx
+        self._reserving = asyncio.ensure_future(gw.ledger.transact(
+            gw.budget_store.reserve_op(
+                request_id=ctx.request_id, amount_micros=plan.amount, limits=plan.limits,
+                keys=plan.keys, created_at=self.now, agent_id=ctx.agent_id,
+                agent_type=ctx.agent_type, project_id=ctx.project_id,
+                model_group=plan.route.model_group),
+            alone=len(gw._started) <= 1))
+        try:
+            self.hold = await asyncio.shield(self._reserving)
+        except RefusedError as exc:
+            r = exc.refusal
+            await self.refuse(r.limit, r.spent_micros, r.reserved_micros, plan.amount,
+                              r.period_start)
+
+    async def refuse(self, limit: Limit, spent: int, reserved: int, amount: int,
+                     period_start: Any) -> None:
+        """A `refused` row, `budget.refused`, then `BudgetExceeded`; no provider is called."""
+        self.ended = True
+        gw, ctx, route = self.gw, self.ctx, self.route
+        resets = (gw.budget_policy.period_end(period_start, limit.period)
+                  if period_start is not None else None)
+        error = BudgetExceeded(scope=limit.scope, scope_id=limit.scope_id, window=limit.period,
+                               spent_micros=spent, reserved_micros=reserved,
+                               limit_micros=limit.limit_micros, requested_micros=amount,
+                               resets_at=resets)
+        refused = Attempt(attempt=1, model_group=route.model_group, status="refused",
+                          error_class="BudgetExceeded", error_message=error.message)
+        meta = {**self.metadata, "llmgw": {"route": route.reason, "budget": {
+            "scope": limit.scope, "scope_id": limit.scope_id, "period": limit.period,
+            "limit_micros": limit.limit_micros, "requested_micros": amount}}}
+        row = usage_row(ctx, refused, ts=self.now, metadata=meta)
+
+        async def write() -> None:
+            try:
+                await gw.ledger.transact(gw.ledger.write_op([row]),
+                                         alone=len(gw._started) <= 1)
+            except BaseException:
+                self._finished([refused], written=False)
+                raise
+            gw.events.emit("budget.refused", {
+                "request_id": ctx.request_id, "scope": limit.scope, "scope_id": limit.scope_id,
+                "period": limit.period, "requested_micros": amount,
+                "limit_micros": limit.limit_micros})
+            self._finished([refused])
+        await self._shielded(write())
+        raise error
+
+    # -- the provider call -------------------------------------------------------------------
+
+    def open_trace(self) -> None:
+        """From here a provider may be billing: failed hops collect in the trace."""
+        self.trace = self.gw._recorder.open(self.ctx.request_id)
+
+    def close_trace(self) -> RequestTrace:
+        self.trace = None
+        return self.gw._recorder.close(self.ctx.request_id)
+
+    async def fail(self, exc: BaseException) -> ProviderError:
+        """Every attempt failed: record them, release the hold, return the typed error."""
+        trace = self.close_trace()
+        if not trace.failures:  # failed before any provider call (e.g. all deployments cooling)
+            trace.failures.append(Attempt(
+                attempt=1, model_group=self.route.model_group, status="error",
+                error_class=classify(exc).__name__,
+                error_message=provider_message(exc, self.gw.redactor),
+                status_code=status_code_of(exc)))
+        error = map_exception(exc, trace=trace, model_group=self.route.model_group,
+                              redactor=self.gw.redactor, config=self.gw.config)
+        await self.finish(trace.failures)
+        return error
+
+    async def finish(self, attempts: list[Attempt], *, completion: Completion | None = None,
+                     saved_micros: int = 0, extra: dict[str, Any] | None = None) -> None:
+        """Write the request's rows; with a hold, settle it in the same transaction (a
+        `completion` settles at its cost, else the hold is released). Once per request; a
+        cancelled caller does not stop it."""
+        if self.ended:
+            return
+        self.ended = True
+        if self.trace is not None:
+            self.close_trace()
+        await self._shielded(self._record(attempts, completion, saved_micros, extra))
+
+    # -- how it ends -------------------------------------------------------------------------
+
+    async def _abandon(self, exc: BaseException | None) -> None:
+        if self._reserving is not None and self.hold is None:
+            try:  # a reserve cancelled in flight: wait for what it did
+                self.hold = await self._reserving
+            except BaseException:
+                self.hold = None
+        attempts: list[Attempt] = []
+        if self.trace is not None:  # the provider call was in flight: it may bill it
+            trace = self.close_trace()
+            cancelled = exc is None or isinstance(exc, (asyncio.CancelledError, GeneratorExit))
+            attempts = [*trace.failures, Attempt(
+                attempt=len(trace.failures) + 1, model_group=self.route.model_group,
+                status="error",
+                error_class="Cancelled" if cancelled else type(exc).__name__,
+                error_message=("the caller cancelled the request" if cancelled else
+                               provider_message(exc, self.gw.redactor)),  # type: ignore[arg-type]
+                latency_ms=since_ms(self.started))]
+        error_class = None if exc is None else (
+            "Cancelled" if isinstance(exc, (asyncio.CancelledError, GeneratorExit))
+            else type(exc).__name__)
+        await self._record(attempts, None, 0, None, error_class=error_class)
+
+    async def _record(self, attempts: list[Attempt], completion: Completion | None,
+                      saved_micros: int, extra: dict[str, Any] | None, *,
+                      error_class: str | None = None) -> None:
+        gw, ctx, route, hold = self.gw, self.ctx, self.route, self.hold
+        for a in attempts:
+            if a.deployment and a.status in ("ok", "error"):
+                gw.stats_collector.record(a.deployment, a.status == "ok", a.latency_ms)
+        meta = {**self.metadata, "llmgw": {"requested_group": route.model_group,
+                                           "route": route.reason, **(extra or {})}}
+        rows = [usage_row(ctx, a, ts=self.now, metadata=meta, saved_micros=saved_micros)
+                for a in attempts]
+        alone = len(gw._started) <= 1
+        try:
+            if hold is None:
+                await gw.ledger.write(rows, alone=alone)
+                result = None
+            else:
+                result = await gw.ledger.transact(gw.budget_store.settle_op(
+                    hold, spent_micros=sum(a.cost_micros for a in attempts), rows=rows,
+                    state="settled" if completion else "released"), alone=alone)
+        except LedgerError as exc:
+            exc.completion = completion  # type: ignore[attr-defined]  # paid for: keep it
+            self._finished(attempts, completion, saved_micros, error_class, written=False)
+            raise
+        except BaseException as exc:
+            error = LedgerError(f"Could not settle the budget and write the ledger rows of "
+                                f"request {ctx.request_id}: {type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0][:300] if str(exc) else ''}",
+                                hint="Check the ledger database; `llmgw db reconcile` settles "
+                                     "what was left open.")
+            error.completion = completion  # type: ignore[attr-defined]
+            self._finished(attempts, completion, saved_micros, error_class, written=False)
+            raise error from exc
+        self._finished(attempts, completion, saved_micros, error_class)
+        for c in result.crossings if result is not None else ():
+            gw.events.emit("budget.warning", {
+                "scope": c.limit.scope, "scope_id": c.limit.scope_id, "period": c.limit.period,
+                "period_start": c.key.period_start.isoformat(), "spent_micros": c.spent_micros,
+                "limit_micros": c.limit.limit_micros, "warn_ratio": c.limit.warn_ratio})
+
+    def _finished(self, attempts: list[Attempt], completion: Completion | None = None,
+                  saved_micros: int = 0, error_class: str | None = None, *,
+                  written: bool = True) -> None:
+        """`fallback` per failed hop, then `request.finished` (once per request)."""
+        gw, ctx, route = self.gw, self.ctx, self.route
+        started = gw._started.pop(ctx.request_id, None)
+        if started is None:
+            return  # already finished
+        if gw._freeze_at_first_answer and completion is not None:
+            gw._freeze_at_first_answer = False
+            freeze_once(FIRST_ANSWER)  # the provider modules LiteLLM imported on first use
+        events = gw.events
+        if events.wants("fallback"):
+            for failed, then in zip(attempts, attempts[1:]):
+                events.emit("fallback", {
+                    "request_id": ctx.request_id, "project_id": ctx.project_id,
+                    "agent_type": ctx.agent_type, "from_group": failed.model_group,
+                    "from_deployment": failed.deployment, "to_group": then.model_group,
+                    "to_deployment": then.deployment, "error_class": failed.error_class})
+        if not events.wants("request.finished") and gw.tracing is None:
+            return
+        final = attempts[-1] if attempts else None
+        finished = {
+            "request_id": ctx.request_id, "agent_id": ctx.agent_id,
+            "project_id": ctx.project_id, "agent_type": ctx.agent_type,
+            "requested_group": route.model_group,
+            "model_group": final.model_group if final else route.model_group,
+            "deployment": final.deployment if final else None,
+            "provider": final.provider if final else None,
+            "status": final.status if final else "error",
+            "error_class": final.error_class if final else error_class,
+            "stream": ctx.stream,
+            "duration_s": time.perf_counter() - started,
+            "prompt_tokens": sum(a.usage.prompt_tokens for a in attempts),
+            "completion_tokens": sum(a.usage.completion_tokens for a in attempts),
+            "cost_micros": sum(a.cost_micros for a in attempts),
+            "saved_micros": saved_micros, "attempts": attempts, "ledger_written": written}
+        if gw.tracing is not None:
+            gw.tracing.finish(finished)
+        events.emit("request.finished", finished)
+
+    async def _shielded(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` as a task the caller's cancellation cannot stop; the gateway tracks it
+        until it is done, so closing the gateway waits for it."""
+        task = asyncio.ensure_future(work)
+        self.gw._track(task)
+        await asyncio.shield(task)

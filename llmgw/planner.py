@@ -1,0 +1,150 @@
+"""Step 3's plan (DESIGN section 3): which limits apply to a request, what it may cost at
+worst over every group it can reach, and whether a spent budget downgrades its group.
+
+Reading rules and counters is blocking SQL: it runs in the ledger's worker threads, never
+on the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from llmgw.agents import Resolution
+from llmgw.budgets import BudgetPolicy, Limit, Rule
+from llmgw.config import Config
+from llmgw.ledger.budget_store import BudgetStore
+from llmgw.ledger.store import LedgerStore, RequestContext
+from llmgw.tokens import PromptTokenCounter
+from llmgw.types import CompletionRequest, Message
+
+RULES_TTL_S = 5.0  # `llmgw budgets set` reaches running gateways within this
+_MEMO_MAX = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetPlan:
+    route: Resolution
+    amount: int  # worst case, micro-dollars
+    max_tokens: int
+    limits: list[Limit]
+    keys: list[Any]
+    cap: Limit | None
+
+
+class BudgetPlanner:
+    """Limits, worst case and downgrade of each request; reserves nothing."""
+
+    def __init__(self, config: Config, policy: BudgetPolicy, store: BudgetStore,
+                 ledger: LedgerStore) -> None:
+        self.config = config
+        self.policy = policy
+        self.store = store
+        self.ledger = ledger
+        self._tokens = PromptTokenCounter()
+        self._rules: list[Rule] = []
+        self._rules_at = -math.inf
+        self._refresh: asyncio.Task[list[Rule]] | None = None
+        self._top_prices: dict[str, tuple[Decimal, Decimal]] = {}  # group -> highest (in, out)
+        # (agent, agent type, project) -> its limits and request cap, under `_limits_of`
+        self._limits: dict[tuple[str, str | None, str], tuple[list[Limit], Limit | None]] = {}
+        self._limits_of: list[Rule] | None = None
+
+    async def rules(self) -> list[Rule]:
+        """The database's budget rules, re-read at most every `RULES_TTL_S`, by one worker
+        thread however many requests ask meanwhile."""
+        if time.monotonic() - self._rules_at <= RULES_TTL_S:
+            return self._rules
+        task = self._refresh
+        if task is None or task.get_loop() is not asyncio.get_running_loop():
+            task = self._refresh = asyncio.ensure_future(self.ledger.run(self.store.rules))
+            task.add_done_callback(self._refreshed)
+        return await asyncio.shield(task)
+
+    def _refreshed(self, task: asyncio.Task[list[Rule]]) -> None:
+        if self._refresh is task:
+            self._refresh = None
+        if not task.cancelled() and task.exception() is None:
+            self._rules, self._rules_at = task.result(), time.monotonic()
+
+    async def plan(self, ctx: RequestContext, route: Resolution, request: CompletionRequest,
+                   params: dict[str, Any], now: Any) -> BudgetPlan | None:
+        """The limits, counters and worst-case amount of a request; None without budgets.
+        Sets max_tokens in `params` when the caller gave none, so the hold bounds the call."""
+        rules = await self.rules()
+        if not rules and not self.policy.configured:
+            return None
+        limits, cap = self._limits_for(ctx.agent_id, route.agent_type, ctx.project_id, rules)
+        if not limits and cap is None:
+            return None
+        route = await self._maybe_downgrade(route, limits, now)
+        max_tokens = params.get("max_tokens") or params.get("max_completion_tokens")
+        if max_tokens is None:
+            max_tokens = params["max_tokens"] = self.config.llmgw.budgets.default_max_tokens
+        amount = self.worst_case_micros(route.model_group, request.message_dicts,
+                                        int(max_tokens), tools=params.get("tools"),
+                                        tool_choice=params.get("tool_choice"))
+        keys = [self.policy.counter_key(limit, now) for limit in limits]
+        return BudgetPlan(route, amount, int(max_tokens), limits, keys, cap)
+
+    def _limits_for(self, agent_id: str, agent_type: str | None, project_id: str,
+                    rules: list[Rule]) -> tuple[list[Limit], Limit | None]:
+        if self._limits_of is not rules:  # rules reloaded: changed ones void what we know
+            if rules != self._limits_of:
+                self._limits.clear()
+            self._limits_of = rules
+        who = (agent_id, agent_type, project_id)
+        found = self._limits.get(who)
+        if found is None:
+            if len(self._limits) >= _MEMO_MAX:
+                self._limits.clear()
+            found = self._limits[who] = (
+                self.policy.limits(agent_id=agent_id, agent_type=agent_type,
+                                   project_id=project_id, rules=rules),
+                self.policy.request_cap(rules))
+        return found
+
+    async def _maybe_downgrade(self, route: Resolution, limits: list[Limit],
+                               now: Any) -> Resolution:
+        target = self.policy.downgrade_group(route.agent_type)
+        if not target or route.reason == "explicit" or route.model_group == target:
+            return route
+        keys = {self.policy.counter_key(limit, now): limit for limit in limits}
+        counters = await self.ledger.run(self.store.counters, list(keys))
+        for key, (spent, reserved) in counters.items():
+            limit = keys[key]
+            if spent + reserved >= limit.limit_micros * limit.warn_ratio:
+                why = (f"downgrade: {limit.scope} {limit.scope_id} {limit.period} budget past "
+                       f"{limit.warn_ratio:.0%} ({route.model_group} -> {target})")
+                return Resolution(target, route.agent_type, why)
+        return route
+
+    def prompt_tokens(self, model_group: str, messages: list[Message] | list[dict[str, Any]],
+                      tools: Any = None, tool_choice: Any = None) -> int:
+        """Prompt tokens by LiteLLM's tokenizer for the group's first deployment's model,
+        the tools' definitions (and a named tool choice) included."""
+        first = self.config.groups()[model_group][0].litellm_params.model
+        dicts = [m.model_dump(exclude_none=True) if isinstance(m, Message) else m
+                 for m in messages]
+        return self._tokens.count(first, dicts, tools=tools, tool_choice=tool_choice)
+
+    def worst_case_micros(self, model_group: str,
+                          messages: list[Message] | list[dict[str, Any]], max_tokens: int, *,
+                          tools: list[dict[str, Any]] | None = None,
+                          tool_choice: Any = None) -> int:
+        """The most a call can cost: prompt tokens (LiteLLM's tokenizer, with the configured
+        margin; tool definitions count as prompt) at the highest input price, and max_tokens
+        at the highest output price, across the group and every group it can reach. Rounded
+        up."""
+        prices = self._top_prices.get(model_group)
+        if prices is None:  # the config does not change under a running gateway
+            deployments = [d for g in self.config.fallback_chain(model_group)
+                           for d in self.config.groups()[g]]
+            prices = self._top_prices[model_group] = (max(d.input_price for d in deployments),
+                                                      max(d.output_price for d in deployments))
+        counted = self.prompt_tokens(model_group, messages, tools, tool_choice)
+        prompt = math.ceil(counted * self.config.llmgw.budgets.prompt_margin)
+        return math.ceil((prompt * prices[0] + max_tokens * prices[1]) * 1_000_000)
