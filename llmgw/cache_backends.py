@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,7 +21,7 @@ from redis.backoff import NoBackoff
 from redis.asyncio.retry import Retry
 from redis.exceptions import RedisError
 
-from llmgw.cache import KEY_PREFIX, Cache, CachedAnswer, CacheStats
+from llmgw.cache import KEY_PREFIX, Cache, CachedAnswer, CacheStats, in_scope, scope_prefix
 from llmgw.coalesce import Coalesce
 from llmgw.errors import ConfigError, LLMGatewayError
 
@@ -65,8 +65,13 @@ class CacheUnavailable(LLMGatewayError):
     """An explicit cache operation (clear, stats) could not reach the cache backend."""
 
 
-def _prefix(scope: str | None) -> str:
-    return f"{KEY_PREFIX}{scope}:" if scope is not None else KEY_PREFIX
+def _matcher(scope: str | None) -> Callable[[str], bool]:
+    """Whether a key is an entry of `scope` (of any scope when None). A scope matches its own
+    keys only: `scope_of` encodes ids, and a key must be that prefix plus just the hash."""
+    if scope is None:
+        return lambda key: key.startswith(KEY_PREFIX) and key != STATS_KEY
+    prefix = scope_prefix(scope)
+    return lambda key: in_scope(key, prefix)
 
 
 class MemoryCache:
@@ -113,17 +118,19 @@ class MemoryCache:
             n = len(self._entries)
             self._entries.clear()
             return n
-        prefix = _prefix(scope)
-        doomed = [k for k in self._entries if k.startswith(prefix)]
+        mine = _matcher(scope)
+        doomed = [k for k in self._entries if mine(k)]
         for k in doomed:
             del self._entries[k]
         return len(doomed)
 
-    async def stats(self) -> CacheStats:
+    async def stats(self, scope: str | None = None) -> CacheStats:
+        mine = _matcher(scope)  # a bad scope fails before anything changes
         now = self._clock()
         for k in [k for k, (expires, _) in self._entries.items() if now >= expires]:
             del self._entries[k]
-        return CacheStats(backend=self.name, entries=len(self._entries), hits=self.hits,
+        entries = len(self._entries) if scope is None else sum(map(mine, self._entries))
+        return CacheStats(backend=self.name, entries=entries, scope=scope, hits=self.hits,
                           misses=self.misses)
 
     async def aclose(self) -> None:
@@ -261,13 +268,20 @@ class RedisCache:
                                    args=[a for _, value, px in entries for a in (value, px)])
         return [None] * len(entries)
 
+    async def _scan(self, scope: str | None) -> AsyncIterator[bytes]:
+        """The keys of `scope`'s entries (every entry's when None). MATCH narrows the scan to
+        the scope's prefix; each key is then checked exactly (see `_matcher`)."""
+        mine = _matcher(scope)
+        pattern = _glob_escape(scope_prefix(scope)) + "*"
+        async for key in self._client.scan_iter(match=pattern, count=1000):
+            if mine(key.decode(errors="replace")):
+                yield key
+
     async def clear(self, scope: str | None = None) -> int:
-        # `*:*` skips STATS_KEY: every entry key has a scope then a hash after the prefix.
-        pattern = _glob_escape(_prefix(scope)) + ("*" if scope is not None else "*:*")
         deleted = 0
         try:
             batch: list[bytes] = []
-            async for key in self._client.scan_iter(match=pattern, count=1000):
+            async for key in self._scan(scope):
                 batch.append(key)
                 if len(batch) >= 1000:
                     deleted += await self._client.unlink(*batch)
@@ -278,15 +292,15 @@ class RedisCache:
             raise self._unavailable(exc) from exc
         return deleted
 
-    async def stats(self) -> CacheStats:
+    async def stats(self, scope: str | None = None) -> CacheStats:
         try:
             entries = 0
-            async for _ in self._client.scan_iter(match=_glob_escape(KEY_PREFIX) + "*:*", count=1000):
+            async for _ in self._scan(scope):
                 entries += 1
             totals = await self._client.hgetall(STATS_KEY)
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc) from exc
-        return CacheStats(backend=self.name, entries=entries,
+        return CacheStats(backend=self.name, entries=entries, scope=scope,
                           hits=int(totals.get(b"hits", 0)), misses=int(totals.get(b"misses", 0)),
                           errors=self.errors)
 

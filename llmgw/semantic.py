@@ -2,7 +2,8 @@
 user message, off by default.
 
 `SemanticIndex` maps (scope, model group, params fingerprint, text) to the exact cache's key
-of an answer already paid for. It never serves across scopes, model groups or fingerprints:
+of an answer already paid for. It never serves across scopes, model groups or fingerprints
+(each is compared whole, and a scope is `scope_of`'s, its id encoded as in the exact key):
 only the wording of the last user message may differ, and only by a cosine similarity of at
 least `threshold`. The answer itself stays in the exact cache; the index only holds keys, and
 `remove(key)` drops one the exact cache no longer has.
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any
 
-from llmgw.cache import _NOT_IN_KEY
+from llmgw.cache import _NOT_IN_KEY, check_scope
 from llmgw.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -337,6 +338,7 @@ class SemanticIndex:
         """Record that the exact cache holds `key` for this question. Re-adding a key replaces
         its entry. Evicts the scope's least recently used entries beyond `max_entries`.
         Returns False if the text has no usable embedding (a zero vector)."""
+        check_scope(scope)  # only `scope_of`'s scopes get in: one id, one scope
         vector = await self._vector(text)
         if vector is None:
             return False
@@ -367,7 +369,9 @@ class SemanticIndex:
         return True
 
     def clear(self, scope: str | None = None) -> int:
-        """Forget every entry, or one scope's; returns how many were forgotten."""
+        """Forget every entry, or exactly one scope's; returns how many were forgotten."""
+        if scope is not None:
+            check_scope(scope)
         scopes = list(self._scopes) if scope is None else [scope] if scope in self._scopes else []
         count = 0
         for name in scopes:

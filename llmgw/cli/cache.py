@@ -21,11 +21,26 @@ Config = Annotated[str | None, typer.Option("--config", help="Config file (defau
 
 
 def _backend(config: str | None):  # type: ignore[no-untyped-def]
+    """The configured cache backend (None when off) and `llmgw.cache.scope`."""
     from llmgw.cache_backends import make_cache
     from llmgw.config import load_config
 
     cfg = load_config(config)
-    return make_cache(cfg.llmgw.cache, cfg.router_settings.router_kwargs().get("redis_url"))
+    cache = make_cache(cfg.llmgw.cache, cfg.router_settings.router_kwargs().get("redis_url"))
+    return cache, cfg.llmgw.cache.scope
+
+
+def _say(text: str) -> None:
+    """A line that may hold a project id: printed as it is (`a[b]` is no style, `:b:` no
+    emoji)."""
+    console.print(text, highlight=False, markup=False, emoji=False)
+
+
+def _project_scope(project: str) -> str:
+    """The cache scope of one project, encoded as the gateway encodes it in keys."""
+    from llmgw.cache import scope_of
+
+    return scope_of("project", project_id=project, agent_type=None)
 
 
 @app.command()
@@ -50,29 +65,32 @@ def stats(
                 hits, saved = conn.execute(stmt).one()
         finally:
             engine.dispose()
-        cache = _backend(config)
-        backend = asyncio.run(_stats(cache)) if cache is not None else None
+        cache, kind = _backend(config)
+        # Entries are per project only when the cache is scoped by project.
+        scope = _project_scope(project) if project and kind == "project" else None
+        backend = asyncio.run(_stats(cache, scope)) if cache is not None else None
     data = {"hits": hits, "saved_micros": int(saved), "saved_usd": str(micros_to_usd(int(saved))),
             "backend": backend.model_dump() if backend else None}
     if output == "json":
         typer.echo(json.dumps(data, indent=2))
         return
-    scope = f" for project {project}" if project else ""
-    console.print(f"Cache hits{scope}: {hits:,}, saving ${data['saved_usd']}", highlight=False)
+    of = f" for project {project}" if project else ""
+    _say(f"Cache hits{of}: {hits:,}, saving ${data['saved_usd']}")
     if backend is None:
         console.print("Cache backend: none (llmgw.cache.backend)")
     elif backend.backend == "memory":
         console.print("Cache backend: memory, inside each gateway process (use Redis to share "
                       "it and to manage it from here)")
     else:
-        console.print(f"Cache backend: {backend.backend}, {backend.entries:,} entries, "
-                      f"{backend.hits:,} hits / {backend.misses:,} misses in all processes",
-                      highlight=False)
+        whose = (f" of project {project}" if scope else
+                 f" (all projects: llmgw.cache.scope is {kind})" if project else "")
+        _say(f"Cache backend: {backend.backend}, {backend.entries:,} entries{whose}, "
+             f"{backend.hits:,} hits / {backend.misses:,} misses in all processes")
 
 
-async def _stats(cache):  # type: ignore[no-untyped-def]
+async def _stats(cache, scope):  # type: ignore[no-untyped-def]
     try:
-        return await cache.stats()
+        return await cache.stats(scope)
     finally:
         await cache.aclose()
 
@@ -87,14 +105,17 @@ def clear(
     if not project and not all_:
         fail("Say what to clear: --project P or --all.", code=EXIT_USAGE)
     with errors_as_exit():
-        cache = _backend(config)
+        cache, kind = _backend(config)
         if cache is None or cache.name == "memory":
             fail("The cache here is not shared (backend memory or none): it lives inside each "
                  "gateway process and goes with it.",
                  hint="Use llmgw.cache.backend: redis to share and manage it.")
-        deleted = asyncio.run(_clear(cache, f"project:{project}" if project else None))
-    console.print(f"Deleted {deleted:,} cached answer(s)" +
-                  (f" of project {project}." if project else "."), highlight=False)
+        if project and kind != "project":
+            asyncio.run(cache.aclose())
+            fail(f"llmgw.cache.scope is {kind}: cached answers are not kept per project.",
+                 hint="Clear them all with --all.")
+        deleted = asyncio.run(_clear(cache, _project_scope(project) if project else None))
+    _say(f"Deleted {deleted:,} cached answer(s)" + (f" of project {project}." if project else "."))
 
 
 async def _clear(cache, scope):  # type: ignore[no-untyped-def]

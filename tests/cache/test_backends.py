@@ -18,7 +18,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from llmgw.cache import Cache, CachedAnswer, cache_key
+from llmgw.cache import Cache, CachedAnswer, cache_key, scope_of
 from llmgw.cache_backends import (
     STATS_KEY,
     CacheUnavailable,
@@ -132,13 +132,15 @@ async def test_clear_scope_deletes_only_that_scope(cache: Cache) -> None:
 
 
 async def test_clear_matches_a_scope_literally(cache: Cache) -> None:
-    # A scope with glob characters must not become a wildcard in Redis's SCAN MATCH.
-    await cache.set(key("project:a*"), answer(), ttl_s=60)
+    # A project id with glob characters must not become a wildcard in Redis's SCAN MATCH
+    # (tests/cache/test_scope_isolation.py covers ids that are each other's prefixes).
+    star, query = (scope_of("project", project_id=p, agent_type=None) for p in ("a*", "a?[x]"))
+    await cache.set(key(star), answer(), ttl_s=60)
     await cache.set(key("project:ab"), answer(), ttl_s=60)
-    await cache.set(key("project:a?[x]"), answer(), ttl_s=60)
-    assert await cache.clear("project:a*") == 1
+    await cache.set(key(query), answer(), ttl_s=60)
+    assert await cache.clear(star) == 1
     assert await cache.get(key("project:ab")) is not None
-    assert await cache.clear("project:a?[x]") == 1
+    assert await cache.clear(query) == 1
     assert await cache.get(key("project:ab")) is not None
 
 

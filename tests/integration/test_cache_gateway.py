@@ -191,3 +191,119 @@ async def test_semantic_paraphrase_hits_and_a_near_miss_does_not(sims, tmp_path)
     assert len(openai_sim.requests) == 3
     row = ledger_rows(url)[1]
     assert row["status"] == "cached" and row["metadata"]["llmgw"]["cache"]["similarity"] >= 0.92
+
+
+# -- isolation between projects whose ids prefix each other (issue 20) --------------------------
+
+# Each id is a prefix of another, or a Redis glob pattern that would match the others.
+PREFIXED = ["a", "a:b", "a*", "a?", "a[b]", "a\\b"]
+
+
+def _ledger(tmp_path) -> str:
+    from llmgw.ledger.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    upgrade(url)
+    return url
+
+
+async def _stream(gw, project: str, messages) -> tuple[str, object]:
+    events = [e async for e in gw.stream("pm-1", project, messages, model_group="backup")]
+    assert isinstance(events[-1], StreamDone), events[-1]
+    return "".join(e.text for e in events if isinstance(e, ContentDelta)), events[-1].completion
+
+
+def _first_request_ids(url: str) -> dict[str, set[str]]:
+    """Per project, the requests its cached rows say paid for their answers."""
+    out: dict[str, set[str]] = {}
+    for row in ledger_rows(url):
+        if row["status"] == "cached":
+            out.setdefault(row["project_id"], set()).add(
+                row["metadata"]["llmgw"]["cache"]["first_request_id"])
+    return out
+
+
+async def test_streamed_answers_never_cross_projects(sims, tmp_path, cache_settings):
+    url = _ledger(tmp_path)
+    openai_sim, _ = sims
+    gw = make(sims, url, cache_settings)
+    first = {}
+    try:
+        for project in PREFIXED:  # each project's first stream reaches the provider
+            openai_sim.set_plan(FaultPlan(answer=f"Answer for {project}."))
+            text, done = await _stream(gw, project, ASK)
+            assert (done.cached, text) == (False, f"Answer for {project}."), project
+            first[project] = done.request_id
+        openai_sim.set_plan(FaultPlan(answer="Nobody's answer."))
+        for project in reversed(PREFIXED):  # then each is served its own, streamed or not
+            text, done = await _stream(gw, project, ASK)
+            assert (done.cached, text) == (True, f"Answer for {project}."), project
+            again = await gw.complete("pm-1", project, ASK, model_group="backup")
+            assert (again.cached, again.content) == (True, f"Answer for {project}."), project
+        text, done = await _stream(gw, "b", ASK)  # a project never seen: no one's answer
+        assert (done.cached, text) == (False, "Nobody's answer.")
+    finally:
+        await gw.aclose()
+    assert len(openai_sim.requests) == len(PREFIXED) + 1
+    assert _first_request_ids(url) == {p: {first[p]} for p in PREFIXED}
+
+
+async def test_semantic_hits_never_cross_projects(sims, tmp_path, cache_settings):
+    url = _ledger(tmp_path)
+    openai_sim, _ = sims
+    gw = make(sims, url, {**cache_settings, "semantic": {"enabled": True, "threshold": 0.92}})
+    asked = [{"role": "user", "content": "How do I reset my password?"}]
+    paraphrase = [{"role": "user", "content": "What are the steps to reset my password?"}]
+    projects = ["a", "a:b", "a*"]
+    first = {}
+    try:
+        for project in projects:
+            openai_sim.set_plan(FaultPlan(answer=f"Reset steps for {project}."))
+            done = await gw.complete("support-1", project, asked, model_group="backup")
+            assert not done.cached, project
+            first[project] = done.request_id
+        openai_sim.set_plan(FaultPlan(answer="Nobody's answer."))
+        for project in reversed(projects):  # a paraphrase: the project's own answer only
+            hit = await gw.complete("support-1", project, paraphrase, model_group="backup")
+            assert (hit.cached, hit.content) == (True, f"Reset steps for {project}."), project
+            text, done = await _stream(gw, project, paraphrase)
+            assert (done.cached, text) == (True, f"Reset steps for {project}."), project
+        # Projects that never asked: no similar answer of another project is theirs.
+        assert not (await gw.complete("support-1", "b", paraphrase, model_group="backup")).cached
+        text, done = await _stream(gw, "a:c", paraphrase)
+        assert (done.cached, text) == (False, "Nobody's answer.")
+    finally:
+        await gw.aclose()
+    assert len(openai_sim.requests) == len(projects) + 2
+    assert _first_request_ids(url) == {p: {first[p]} for p in projects}
+    similar = [r for r in ledger_rows(url) if r["status"] == "cached"]
+    assert len(similar) == 2 * len(projects)
+    assert all(r["metadata"]["llmgw"]["cache"]["similarity"] >= 0.92 for r in similar)
+
+
+async def test_clear_and_stats_of_one_project_leave_the_ids_it_prefixes(sims, tmp_path,
+                                                                          cache_settings):
+    from llmgw.cache import scope_of
+
+    url = _ledger(tmp_path)
+    openai_sim, _ = sims
+    gw = make(sims, url, cache_settings)
+    scope = {p: scope_of("project", project_id=p, agent_type=None) for p in PREFIXED}
+    other = [{"role": "user", "content": "And the one before?"}]
+    try:
+        for project in PREFIXED:
+            openai_sim.set_plan(FaultPlan(answer=f"Answer for {project}."))
+            await gw.complete("pm-1", project, ASK, model_group="backup")
+        await gw.complete("pm-1", "a", other, model_group="backup")  # `a` has two entries
+        assert await gw.cache.clear(scope["a"]) == 2
+        assert {p: (await gw.cache.stats(scope[p])).entries for p in PREFIXED} == {
+            p: 0 if p == "a" else 1 for p in PREFIXED}
+        openai_sim.set_plan(FaultPlan(answer="A new answer."))
+        for project in PREFIXED[1:]:
+            again = await gw.complete("pm-1", project, ASK, model_group="backup")
+            assert (again.cached, again.content) == (True, f"Answer for {project}."), project
+        again = await gw.complete("pm-1", "a", ASK, model_group="backup")
+        assert (again.cached, again.content) == (False, "A new answer.")
+    finally:
+        await gw.aclose()
+    assert len(openai_sim.requests) == len(PREFIXED) + 2
