@@ -89,13 +89,22 @@ def _shown(value: Any) -> str:
 
 
 def _check_param_names(params: dict[str, Any]) -> None:
-    reserved = sorted(k for k in params if k in _RESERVED_PARAMS or k.startswith(_MOCK_PREFIX)
-                      or any(m in k for m in _PRICE_MARKERS))
+    names = sorted(params)
+    mocks = [k for k in names if k.startswith(_MOCK_PREFIX)]
+    if mocks:
+        _bad(f"{', '.join(mocks)}: LiteLLM's test hooks answer without the provider, and the "
+             "answer would be cached and recorded as a real one.",
+             "For canned answers run a simulator (`llmgw sim`) as a deployment.")
+    prices = [k for k in names if any(m in k for m in _PRICE_MARKERS)]
+    if prices:
+        _bad(f"{', '.join(prices)}: a per-call price would change what every later request "
+             "of the model is charged.", "Prices belong in model_list.yaml (model_info).")
+    reserved = [k for k in names if k in _RESERVED_PARAMS]
     if reserved:
         raise InvalidRequest(f"Parameter(s) {', '.join(reserved)} cannot be passed to complete().",
-                             hint="Choose the model with model_group= or agent_type=; credentials, "
-                                  "endpoints and prices belong in model_list.yaml; for canned "
-                                  "answers run the simulators (`llmgw sim`).")
+                             hint="Choose the model with model_group= or agent_type=; credentials "
+                                  "and endpoints belong in model_list.yaml; the gateway sets "
+                                  "stream and stream_options itself (use stream()).")
 
 
 def _check_metadata(metadata: dict[str, Any]) -> None:
@@ -139,7 +148,7 @@ def _json_problem(value: Any, path: str, depth: int) -> str | None:
             if found := _json_problem(item, f"{path}[{i}]", depth + 1):
                 return found
         return None
-    return f"{path} holds a {type(value).__name__}, which is not JSON"
+    return f"{path} is of type {type(value).__name__}, which is not JSON"
 
 
 # -- sampling parameters (OpenAI's ranges) -------------------------------------------------

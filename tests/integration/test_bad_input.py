@@ -39,6 +39,11 @@ BAD: list[tuple[dict[str, Any], str]] = [
     (dict(metadata={"k\x00": 1}), "metadata"),
     (dict(metadata={"deep": [{"x": -math.inf}]}), "metadata"),
     (dict(messages=[{"role": "user", "content": "a\x00b"}]), "messages"),
+    # A per-call price would be registered process-wide by LiteLLM: every later request of
+    # the model would be charged it. A mock answer would be cached as the project's answer.
+    (dict(input_cost_per_token=0, output_cost_per_token=0), "input_cost_per_token"),
+    (dict(mock_response="POISON"), "mock_response"),
+    (dict(stream_options={"include_usage": False}), "stream_options"),
 ]
 
 
