@@ -84,7 +84,8 @@ class Message(BaseModel):
         return self
 
 
-def _id_text(v: str) -> str:
+def check_id_text(v: str) -> str:
+    """`v` if it is printable, non-blank text; ValueError saying why not."""
     if not v.strip():
         raise ValueError("must not be blank")
     found = _ID_UNSAFE.search(v)
@@ -120,7 +121,7 @@ class CompletionRequest(BaseModel):
     @field_validator("agent_id", "project_id", "agent_type", "model_group")
     @classmethod
     def _printable_id(cls, v: str | None) -> str | None:
-        return None if v is None else _id_text(v)
+        return None if v is None else check_id_text(v)
 
     @field_validator("messages")
     @classmethod

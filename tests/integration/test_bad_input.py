@@ -100,6 +100,9 @@ async def test_bad_input_is_refused_before_anything_is_reserved_called_or_writte
         async for _ in gw.stream(**_call(kwargs)):
             pass
     assert name in str(streamed.value)
+    with pytest.raises(InvalidRequest) as estimated:
+        await gw.estimate(**_call(kwargs))
+    assert name in str(estimated.value)
     await gw.drain()
     assert all(sim.requests == [] for sim in sims)
     state = ledger_state(migrated_ledger_url)

@@ -12,7 +12,8 @@ import pytest
 from llmgw.errors import InvalidRequest
 from llmgw.ledger.models import Reservation, UsageEvent
 from llmgw.types import ID_MAX_CHARS
-from llmgw.validation import MAX_METADATA_CHARS, MAX_OUTPUT_TOKENS, validate_call
+from llmgw.params import MAX_OUTPUT_TOKENS
+from llmgw.validation import MAX_METADATA_CHARS, validate_call, validate_id
 
 ASK = [{"role": "user", "content": "Plan the release."}]
 
@@ -225,3 +226,15 @@ def test_the_refusal_says_what_to_do():
     assert "model_list.yaml" in error.hint
     error = refused(mock_response="x")
     assert "llmgw sim" in error.hint
+
+
+@pytest.mark.parametrize("value", ["qa\x00", "qa\n", "", "  ", "t" * (ID_MAX_CHARS + 1), b"qa", 7,
+                                   None])
+def test_validate_id_refuses_what_a_call_would_refuse(value):
+    with pytest.raises(InvalidRequest, match="agent_type") as info:
+        validate_id("agent_type", value)
+    assert "printable" in (info.value.hint or "")
+
+
+def test_validate_id_returns_a_good_id():
+    assert validate_id("agent_type", "qa-engineer é") == "qa-engineer é"
