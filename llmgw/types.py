@@ -2,13 +2,65 @@
 
 from __future__ import annotations
 
+import math
+import re
 from functools import cached_property
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    computed_field,
+    field_validator,
+    model_validator,
+)
 
 Role = Literal["system", "user", "assistant", "tool", "function", "developer"]
 AttemptStatus = Literal["ok", "error", "cached", "refused", "partial"]
+
+# What PostgreSQL (the strictest ledger) cannot store in text or json: a NUL, or a lone
+# surrogate (not UTF-8). SQLite takes both, so without this check a request would pass on
+# one database and fail after the provider was paid on the other.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# Ids also refuse every other control character: they end up in reports, logs and keys.
+_ID_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# The ledger's id columns are VARCHAR(200) (llmgw/ledger/models.py).
+ID_MAX_CHARS = 200
+# Deeper JSON than this is not a caller's data but an attack on the recursion limit.
+MAX_NESTING = 32
+
+
+def text_problem(value: str) -> str | None:
+    """Why a string cannot be stored in every ledger database, or None when it can."""
+    found = _UNSTORABLE.search(value)
+    if found is None:
+        return None
+    return ("contains a NUL character (\\x00)" if found.group() == "\x00"
+            else "contains an unpaired surrogate (not valid UTF-8)")
+
+
+def nested_problem(value: Any, path: str, depth: int = 0) -> str | None:
+    """The first string, dict key or float inside `value` (dicts, lists and tuples) that no
+    ledger, provider or cache key can carry, as '<path> <why>'; None when all are fine.
+    Other objects (e.g. a pydantic class as `response_format`) are left to LiteLLM."""
+    if isinstance(value, str):
+        why = text_problem(value)
+        return f"{path} {why}" if why else None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path} is {value!r}, not a finite number"
+    if isinstance(value, dict | list | tuple):
+        if depth >= MAX_NESTING:
+            return f"{path} is nested more than {MAX_NESTING} levels deep"
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str) and (why := text_problem(key)):
+                return f"{path} has a key {key!r} that {why}"
+            found = nested_problem(item, f"{path}[{key!r}]", depth + 1)
+            if found:
+                return found
+    return None
 
 
 class Message(BaseModel):
@@ -22,17 +74,41 @@ class Message(BaseModel):
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
 
+    @model_validator(mode="after")
+    def _storable(self) -> Message:
+        fields = {"content": self.content, "name": self.name, "tool_calls": self.tool_calls,
+                  "tool_call_id": self.tool_call_id, **(self.model_extra or {})}
+        for field, value in fields.items():
+            if value is not None and (why := nested_problem(value, field)):
+                raise ValueError(why)
+        return self
+
+
+def check_id_text(v: str) -> str:
+    """`v` if it is printable, non-blank text; ValueError saying why not."""
+    if not v.strip():
+        raise ValueError("must not be blank")
+    found = _ID_UNSAFE.search(v)
+    if found is not None:
+        raise ValueError(f"contains the control character {found.group()!r}; ids are "
+                         f"printable text")
+    return v
+
+
+# An id as every ledger database stores it: text (never bytes or a number), 1-200 characters.
+IdText = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=ID_MAX_CHARS)]
+
 
 class CompletionRequest(BaseModel):
     """A validated `complete()` call; built before any I/O so bad input writes nothing."""
 
     model_config = ConfigDict(extra="forbid")
 
-    agent_id: str = Field(min_length=1, max_length=200)
-    project_id: str = Field(min_length=1, max_length=200)
+    agent_id: IdText
+    project_id: IdText
     messages: list[Message] = Field(min_length=1)
-    agent_type: str | None = Field(default=None, min_length=1, max_length=200)
-    model_group: str | None = Field(default=None, min_length=1, max_length=200)
+    agent_type: IdText | None = None
+    model_group: IdText | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     params: dict[str, Any] = Field(default_factory=dict)
 
@@ -42,12 +118,10 @@ class CompletionRequest(BaseModel):
         not mutate (pass a provider its own copy)."""
         return [m.model_dump(exclude_none=True) for m in self.messages]
 
-    @field_validator("agent_id", "project_id")
+    @field_validator("agent_id", "project_id", "agent_type", "model_group")
     @classmethod
-    def _not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must not be blank")
-        return v
+    def _printable_id(cls, v: str | None) -> str | None:
+        return None if v is None else check_id_text(v)
 
     @field_validator("messages")
     @classmethod
