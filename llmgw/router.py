@@ -9,7 +9,8 @@ LiteLLM does retries, fallbacks, cooldowns and routing. We add these around it:
   401/403; the recorder's `async_filter_deployments` refuses any further pick in that
   request (a retry on a sibling), and refuses a group while one of its deployments is known
   bad (`llmgw.credentials`: an unset key variable, or cooling down after a 401).
-- `map_exception`: LiteLLM exception -> `llmgw.errors`, in one place.
+- `map_exception`: LiteLLM exception -> `llmgw.errors`, in one place; it scrubs the LiteLLM
+  exception, which stays reachable as our error's `__context__`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from llmgw.errors import (
     ProviderUnavailable,
     RateLimited,
 )
-from llmgw.redact import Redactor
+from llmgw.redact import Redactor, scrub_exception
 from llmgw.types import Attempt
 
 litellm = import_litellm()
@@ -361,7 +362,10 @@ def _check_shared_state(config: Config, redactor: Redactor) -> None:
 
 def map_exception(exc: BaseException, *, trace: RequestTrace, model_group: str,
                   redactor: Redactor, config: Config) -> ProviderError:
-    """The typed error for a failed request, carrying every attempt it made."""
+    """The typed error for a failed request, carrying every attempt it made.
+
+    `exc` is scrubbed in place: the gateway raises our error from inside its `except`, so
+    Python keeps `exc` as the error's `__context__` (`from None` only hides it)."""
     attempts = trace.failures
     # The attempt whose key was refused, when there was one: it names the deployment, and
     # what ended the request after it (a refused retry) does not.
@@ -393,4 +397,5 @@ def map_exception(exc: BaseException, *, trace: RequestTrace, model_group: str,
         kw["hint"] = hint
     if cls is RateLimited:
         kw["retry_after"] = retry_after_of(exc)
+    scrub_exception(exc, redactor)
     return cls(message, **kw)
