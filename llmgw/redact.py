@@ -48,14 +48,22 @@ def scrub_exception(exc: BaseException, redactor: Redactor) -> None:
     exc.__cause__ = None
     exc.__context__ = None
     exc.__suppress_context__ = True
-    exc.args = tuple(_scrubbed(a, redactor) for a in exc.args)
+    exc.args = tuple(_scrubbed_or_none(a, redactor) for a in exc.args)
     for name, value in list(vars(exc).items()):
-        clean = _scrubbed(value, redactor)
+        clean = _scrubbed_or_none(value, redactor)
         if clean is not value:
             try:
                 setattr(exc, name, clean)
-            except AttributeError:  # a read-only property: leave it
-                pass
+            except (AttributeError, TypeError):  # a read-only attribute: drop it instead
+                vars(exc).pop(name, None)
+
+
+def _scrubbed_or_none(value: Any, redactor: Redactor) -> Any:
+    """What cannot be copied safely is dropped: scrubbing must never fail an error path."""
+    try:
+        return _scrubbed(value, redactor)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _scrubbed(value: Any, redactor: Redactor) -> Any:
@@ -68,7 +76,7 @@ def _scrubbed(value: Any, redactor: Redactor) -> Any:
     if isinstance(value, dict):
         items = {k: _scrubbed(v, redactor) for k, v in value.items()}
         return value if all(items[k] is v for k, v in value.items()) else items
-    if isinstance(value, list | tuple):
+    if type(value) in (list, tuple):
         parts = [_scrubbed(v, redactor) for v in value]
         return value if all(p is v for p, v in zip(parts, value)) else type(value)(parts)
     if isinstance(value, httpx.Request):
