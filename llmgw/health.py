@@ -39,6 +39,7 @@ class DeploymentHealth(BaseModel):
     latency_ms: float | None = None
     error: str | None = None
     cooling_down: bool = False
+    cooldown_status: int | None = None  # the HTTP status LiteLLM cooled it down for
     checked: str  # what was asked: "GET <url>" or "completion"
 
 
@@ -122,20 +123,20 @@ async def probe(config: Config, router: Any = None, *, timeout: float = 5.0,
         cooling, results = await asyncio.gather(
             cooling_down(router),
             asyncio.gather(*(_probe_one(d, client, timeout, redactor) for d in config.model_list)))
-    return [r.model_copy(update={"cooling_down": r.deployment_id in cooling}) for r in results]
+    return [r.model_copy(update={"cooling_down": r.deployment_id in cooling,
+                                 "cooldown_status": cooling.get(r.deployment_id)})
+            for r in results]
 
 
-async def cooling_down(router: Any) -> set[str]:
-    """Ids of the deployments LiteLLM's Router currently has in cooldown."""
+async def cooling_down(router: Any) -> dict[str, int | None]:
+    """The deployments LiteLLM's Router currently has in cooldown: id -> the HTTP status
+    that put it there (401: its key was refused)."""
     if router is None:
-        return set()
-    from llmgw._litellm import import_litellm
+        return {}
+    from llmgw._litellm import cooldown_statuses
 
-    import_litellm()
-    from litellm.router_utils.cooldown_handlers import async_get_cooldown_deployments
-
-    return set(await async_get_cooldown_deployments(litellm_router_instance=router,
-                                                     parent_otel_span=None))
+    ids = list(router.get_model_ids())
+    return {i: e.status for i, e in (await cooldown_statuses(router, ids)).items()}
 
 
 async def _probe_one(dep: Deployment, client: httpx.AsyncClient, timeout: float,

@@ -1,12 +1,16 @@
 """LiteLLM's Router, built from our config, and the one table that maps its errors to ours.
 
-LiteLLM does retries, fallbacks, cooldowns and routing. We add three things around it:
+LiteLLM does retries, fallbacks, cooldowns and routing. We add these around it:
 - `AttemptRecorder`: a CustomLogger that collects each failed attempt into its request's
   trace. LiteLLM awaits failure callbacks inline (before it retries, falls back or raises),
   so the trace is complete when `Router.acompletion` returns or raises.
-- `_no_failover_after_auth_failure`: the Router's `fallback_access_check`, which refuses any
-  fallback once the request has seen a 401/403, so bad credentials surface, never hide.
-- `map_exception`: LiteLLM exception -> `llmgw.errors`, in one place.
+- Bad credentials surface, never hide (DESIGN §11): `_no_failover_after_auth_failure`, the
+  Router's `fallback_access_check`, refuses any fallback once the request has seen a
+  401/403; the recorder's `async_filter_deployments` refuses any further pick in that
+  request (a retry on a sibling), and refuses a group while one of its deployments is known
+  bad (`llmgw.credentials`: an unset key variable, or cooling down after a 401).
+- `map_exception`: LiteLLM exception -> `llmgw.errors`, in one place; it scrubs the LiteLLM
+  exception, which stays reachable as our error's `__context__`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 from llmgw import providers
 from llmgw._litellm import import_litellm
 from llmgw.config import Config
+from llmgw.credentials import CredentialGuard, Refusal
 from llmgw.errors import (
     AllDeploymentsFailed,
     AuthenticationFailed,
@@ -32,7 +37,7 @@ from llmgw.errors import (
     ProviderUnavailable,
     RateLimited,
 )
-from llmgw.redact import Redactor
+from llmgw.redact import Redactor, scrub_exception
 from llmgw.types import Attempt
 
 litellm = import_litellm()
@@ -162,13 +167,21 @@ class RequestTrace:
         return any(a.error_class == AuthenticationFailed.__name__ for a in self.failures)
 
 
+class _NotSent(litellm.AuthenticationError):  # type: ignore[misc]
+    """Raised inside the Router instead of picking a deployment: the request already saw its
+    key refused, or its group has a deployment known to be bad. An AuthenticationError, so
+    the retry policy does not retry it; `map_exception` turns it into AuthenticationFailed."""
+
+
 class AttemptRecorder(CustomLogger):  # type: ignore[misc]
-    """Collects failed attempts per request id; the gateway writes them to the ledger."""
+    """Collects failed attempts per request id; the gateway writes them to the ledger. Also
+    the Router's deployment filter that keeps bad credentials from being routed around."""
 
     def __init__(self) -> None:
         super().__init__()
         self.traces: dict[str, RequestTrace] = {}
         self.config: Config | None = None
+        self.guard: CredentialGuard | None = None
         self.redactor = Redactor()
 
     def open(self, request_id: str) -> RequestTrace:
@@ -177,6 +190,22 @@ class AttemptRecorder(CustomLogger):  # type: ignore[misc]
 
     def close(self, request_id: str) -> RequestTrace:
         return self.traces.pop(request_id, None) or RequestTrace(request_id)
+
+    async def async_filter_deployments(self, model: str, healthy_deployments: list[Any],
+                                       messages: Any = None,
+                                       request_kwargs: dict[str, Any] | None = None,
+                                       parent_otel_span: Any = None) -> list[Any]:
+        """Called by the Router before each pick of a deployment, with what it may pick from."""
+        trace = _trace_of(request_kwargs or {}, self.traces)
+        if trace is not None and trace.auth_failed:  # a retry (on a sibling) after a 401/403
+            raise _NotSent("this request's key was already refused; it is not retried",
+                           llm_provider="", model=model)
+        refusal = await self.guard.refusal(model, healthy_deployments) if self.guard else None
+        if refusal is None:
+            return healthy_deployments
+        if trace is not None:
+            trace.failures.append(_refused_attempt(len(trace.failures) + 1, model, refusal))
+        raise _NotSent(refusal.reason, llm_provider=refusal.deployment.provider, model=model)
 
     async def async_log_failure_event(self, kwargs: dict[str, Any], response_obj: Any,
                                       start_time: datetime, end_time: datetime) -> None:
@@ -188,9 +217,9 @@ class AttemptRecorder(CustomLogger):  # type: ignore[misc]
     def _record_failure(self, kwargs: dict[str, Any], start: datetime, end: datetime) -> None:
         metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
         trace = self.traces.get(metadata.get(REQUEST_ID_KEY, ""))
-        if trace is None:
-            return
         exc = kwargs.get("exception") or Exception("unknown error")
+        if trace is None or isinstance(exc, _NotSent):  # a refusal is recorded where it is made
+            return
         slo = kwargs.get("standard_logging_object") or {}
         deployment_id = kwargs.get("model_id") or slo.get("model_id")
         dep = self.config.deployment(deployment_id) if self.config and deployment_id else None
@@ -208,6 +237,22 @@ class AttemptRecorder(CustomLogger):  # type: ignore[misc]
         ))
 
 
+def _refused_attempt(number: int, group: str, refusal: Refusal) -> Attempt:
+    dep = refusal.deployment
+    return Attempt(attempt=number, model_group=group, deployment=dep.id, provider=dep.provider,
+                   model=dep.litellm_params.model, status="error",
+                   error_class=AuthenticationFailed.__name__, error_message=refusal.reason)
+
+
+def _trace_of(request_kwargs: Mapping[str, object],
+              traces: Mapping[str, RequestTrace]) -> RequestTrace | None:
+    for key in ("metadata", "litellm_metadata"):
+        md = request_kwargs.get(key)
+        if isinstance(md, Mapping) and REQUEST_ID_KEY in md:
+            return traces.get(str(md[REQUEST_ID_KEY]))
+    return None
+
+
 RECORDER: AttemptRecorder | None = None
 
 
@@ -223,12 +268,8 @@ def recorder() -> AttemptRecorder:
 
 async def _no_failover_after_auth_failure(*, model: str, request_kwargs: Mapping[str, object],
                                           llm_router: Any) -> bool:
-    for key in ("metadata", "litellm_metadata"):
-        md = request_kwargs.get(key)
-        if isinstance(md, Mapping) and REQUEST_ID_KEY in md:
-            trace = recorder().traces.get(str(md[REQUEST_ID_KEY]))
-            return not (trace and trace.auth_failed)
-    return True
+    trace = _trace_of(request_kwargs, recorder().traces)
+    return not (trace and trace.auth_failed)
 
 
 # -- the router -----------------------------------------------------------------------------
@@ -271,6 +312,10 @@ def build_router(config: Config, redactor: Redactor) -> Any:
     settings = config.router_settings.router_kwargs()
     policy = dict(settings.pop("retry_policy", None) or {})
     policy.update(_FORCED_RETRY_POLICY)
+    by_group = settings.get("model_group_retry_policy")
+    if isinstance(by_group, Mapping):  # a group's own policy replaces the Router's
+        settings["model_group_retry_policy"] = {
+            group: {**dict(p or {}), **_FORCED_RETRY_POLICY} for group, p in by_group.items()}
     if settings.pop("cache_responses", False):
         log.warning("router_settings.cache_responses is ignored: llmgw caches answers itself")
     settings.setdefault("timeout", config.llmgw.request_timeout_s)
@@ -288,6 +333,8 @@ def build_router(config: Config, redactor: Redactor) -> Any:
     _check_shared_state(config, redactor)
     rec = recorder()
     rec.config = config
+    rec.guard = CredentialGuard(config, router)
+    rec.guard.warn_unset()
     rec.redactor.add(redactor.secrets)
     return router
 
@@ -315,17 +362,25 @@ def _check_shared_state(config: Config, redactor: Redactor) -> None:
 
 def map_exception(exc: BaseException, *, trace: RequestTrace, model_group: str,
                   redactor: Redactor, config: Config) -> ProviderError:
-    """The typed error for a failed request, carrying every attempt it made."""
+    """The typed error for a failed request, carrying every attempt it made.
+
+    `exc` is scrubbed in place: the gateway raises our error from inside its `except`, so
+    Python keeps `exc` as the error's `__context__` (`from None` only hides it)."""
     attempts = trace.failures
-    cls = AuthenticationFailed if trace.auth_failed else classify(exc)
+    # The attempt whose key was refused, when there was one: it names the deployment, and
+    # what ended the request after it (a refused retry) does not.
+    auth = next((a for a in reversed(attempts)
+                 if a.error_class == AuthenticationFailed.__name__), None)
+    cls = AuthenticationFailed if auth else classify(exc)
     deployments = {a.deployment for a in attempts if a.deployment}
     if cls is not AuthenticationFailed and len(deployments) > 1:
         cls = AllDeploymentsFailed
-    last = attempts[-1] if attempts else None
+    last = auth or (attempts[-1] if attempts else None)
     deployment = last.deployment if last else None
     dep = config.deployment(deployment) if deployment else None
     env = dep.api_key_env() if dep else None
-    detail = provider_message(exc, redactor)
+    detail = (auth.error_message or "") if auth else provider_message(exc, redactor)
+    status = auth.status_code if auth else status_code_of(exc)
     if cls is AllDeploymentsFailed:
         hops = "; ".join(f"{a.deployment} -> {a.error_class}" for a in attempts)
         message = f"All {len(attempts)} attempts for group {model_group!r} failed ({hops})."
@@ -336,10 +391,11 @@ def map_exception(exc: BaseException, *, trace: RequestTrace, model_group: str,
                                        env=f", env {env}" if env else "")
     kw: dict[str, Any] = dict(model_group=model_group, deployment=deployment,
                               provider=last.provider if last else None,
-                              status_code=status_code_of(exc), request_id=trace.request_id,
+                              status_code=status, request_id=trace.request_id,
                               attempts=attempts)
     if hint:
         kw["hint"] = hint
     if cls is RateLimited:
-        return RateLimited(message, retry_after=retry_after_of(exc), **kw)
+        kw["retry_after"] = retry_after_of(exc)
+    scrub_exception(exc, redactor)
     return cls(message, **kw)

@@ -77,6 +77,14 @@ def _router(cfg: Any, redactor: Any) -> tuple[Any, bool]:
         return None, False
 
 
+def _cooldown(r: DeploymentHealth) -> str:
+    if not r.cooling_down:
+        return "-"
+    why = " (key refused)" if r.cooldown_status in (401, 403) else (
+        f" (HTTP {r.cooldown_status})" if r.cooldown_status else "")
+    return f"[yellow]cooling down{why}[/]"
+
+
 def _print_table(results: list[DeploymentHealth], source: str) -> None:
     table = Table(title=f"Health of the deployments in {source}", title_justify="left",
                   box=box.SIMPLE_HEAD)
@@ -87,7 +95,7 @@ def _print_table(results: list[DeploymentHealth], source: str) -> None:
         status = "[green]up[/]" if r.status == "up" else "[bold red]down[/]"
         latency = f"{r.latency_ms:,.1f} ms" if r.latency_ms is not None else "-"
         table.add_row(escape(r.deployment_id), escape(r.group), escape(r.provider), status,
-                      latency, "[yellow]cooling down[/]" if r.cooling_down else "-",
+                      latency, _cooldown(r),
                       escape(r.error or ""))
     print_wide(table)
     up = sum(r.status == "up" for r in results)

@@ -96,6 +96,8 @@ class FaultPlan(BaseModel):
     completion_tokens: int | None = Field(default=None, ge=0)
     cached_tokens: int = Field(default=0, ge=0)
     tool_call: ToolCall | None = None
+    # A wrong key's 401 quotes the key, as OpenAI's does (simulators that model it).
+    echo_key: bool = False
 
     @classmethod
     def parse(cls, specs: str | list[str], **plan: Any) -> FaultPlan:

@@ -69,7 +69,15 @@ class OpenAISim(SimServer):
                 "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
             )
             return 401, _error(message, "invalid_request_error", None)
-        return 401, self.error_body(401, None)
+        if not self.plan.echo_key:
+            return 401, self.error_body(401, None)
+        # OpenAI's own 401 quotes the key it was sent (masked in the middle); this quotes all
+        # of it, the worst case for what llmgw must keep out of its errors and logs.
+        message = (
+            f"Incorrect API key provided: {sent}. You can find your API key at "
+            "https://platform.openai.com/account/api-keys."
+        )
+        return 401, _error(message, "invalid_request_error", "invalid_api_key")
 
     def error_body(self, status: int, message: str | None) -> dict[str, Any]:
         kind, code, default = _ERRORS.get(
