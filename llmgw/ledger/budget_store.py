@@ -202,7 +202,8 @@ class BudgetStore:
                 agent_id, agent_type, project_id, model_group), sql["reserve_many"], {
                 "request_id": request_id, "created_at": created_at, "amount": amount,
                 "agent_id": agent_id, "agent_type": agent_type, "project_id": project_id,
-                "model_group": model_group, "counters": counters, "amounts": limits}), COMMIT]
+                "model_group": model_group, "counters": counters, "amounts": limits},
+                "reserve_many"), COMMIT]
         else:  # SQLite: the reserves of a batch merged (`_reserve_many`)
             keys = tuple(self._row_key(key) for key, _ in pairs)
             row = yield Merge(self._reserve_many, _Reserve(
@@ -342,7 +343,7 @@ class BudgetStore:
             (_, row), _ = yield [Call(sql["settle_fn"], lambda: (
                 json.dumps(counters), json.dumps(thresholds), hold.request_id, state, spent,
                 hold.amount_micros, json_text(rows) if rows else None),
-                sql["settle_many"], item), COMMIT]
+                sql["settle_many"], item, "settle_many"), COMMIT]
         else:  # SQLite: the settles of a batch merged (`_settle_many`)
             row = yield Merge(self._settle_many, _Settle(hold, state, spent, rows))
         for i, crossed_spent in zip(row[0], row[1]):
