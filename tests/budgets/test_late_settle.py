@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import text
 
 from llmgw.ledger.engine import make_engine
-from llmgw.ledger.report import usage_totals
 from llmgw.sim import FaultPlan
 from tests.budgets.conftest import ANSWER_USAGE, assert_counters_match_ledger, sums
 from tests.budgets.test_budgets_gateway import ASK, gateway_for
+from tests.ledger.test_late_settle import assert_rollup_matches_ledger
 from tests.support import expected_cost_micros, ledger_rows
 
 ACTUAL = expected_cost_micros("solo-openai", 10, 100)
@@ -50,21 +50,6 @@ class SettleGate:
         gw.ledger.transact = gated_transact
 
 
-def rollup_equals_ledger(url: str) -> None:
-    """The report (from the rollup kept by a trigger) still sums what the rows hold."""
-    engine = make_engine(url)
-    try:
-        totals = usage_totals(engine)
-        with engine.connect() as conn:
-            plain = conn.execute(text(
-                "SELECT COUNT(DISTINCT request_id), COUNT(*), "
-                "COALESCE(SUM(CASE WHEN status = 'error' THEN 1 ELSE 0 END), 0), "
-                "COALESCE(SUM(cost_micros), 0) FROM usage_events")).one()
-    finally:
-        engine.dispose()
-    assert (totals.requests, totals.attempts, totals.errors, totals.cost_micros) == tuple(plain)
-
-
 @pytest.mark.parametrize("in_flight", [1, 3], ids=["alone", "batched"])
 async def test_a_request_reconciled_in_flight_returns_and_its_real_rows_win(
         sims, migrated_ledger_url, in_flight):
@@ -97,9 +82,9 @@ async def test_a_request_reconciled_in_flight_returns_and_its_real_rows_win(
     rows = ledger_rows(url)
     assert sorted(r["request_id"] for r in rows) == sorted(c.request_id for c in done)
     assert all(r["error_class"] is None for r in rows)
-    rollup_equals_ledger(url)
     engine = make_engine(url)
     try:
+        assert_rollup_matches_ledger(engine)
         with engine.connect() as conn:
             assert set(conn.execute(text("SELECT state, settled_micros FROM reservations"))
                        ) == {("settled", ACTUAL)}
