@@ -12,12 +12,14 @@ import pytest
 from sqlalchemy import Engine, text
 
 from llmgw.ledger.budget_store import BudgetStore
+from llmgw.ledger.engine import make_engine
+from llmgw.ledger.migrate import downgrade, upgrade
 from llmgw.ledger.report import usage_report, usage_totals
 from llmgw.ledger.store import LedgerStore
 from tests.ledger.test_budget_batches import reserve_op
 from tests.ledger.test_budget_steps import NOW, limits, row
 
-pytestmark = pytest.mark.parametrize("ledger_url", ["sqlite", "postgresql"], indirect=True)
+BOTH = pytest.mark.parametrize("ledger_url", ["sqlite", "postgresql"], indirect=True)
 
 
 @pytest.fixture
@@ -54,6 +56,7 @@ def assert_rollup_matches_ledger(engine: Engine) -> None:
         v or 0 for v in plain_totals)
 
 
+@BOTH
 async def test_a_late_settle_replaces_the_reconciled_row_and_books_the_real_spend(stores):
     ledger, budgets = stores
     lims, keys = limits()
@@ -78,6 +81,7 @@ async def test_a_late_settle_replaces_the_reconciled_row_and_books_the_real_spen
     assert set(budgets.counters(keys).values()) == {(100, 0)}
 
 
+@BOTH
 async def test_a_batch_of_open_and_reconciled_holds_settles_each_as_alone(stores):
     ledger, budgets = stores
     lims, keys = limits()
@@ -107,6 +111,7 @@ async def test_a_batch_of_open_and_reconciled_holds_settles_each_as_alone(stores
     assert_rollup_matches_ledger(ledger.engine)
 
 
+@BOTH
 async def test_a_late_settle_that_spends_past_the_warn_threshold_warns_once(stores):
     ledger, budgets = stores
     lims, keys = limits()  # 10_000 each, warn at 8_000
@@ -118,6 +123,7 @@ async def test_a_late_settle_that_spends_past_the_warn_threshold_warns_once(stor
     assert set(budgets.counters(keys).values()) == {(9_000, 0)}
 
 
+@BOTH
 async def test_a_late_settle_that_fails_leaves_the_reconcile_standing(stores):
     ledger, budgets = stores
     lims, keys = limits()
@@ -130,3 +136,27 @@ async def test_a_late_settle_that_fails_leaves_the_reconcile_standing(stores):
     assert table(ledger.engine, "SELECT error_class FROM usage_events") == [("Reconciled",)]
     assert table(ledger.engine, "SELECT state FROM reservations") == [("reconciled",)]
     assert_rollup_matches_ledger(ledger.engine)
+
+
+@pytest.mark.parametrize("ledger_url", ["postgresql"], indirect=True)
+def test_0008_steps_back_to_the_settles_of_0006(ledger_url: str) -> None:
+    def functions() -> dict[str, str]:
+        engine = make_engine(ledger_url)
+        try:
+            with engine.connect() as conn:
+                return dict(conn.execute(text(  # type: ignore[arg-type]
+                    "SELECT proname, prosrc FROM pg_proc WHERE proname LIKE 'llmgw%'")).all())
+        finally:
+            engine.dispose()
+
+    late = {"llmgw_take_back", "llmgw_drop_reconciled"}
+    upgrade(ledger_url)
+    found = functions()
+    assert late <= found.keys()
+    assert all("llmgw_take_back" in found[f] for f in ("llmgw_settle", "llmgw_settle_many"))
+    downgrade(ledger_url, "0007")
+    found = functions()
+    assert not late & found.keys()
+    assert not any("llmgw_take_back" in found[f] for f in ("llmgw_settle", "llmgw_settle_many"))
+    upgrade(ledger_url)
+    assert late <= functions().keys()
