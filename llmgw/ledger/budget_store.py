@@ -505,7 +505,9 @@ class BudgetStore:
 
     def reconcile(self, *, now: datetime, older_than: timedelta) -> list[str]:
         """Settle reservations a crash left open, at their reserved amount, each with a ledger
-        row so counters and ledger still agree. Safe to run twice or from two processes."""
+        row so counters and ledger still agree. Safe to run twice or from two processes. If a
+        hold's request was in fact still running, its settle later takes the hold back and
+        books the real amount and rows instead (`_take_back`; migration 0008)."""
         cutoff = now - older_than
         with self.engine.connect() as conn:
             stale = conn.execute(select(Reservation.__table__).where(
