@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import typer
@@ -70,6 +71,10 @@ def current(ledger_url: LedgerUrl = None) -> None:
 def reconcile(
     older_than: Annotated[str, typer.Option(
         help="Settle open holds at least this old (30s, 15m, 2h, 0 for all).")] = "15m",
+    force: Annotated[bool, typer.Option(
+        "--force", help="Allow --older-than below the longest a request can run: requests "
+                        "still in flight are booked at their worst case until they settle.")
+    ] = False,
     ledger_url: LedgerUrl = None,
 ) -> None:
     """Settle budget holds that a stopped gateway left open, at their reserved amount, so no
@@ -79,10 +84,21 @@ def reconcile(
     from llmgw.ledger.migrate import ensure_current
     from llmgw.ledger.timespec import parse_duration, utcnow
 
-    age = parse_duration(older_than)
+    try:
+        age = parse_duration(older_than)
+    except OverflowError:
+        age = None
     if age is None:
         fail(f"--older-than must look like 30s, 15m, 2h or 0, got {older_than!r}.", code=2)
     with errors_as_exit():
+        if not force:
+            longest = longest_request_s()
+            if age.total_seconds() < longest:
+                fail(f"--older-than {older_than} is shorter than a request may still be "
+                     f"running ({longest:g}s: the router's timeout plus its stream timeout), "
+                     "so holds of requests in flight would be booked at their worst case.",
+                     hint=f"Use --older-than {math.ceil(longest)}s or more, or --force.",
+                     code=2)
         url = resolve_ledger_url(ledger_url)
         ensure_current(url)
         engine = make_engine(url)
@@ -92,3 +108,36 @@ def reconcile(
             engine.dispose()
     console.print(f"Reconciled {len(done)} open reservation(s) on {safe_url(url)}.",
                   highlight=False)
+
+
+def longest_request_s() -> float:
+    """How long a request may run before LiteLLM gives up on it: the `timeout` the Router
+    gets (router_settings, else `llmgw.request_timeout_s`, which the gateway passes as the
+    Router's default) plus `stream_timeout`, the longest of the Router's and any deployment's.
+    Without a config file, the defaults."""
+    from llmgw.config import GatewaySettings, config_path, load_config
+
+    default = float(GatewaySettings.model_fields["request_timeout_s"].default)
+    if not config_path().is_file():
+        return default
+    config = load_config()
+    router = config.router_settings.router_kwargs()
+    timeouts = [_seconds(router.get("timeout"), "router_settings.timeout")
+                or config.llmgw.request_timeout_s]
+    streams = [_seconds(router.get("stream_timeout"), "router_settings.stream_timeout")]
+    for i, deployment in enumerate(config.model_list):
+        params = deployment.litellm_params.model_dump()
+        timeouts.append(_seconds(params.get("timeout"), f"model_list[{i}].timeout"))
+        streams.append(_seconds(params.get("stream_timeout"), f"model_list[{i}].stream_timeout"))
+    return max(t for t in timeouts if t) + max((t for t in streams if t), default=0.0)
+
+
+def _seconds(value: object, where: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        fail(f"{where} must be a number of seconds, got {value!r}.",
+             hint="Fix the config file, or pass --force.", code=2)
+    return seconds if math.isfinite(seconds) and seconds > 0 else None

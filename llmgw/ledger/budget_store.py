@@ -31,6 +31,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from llmgw.budgets import CounterKey, Limit, Rule
 from llmgw.ledger.models import BudgetCounter, BudgetRule, Reservation, UsageEvent
+from llmgw.ledger.fallbacks import fell_back
 from llmgw.ledger.steps import COMMIT, Call, Merge, Op, Steps, json_text, run_steps
 from llmgw.ledger.group_commit import driver_transaction
 from llmgw.ledger.store import UsageInsert, bind_processor, driver_sql
@@ -201,7 +202,8 @@ class BudgetStore:
                 agent_id, agent_type, project_id, model_group), sql["reserve_many"], {
                 "request_id": request_id, "created_at": created_at, "amount": amount,
                 "agent_id": agent_id, "agent_type": agent_type, "project_id": project_id,
-                "model_group": model_group, "counters": counters, "amounts": limits}), COMMIT]
+                "model_group": model_group, "counters": counters, "amounts": limits},
+                "reserve_many"), COMMIT]
         else:  # SQLite: the reserves of a batch merged (`_reserve_many`)
             keys = tuple(self._row_key(key) for key, _ in pairs)
             row = yield Merge(self._reserve_many, _Reserve(
@@ -248,9 +250,11 @@ class BudgetStore:
             for key, (amount, limit) in sums.items():
                 if cur.execute(sql["hold"], (amount, *key, amount, limit)).rowcount != 1:
                     raise _NotAll
-        except Exception:  # no room for all, or a bad item: one by one, undone here
+        except Exception as exc:  # no room for all, or a bad item: one by one, undone here
             cur.execute("ROLLBACK TO merged")
             cur.execute("RELEASE merged")
+            if not isinstance(exc, _NotAll):
+                fell_back("reserve_many", len(items), exc)
             return False
         cur.execute("RELEASE merged")
         self._remember(sums)
@@ -339,7 +343,7 @@ class BudgetStore:
             (_, row), _ = yield [Call(sql["settle_fn"], lambda: (
                 json.dumps(counters), json.dumps(thresholds), hold.request_id, state, spent,
                 hold.amount_micros, json_text(rows) if rows else None),
-                sql["settle_many"], item), COMMIT]
+                sql["settle_many"], item, "settle_many"), COMMIT]
         else:  # SQLite: the settles of a batch merged (`_settle_many`)
             row = yield Merge(self._settle_many, _Settle(hold, state, spent, rows))
         for i, crossed_spent in zip(row[0], row[1]):
@@ -393,9 +397,11 @@ class BudgetStore:
                     results[n][1].append(cur.execute(sql["read_counter"], key).fetchone()[0])
             cur.executemany(self._usage.sql, self._usage.each(
                 row for item in items for row in item.rows))
-        except Exception:
+        except Exception as exc:  # one closed already (it moves nothing), or a bad item
             cur.execute("ROLLBACK TO merged")
             cur.execute("RELEASE merged")
+            if not isinstance(exc, _NotAll):
+                fell_back("settle_many", len(items), exc)
             return None
         cur.execute("RELEASE merged")
         return results
@@ -406,14 +412,25 @@ class BudgetStore:
         result: tuple[list[int], list[int]] = ([], [])
         cur.execute("SAVEPOINT alone")
         try:
+            booked = None
+            move: tuple[int, int] | None = None  # (held, spent) to move on each counter
             if cur.execute(sql["close_reservation"], (item.state, item.spent, hold.request_id)
-                           ).rowcount == 1:  # still open (else settled or reconciled)
+                           ).rowcount == 1:  # still open
+                move = (hold.amount_micros, item.spent)
+            else:  # settled already (it moved then), or reconciled while in flight
+                booked = self._take_back(cur, item)
+                if booked is not None:  # reserved went then; spent gets the real amount
+                    move = (0, item.spent - booked)
+            if move is not None:
+                held, spent = move
                 for i, (k, (_, limit)) in enumerate(zip(self._keys_of(hold), hold.counters),
                                                     1):
-                    if self._settle_counter(cur, k, hold.amount_micros, item.spent,
+                    if self._settle_counter(cur, k, held, spent,
                                             int(limit.limit_micros * limit.warn_ratio)):
                         result[0].append(i)
                         result[1].append(cur.execute(sql["read_counter"], k).fetchone()[0])
+            if booked is not None:
+                self._drop_reconciled_rows(cur, hold.request_id)
             if item.rows:
                 cur.executemany(self._usage.sql, self._usage.each(item.rows))
         except Exception as exc:
@@ -422,6 +439,26 @@ class BudgetStore:
             return exc
         cur.execute("RELEASE alone")
         return result
+
+    def _take_back(self, cur: Any, item: _Settle) -> int | None:
+        """A reconcile booked this hold at its reserved amount while its request was still in
+        flight: the reservation goes to this settle, and the amount booked is returned (its
+        counters' `reserved` was released then; their `spent` is corrected by the caller).
+        None if the hold was settled by its own request already."""
+        sql = self._sql
+        row = cur.execute(sql["read_reconciled"], (item.hold.request_id,)).fetchone()
+        if row is None:
+            return None
+        cur.execute(sql["take_back"], (item.state, item.spent, item.hold.request_id))
+        return int(row[0])
+
+    def _drop_reconciled_rows(self, cur: Any, request_id: str) -> None:
+        """Delete the request's `Reconciled` row and take it out of the rollup (its insert
+        trigger added it there); the request's real rows replace it."""
+        sql = self._sql
+        gone = cur.execute(sql["reconciled_rollup"], (request_id,)).fetchall()
+        cur.executemany(sql["unroll"], [(*r[_ROLLUP_KEYS:], *r[:_ROLLUP_KEYS]) for r in gone])
+        cur.execute(sql["drop_reconciled"], (request_id,))
 
     def _settle_counter(self, cur: Any, key: tuple[Any, ...], held: int, spent: int,
                         threshold: int) -> bool:
@@ -468,7 +505,9 @@ class BudgetStore:
 
     def reconcile(self, *, now: datetime, older_than: timedelta) -> list[str]:
         """Settle reservations a crash left open, at their reserved amount, each with a ledger
-        row so counters and ledger still agree. Safe to run twice or from two processes."""
+        row so counters and ledger still agree. Safe to run twice or from two processes. If a
+        hold's request was in fact still running, its settle later takes the hold back and
+        books the real amount and rows instead (`_take_back`; migration 0008)."""
         cutoff = now - older_than
         with self.engine.connect() as conn:
             stale = conn.execute(select(Reservation.__table__).where(
@@ -518,6 +557,40 @@ _KEYS_FROM_JSON = (
     "coalesce(array_agg((e->>3)::timestamp ORDER BY n), '{}') AS starts, "
     "coalesce(array_agg((j.amounts->>(n::integer - 1))::bigint ORDER BY n), '{}') AS amounts "
     "FROM json_array_elements(j.counters) WITH ORDINALITY AS x(e, n)) k")
+# The rollup (migration 0003) as its SQLite trigger adds a row: these are its key, measures
+# and request credits (1 for the first row of its request, or the first with that column's
+# value, counted over the rows with a lower id). Taking a row out subtracts the same.
+_ROLLUP_KEY_COLUMNS = ("project_id", "agent_id", "day", "agent_type", "model_group",
+                       "deployment_id", "provider", "model", "null_keys")
+_ROLLUP_KEYS = len(_ROLLUP_KEY_COLUMNS)
+_ROLLUP_MEASURES = ("attempts", "errors", "cached", "refused", "prompt_tokens",
+                    "completion_tokens", "cost_micros", "saved_micros")
+_ROLLUP_CREDITS = (("req_first", None), ("req_agent_type", "agent_type"),
+                   ("req_model_group", "model_group"), ("req_deployment", "deployment_id"),
+                   ("req_provider", "provider"), ("req_model", "model"))
+# A reconcile writes one row per reservation: status error, error_class Reconciled.
+_RECONCILED_ROWS = ("{n}request_id = ? AND {n}status = 'error' "
+                    "AND {n}error_class = 'Reconciled'")
+
+
+def _reconciled_rollup() -> str:
+    """Each `Reconciled` row of a request: its rollup key, measures and credits."""
+    key = ["n.project_id", "n.agent_id", "date(n.ts)", "COALESCE(n.agent_type, '')",
+           "n.model_group", "COALESCE(n.deployment_id, '')", "COALESCE(n.provider, '')",
+           "COALESCE(n.model, '')",
+           "(n.agent_type IS NULL) * 1 + (n.deployment_id IS NULL) * 2 "
+           "+ (n.provider IS NULL) * 4 + (n.model IS NULL) * 8"]
+    measures = ["n.status IN ('ok', 'error', 'partial')", "n.status = 'error'",
+                "n.status = 'cached'", "n.status = 'refused'", "n.prompt_tokens",
+                "n.completion_tokens", "n.cost_micros", "n.saved_micros"]
+    credits = [
+        "NOT EXISTS (SELECT 1 FROM usage_events e WHERE e.request_id = n.request_id "
+        f"AND e.id < n.id{f' AND e.{column} IS n.{column}' if column else ''})"
+        for _, column in _ROLLUP_CREDITS]
+    return (f"SELECT {', '.join(key + measures + credits)} FROM usage_events n "
+            f"WHERE {_RECONCILED_ROWS.format(n='n.')}")
+
+
 _SQL = {
     "insert_reservation": (
         "INSERT INTO reservations (request_id, created_at, state, amount_micros, agent_id, "
@@ -545,6 +618,16 @@ _SQL = {
     "settle_many": "SELECT o_index, o_crossed, o_crossed_spent FROM llmgw_settle_many(?::json)",
     "mark_warned": (f"UPDATE budget_counters SET warned = TRUE WHERE {_WHERE_KEY} "
                     "AND warned = FALSE AND spent_micros >= ?"),
+    # A late settle after a reconcile (SQLite; PostgreSQL: `llmgw_settle`, migration 0008).
+    "read_reconciled": ("SELECT settled_micros FROM reservations "
+                        "WHERE request_id = ? AND state = 'reconciled'"),
+    "take_back": ("UPDATE reservations SET state = ?, settled_micros = ? "
+                  "WHERE request_id = ? AND state = 'reconciled'"),
+    "reconciled_rollup": _reconciled_rollup(),
+    "unroll": ("UPDATE usage_rollup SET " + ", ".join(
+        f"{m} = {m} - ?" for m in (*_ROLLUP_MEASURES, *(c for c, _ in _ROLLUP_CREDITS)))
+        + " WHERE " + " AND ".join(f"{k} = ?" for k in _ROLLUP_KEY_COLUMNS)),
+    "drop_reconciled": f"DELETE FROM usage_events WHERE {_RECONCILED_ROWS.format(n='')}",
 }
 
 

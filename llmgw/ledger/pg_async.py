@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 
+from llmgw.ledger.fallbacks import fell_back
 from llmgw.ledger.steps import Call, Op, Steps, json_text, mergeable, run_steps_async
 
 T = TypeVar("T")
@@ -109,8 +110,8 @@ class AsyncPostgres:
                 try:
                     rows = await self._fetch(batch_sql, (
                         json_text([call.item for call, _ in calls]),))
-                except Exception:
-                    pass
+                except Exception as exc:  # a bad call, most likely: each alone, below
+                    fell_back(calls[0][0].name, len(calls), exc)
                 else:
                     for (_, future), row in zip(calls, sorted(rows)):
                         if not future.done():

@@ -44,6 +44,7 @@ class Call:
     params: Callable[[], tuple[Any, ...]]
     batch_sql: str
     item: dict[str, Any]
+    name: str = "batch"  # what the batch statement does, for logs
 
     def step(self) -> Step:
         return self.sql, self.params(), False

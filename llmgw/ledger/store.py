@@ -179,7 +179,7 @@ class LedgerStore:
 
             def pg_steps() -> Steps[None]:
                 yield [Call(_PG_INSERT_ROWS, lambda: (json_text([item]),),
-                            _PG_INSERT_ROWS, item), COMMIT]
+                            _PG_INSERT_ROWS, item, "insert_rows"), COMMIT]
             return pg_steps
 
         def steps() -> Steps[None]:

@@ -39,3 +39,20 @@ def sums(url: str) -> dict[str, Any]:
     finally:
         engine.dispose()
     return {"ledger": ledger, "statuses": statuses, "counters": counters, "open": open_holds}
+
+
+def assert_counters_match_ledger(url: str) -> None:
+    """Every agent and project counter: spent == the ledger's sum for it, nothing reserved,
+    no reservation open (one day's counters: the tests run within one window)."""
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.connect() as conn:
+            by = {scope: dict(conn.execute(text(
+                f"SELECT {scope}_id, COALESCE(SUM(cost_micros), 0) FROM usage_events "
+                f"GROUP BY {scope}_id")).all()) for scope in ("agent", "project")}
+    finally:
+        engine.dispose()
+    s = sums(url)
+    assert s["open"] == 0
+    for (scope, scope_id, period), (spent, reserved) in s["counters"].items():
+        assert (spent, reserved) == (by[scope].get(scope_id, 0), 0), (scope, scope_id, period)

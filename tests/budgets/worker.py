@@ -1,26 +1,53 @@
-"""A gateway in its own OS process: `python -m tests.budgets.worker CONFIG.json N AGENT`.
+"""A gateway in its own OS process: `python -m tests.budgets.worker CONFIG.json N AGENT [MARKER]`.
 
 Runs N concurrent requests and prints one JSON line {"ok": [...costs], "refused": n, "other": n}.
-With N = 0 it sends one request and waits for it forever (for the crash test)."""
+With N = 0 it sends one request and waits for it forever (for the crash tests): with MARKER,
+the request's settle is held once the provider has answered (the gateway's own ledger call,
+wrapped here), and MARKER is written then."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import sys
+from pathlib import Path
+from typing import Any
 
 from llmgw._litellm import set_offline_env
 
 set_offline_env()
 
 
-async def main(path: str, count: int, agent: str) -> None:
+def hold_settles(gw: Any, marker: Path) -> None:
+    """Every settle the gateway submits waits forever, after writing `marker`: the process
+    is between the provider's answer and the ledger's settle."""
+    settle_op, transact = gw.budget_store.settle_op, gw.ledger.transact
+    settles: set[int] = set()
+
+    def held_settle_op(*args: Any, **kwargs: Any) -> Any:
+        op = settle_op(*args, **kwargs)
+        settles.add(id(op))
+        return op
+
+    async def held_transact(op: Any, **kwargs: Any) -> Any:
+        if id(op) in settles:
+            marker.write_text("answered, not settled")
+            await asyncio.Event().wait()
+        return await transact(op, **kwargs)
+
+    gw.budget_store.settle_op = held_settle_op
+    gw.ledger.transact = held_transact
+
+
+async def main(path: str, count: int, agent: str, marker: str | None = None) -> None:
     from llmgw.config import config_from_dict
     from llmgw.errors import BudgetExceeded
     from llmgw.gateway import LLMGateway
 
     with open(path) as f:
         gw = LLMGateway(config_from_dict(json.load(f)))
+    if marker is not None:
+        hold_settles(gw, Path(marker))
     ask = [{"role": "user", "content": "Estimate the migration effort."}]
     if count == 0:
         print("ready", flush=True)
@@ -39,4 +66,4 @@ async def main(path: str, count: int, agent: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3]))
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3], *sys.argv[4:5]))

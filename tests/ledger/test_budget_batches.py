@@ -16,6 +16,7 @@ from sqlalchemy import text
 
 from llmgw.budgets import CounterKey, Limit
 from llmgw.errors import LedgerError
+from llmgw.ledger import fallbacks
 from llmgw.ledger.budget_store import BudgetStore, Hold, RefusedError
 from llmgw.ledger.store import LedgerStore
 from tests.ledger.test_budget_steps import DAY, NOW, limits, row
@@ -68,6 +69,20 @@ def one_transaction(ledger: LedgerStore, seen: list[str], table: str, ids: list[
 
 def counting(ledger: LedgerStore) -> Iterator[list[str]]:
     return statements(ledger) if ledger.local else contextmanager(lambda: iter([[]]))()
+
+
+@contextmanager
+def fell_back(caplog: pytest.LogCaptureFixture, batch: str, size: int) -> Iterator[None]:
+    """The block makes `batch` (of `size` calls) fail as one statement, exactly once: one
+    warning that says so, and the count goes up by one. The bad input is not logged."""
+    before = fallbacks.counts().get(batch, 0)
+    with caplog.at_level("WARNING", logger="llmgw.ledger"):
+        yield
+    warnings = [r for r in caplog.records if r.name == "llmgw.ledger"]
+    assert [r.levelname for r in warnings] == ["WARNING"]
+    assert f"batch {batch} of {size} calls failed" in warnings[0].getMessage()
+    assert "no such status" not in caplog.text and "same" not in caplog.text
+    assert fallbacks.counts()[batch] == before + 1
 
 
 @BOTH
@@ -131,13 +146,14 @@ async def test_a_batch_settles_each_hold_once_as_lone_calls_would(stores) -> Non
 
 
 @BOTH
-async def test_a_bad_call_fails_alone_and_the_rest_of_its_batch_commits(stores) -> None:
+async def test_a_bad_call_fails_alone_and_the_rest_of_its_batch_commits(stores, caplog) -> None:
     ledger, budgets = stores
     lims, keys = limits()
-    outcomes = await asyncio.gather(
-        ledger.transact(reserve_op(budgets, 100, lims, keys, request_id="same")),
-        ledger.transact(reserve_op(budgets, 100, lims, keys, request_id="same")),
-        ledger.transact(reserve_op(budgets, 100, lims, keys)), return_exceptions=True)
+    with fell_back(caplog, "reserve_many", 3):
+        outcomes = await asyncio.gather(
+            ledger.transact(reserve_op(budgets, 100, lims, keys, request_id="same")),
+            ledger.transact(reserve_op(budgets, 100, lims, keys, request_id="same")),
+            ledger.transact(reserve_op(budgets, 100, lims, keys)), return_exceptions=True)
     duplicate = sqlite3.IntegrityError if ledger.local else __import__(
         "psycopg").errors.UniqueViolation
     assert [type(o) for o in outcomes] == [Hold, duplicate, Hold]
@@ -146,15 +162,16 @@ async def test_a_bad_call_fails_alone_and_the_rest_of_its_batch_commits(stores) 
 
 
 @BOTH
-async def test_a_bad_settle_fails_alone_and_the_rest_of_its_batch_commits(stores) -> None:
+async def test_a_bad_settle_fails_alone_and_the_rest_of_its_batch_commits(stores, caplog) -> None:
     ledger, budgets = stores
     lims, keys = limits()
     holds = await asyncio.gather(*(ledger.transact(reserve_op(budgets, 100, lims, keys))
                                    for _ in range(3)))
     bad = {**row(holds[1].request_id, 40), "status": "no such status"}  # a CHECK fails
-    outcomes = await asyncio.gather(*(ledger.transact(budgets.settle_op(
-        hold, spent_micros=40, rows=[bad if hold is holds[1] else row(hold.request_id, 40)]))
-        for hold in holds), return_exceptions=True)
+    with fell_back(caplog, "settle_many", 3):
+        outcomes = await asyncio.gather(*(ledger.transact(budgets.settle_op(
+            hold, spent_micros=40, rows=[bad if hold is holds[1] else row(hold.request_id, 40)]))
+            for hold in holds), return_exceptions=True)
     assert isinstance(outcomes[1], Exception)
     assert not isinstance(outcomes[0], Exception) and not isinstance(outcomes[2], Exception)
     # The bad one is still open and held; the others moved to spend with their rows.
@@ -180,12 +197,16 @@ async def test_a_loop_pass_of_plain_row_writes_is_one_transaction(stores) -> Non
 
 
 @BOTH
-async def test_a_bad_row_write_fails_alone_and_the_rest_of_its_batch_is_written(stores) -> None:
+async def test_a_bad_row_write_fails_alone_and_the_rest_of_its_batch_is_written(
+        stores, caplog) -> None:
     ledger, _ = stores
     ids = [uuid.uuid4().hex for _ in range(3)]
     bad = row(ids[1], 10) | {"status": "no such status"}  # a CHECK fails
-    outcomes = await asyncio.gather(*(ledger.write([bad if i == ids[1] else row(i, 10)])
-                                      for i in ids), return_exceptions=True)
+    # PostgreSQL merges the writes into one statement; SQLite runs each in a savepoint.
+    with fell_back(caplog, "insert_rows", 3) if not ledger.local else contextmanager(
+            lambda: iter([None]))():
+        outcomes = await asyncio.gather(*(ledger.write([bad if i == ids[1] else row(i, 10)])
+                                          for i in ids), return_exceptions=True)
     assert isinstance(outcomes[1], LedgerError) and "1 usage row" in str(outcomes[1])
     assert outcomes[0] is None and outcomes[2] is None
     with ledger.engine.connect() as conn:

@@ -4,6 +4,7 @@ What batches do on both databases: `test_budget_batches.py`."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import psycopg
@@ -14,6 +15,17 @@ from tests.ledger.test_budget_batches import reserve_op, stores, transactions  #
 from tests.ledger.test_budget_steps import DAY, limits, row
 
 pytestmark = pytest.mark.parametrize("ledger_url", ["postgresql"], indirect=True)
+
+LOCK_WAITS = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+              "AND datname = current_database()")
+
+
+async def until_a_lock_wait(count, timeout: float = 30.0) -> None:
+    """Poll until a session of this database waits for a lock, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not (await (await count()).fetchone())[0]:
+        assert time.monotonic() < deadline, f"no session waited for a lock within {timeout}s"
+        await asyncio.sleep(0.005)
 
 
 @pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])
@@ -38,10 +50,7 @@ async def test_a_settle_takes_its_reservation_and_counters_before_rollup_rows(
         settling = asyncio.gather(*(ledger.transact(budgets.settle_op(
             h, spent_micros=10, rows=[row(h.request_id, 10)]), alone=not batched)
             for h in holds))
-        while not (await (await probe.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND datname = current_database()")).fetchone())[0]:
-            await asyncio.sleep(0.005)  # polls a condition: the settle is waiting
+        await until_a_lock_wait(lambda: probe.execute(LOCK_WAITS))  # the settle is waiting
         with pytest.raises(psycopg.errors.LockNotAvailable):
             await probe.execute("SELECT 1 FROM budget_counters FOR UPDATE NOWAIT")
         with pytest.raises(psycopg.errors.LockNotAvailable):
@@ -72,10 +81,7 @@ async def test_a_reserve_batch_makes_its_new_counters_in_the_global_order(stores
         # The request needing the late counter comes first in the batch.
         reserving = asyncio.gather(*(ledger.transact(reserve_op(budgets, 100, [limit], [key]))
                                      for key in (late, early)))
-        while not (await (await watch.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND datname = current_database()")).fetchone())[0]:
-            await asyncio.sleep(0.005)  # polls a condition: the batch is waiting
+        await until_a_lock_wait(lambda: watch.execute(LOCK_WAITS))  # the batch is waiting
         await probe.execute("SET lock_timeout = '200ms'")
         with pytest.raises(psycopg.errors.LockNotAvailable):  # the batch made "ann" already
             await probe.execute(make, ("agent", "ann", "day", DAY))
@@ -98,10 +104,7 @@ async def test_calls_made_while_their_statements_round_trip_is_out_go_together_n
             await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as probe:
         await blocker.execute("LOCK TABLE usage_events IN SHARE ROW EXCLUSIVE MODE")
         writes = [asyncio.ensure_future(ledger.write([row(first, 10)]))]
-        while not (await (await probe.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND datname = current_database()")).fetchone())[0]:
-            await asyncio.sleep(0.005)  # polls a condition: the first write is out, waiting
+        await until_a_lock_wait(lambda: probe.execute(LOCK_WAITS))  # the first write waits
         for request_id in later:  # each in loop passes of its own
             writes.append(asyncio.ensure_future(ledger.write([row(request_id, 10)])))
             for _ in range(3):
