@@ -290,3 +290,74 @@ def test_bad_urls_are_ledger_errors_without_the_text(url: str) -> None:
     with pytest.raises(LedgerError) as info:
         make_engine(url)
     assert "p@h" not in str(info.value)
+
+
+# --- PostgreSQL function bodies from llmgw/ledger/sql ---------------------------------------
+
+
+def _body(sql: str) -> str:
+    """The body between the outer $$ of a CREATE FUNCTION file."""
+    return sql.split("$$", 1)[1].rsplit("$$", 1)[0]
+
+
+def _rollup_function(url: str) -> str:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT prosrc FROM pg_proc "
+                                     "WHERE proname = 'usage_events_rollup'")).scalar_one()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("ledger_url", ["postgresql"], indirect=True)
+def test_0007_installs_the_rollup_function_from_its_file_and_steps_back(ledger_url: str) -> None:
+    import importlib.util
+
+    from llmgw.ledger.sqlfiles import load
+
+    spec = importlib.util.spec_from_file_location(
+        "rollup_0003", migrations_dir() / "versions" / "0003_usage_rollup.py")
+    assert spec is not None and spec.loader is not None
+    rollup_0003 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rollup_0003)
+    # v1 is 0003's function as 0003 builds it: a downgrade restores exactly what was there.
+    assert _body(load("usage_events_rollup", 1)) == _body(rollup_0003.trigger_ddl("postgresql")[0])
+
+    upgrade(ledger_url)
+    assert _rollup_function(ledger_url) == _body(load("usage_events_rollup", 2))
+    downgrade(ledger_url, "0006")
+    assert _rollup_function(ledger_url) == _body(load("usage_events_rollup", 1))
+    upgrade(ledger_url)
+    assert _rollup_function(ledger_url) == _body(load("usage_events_rollup", 2))
+
+
+def test_the_rollup_functions_two_plans_run_the_same_statements() -> None:
+    """v2 runs each statement as written (a cached plan) or through EXECUTE (planned for a bulk
+    statement's rows): both copies must stay the same SQL."""
+    import re
+
+    from llmgw.ledger.sqlfiles import load
+
+    body = _body(load("usage_events_rollup", 2))
+    bulk, small = body.split("\n    ELSE\n", 1)
+    dynamic = re.findall(r"EXECUTE \$(\w+)\$(.*?)\$\1\$;", bulk, re.S)
+    static = [s for s in small.split("END IF;")[0].split(";") if s.strip()]
+    assert [name for name, _ in dynamic] == ["split", "rollup"]
+
+    def words(sql: str) -> list[str]:
+        return sql.split()
+
+    assert [words(sql) for _, sql in dynamic] == [words(sql) for sql in static]
+
+
+def test_sql_files_load_by_name_and_version() -> None:
+    from llmgw.ledger.sqlfiles import load
+
+    assert "CREATE OR REPLACE FUNCTION usage_events_rollup()" in load("usage_events_rollup", 2)
+    with pytest.raises(FileNotFoundError, match="usage_events_rollup.v99.sql"):
+        load("usage_events_rollup", 99)
+    for name, version in (("../models", 1), ("usage_events_rollup", 0),
+                          ("usage_events_rollup", True)):
+        with pytest.raises(ValueError, match="lower_snake_case"):
+            load(name, version)  # type: ignore[arg-type]

@@ -8,11 +8,15 @@ usage_events written here in plain SQL, on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, text
 
 from llmgw.ledger.engine import make_engine
@@ -20,6 +24,7 @@ from llmgw.ledger.migrate import upgrade
 from llmgw.ledger.models import USAGE_COLUMNS as COLUMNS
 from llmgw.ledger.report import GROUP_BY_VALUES, ReportRow, usage_report, usage_totals
 from llmgw.ledger.store import LedgerStore, UsageInsert
+from tests.fixtures.databases import fresh_database
 
 START = datetime(2026, 9, 1)
 DAYS = 40
@@ -70,16 +75,23 @@ def generate(n_rows: int, seed: int = 2026) -> list[dict[str, Any]]:
 
 
 ROWS = generate(100_000)
+# usage_events rows a trigger may read per row a COPY inserts: a few per row (its request's
+# rows, once per statement of the trigger) when linear; the whole table when quadratic.
+MAX_READS_PER_ROW = 50
 
 
-def load(engine: Engine, rows: list[dict[str, Any]], statements: int = 4) -> None:
+def load(engine: Engine, rows: list[dict[str, Any]], statements: int = 4) -> list[float]:
     """Bulk insert (executemany on SQLite, COPY on PostgreSQL) in several statements; a
-    request's last row goes in a later statement than its first ones now and then."""
+    request's last row goes in a later statement than its first ones now and then.
+
+    PostgreSQL: returns, per COPY, the rows of usage_events its trigger read per row inserted
+    (see trigger_reads): a linear trigger reads a few, a quadratic one the whole table."""
     rng = random.Random(7)
     batches: list[list[dict[str, Any]]] = [[] for _ in range(statements)]
     for i, row in enumerate(rows):
         late = row["attempt"] > 1 and rng.random() < 0.1
         batches[min(statements - 1, i * statements // len(rows) + late)].append(row)
+    reads = []
     for batch in batches:
         raw = engine.raw_connection()
         try:
@@ -88,12 +100,56 @@ def load(engine: Engine, rows: list[dict[str, Any]], statements: int = 4) -> Non
                 insert = UsageInsert(engine)
                 cur.executemany(insert.sql, insert.params(batch))
             else:
-                with cur.copy(f"COPY usage_events ({', '.join(COLUMNS)}) FROM STDIN") as copy:
-                    for row in batch:
-                        copy.write_row(tuple(row[c] for c in COLUMNS))
+                with trigger_reads(raw) as read:
+                    copy_rows(cur, batch)
+                reads.append(read() / len(batch))
             raw.commit()
         finally:
             raw.close()
+    return reads
+
+
+def copy_rows(cur: Any, rows: list[dict[str, Any]]) -> None:
+    """One COPY statement (so one run of the PostgreSQL statement trigger)."""
+    with cur.copy(f"COPY usage_events ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(tuple(row[c] for c in COLUMNS))
+
+
+@contextmanager
+def trigger_reads(raw: Any) -> Iterator[Callable[[], int]]:
+    """Count the usage_events rows read by the statements run inside the block, triggers'
+    included, from their executed plans (auto_explain, nested statements, actual rows x
+    loops, rows a filter removed too). Not a timing: the count is the work itself."""
+    plans: list[dict[str, Any]] = []
+
+    def collect(diag: Any) -> None:
+        message = diag.message_primary or ""
+        if "plan:" in message:
+            plans.append(json.loads(message.split("plan:", 1)[1])["Plan"])
+
+    cur = raw.cursor()
+    for sql in ("LOAD 'auto_explain'", "SET auto_explain.log_min_duration = 0",
+                "SET auto_explain.log_nested_statements = on",
+                "SET auto_explain.log_analyze = on", "SET auto_explain.log_timing = off",
+                "SET auto_explain.log_format = json", "SET client_min_messages = log"):
+        cur.execute(sql)
+    raw.driver_connection.add_notice_handler(collect)
+    try:
+        yield lambda: sum(_reads(plan) for plan in plans)
+    finally:
+        raw.driver_connection.remove_notice_handler(collect)
+        cur.execute("SET client_min_messages = notice")
+        cur.execute("SET auto_explain.log_min_duration = -1")
+
+
+def _reads(node: dict[str, Any]) -> int:
+    own = 0
+    if node.get("Relation Name") == "usage_events" and "Scan" in node["Node Type"]:
+        per_loop = (node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
+                    + node.get("Rows Removed by Index Recheck", 0))
+        own = round(per_loop * node["Actual Loops"])
+    return own + sum(_reads(child) for child in node.get("Plans", []))
 
 
 # --- the expected answer: plain SQL over usage_events ------------------------------------------
@@ -187,7 +243,9 @@ def test_generated_ledger_has_the_hard_cases() -> None:
 def test_every_report_matches_plain_sql(migrated_ledger_url: str) -> None:
     engine = make_engine(migrated_ledger_url)
     try:
-        load(engine, ROWS)
+        reads = load(engine, ROWS)
+        # Each COPY's trigger read a few rows per row it inserted, not the whole table.
+        assert all(r < MAX_READS_PER_ROW for r in reads), reads
         with engine.connect() as conn:
             cells = conn.execute(text("SELECT COUNT(*) FROM usage_rollup")).scalar_one()
             split = conn.execute(text("SELECT COUNT(*) FROM usage_split_requests")).scalar_one()
@@ -216,6 +274,67 @@ def test_rows_written_one_request_at_a_time_and_before_0003(ledger_url: str) -> 
         assert check_all(engine) == []
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("ledger_url", ["postgresql"], indirect=True)
+def test_a_copy_after_small_writes_on_a_small_table_stays_linear(ledger_url: str) -> None:
+    """What went quadratic: the session's trigger plans were made while the table was small and
+    analyzed (a new ledger's first writes), then a bulk COPY ran on the same connection."""
+    upgrade(ledger_url)
+    rows = generate(4000, seed=3)
+    engine = make_engine(ledger_url)
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        copy_rows(cur, rows[:5])
+        raw.commit()
+        cur.execute("ANALYZE usage_events")  # as autovacuum does to a new ledger
+        raw.commit()
+        copy_rows(cur, rows[5:10])  # the trigger's statements planned on a one-page table
+        raw.commit()
+        with trigger_reads(raw) as read:
+            copy_rows(cur, rows[10:])
+        raw.commit()
+        assert read() / len(rows[10:]) < MAX_READS_PER_ROW
+        assert check_all(engine) == []
+    finally:
+        raw.close()
+        engine.dispose()
+
+
+def _rollup_state(engine: Engine) -> tuple[list[Any], list[Any]]:
+    with engine.connect() as conn:
+        rollup = conn.execute(text("SELECT * FROM usage_rollup ORDER BY project_id, agent_id, "
+                                   "day, agent_type, model_group, deployment_id, provider, "
+                                   "model, null_keys")).all()
+        split = conn.execute(text("SELECT request_id FROM usage_split_requests "
+                                  "ORDER BY request_id")).all()
+    return rollup, split
+
+
+@pytest.mark.parametrize("ledger_url", ["postgresql"], indirect=True)
+def test_the_rollup_is_the_one_0003s_trigger_wrote(ledger_url: str, tmp_path: Any) -> None:
+    """Migration 0007 changes how the trigger works, not what it writes: the same rows, bulk
+    (several COPYs, requests cut across them) then one request per statement, give the same
+    usage_rollup and usage_split_requests at 0006 and at head."""
+    rows = generate(20_000, seed=9)
+    bulk, single = rows[:19_000], rows[19_000:]
+    with fresh_database("postgresql", tmp_path) as old_url:
+        states = []
+        for url, revision in ((old_url, "0006"), (ledger_url, "head")):
+            upgrade(url, revision)
+            engine = make_engine(url)
+            try:
+                load(engine, bulk)
+                store = LedgerStore(url, engine=engine)
+                for request_id in dict.fromkeys(r["request_id"] for r in single):
+                    store.write_sync([r for r in single if r["request_id"] == request_id])
+                states.append(_rollup_state(engine))
+            finally:
+                engine.dispose()
+    old, new = states
+    assert len(old[0]) > 1000 and len(old[1]) > 10  # a real rollup, split requests included
+    assert new == old
 
 
 def test_empty_ledger(ledger_engine: Engine) -> None:
