@@ -166,8 +166,11 @@ def test_the_shipped_litellm_config_still_loads():
     ({"routing_strategy": "fastest-please"}, "router_settings.routing_strategy"),
 ])
 def test_llmgw_chat_with_a_bad_router_setting_prints_one_line(tmp_path, settings, key):
+    from llmgw.ledger.migrate import upgrade
+
     data = config(**settings)
     data["llmgw"]["ledger"] = {"url": f"sqlite:///{tmp_path / 'ledger.db'}"}
+    upgrade(data["llmgw"]["ledger"]["url"])  # a ready ledger: only the config is wrong
     (tmp_path / "model_list.yaml").write_text(yaml.safe_dump(data))
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMGW_")}
     proc = subprocess.run([sys.executable, "-m", "llmgw.cli", "chat", "hello"], cwd=tmp_path,
