@@ -51,8 +51,9 @@ def reservation(url: str) -> tuple[int, int | None]:
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     try:
         with engine.connect() as conn:
-            return tuple(conn.execute(text(
-                "SELECT amount_micros, settled_micros FROM reservations")).one())  # type: ignore[return-value]
+            row = conn.execute(text("SELECT amount_micros, settled_micros FROM reservations"))
+            amount, settled = row.one()
+            return amount, settled
     finally:
         engine.dispose()
 
