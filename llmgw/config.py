@@ -5,6 +5,7 @@ A bad file fails here, with the key path and what was expected, never at the fir
 
 from __future__ import annotations
 
+import difflib
 import os
 from decimal import Decimal
 from pathlib import Path
@@ -314,6 +315,19 @@ class Config(BaseModel):
     _groups: dict[str, list[Deployment]] = PrivateAttr(default_factory=dict)
     _by_id: dict[str, Deployment] = PrivateAttr(default_factory=dict)
     _chains: dict[str, list[str]] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_misspelt_section(cls, data: Any) -> Any:
+        # Other top-level keys are LiteLLM's (litellm_settings, ...) and kept; one that is
+        # nearly ours is a typo that would silently drop the whole section.
+        if isinstance(data, dict):
+            for key in data:
+                close = difflib.get_close_matches(str(key), list(cls.model_fields), n=1,
+                                                  cutoff=0.8)
+                if close and key not in cls.model_fields:
+                    raise ValueError(f"{key}: unknown top-level key; did you mean {close[0]!r}?")
+        return data
 
     @field_validator("model_list")
     @classmethod

@@ -99,6 +99,8 @@ def test_ids_generated_when_missing_and_prices_exact():
          "model_list[0].litellm_params.rpm", "greater than or equal to 0"),
         (lambda d: d["model_list"][0]["litellm_params"].update(api_base="127.0.0.1:8089/v1"),
          "model_list[0].litellm_params.api_base", "http:// or https:// URL"),
+        (lambda d: d.update(router_setting=d.pop("router_settings")), "router_setting",
+         "unknown top-level key; did you mean 'router_settings'?"),
         (lambda d: d.update(model_list=[]), "model_list", "at least 1"),
         (lambda d: d.pop("llmgw"), "llmgw", "Field required"),
         (lambda d: d["router_settings"].update(num_retries="many"), "router_settings.num_retries",
@@ -115,6 +117,12 @@ def test_malformed_config_names_the_bad_key(mutate, key, words):
     assert key in str(err) and words in str(err)
     assert str(err).startswith("model_list.yaml:")
     assert "\n" not in str(err)  # one bad key: one line
+
+
+def test_litellm_top_level_sections_are_kept():
+    data = bad(lambda d: d.update(litellm_settings={"drop_params": True},
+                                  general_settings={"master_key": "os.environ/MASTER_KEY"}))
+    assert config_from_dict(data).model_extra["litellm_settings"] == {"drop_params": True}
 
 
 def test_env_references_pass_for_numbers_litellm_resolves():
