@@ -27,7 +27,7 @@ from pydantic import (
 
 from llmgw.config_errors import describe, one_line
 from llmgw.errors import ConfigError
-from llmgw.router_settings import ENV_PREFIX, FALLBACK_KINDS, RouterSettings
+from llmgw.router_settings import ENV_PREFIX, FALLBACK_KINDS, Count, PositiveInt, RouterSettings
 
 DEFAULT_CONFIG_FILE = "model_list.yaml"
 DEFAULT_LEDGER_URL = "sqlite:///llmgw.db"
@@ -49,7 +49,6 @@ MAX_MAX_TOKENS = 10_000_000
 Price = Annotated[Decimal, Field(ge=0, le=MAX_PRICE_PER_TOKEN)]
 Usd = Annotated[Decimal, Field(ge=0, le=MAX_BUDGET_USD)]
 TokenCount = Annotated[int, Strict(), Field(gt=0, le=MAX_MAX_TOKENS)]
-Count = Annotated[int, Strict(), Field(ge=0)]
 _URL_SCHEMES = ("http", "https")
 
 
@@ -82,8 +81,8 @@ class LiteLLMParams(BaseModel):
     max_retries: int | str | None = None
     rpm: Count | None = None
     tpm: Count | None = None
-    max_parallel_requests: Annotated[int, Strict(), Field(gt=0)] | None = None
-    order: Annotated[int, Strict(), Field(gt=0)] | None = None
+    max_parallel_requests: PositiveInt | None = None
+    order: PositiveInt | None = None
     weight: Annotated[float, Field(ge=0)] | None = None
 
     @field_validator("timeout", "stream_timeout", "max_retries", mode="before")
@@ -94,8 +93,7 @@ class LiteLLMParams(BaseModel):
         if info.field_name == "max_retries":
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError("expected a whole number >= 0 or an os.environ/NAME reference")
-        elif (isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= MAX_TIMEOUT_S
-              or v != v):
+        elif isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= MAX_TIMEOUT_S:
             raise ValueError(f"expected seconds above 0 and at most {MAX_TIMEOUT_S:.0f}, or an "
                              "os.environ/NAME reference")
         return v

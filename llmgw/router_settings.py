@@ -13,7 +13,7 @@ import os
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationInfo, field_validator
 
 ENV_PREFIX = "os.environ/"
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -161,7 +161,7 @@ class RouterSettings(BaseModel):
 
     @field_validator(*_NOT_FROM_YAML)
     @classmethod
-    def _not_from_yaml(cls, v: Any, info: Any) -> Any:
+    def _not_from_yaml(cls, v: Any, info: ValidationInfo) -> Any:
         if v is not None:
             raise ValueError(f"not accepted here: {_NOT_FROM_YAML[info.field_name]}")
         return v
