@@ -65,7 +65,7 @@ def test_settings_that_pass_the_check_build_litellms_router():
     from llmgw.router import build_router
 
     cfg = config_from_dict(config(
-        routing_strategy="usage-based-routing-v2", routing_strategy_args={"ttl": 60},
+        routing_strategy="least-busy", routing_strategy_args={"ttl": 60},
         num_retries=2, max_fallbacks=3, timeout=30, stream_timeout=20.5, retry_after=0,
         allowed_fails=1, cooldown_time=10, disable_cooldowns=False, client_ttl=600,
         retry_policy={"RateLimitErrorRetries": 2, "AuthenticationErrorRetries": 0},
@@ -76,7 +76,7 @@ def test_settings_that_pass_the_check_build_litellms_router():
         model_group_alias={"small": "cheap"}, optional_pre_call_checks=["prompt_caching"],
         enable_pre_call_checks=True, debug_level="INFO", default_litellm_params={"metadata": {}}))
     router = build_router(cfg, Redactor())
-    assert router.routing_strategy == "usage-based-routing-v2"
+    assert router.routing_strategy == "least-busy"
     assert (router.num_retries, router.max_fallbacks, router.cooldown_time) == (2, 3, 10)
     assert router.context_window_fallbacks == [{"cheap": ["big"]}]
     assert router.retry_policy.RateLimitErrorRetries == 2
