@@ -5,11 +5,12 @@ A bad file fails here, with the key path and what was expected, never at the fir
 
 from __future__ import annotations
 
+import difflib
 import os
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import quote, urlsplit
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -17,46 +18,94 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    Strict,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from llmgw.config_errors import describe, one_line
 from llmgw.errors import ConfigError
+from llmgw.router_settings import ENV_PREFIX, FALLBACK_KINDS, Count, PositiveInt, RouterSettings
 
 DEFAULT_CONFIG_FILE = "model_list.yaml"
 DEFAULT_LEDGER_URL = "sqlite:///llmgw.db"
 ENV_REDIS_URL = "LLMGW_REDIS_URL"
 ENV_METRICS_PORT = "LLMGW_METRICS_PORT"
-ENV_PREFIX = "os.environ/"
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
-_REDIS_SETTINGS = ("redis_url", "redis_host", "redis_port", "redis_password")
 _SECRET_PARAM_HINTS = ("key", "secret", "token", "password", "credential")
 # LiteLLM 1.106.2 cannot parse Cohere's v2 SSE stream (it json-decodes the `event:` lines);
 # with fake_stream it makes a plain call and replays the answer as a stream.
 _FAKE_STREAM_PROVIDERS = frozenset({"cohere", "cohere_chat"})
 
 
+# Bounds on what a person can mean: past them a value is a typo (or an exponent) that would
+# overflow the ledger's integer micro-dollars or a timer, far from the first request.
+MAX_BUDGET_USD = Decimal(1_000_000_000)
+MAX_PRICE_PER_TOKEN = Decimal(1)
+MAX_TIMEOUT_S = 86_400.0
+MAX_MAX_TOKENS = 10_000_000
+
+Price = Annotated[Decimal, Field(ge=0, le=MAX_PRICE_PER_TOKEN)]
+Usd = Annotated[Decimal, Field(ge=0, le=MAX_BUDGET_USD)]
+TokenCount = Annotated[int, Strict(), Field(gt=0, le=MAX_MAX_TOKENS)]
+_URL_SCHEMES = ("http", "https")
+
+
 class ModelInfo(BaseModel):
     """LiteLLM's `model_info`; we require a readable `id` (generated if absent) and prices."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     id: str | None = Field(default=None, min_length=1)
-    input_cost_per_token: Decimal | None = Field(default=None, ge=0)
-    output_cost_per_token: Decimal | None = Field(default=None, ge=0)
+    input_cost_per_token: Price | None = None
+    output_cost_per_token: Price | None = None
+    max_tokens: TokenCount | None = None
+    max_input_tokens: TokenCount | None = None
+    max_output_tokens: TokenCount | None = None
 
 
 class LiteLLMParams(BaseModel):
-    """LiteLLM's `litellm_params`, passed to the Router as written."""
+    """LiteLLM's `litellm_params`, passed to the Router as written; the values with a known
+    domain are checked (LiteLLM resolves `os.environ/NAME` in the ones typed `| str`)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     model: str = Field(min_length=1)
     api_key: str | None = None
     api_base: str | None = None
-    input_cost_per_token: Decimal | None = Field(default=None, ge=0)
-    output_cost_per_token: Decimal | None = Field(default=None, ge=0)
+    input_cost_per_token: Price | None = None
+    output_cost_per_token: Price | None = None
+    timeout: float | str | None = None
+    stream_timeout: float | str | None = None
+    max_retries: int | str | None = None
+    rpm: Count | None = None
+    tpm: Count | None = None
+    max_parallel_requests: PositiveInt | None = None
+    order: PositiveInt | None = None
+    weight: Annotated[float, Field(ge=0)] | None = None
+
+    @field_validator("timeout", "stream_timeout", "max_retries", mode="before")
+    @classmethod
+    def _number_or_env(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is None or (isinstance(v, str) and v.startswith(ENV_PREFIX)):
+            return v
+        if info.field_name == "max_retries":
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError("expected a whole number >= 0 or an os.environ/NAME reference")
+        elif isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= MAX_TIMEOUT_S:
+            raise ValueError(f"expected seconds above 0 and at most {MAX_TIMEOUT_S:.0f}, or an "
+                             "os.environ/NAME reference")
+        return v
+
+    @field_validator("api_base")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(ENV_PREFIX) and (
+                urlsplit(v).scheme not in _URL_SCHEMES or not urlsplit(v).netloc):
+            raise ValueError("expected an http:// or https:// URL such as "
+                             "http://127.0.0.1:8089/v1, or an os.environ/NAME reference")
+        return v
 
 
 class Deployment(BaseModel):
@@ -116,72 +165,8 @@ def _first_price(*values: Decimal | None) -> Decimal:
     raise ValueError("price missing")  # unreachable after validation
 
 
-class RouterSettings(BaseModel):
-    """LiteLLM's `router_settings`, passed to `litellm.Router` as keyword arguments."""
-
-    model_config = ConfigDict(extra="allow")
-
-    routing_strategy: str = "simple-shuffle"
-    num_retries: int | None = Field(default=None, ge=0)
-    fallbacks: list[dict[str, list[str]]] = Field(default_factory=list)
-    # LiteLLM's shared Router state (cooldowns, latency, usage) across gateway processes.
-    # Values may be `os.environ/NAME` references; `LLMGW_REDIS_URL` overrides redis_url.
-    redis_url: str | None = Field(default=None, min_length=1)
-    redis_host: str | None = Field(default=None, min_length=1)
-    redis_port: int | str | None = None
-    redis_password: str | None = None
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_scheme(cls, v: str | None) -> str | None:
-        if v and not v.startswith(ENV_PREFIX) and urlsplit(v).scheme not in _REDIS_SCHEMES:
-            raise ValueError("expected redis://[:password@]host:port/db, rediss://... or "
-                             "unix://..., or an os.environ/NAME reference")
-        return v
-
-    def router_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `litellm.Router`, `os.environ/` references resolved."""
-        kwargs = self.model_dump(exclude_none=True)
-        for name in _REDIS_SETTINGS:
-            value = kwargs.get(name)
-            if isinstance(value, str) and value.startswith(ENV_PREFIX):
-                resolved = os.environ.get(value[len(ENV_PREFIX):])
-                if resolved is None:
-                    kwargs.pop(name)
-                else:
-                    kwargs[name] = int(resolved) if name == "redis_port" else resolved
-        return kwargs
-
-    def shared_state_url(self) -> str | None:
-        """The Redis the Router shares its state through, as a URL; None when per process."""
-        kwargs = self.router_kwargs()
-        if kwargs.get("redis_url"):
-            return str(kwargs["redis_url"])
-        if kwargs.get("redis_host") and kwargs.get("redis_port"):
-            password = kwargs.get("redis_password")
-            auth = f":{quote(str(password), safe='')}@" if password else ""
-            return f"redis://{auth}{kwargs['redis_host']}:{kwargs['redis_port']}"
-        return None
-
-    def redis_secrets(self) -> list[str]:
-        """The Redis password, however it is given, so it can be scrubbed from any text."""
-        kwargs = self.router_kwargs()
-        found = [str(kwargs.get("redis_password") or "")]
-        url = kwargs.get("redis_url")
-        if url:
-            found.append(urlsplit(url).password or "")
-        return [s for s in found if s]
-
-    def fallback_map(self) -> dict[str, list[str]]:
-        merged: dict[str, list[str]] = {}
-        for entry in self.fallbacks:
-            for group, targets in entry.items():
-                merged.setdefault(group, []).extend(targets)
-        return merged
-
-
 class LedgerSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     url: str = DEFAULT_LEDGER_URL
     # PostgreSQL: a gateway process's transactions use at most pool_size + max_overflow
@@ -194,10 +179,10 @@ class LedgerSettings(BaseModel):
 class BudgetLimits(BaseModel):
     """Limits for one key (a project, an agent, an agent type, or everything)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    daily_usd: Decimal | None = Field(default=None, ge=0)
-    monthly_usd: Decimal | None = Field(default=None, ge=0)
+    daily_usd: Usd | None = None
+    monthly_usd: Usd | None = None
     warn_at: float | None = Field(default=None, gt=0, le=1)
     downgrade_to: str | None = Field(default=None, min_length=1,
                                      description="past warn_at, route to this cheaper group")
@@ -207,22 +192,22 @@ class BudgetSettings(BaseModel):
     """`llmgw.budgets`: defaults; `llmgw budgets set` stores overrides in the database.
     `"*"` under projects/agents/agent_types applies to every id without its own entry."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     timezone: str = "UTC"
     warn_at: float = Field(default=0.8, gt=0, le=1)
-    default_max_tokens: int = Field(default=4096, gt=0,
+    default_max_tokens: int = Field(default=4096, gt=0, le=MAX_MAX_TOKENS,
                                     description="sent when a call gives no max_tokens, so the "
                                                 "reservation bounds what the call can cost")
-    prompt_margin: float = Field(default=1.1, ge=1.0,
+    prompt_margin: float = Field(default=1.1, ge=1.0, le=10.0,
                                  description="headroom on our prompt-token count for provider "
                                              "tokenizers that count more")
-    per_request_usd: Decimal | None = Field(default=None, ge=0)
+    per_request_usd: Usd | None = None
     global_: BudgetLimits | None = Field(default=None, alias="global")
     projects: dict[str, BudgetLimits] = Field(default_factory=dict)
     agents: dict[str, BudgetLimits] = Field(default_factory=dict)
     agent_types: dict[str, BudgetLimits] = Field(default_factory=dict)
-    reconcile_after_s: float = Field(default=900.0, ge=0,
+    reconcile_after_s: float = Field(default=900.0, ge=0, le=MAX_TIMEOUT_S,
                                      description="an open reservation older than this was left "
                                                  "by a crash")
 
@@ -243,7 +228,7 @@ class SemanticSettings(BaseModel):
     """`llmgw.cache.semantic` (extra `llmgw[semantic]`): nearest-neighbour hits on the last
     user message, per scope, never for calls with tools."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = False
     threshold: float = Field(default=0.92, gt=0, le=1, description="cosine similarity")
@@ -253,11 +238,11 @@ class SemanticSettings(BaseModel):
 class CacheSettings(BaseModel):
     """`llmgw.cache`: answers served again for the same question, never across scopes."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     backend: Literal["memory", "redis", "none"] = "memory"
     url: str | None = Field(default=None, description="redis://host:port/db for backend redis")
-    ttl_s: float = Field(default=3600, gt=0)
+    ttl_s: float = Field(default=3600, gt=0, le=366 * MAX_TIMEOUT_S)
     max_entries: int = Field(default=10_000, gt=0, description="memory backend: LRU bound")
     scope: Literal["project", "agent_type", "global"] = "project"
     # Which calls are cached. An explicit temperature above 0 asks for variety: not cached
@@ -272,7 +257,7 @@ class MetricsSettings(BaseModel):
     """`llmgw.metrics`: a Prometheus endpoint per gateway process (`/metrics`).
     `LLMGW_METRICS_PORT` turns it on with that port (one port per process on a host)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = False
     host: str = Field(default="127.0.0.1", min_length=1,
@@ -284,7 +269,7 @@ class OtelSettings(BaseModel):
     """`llmgw.otel`: OpenTelemetry traces (`pip install 'llmgw[otel]'`). One `llmgw.request`
     span per call; LiteLLM's own spans (one per attempt) are its children."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = False
     exporter: Literal["otlp_http", "otlp_grpc", "console"] = "otlp_http"
@@ -299,7 +284,7 @@ class OtelSettings(BaseModel):
 class GatewaySettings(BaseModel):
     """Our own section, `llmgw:`. Unknown keys are errors, so typos do not pass silently."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     default_group: str = Field(min_length=1)
     agent_types: dict[str, str] = Field(default_factory=dict)
@@ -309,7 +294,7 @@ class GatewaySettings(BaseModel):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     otel: OtelSettings = Field(default_factory=OtelSettings)
-    request_timeout_s: float = Field(default=600.0, gt=0)
+    request_timeout_s: float = Field(default=600.0, gt=0, le=MAX_TIMEOUT_S)
     gc_freeze: bool = Field(default=True, description=(
         "freeze start-up's objects out of Python's cyclic GC (llmgw.heap): no 250 ms pauses"))
 
@@ -328,6 +313,19 @@ class Config(BaseModel):
     _groups: dict[str, list[Deployment]] = PrivateAttr(default_factory=dict)
     _by_id: dict[str, Deployment] = PrivateAttr(default_factory=dict)
     _chains: dict[str, list[str]] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_misspelt_section(cls, data: Any) -> Any:
+        # Other top-level keys are LiteLLM's (litellm_settings, ...) and kept; one that is
+        # nearly ours is a typo that would silently drop the whole section.
+        if isinstance(data, dict):
+            for key in data:
+                close = difflib.get_close_matches(str(key), list(cls.model_fields), n=1,
+                                                  cutoff=0.8)
+                if close and key not in cls.model_fields:
+                    raise ValueError(f"{key}: unknown top-level key; did you mean {close[0]!r}?")
+        return data
 
     @field_validator("model_list")
     @classmethod
@@ -367,11 +365,9 @@ class Config(BaseModel):
             if limits.downgrade_to and limits.downgrade_to not in groups:
                 raise ValueError(f"llmgw.budgets.agent_types.{agent_type}.downgrade_to -> "
                                  f"{limits.downgrade_to!r} is not a model group (known: {known})")
-        for group, targets in self.router_settings.fallback_map().items():
-            for name in [group, *targets]:
-                if name != "*" and name not in groups:
-                    raise ValueError(f"router_settings.fallbacks: {name!r} is not a model group "
-                                     f"(known: {known})")
+        for key, name in self.router_settings.referenced_groups():
+            if name not in groups:
+                raise ValueError(f"{key}: {name!r} is not a model group (known: {known})")
         return self
 
     # -- queries -------------------------------------------------------------------------
@@ -398,7 +394,10 @@ class Config(BaseModel):
         return by_id.get(deployment_id)
 
     def fallback_chain(self, group: str) -> list[str]:
-        """`group` followed by every group its fallbacks can reach, in order, once each."""
+        """`group` followed by every group its fallbacks can reach, in order, once each:
+        through `fallbacks` (and `default_fallbacks`), `context_window_fallbacks` and
+        `content_policy_fallbacks`, `*` entries included, transitively. A superset of what
+        LiteLLM may try for one request, so a worst case priced over it is a bound."""
         chains: dict[str, list[str]] = self.__pydantic_private__["_chains"]
         chain = chains.get(group)
         if chain is None:
@@ -406,14 +405,15 @@ class Config(BaseModel):
         return chain
 
     def _walk_fallbacks(self, group: str) -> list[str]:
-        fb = self.router_settings.fallback_map()
+        maps = [self.router_settings.fallback_map(kind) for kind in FALLBACK_KINDS]
         chain, todo = [], [group]
         while todo:
             g = todo.pop(0)
             if g in chain:
                 continue
             chain.append(g)
-            todo.extend(fb.get(g, []) + fb.get("*", []))
+            for fb in maps:
+                todo.extend(fb.get(g, []) + fb.get("*", []))
         return chain
 
     def secret_values(self) -> list[str]:
@@ -430,16 +430,6 @@ class Config(BaseModel):
         return secrets + self.router_settings.redis_secrets()
 
 
-def _loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "<root>"
-
-
 def config_from_dict(data: Any, *, source: str = "<dict>") -> Config:
     """Validate a parsed config; any problem becomes one `ConfigError` listing each bad key."""
     if not isinstance(data, dict):
@@ -448,20 +438,15 @@ def config_from_dict(data: Any, *, source: str = "<dict>") -> Config:
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        lines, first_key = [], None
-        for err in exc.errors():
-            key = _loc(err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            if msg.startswith("["):  # list-level validator: make the index part of the key
-                key, _, msg = f"{key}{msg}".partition(" ")
-            elif key == "<root>":  # cross-reference check: its message starts with the key
-                key, _, msg = msg.partition(" ")
-                key = key.rstrip(":")
-            first_key = first_key or key
-            lines.append(f"  {key}: {msg}")
-        raise ConfigError(f"{source}: invalid configuration:\n" + "\n".join(lines),
-                          path=source, key=first_key,
-                          hint="Fix the keys above; see the model_list.yaml shipped with llmgw.") from None
+        found = describe(exc, Config)
+        if len(found) == 1:  # one line, so a CLI error stays one line
+            text = f"{source}: invalid configuration: {one_line(*found[0])}"
+        else:
+            text = f"{source}: invalid configuration:\n" + "\n".join(
+                f"  {key}: {msg}" for key, msg in found)
+        raise ConfigError(text, path=source, key=found[0][0] if found else None,
+                          hint="Fix the key(s) named; see the model_list.yaml shipped with "
+                               "llmgw.") from None
     cfg._source = source
     ledger_url = os.environ.get("LLMGW_LEDGER_URL")
     if ledger_url:

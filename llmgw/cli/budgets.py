@@ -20,10 +20,13 @@ app = typer.Typer(help="Budgets: limits per project, agent, agent type, globally
 
 LedgerUrl = Annotated[str | None, typer.Option("--ledger-url", help=LEDGER_URL_HELP)]
 Format = Annotated[str, typer.Option("--format", help="table or json.")]
+MAX_ID_CHARS = 200  # the ledger's id columns (String(200))
 
 
 def _amount(flag: str, value: str | None) -> int | None:
     """Dollars as typed by a person -> micro-dollars; anything odd is refused, not guessed."""
+    from llmgw.config import MAX_BUDGET_USD
+
     if value is None:
         return None
     try:
@@ -32,10 +35,23 @@ def _amount(flag: str, value: str | None) -> int | None:
         fail(f"{flag} must be a dollar amount like 50 or 12.50, got {value!r}.", code=EXIT_USAGE)
     if not amount.is_finite() or amount < 0:
         fail(f"{flag} must be zero or more dollars, got {value!r}.", code=EXIT_USAGE)
+    if amount > MAX_BUDGET_USD:
+        fail(f"{flag} must be at most ${MAX_BUDGET_USD:,}, got {value!r}.",
+             hint="For no limit, leave it unset.", code=EXIT_USAGE)
     if amount != amount.quantize(Decimal("0.000001")):
         fail(f"{flag} has more than 6 decimals ({value!r}); the ledger counts micro-dollars.",
              code=EXIT_USAGE)
     return to_micros(amount)
+
+
+def _scope_id(flag: str, value: str) -> str:
+    """An id as the ledger can store it on every database."""
+    if not value.strip():
+        fail(f"{flag} needs a non-empty id.", code=EXIT_USAGE)
+    if len(value) > MAX_ID_CHARS or any(ord(c) < 32 for c in value):
+        fail(f"{flag} must be at most {MAX_ID_CHARS} characters without control characters, "
+             f"got {value[:40]!r}{'...' if len(value) > 40 else ''}.", code=EXIT_USAGE)
+    return value
 
 
 def _policy_and_store(ledger_url: str | None) -> tuple[Any, Any, Any]:
@@ -61,6 +77,8 @@ def set_(
     daily: Annotated[str | None, typer.Option(help="Daily limit in USD.")] = None,
     monthly: Annotated[str | None, typer.Option(help="Monthly limit in USD.")] = None,
     warn: Annotated[float, typer.Option(help="Warn ratio, 0 < warn <= 1.")] = 0.8,
+    yes: Annotated[bool, typer.Option(
+        "--yes", help="Confirm a $0 limit: it refuses every request it covers.")] = False,
     ledger_url: LedgerUrl = None,
 ) -> None:
     """Set a limit; it overrides the config file's and reaches running gateways within 5 s.
@@ -85,13 +103,17 @@ def set_(
     if not 0 < warn <= 1:
         fail(f"--warn must be above 0 and at most 1, got {warn}.", code=EXIT_USAGE)
     [(scope, scope_id)] = targets
-    if not scope_id.strip():
-        fail(f"--{scope.replace('_', '-')} needs a non-empty id.", code=EXIT_USAGE)
+    if scope not in ("global", "request"):
+        scope_id = _scope_id(f"--{scope.replace('_', '-')}", scope_id)
     limits = ([("request", cap)] if cap is not None else
               [(p, m) for p, m in (("day", _amount("--daily", daily)),
                                    ("month", _amount("--monthly", monthly))) if m is not None])
     if not limits:
         fail("Give --daily and/or --monthly (in USD).", code=EXIT_USAGE)
+    if not yes and any(micros == 0 for _, micros in limits):
+        of = "" if scope in ("global", "request") else f" of {scope} {scope_id!r}"
+        fail(f"A $0 limit refuses every request{of}.", hint="Add --yes if that is what you want.",
+             code=EXIT_USAGE)
     with errors_as_exit():
         _, store, engine = _policy_and_store(ledger_url)
         try:

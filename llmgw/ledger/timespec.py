@@ -10,6 +10,8 @@ from llmgw.errors import InvalidRequest
 _RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 FORMS = "a duration ago (30m, 24h, 7d, 2w), a UTC date (2026-11-01) or time (2026-11-01T12:00)"
+# Longer ago than any ledger holds; far longer is a typo that would overflow datetime.
+MAX_DURATION = timedelta(days=100 * 365)
 
 
 class TimeSpecError(InvalidRequest):
@@ -21,15 +23,29 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-def parse_duration(value: str) -> timedelta | None:
-    """`30s`, `15m`, `2h`, `7d`, `2w` (or `0`) as a timedelta; None for anything else."""
+def read_duration(value: str) -> timedelta | None:
+    """`30s`, `15m`, `2h`, `7d`, `2w` (or `0`) as a timedelta; None if it is not one.
+    Raises `TimeSpecError` for a duration longer than `MAX_DURATION`."""
     text = value.strip()
     if text == "0":
         return timedelta(0)
     match = _RELATIVE.match(text)
     if not match:
         return None
-    return timedelta(**{_UNITS[match.group(2).lower()]: int(match.group(1))})
+    count, unit = int(match.group(1)), _UNITS[match.group(2).lower()]
+    if count > MAX_DURATION // timedelta(**{unit: 1}):
+        raise TimeSpecError(f"The duration {text!r} is longer than "
+                            f"{MAX_DURATION.days // 365} years.",
+                            hint=f"Use a shorter one, or a date: {FORMS}.")
+    return timedelta(**{unit: count})
+
+
+def parse_duration(value: str) -> timedelta | None:
+    """`read_duration`, with None (not an error) for a duration out of range too."""
+    try:
+        return read_duration(value)
+    except TimeSpecError:
+        return None
 
 
 def parse_time(value: str, *, now: datetime | None = None) -> datetime:
@@ -38,7 +54,7 @@ def parse_time(value: str, *, now: datetime | None = None) -> datetime:
     Dates are midnight UTC; datetimes without an offset are UTC; with an offset, converted.
     """
     text = value.strip()
-    ago = parse_duration(text) if text != "0" else None
+    ago = read_duration(text) if text != "0" else None
     if ago is not None:
         return (now or utcnow()) - ago
     if text.lower() == "now":
@@ -53,8 +69,11 @@ def parse_time(value: str, *, now: datetime | None = None) -> datetime:
                         text):
             raise ValueError(text)
         moment = datetime.fromisoformat(text)
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
     except ValueError:
         raise TimeSpecError(f"Cannot read the time {value!r}.", hint=f"Use {FORMS}.") from None
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    except OverflowError:  # an offset that moves year 1 or 9999 out of range
+        raise TimeSpecError(f"The time {value!r} is out of range.",
+                            hint="Use a date between years 1 and 9999.") from None
     return moment

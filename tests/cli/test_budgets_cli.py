@@ -82,12 +82,42 @@ def test_set_list_status_round_trip(migrated_ledger_url):
     (["--project", "p"], "--daily and/or --monthly"),
     (["--project", "p", "--daily", "1", "--warn", "1.5"], "--warn"),
     (["--per-request", "1", "--project", "p"], "stands alone"),
+    (["--project", "p", "--daily", "1e308"], "at most $1,000,000,000"),
+    (["--project", "p", "--daily", "99999999999999999999"], "at most $1,000,000,000"),
+    (["--project", "p", "--monthly", "1000000000.000001"], "at most $1,000,000,000"),
+    (["--per-request", "1E+400"], "at most $1,000,000,000"),
+    (["--global", "--monthly", "inf"], "zero or more dollars"),
+    (["--global", "--monthly", "-inf"], "zero or more dollars"),
+    (["--per-request", "0"], "A $0 limit refuses every request. Add --yes"),
+    (["--project", "p", "--daily", "0"], "A $0 limit refuses every request of project 'p'"),
+    (["--agent", "a", "--daily", "5", "--monthly", "$0.000000"], "Add --yes"),
+    (["--project", "p", "--daily", "1", "--warn", "nan"], "--warn"),
+    (["--project", "p", "--daily", "1", "--warn", "inf"], "--warn"),
+    (["--project", "p" * 201, "--daily", "1"], "at most 200 characters"),
+    (["--agent-type", "qa\x00x", "--daily", "1"], "without control characters"),
 ])
 def test_bad_amounts_and_targets_are_refused(migrated_ledger_url, args, message):
-    code, out = run("budgets", "set", *args, "--ledger-url", migrated_ledger_url)
-    assert code == 2 and message in out
+    result = runner.invoke(app, ["budgets", "set", *args, "--ledger-url", migrated_ledger_url])
+    assert result.exit_code == 2 and message in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
     assert run("budgets", "list", "--format", "json", "--ledger-url",
                migrated_ledger_url)[1].strip() == "[]"
+
+
+def test_a_zero_limit_needs_yes(migrated_ledger_url):
+    url = ["--ledger-url", migrated_ledger_url]
+    assert run("budgets", "set", "--per-request", "0", "--yes", *url)[0] == 0
+    assert run("budgets", "set", "--project", "frozen", "--daily", "0", "--yes", *url)[0] == 0
+    rows = json.loads(run("budgets", "list", "--format", "json", *url)[1])
+    assert {(r["scope"], r["id"], r["period"], r["limit_usd"]) for r in rows} == {
+        ("request", "*", "request", "0.000000"), ("project", "frozen", "day", "0.000000")}
+
+
+def test_the_largest_limit_is_stored_exactly(migrated_ledger_url):
+    url = ["--ledger-url", migrated_ledger_url]
+    assert run("budgets", "set", "--global", "--monthly", "1e9", *url)[0] == 0
+    [row] = json.loads(run("budgets", "list", "--format", "json", *url)[1])
+    assert row["limit_usd"] == "1000000000.000000"
 
 
 def test_unmigrated_database_names_the_fix(ledger_url):

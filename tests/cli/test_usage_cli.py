@@ -18,7 +18,7 @@ from llmgw.errors import ConfigError
 from llmgw.ledger.engine import DEFAULT_LEDGER_URL, resolve_ledger_url
 from llmgw.ledger.migrate import current, head
 from llmgw.ledger.models import UsageEvent
-from llmgw.ledger.timespec import TimeSpecError, parse_time, utcnow
+from llmgw.ledger.timespec import TimeSpecError, parse_duration, parse_time, utcnow
 
 runner = CliRunner(env={"COLUMNS": "200"})
 
@@ -124,6 +124,11 @@ def test_url_from_env(ledger: str, monkeypatch: pytest.MonkeyPatch) -> None:
     (["--until", "2026-13-01"], "Cannot read the time '2026-13-01'"),
     (["--since", "2026-11-02", "--until", "2026-11-01"], "is not before --until"),
     (["--format", "xml"], "Unknown --format 'xml'"),
+    (["--since", "99999999d"], "longer than 100 years"),
+    (["--since", "99999999999999999999999w"], "longer than 100 years"),
+    (["--until", "36501d"], "longer than 100 years"),
+    (["--since", "0001-01-01T00:00+01:00"], "out of range"),
+    (["--until", "9999-12-31T23:59-05:00"], "out of range"),
 ])
 def test_bad_arguments_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
     result = invoke("usage", "report", "--ledger-url", f"sqlite:///{tmp_path}/x.db", *args)
@@ -229,7 +234,14 @@ def test_parse_time(text: str, expected: datetime) -> None:
     assert parse_time(text, now=NOW) == expected
 
 
-@pytest.mark.parametrize("text", ["", "7", "d7", "7 days", "20261101", "2026-11-31", "tomorrow"])
+@pytest.mark.parametrize("text", ["", "7", "d7", "7 days", "20261101", "2026-11-31", "tomorrow",
+                                  "36501d", "5215w", "9" * 30 + "s"])
 def test_parse_time_rejects(text: str) -> None:
     with pytest.raises(TimeSpecError):
         parse_time(text, now=NOW)
+
+
+def test_durations_up_to_a_century_are_read_longer_ones_are_not() -> None:
+    assert parse_time("36500d", now=NOW) == NOW - timedelta(days=36500)
+    assert parse_duration("36500d") == timedelta(days=36500)
+    assert parse_duration("99999999d") is None  # `db reconcile --older-than` says so in one line

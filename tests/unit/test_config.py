@@ -70,8 +70,37 @@ def test_ids_generated_when_missing_and_prices_exact():
         (lambda d: d["llmgw"]["agent_types"].update(dev="ghost"), "llmgw.agent_types.dev",
          "not a model group"),
         (lambda d: d["router_settings"]["fallbacks"].append({"primary": ["ghost"]}),
-         "router_settings.fallbacks", "'ghost' is not a model group"),
-        (lambda d: d["llmgw"].update(defualt_grop="x"), "llmgw.defualt_grop", "Extra inputs"),
+         "router_settings.fallbacks[1]", "'ghost' is not a model group"),
+        (lambda d: d["llmgw"].update(defualt_grop="x"), "llmgw.defualt_grop",
+         "unknown key; did you mean 'default_group'?"),
+        (lambda d: d["llmgw"].update(budgets={"projects": {"*": {"daily": 5}}}),
+         "llmgw.budgets.projects.*.daily", "did you mean 'daily_usd'?"),
+        (lambda d: d["llmgw"].update(budgets={"global": {"monthly_usd": "1e308"}}),
+         "llmgw.budgets.global.monthly_usd", "less than or equal to 1000000000"),
+        (lambda d: d["llmgw"].update(budgets={"per_request_usd": "nan"}),
+         "llmgw.budgets.per_request_usd", "finite number"),
+        (lambda d: d["llmgw"].update(budgets={"prompt_margin": float("inf")}),
+         "llmgw.budgets.prompt_margin", "finite number"),
+        (lambda d: d["llmgw"].update(budgets={"default_max_tokens": 10**30}),
+         "llmgw.budgets.default_max_tokens", "less than or equal to"),
+        (lambda d: d["llmgw"].update(request_timeout_s=1e300), "llmgw.request_timeout_s",
+         "less than or equal to"),
+        (lambda d: d["model_list"][0]["model_info"].update(output_cost_per_token="1e30"),
+         "model_list[0].model_info.output_cost_per_token", "less than or equal to 1"),
+        (lambda d: d["model_list"][0]["model_info"].update(input_cost_per_token="inf"),
+         "model_list[0].model_info.input_cost_per_token", "finite number"),
+        (lambda d: d["model_list"][0]["model_info"].update(max_tokens=0),
+         "model_list[0].model_info.max_tokens", "greater than 0"),
+        (lambda d: d["model_list"][0]["litellm_params"].update(timeout=-1),
+         "model_list[0].litellm_params.timeout", "seconds above 0"),
+        (lambda d: d["model_list"][0]["litellm_params"].update(max_retries=-2),
+         "model_list[0].litellm_params.max_retries", "whole number >= 0"),
+        (lambda d: d["model_list"][0]["litellm_params"].update(rpm=-5),
+         "model_list[0].litellm_params.rpm", "greater than or equal to 0"),
+        (lambda d: d["model_list"][0]["litellm_params"].update(api_base="127.0.0.1:8089/v1"),
+         "model_list[0].litellm_params.api_base", "http:// or https:// URL"),
+        (lambda d: d.update(router_setting=d.pop("router_settings")), "router_setting",
+         "unknown top-level key; did you mean 'router_settings'?"),
         (lambda d: d.update(model_list=[]), "model_list", "at least 1"),
         (lambda d: d.pop("llmgw"), "llmgw", "Field required"),
         (lambda d: d["router_settings"].update(num_retries="many"), "router_settings.num_retries",
@@ -87,6 +116,39 @@ def test_malformed_config_names_the_bad_key(mutate, key, words):
     assert err.key == key
     assert key in str(err) and words in str(err)
     assert str(err).startswith("model_list.yaml:")
+    assert "\n" not in str(err)  # one bad key: one line
+
+
+def test_litellm_top_level_sections_are_kept():
+    data = bad(lambda d: d.update(litellm_settings={"drop_params": True},
+                                  general_settings={"master_key": "os.environ/MASTER_KEY"}))
+    assert config_from_dict(data).model_extra["litellm_settings"] == {"drop_params": True}
+
+
+def test_env_references_pass_for_numbers_litellm_resolves():
+    cfg = config_from_dict(bad(lambda d: d["model_list"][0]["litellm_params"].update(
+        timeout="os.environ/MY_TIMEOUT", max_retries=3, api_base="os.environ/MY_BASE")))
+    params = cfg.model_list[0].to_litellm()["litellm_params"]
+    assert (params["timeout"], params["max_retries"], params["api_base"]) == (
+        "os.environ/MY_TIMEOUT", 3, "os.environ/MY_BASE")
+
+
+def test_fallback_chain_reaches_every_kind_of_fallback_once_in_order():
+    groups = ["a", "b", "c", "d", "e", "f"]
+    data = copy.deepcopy(GOOD)
+    data["model_list"] = [{"model_name": g, "litellm_params": {"model": f"openai/{g}"},
+                           "model_info": {"input_cost_per_token": 0, "output_cost_per_token": 0}}
+                          for g in groups]
+    data["llmgw"] = {"default_group": "a"}
+    data["router_settings"] = {"fallbacks": [{"a": ["b"]}],
+                               "context_window_fallbacks": [{"a": ["c"]}, {"b": ["d", "a"]}],
+                               "content_policy_fallbacks": [{"c": ["e"]}],
+                               "default_fallbacks": ["f"]}
+    cfg = config_from_dict(data)
+    assert cfg.fallback_chain("a") == ["a", "b", "f", "c", "d", "e"]
+    assert cfg.fallback_chain("e") == ["e", "f"]
+    data["router_settings"] = {"context_window_fallbacks": [{"*": ["d"]}]}
+    assert config_from_dict(data).fallback_chain("b") == ["b", "d"]
 
 
 def test_yaml_syntax_error_and_missing_file(tmp_path):
