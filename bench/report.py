@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))  # for tests.fixtures.databases (the embedded Post
 from sqlalchemy import Engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
+from llmgw.ledger import sqlfiles  # noqa: E402
 from llmgw.ledger.engine import make_engine  # noqa: E402
 from llmgw.ledger.migrate import upgrade  # noqa: E402
 from llmgw.ledger.models import USAGE_COLUMNS as COLUMNS  # noqa: E402
@@ -287,6 +288,8 @@ def write_cost(url: str, requests: int, rounds: int) -> None:
                 for sql in (migration.trigger_ddl(dialect) if on else
                             migration.drop_trigger_ddl(dialect)):
                     conn.exec_driver_sql(sql)
+                if on and dialect == "postgresql":  # 0003's DDL made the old function
+                    conn.exec_driver_sql(sqlfiles.load("usage_events_rollup", 2))
             batch = [_as_dicts(gen._request(0)) for _ in range(requests // rounds)]
             name = "triggers on" if on else "triggers dropped"
             for rows in batch:

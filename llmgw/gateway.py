@@ -48,7 +48,7 @@ from llmgw.types import (
     StreamError,
     StreamEvent,
 )
-from llmgw.validation import validate_call
+from llmgw.validation import validate_call, validate_id
 
 
 class LLMGateway:
@@ -93,7 +93,8 @@ class LLMGateway:
 
     def register_agent(self, agent_id: str, agent_type: str) -> None:
         """Remember an agent's type; its later calls route by it without passing agent_type."""
-        self.agents.register(agent_id, agent_type)
+        self.agents.register(validate_id("agent_id", agent_id),
+                             validate_id("agent_type", agent_type))
 
     def on(self, event: str, handler: Handler) -> None:
         """Subscribe to an event: request.started / request.finished, fallback, cache.hit,

@@ -67,9 +67,9 @@ def test_set_list_status_round_trip(migrated_ledger_url):
     code, out = run("budgets", "status", *url)
     assert code == 0 and "checkout" in out and "85.0%" in out
     # the hold left open is settled by reconcile, once
-    code, out = run("db", "reconcile", "--older-than", "0", *url)
+    code, out = run("db", "reconcile", "--older-than", "0", "--force", *url)
     assert code == 0 and "Reconciled 1" in out
-    assert "Reconciled 0" in run("db", "reconcile", "--older-than", "0", *url)[1]
+    assert "Reconciled 0" in run("db", "reconcile", "--older-than", "0", "--force", *url)[1]
 
 
 @pytest.mark.parametrize(("args", "message"), [

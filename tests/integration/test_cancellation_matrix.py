@@ -1,0 +1,125 @@
+"""The lifecycle rule (DESIGN section 3): whatever ends a request, its hold is settled or
+released, its counters hold nothing, the ledger agrees with them, and `request.finished` is
+emitted exactly once. Every way a caller can stop a request, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from llmgw.config import config_from_dict
+from llmgw.sim import Fault, FaultPlan
+from llmgw.types import ContentDelta
+from tests.budgets.conftest import budget_config, sums
+
+ASK = [{"role": "user", "content": "Plan the release."}]
+OPS = ("complete", "stream")
+POINTS = ("provider", "first_byte", "mid_stream", "wait_for", "reserve", "settle", "cache")
+
+
+class Gate:
+    """Holds the `nth` call of one of our own async methods until opened."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.opened = asyncio.Event()
+
+    def wrap(self, fn: Callable[..., Awaitable[Any]], nth: int = 1) -> Callable[..., Any]:
+        calls = 0
+
+        async def gated(*args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == nth:
+                self.entered.set()
+                await self.opened.wait()
+            return await fn(*args, **kwargs)
+        return gated
+
+
+def _plan(point: str) -> FaultPlan:
+    if point in ("provider", "wait_for"):
+        return FaultPlan(faults=[Fault(kind="latency", delay_s=120)])
+    if point == "first_byte":  # headers sent, then nothing
+        return FaultPlan(faults=[Fault(kind="timeout", after_chunks=0)])
+    if point == "mid_stream":  # a few chunks, then nothing (a JSON answer: nothing at all)
+        return FaultPlan(faults=[Fault(kind="timeout", after_chunks=3)])
+    return FaultPlan()
+
+
+@pytest.mark.parametrize("point", POINTS)
+@pytest.mark.parametrize("op", OPS)
+async def test_a_cancelled_request_holds_nothing(sims, migrated_ledger_url, op, point):
+    from llmgw.gateway import LLMGateway
+
+    openai_sim, anthropic_sim = sims
+    data = budget_config(openai_sim.base_url, anthropic_sim.base_url, migrated_ledger_url,
+                         {"projects": {"*": {"daily_usd": 1}}, "agents": {"*": {"daily_usd": 1}}})
+    data["llmgw"]["cache"] = {"backend": "memory"}
+    gw = LLMGateway(config_from_dict(data))
+    finished: list[dict[str, Any]] = []
+    gw.on("request.finished", lambda _event, payload: finished.append(payload))
+    openai_sim.set_plan(_plan(point))
+    gate = Gate()
+    if point == "reserve":
+        gw.ledger.transact = gate.wrap(gw.ledger.transact, nth=1)  # type: ignore[method-assign]
+    elif point == "settle":
+        gw.ledger.transact = gate.wrap(gw.ledger.transact, nth=2)  # type: ignore[method-assign]
+    elif point == "cache":
+        gw.cache.get = gate.wrap(gw.cache.get)  # type: ignore[union-attr,method-assign]
+    shown = asyncio.Event()
+
+    async def run() -> None:
+        if op == "complete":
+            await gw.complete("dev-1", "p", ASK, model_group="solo", max_tokens=50)
+            return
+        async for event in gw.stream("dev-1", "p", ASK, model_group="solo", max_tokens=50):
+            if isinstance(event, ContentDelta):
+                shown.set()
+
+    try:
+        if point == "wait_for":
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(run(), timeout=0.5)
+        else:
+            task = asyncio.ensure_future(run())
+            if point in ("reserve", "settle", "cache"):
+                await _first(gate.entered.wait(), task)
+            elif point == "mid_stream" and op == "stream":
+                await _first(shown.wait(), task)
+            else:
+                await asyncio.to_thread(openai_sim.wait_for_requests, 1, 30)
+            assert not task.done(), "the request ended before it could be cancelled"
+            task.cancel()
+            # A gated reserve or settle carries on after the cancellation, as a real
+            # one in flight would.
+            gate.opened.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        await gw.drain()
+        s = sums(migrated_ledger_url)
+        assert s["open"] == 0
+        assert all(reserved == 0 for _, reserved in s["counters"].values()), s["counters"]
+        spent = {k: v[0] for k, v in s["counters"].items()}
+        ledger_total = s["ledger"].get("p", 0)
+        for key in (("project", "p", "day"), ("agent", "dev-1", "day")):
+            assert spent.get(key, 0) == ledger_total
+        assert len(finished) == 1, finished
+        assert finished[0]["request_id"] not in gw._started
+        assert not gw._recorder.traces
+    finally:
+        gate.opened.set()
+        await gw.aclose()
+
+
+async def _first(signal: Awaitable[Any], task: asyncio.Future[Any]) -> None:
+    """Wait for `signal`, or fail if the request ended first."""
+    waiter = asyncio.ensure_future(signal)
+    done, _ = await asyncio.wait({waiter, task}, timeout=60,
+                                 return_when=asyncio.FIRST_COMPLETED)
+    if waiter not in done:
+        waiter.cancel()
+        raise AssertionError(f"never reached the cancellation point (task done: {task.done()})")
