@@ -25,7 +25,6 @@ from llmgw.ledger.migrate import ensure_current
 from llmgw.ledger.store import LedgerStore, RequestContext, utcnow
 from llmgw.lifecycle import RequestLifecycle
 from llmgw.planner import BudgetPlanner
-from llmgw.pricing import token_cost_micros
 from llmgw.redact import Redactor, install_log_filter
 from llmgw.responses import (
     StreamAccumulator,
@@ -38,11 +37,9 @@ from llmgw.router import REQUEST_ID_KEY, build_router, classify, map_exception, 
 from llmgw.router import recorder as attempt_recorder
 from llmgw.tracing import PARENT_SPAN_KEY, make_tracing
 from llmgw.types import (
-    BudgetImpact,
     Completion,
     CompletionRequest,
     CostEstimate,
-    DeploymentEstimate,
     Message,
     StreamDone,
     StreamError,
@@ -230,52 +227,8 @@ class LLMGateway:
         route = self.agents.resolve(request.agent_id, agent_type=request.agent_type,
                                     model_group=request.model_group)
         ctx = RequestContext("estimate", request.agent_id, route.agent_type, request.project_id)
-        now = self.clock()
-        call_params = dict(request.params)
-        plan = await self.planner.plan(ctx, route, request, call_params, now)
-        if plan is not None:
-            route, max_tokens, amount = plan.route, plan.max_tokens, plan.amount
-        else:
-            max_tokens = int(call_params.get("max_tokens")
-                             or call_params.get("max_completion_tokens")
-                             or self.config.llmgw.budgets.default_max_tokens)
-            amount = self.worst_case_micros(route.model_group, request.message_dicts, max_tokens,
-                                            tools=call_params.get("tools"),
-                                            tool_choice=call_params.get("tool_choice"))
-        prompt = self.planner.prompt_tokens(route.model_group, request.message_dicts,
-                                            call_params.get("tools"),
-                                            call_params.get("tool_choice"))
-        expected = min(max_tokens, max(16, prompt // 2))  # answers are usually shorter than asks
-        chain = self.config.fallback_chain(route.model_group)
-        per_deployment = [DeploymentEstimate(
-            deployment=d.id, model_group=g, model=d.litellm_params.model,
-            expected_micros=token_cost_micros(prompt, expected, d.input_price, d.output_price),
-            worst_case_micros=token_cost_micros(prompt, max_tokens, d.input_price,
-                                                d.output_price))
-            for g in chain for d in self.config.groups()[g]]
-        impacts: list[BudgetImpact] = []
-        refused = False
-        if plan is not None:
-            if plan.cap is not None:
-                over = amount > plan.cap.limit_micros
-                refused |= over
-                impacts.append(BudgetImpact(scope="request", scope_id="*", period="request",
-                                            limit_micros=plan.cap.limit_micros, spent_micros=0,
-                                            reserved_micros=0, would_exceed=over))
-            counters = await self.ledger.run(self.budget_store.counters, plan.keys)
-            for key, limit in zip(plan.keys, plan.limits):
-                spent, held = counters.get(key, (0, 0))
-                over = spent + held + amount > limit.limit_micros
-                refused |= over
-                impacts.append(BudgetImpact(scope=limit.scope, scope_id=limit.scope_id,
-                                            period=limit.period, limit_micros=limit.limit_micros,
-                                            spent_micros=spent, reserved_micros=held,
-                                            would_exceed=over))
-        return CostEstimate(model_group=route.model_group, fallback_groups=chain[1:],
-                            prompt_tokens=prompt, expected_completion_tokens=expected,
-                            max_tokens=max_tokens, worst_case_micros=amount,
-                            deployments=per_deployment, budgets=impacts,
-                            would_be_refused=refused)
+        return await self.planner.estimate(ctx, route, request, dict(request.params),
+                                           self.clock())
 
     def complete_sync(self, agent_id: str, project_id: str, messages: list[dict[str, Any]],
                       **kwargs: Any) -> Completion:

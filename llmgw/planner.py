@@ -19,7 +19,14 @@ from llmgw.config import Config
 from llmgw.ledger.budget_store import BudgetStore
 from llmgw.ledger.store import LedgerStore, RequestContext
 from llmgw.tokens import PromptTokenCounter
-from llmgw.types import CompletionRequest, Message
+from llmgw.pricing import token_cost_micros
+from llmgw.types import (
+    BudgetImpact,
+    CompletionRequest,
+    CostEstimate,
+    DeploymentEstimate,
+    Message,
+)
 
 RULES_TTL_S = 5.0  # `llmgw budgets set` reaches running gateways within this
 _MEMO_MAX = 10_000
@@ -89,6 +96,54 @@ class BudgetPlanner:
                                         tool_choice=params.get("tool_choice"))
         keys = [self.policy.counter_key(limit, now) for limit in limits]
         return BudgetPlan(route, amount, int(max_tokens), limits, keys, cap)
+
+    async def estimate(self, ctx: RequestContext, route: Resolution, request: CompletionRequest,
+                       call_params: dict[str, Any], now: Any) -> CostEstimate:
+        """What a call would cost (expected and worst case, per deployment it can reach) and
+        which budgets it would hit; reserves nothing. The worst case is what `plan` holds."""
+        plan = await self.plan(ctx, route, request, call_params, now)
+        if plan is not None:
+            route, max_tokens, amount = plan.route, plan.max_tokens, plan.amount
+        else:
+            max_tokens = int(call_params.get("max_tokens")
+                             or call_params.get("max_completion_tokens")
+                             or self.config.llmgw.budgets.default_max_tokens)
+            amount = self.worst_case_micros(route.model_group, request.message_dicts,
+                                            max_tokens, tools=call_params.get("tools"),
+                                            tool_choice=call_params.get("tool_choice"))
+        prompt = self.prompt_tokens(route.model_group, request.message_dicts,
+                                    call_params.get("tools"), call_params.get("tool_choice"))
+        expected = min(max_tokens, max(16, prompt // 2))  # answers are usually shorter than asks
+        chain = self.config.fallback_chain(route.model_group)
+        per_deployment = [DeploymentEstimate(
+            deployment=d.id, model_group=g, model=d.litellm_params.model,
+            expected_micros=token_cost_micros(prompt, expected, d.input_price, d.output_price),
+            worst_case_micros=token_cost_micros(prompt, max_tokens, d.input_price,
+                                                d.output_price))
+            for g in chain for d in self.config.groups()[g]]
+        impacts: list[BudgetImpact] = []
+        refused = False
+        if plan is not None:
+            if plan.cap is not None:
+                over = amount > plan.cap.limit_micros
+                refused |= over
+                impacts.append(BudgetImpact(scope="request", scope_id="*", period="request",
+                                            limit_micros=plan.cap.limit_micros, spent_micros=0,
+                                            reserved_micros=0, would_exceed=over))
+            counters = await self.ledger.run(self.store.counters, plan.keys)
+            for key, limit in zip(plan.keys, plan.limits):
+                spent, held = counters.get(key, (0, 0))
+                over = spent + held + amount > limit.limit_micros
+                refused |= over
+                impacts.append(BudgetImpact(scope=limit.scope, scope_id=limit.scope_id,
+                                            period=limit.period, limit_micros=limit.limit_micros,
+                                            spent_micros=spent, reserved_micros=held,
+                                            would_exceed=over))
+        return CostEstimate(model_group=route.model_group, fallback_groups=chain[1:],
+                            prompt_tokens=prompt, expected_completion_tokens=expected,
+                            max_tokens=max_tokens, worst_case_micros=amount,
+                            deployments=per_deployment, budgets=impacts,
+                            would_be_refused=refused)
 
     def _limits_for(self, agent_id: str, agent_type: str | None, project_id: str,
                     rules: list[Rule]) -> tuple[list[Limit], Limit | None]:
