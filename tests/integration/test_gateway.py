@@ -50,6 +50,7 @@ async def test_answer_is_recorded_with_exact_cost(gateway, sims, migrated_ledger
 async def test_fallback_after_500_records_both_attempts(gateway, sims, migrated_ledger_url):
     openai_sim, anthropic_sim = sims
     anthropic_sim.set_plan(FaultPlan.error(500))
+    openai_sim.set_plan(FaultPlan(prompt_tokens=21, completion_tokens=7))
     done = await gateway.complete("arch-1", "proj-a", HELLO, agent_type="software-architect")
 
     assert (done.requested_group, done.model_group, done.deployment) == ("primary", "backup",
@@ -65,7 +66,11 @@ async def test_fallback_after_500_records_both_attempts(gateway, sims, migrated_
         (2, "ok", "backup-openai", None),
     ]
     assert {r["request_id"] for r in rows} == {done.request_id}
-    assert rows[0]["cost_micros"] == 0 and rows[1]["cost_micros"] == done.cost_micros
+    # priced by the serving deployment's configured prices (backup-openai: $1/$2 per M),
+    # not the requested group's ($3/$15 per M)
+    served = expected_cost_micros("backup-openai", 21, 7)
+    assert served == 35 != expected_cost_micros("primary-anthropic", 21, 7)
+    assert rows[0]["cost_micros"] == 0 and rows[1]["cost_micros"] == served == done.cost_micros
 
     engine = make_engine(migrated_ledger_url)
     try:

@@ -47,17 +47,17 @@ def gw_factory(sims, tmp_path: Path):
     upgrade(url)
     made = []
 
-    def make(budgets: dict[str, Any] | None = None) -> Any:
+    def make(budgets: dict[str, Any] | None = None, ledger: str | None = None) -> Any:
         data = {"model_list": [PROVIDERS[n].deployment(sims[n].base_url, KEY if
                                                        PROVIDERS[n].needs_api_key else None)
                                for n in STREAMING],
                 "router_settings": {"num_retries": 0,
                                     "fallbacks": [{"sim-anthropic": ["sim-openai"]}]},
-                "llmgw": {"default_group": "sim-openai", "ledger": {"url": url},
+                "llmgw": {"default_group": "sim-openai", "ledger": {"url": ledger or url},
                           "budgets": budgets or {}}}
         gw = LLMGateway(config_from_dict(data))
         made.append(gw)
-        return gw, url
+        return gw, ledger or url
 
     yield make
     for gw in made:
@@ -105,8 +105,9 @@ async def test_failure_before_the_first_token_falls_back(gw_factory, sims, fault
                                                                  ("ok", "sim-openai")]
 
 
-async def test_failure_after_the_first_token_ends_with_an_error_event(gw_factory, sims):
-    gw, url = gw_factory({"projects": {"*": {"daily_usd": 1}}})
+async def test_failure_after_the_first_token_ends_with_an_error_event(gw_factory, sims,
+                                                                       migrated_ledger_url):
+    gw, url = gw_factory({"projects": {"*": {"daily_usd": 1}}}, migrated_ledger_url)
     sims["anthropic"].set_plan(FaultPlan(answer=ANSWER, faults=[Fault(kind="drop",
                                                                       after_chunks=4)]))
     events = await collect(gw.stream("dev-1", "p", ASK, model_group="sim-anthropic"))
@@ -125,8 +126,9 @@ async def test_failure_after_the_first_token_ends_with_an_error_event(gw_factory
     assert s["counters"][("project", "p", "day")] == (row["cost_micros"], 0) and s["open"] == 0
 
 
-async def test_caller_breaking_out_early_is_recorded_and_settled(gw_factory, sims):
-    gw, url = gw_factory({"projects": {"*": {"daily_usd": 1}}})
+async def test_caller_breaking_out_early_is_recorded_and_settled(gw_factory, sims,
+                                                                 migrated_ledger_url):
+    gw, url = gw_factory({"projects": {"*": {"daily_usd": 1}}}, migrated_ledger_url)
     sims["openai"].set_plan(FaultPlan(answer=ANSWER, faults=[Fault(kind="latency",
                                                                    delay_s=0.0)]))
     seen = ""
