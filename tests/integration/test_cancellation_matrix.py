@@ -123,3 +123,33 @@ async def _first(signal: Awaitable[Any], task: asyncio.Future[Any]) -> None:
     if waiter not in done:
         waiter.cancel()
         raise AssertionError(f"never reached the cancellation point (task done: {task.done()})")
+
+
+def test_a_stream_open_when_its_event_loop_ends_is_settled(sims, migrated_ledger_url):
+    """`asyncio.run` returning with a stream half read: the loop's shutdown closes the
+    generator, and the lifecycle settles what was generated before the loop is gone."""
+    from llmgw.gateway import LLMGateway
+
+    openai_sim, anthropic_sim = sims
+    data = budget_config(openai_sim.base_url, anthropic_sim.base_url, migrated_ledger_url,
+                         {"projects": {"*": {"daily_usd": 1}}})
+    gw = LLMGateway(config_from_dict(data))
+    finished: list[dict[str, Any]] = []
+    gw.on("request.finished", lambda _event, payload: finished.append(payload))
+    openai_sim.set_plan(FaultPlan(faults=[Fault(kind="timeout", after_chunks=3)]))
+    stream = gw.stream("dev-1", "p", ASK, model_group="solo", max_tokens=50)
+
+    async def read_one_delta_and_leave() -> None:
+        async for event in stream:
+            if isinstance(event, ContentDelta):
+                return
+
+    try:
+        asyncio.run(read_one_delta_and_leave())
+        s = sums(migrated_ledger_url)
+        assert s["open"] == 0 and s["statuses"] == {"partial": 1}
+        spent, reserved = s["counters"][("project", "p", "day")]
+        assert reserved == 0 and spent == s["ledger"]["p"] > 0
+        assert [f["status"] for f in finished] == ["partial"]
+    finally:
+        gw.close()
