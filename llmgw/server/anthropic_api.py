@@ -17,10 +17,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmgw.ledger.api_keys import KeyInfo
-from llmgw.server.app import until_disconnect
+from llmgw.server.app import call_gateway
 from llmgw.server.auth import caller_of
 from llmgw.server.common import (
     ERROR_STATUSES,
+    SSE_EVENT,
     SSEResponse,
     dumps,
     fact_headers,
@@ -28,7 +29,7 @@ from llmgw.server.common import (
     group_of,
     require_key,
 )
-from llmgw.server.errors import stream_error_payload
+from llmgw.server.errors import FrontError, stream_error_payload
 from llmgw.server.schemas import AnthropicError
 from llmgw.types import Completion, ContentDelta, StreamDone, StreamError, StreamEvent
 
@@ -37,31 +38,93 @@ Key = Annotated[KeyInfo, Depends(require_key)]
 _NOT_PARAMS = frozenset({"model", "messages", "stream", "user"})
 
 
+class TextBlock(BaseModel):
+    model_config = ConfigDict(extra="allow")  # e.g. cache_control, citations
+
+    type: Literal["text"]
+    text: str
+
+
+class ImageBlock(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["image"]
+    source: dict[str, Any]
+
+
+class ToolUseBlock(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["tool_use"]
+    id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    input: dict[str, Any]
+
+
+class ToolResultBlock(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["tool_result"]
+    tool_use_id: str = Field(min_length=1)
+    content: str | list[TextBlock | ImageBlock] | None = None
+    is_error: bool | None = None
+
+
+Block = Annotated[TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock,
+                  Field(discriminator="type")]
+
+
 class AnthropicMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["user", "assistant"]
-    content: str | list[dict[str, Any]]
+    content: str | list[Block]
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=200)
+    description: str | None = None
+    input_schema: dict[str, Any]
+
+
+class ToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool | None = None
+
+
+class Metadata(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str | None = Field(default=None, max_length=200)
 
 
 class MessagesBody(BaseModel):
     """Anthropic's Messages request. `model` is a model group (or `auto`); the project and
     agent come from the key (an any-agent key: `metadata.user_id` or X-LLMGW-Agent)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"model": "auto", "max_tokens": 64, "messages": [{"role": "user", "content": "Hello"}],
+         "metadata": {"user_id": "agent-1"}},
+        {"model": "auto", "max_tokens": 64, "stream": True,
+         "messages": [{"role": "user", "content": "Hello"}]}]})
 
     model: str = Field(max_length=200)
     messages: list[AnthropicMessage] = Field(min_length=1)
     max_tokens: int = Field(gt=0)
-    system: str | list[dict[str, Any]] | None = None
+    system: str | list[TextBlock] | None = None
     stream: bool = False
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: dict[str, Any] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
     temperature: float | None = Field(default=None, ge=0, le=1)
     top_p: float | None = Field(default=None, ge=0, le=1)
     top_k: int | None = Field(default=None, ge=0)
     stop_sequences: list[str] | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
 
 
 class MessagesResponse(BaseModel):
@@ -91,21 +154,24 @@ def _adapter() -> Any:
 
 @router.post("/v1/messages", response_model=MessagesResponse, tags=["anthropic"],
              responses={**{s: {"model": AnthropicError} for s in ERROR_STATUSES},
-                        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        200: {"content": {"text/event-stream": {"schema": SSE_EVENT}},
                               "description": "JSON, or SSE when stream"}})
 async def messages(body: MessagesBody, request: Request, key: Key) -> Any:
     """Anthropic's Messages API over the gateway; facts in `x-llmgw-*` headers (and `llmgw`),
     a stream's `message_stop` event carries them."""
-    user = (body.metadata or {}).get("user_id")
-    caller = caller_of(key, request, user=str(user) if user is not None else None)
+    caller = caller_of(key, request, user=body.metadata.user_id if body.metadata else None)
     adapter = _adapter()
-    translated, tool_names = adapter.translate_anthropic_to_openai(
-        body.model_dump(exclude_none=True))
+    try:
+        translated, tool_names = adapter.translate_anthropic_to_openai(
+            body.model_dump(exclude_none=True))
+    except (KeyError, TypeError, ValueError) as exc:  # the adapter's word on a shape it refuses
+        raise FrontError(400, "invalid_request", f"The request cannot be translated: "
+                         f"{type(exc).__name__}: {str(exc)[:300]}") from None
     params = {k: v for k, v in translated.items() if k not in _NOT_PARAMS}
     gateway = request.app.state.gateway
     call = dict(agent_type=caller.agent_type, model_group=group_of(body.model), **params)
     if not body.stream:
-        completion = await until_disconnect(request, gateway.complete(
+        completion = await call_gateway(request, gateway.complete(
             caller.agent_id, caller.project_id, translated["messages"], **call))
         answer = dict(adapter.translate_openai_response_to_anthropic(
             _model_response(completion), tool_names))
@@ -113,7 +179,7 @@ async def messages(body: MessagesBody, request: Request, key: Key) -> Any:
         return JSONResponse(answer, headers=fact_headers(completion))
     events = gateway.stream(caller.agent_id, caller.project_id, translated["messages"], **call)
     try:  # up to the first event, a failure is still an HTTP status
-        first = await until_disconnect(request, anext(events))
+        first = await call_gateway(request, anext(events))
     except BaseException:
         with anyio.CancelScope(shield=True):
             await events.aclose()

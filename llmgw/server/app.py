@@ -175,6 +175,17 @@ def _install_error_handlers(app: FastAPI) -> None:
                                                "server log."), api_of(request.url.path))
 
 
+async def call_gateway(request: Request, work: Awaitable[T]) -> T:
+    """Await a gateway call for this request (see `until_disconnect`). LiteLLM's token
+    counter raises ValueError on content it cannot read (the gateway counts prompts before
+    reserving): that is the request's fault, so a 400, not a 500."""
+    try:
+        return await until_disconnect(request, work)
+    except ValueError as exc:
+        raise FrontError(400, "invalid_request", "The request's messages could not be read: "
+                         f"{str(exc)[:300]}") from None
+
+
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
     """Await `work`, cancelling it if the client hangs up first: a hang-up is a
     cancellation (the gateway settles a cancelled request through its lifecycle)."""

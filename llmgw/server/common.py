@@ -16,6 +16,11 @@ from llmgw.pricing import micros_to_usd
 from llmgw.types import Completion
 
 ERROR_STATUSES = (400, 401, 403, 404, 413, 429, 502, 503)
+# One server-sent event (`stream: true`): its `data` is a JSON chunk in the API's own shape,
+# or `[DONE]` (OpenAI's end).
+SSE_EVENT = {"type": "object", "required": ["data"],
+             "properties": {"event": {"type": "string"}, "data": {"type": "string"},
+                            "id": {"type": "string"}}}
 
 
 async def require_key(request: Request) -> KeyInfo:

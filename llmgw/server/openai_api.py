@@ -16,10 +16,11 @@ from llmgw.errors import InvalidRequest
 from llmgw.ledger.api_keys import KeyInfo
 from llmgw.ledger.report import GROUP_BY_VALUES, ReportRow, usage_report, usage_totals
 from llmgw.ledger.timespec import parse_time
-from llmgw.server.app import until_disconnect
+from llmgw.server.app import call_gateway
 from llmgw.server.auth import caller_of, usage_project
 from llmgw.server.common import (
     ERROR_STATUSES,
+    SSE_EVENT,
     SSEResponse,
     dumps,
     fact_headers,
@@ -46,7 +47,7 @@ Key = Annotated[KeyInfo, Depends(require_key)]
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, tags=["openai"],
              responses={**_ERRORS, 200: {"content": {"text/event-stream": {
-                 "schema": {"type": "string"}}}, "description": "JSON, or SSE when stream"}})
+                 "schema": SSE_EVENT}}, "description": "JSON, or SSE when stream"}})
 async def chat_completions(body: ChatCompletionBody, request: Request, key: Key) -> Any:
     """OpenAI's chat completions. Facts of the answer come in `x-llmgw-*` headers (and in
     `llmgw`); a stream's last event before `[DONE]` carries them."""
@@ -55,12 +56,12 @@ async def chat_completions(body: ChatCompletionBody, request: Request, key: Key)
     call = dict(agent_type=caller.agent_type, model_group=group_of(body.model),
                 metadata=dict(body.metadata or {}), **body.params())
     if not body.stream:
-        completion = await until_disconnect(request, gateway.complete(
+        completion = await call_gateway(request, gateway.complete(
             caller.agent_id, caller.project_id, body.message_dicts(), **call))
         return JSONResponse(chat_completion(completion), headers=fact_headers(completion))
     events = gateway.stream(caller.agent_id, caller.project_id, body.message_dicts(), **call)
     try:  # up to the first event, a failure is still an HTTP status (429, 503, ...)
-        first = await until_disconnect(request, anext(events))
+        first = await call_gateway(request, anext(events))
     except BaseException:
         with anyio.CancelScope(shield=True):
             await events.aclose()
@@ -158,9 +159,9 @@ async def estimate(body: ChatCompletionBody, request: Request, key: Key) -> Any:
     """What the same chat completion would cost and which budgets it would hit; reserves
     nothing, calls no provider, writes no row."""
     caller = caller_of(key, request, user=body.user)
-    return await request.app.state.gateway.estimate(
+    return await call_gateway(request, request.app.state.gateway.estimate(
         caller.agent_id, caller.project_id, body.message_dicts(), agent_type=caller.agent_type,
-        model_group=group_of(body.model), **body.params())
+        model_group=group_of(body.model), **body.params()))
 
 
 @router.get("/v1/usage", response_model=UsageReport, tags=["llmgw"],

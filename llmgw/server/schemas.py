@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,15 +30,67 @@ class AnthropicError(BaseModel):
     error: AnthropicErrorDetail
 
 
+class CalledFunction(BaseModel):
+    name: str = Field(min_length=1)
+    arguments: str
+
+
+class MessageToolCall(BaseModel):
+    """A tool call the assistant made, sent back in the conversation."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(min_length=1)
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="allow")  # e.g. cache_control
+
+    type: Literal["text"]
+    text: str
+
+
+class ImageUrl(BaseModel):
+    url: str = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+class FileRef(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    file_id: str | None = None
+    file_data: str | None = None
+    filename: str | None = None
+
+
+class FilePart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["file"]
+    file: FileRef
+
+
+ContentPart = Annotated[TextPart | ImagePart | FilePart, Field(discriminator="type")]
+
+
 class ChatMessage(BaseModel):
     """One message, OpenAI's shape; provider-specific fields pass through."""
 
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "user", "assistant", "tool", "function", "developer"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[MessageToolCall] | None = None
     tool_call_id: str | None = None
 
 
@@ -46,6 +98,33 @@ class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     include_usage: bool = False
+
+
+class FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=200)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class FunctionTool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"] = "function"
+    function: FunctionSpec
+
+
+class FunctionName(BaseModel):
+    name: str = Field(min_length=1)
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"] = "function"
+    function: FunctionName
 
 
 # Fields of the body that are not parameters of the call itself.
@@ -57,7 +136,10 @@ class ChatCompletionBody(BaseModel):
     """`POST /v1/chat/completions`. `model` is a model group, or `auto` / absent for the
     agent type's group. The project and agent come from the key, never from here."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"model": "auto", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 64},
+        {"model": "auto", "messages": [{"role": "user", "content": "Hello"}], "user": "agent-1",
+         "stream": True, "stream_options": {"include_usage": True}}]})
 
     model: str | None = Field(default=None, max_length=200)
     messages: list[ChatMessage] = Field(min_length=1)
@@ -73,8 +155,8 @@ class ChatCompletionBody(BaseModel):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     seed: int | None = None
     response_format: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[FunctionTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     logit_bias: dict[str, float] | None = None
     logprobs: bool | None = None
