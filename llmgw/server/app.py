@@ -91,7 +91,10 @@ def create_app(config: Config | str | None = None, settings: ServerSettings | No
             await gateway.aclose()
             key_engine.dispose()
 
-    app = FastAPI(title="llmgw", version=_version(), lifespan=lifespan,
+    # No /docs or /redoc: they load their scripts from a CDN; /openapi.json is the schema.
+    # No /docs or /redoc: they load their scripts from a CDN; /openapi.json is the schema.
+    app = FastAPI(title="llmgw", version=_version(), lifespan=lifespan, docs_url=None,
+                  redoc_url=None,
                   summary="OpenAI- and Anthropic-compatible front of an llmgw gateway: "
                           "budgets, cache and a cost ledger over LiteLLM.")
     app.state.settings = settings
