@@ -121,7 +121,8 @@ async def main(clients: int, requests: int, rounds: int) -> None:
         config = tmp / "model_list.yaml"
         config.write_text(yaml.safe_dump(config_dict(base, http_ledger)))
         port = free_port()
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         server = subprocess.Popen([sys.executable, "-m", "llmgw.cli", "serve", "--port",
                                    str(port), "--config", str(config), "--no-access-log"],
                                   env=env, cwd=tmp)

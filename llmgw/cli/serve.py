@@ -59,7 +59,9 @@ def serve(
     import uvicorn
 
     uvicorn.run("llmgw.server.app:app_from_env", factory=True, host=host, port=port,
-                workers=workers, lifespan="on", http="h11",
+                # httptools when installed (`uvicorn[standard]`), else h11; the app checks the
+                # header size itself (llmgw.server.limits) whichever parses.
+                workers=workers, lifespan="on", http="auto",
                 h11_max_incomplete_event_size=settings.max_header_bytes,
                 timeout_graceful_shutdown=settings.grace_s, access_log=access_log,
                 proxy_headers=False, server_header=False)

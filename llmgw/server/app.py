@@ -27,7 +27,7 @@ from llmgw.server.errors import (
     front_error_response,
     gateway_error_response,
 )
-from llmgw.server.limits import BodyLimit
+from llmgw.server.limits import RequestLimits
 from llmgw.server.settings import ServerSettings
 
 log = logging.getLogger("llmgw.server")
@@ -107,7 +107,8 @@ def create_app(config: Config | str | None = None, settings: ServerSettings | No
                            expose_headers=["x-llmgw-request-id", "x-llmgw-cost-usd",
                                            "x-llmgw-model-group", "x-llmgw-deployment",
                                            "x-llmgw-cache", "retry-after"])
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestLimits, max_bytes=settings.max_body_bytes,
+                       max_header_bytes=settings.max_header_bytes)
 
     from llmgw.server import anthropic_api, openai_api, ops
 

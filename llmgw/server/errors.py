@@ -83,6 +83,7 @@ _FRONT: dict[int, tuple[str, str]] = {  # status -> (OpenAI type, Anthropic type
     404: ("invalid_request_error", "not_found_error"),
     405: ("invalid_request_error", "invalid_request_error"),
     413: ("invalid_request_error", "request_too_large"),
+    431: ("invalid_request_error", "invalid_request_error"),
     500: ("server_error", "api_error"),
 }
 

@@ -1,5 +1,6 @@
-"""The request body limit (a 413 in the endpoint's own error shape), enforced before the
-body reaches JSON parsing: by Content-Length when sent, else by counting what arrives."""
+"""Request size limits in the endpoint's own error shape: headers (431, whatever HTTP parser
+uvicorn runs) and the body (413), the body's before it reaches JSON parsing: by
+Content-Length when sent, else by counting what arrives."""
 
 from __future__ import annotations
 
@@ -9,13 +10,25 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from llmgw.server.errors import FrontError, api_of, front_error_response
 
 
-class BodyLimit:
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+class RequestLimits:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, max_header_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        head = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + sum(
+            len(name) + len(value) + 4 for name, value in scope["headers"])
+        if head > self.max_header_bytes:
+            error = FrontError(431, "request_header_fields_too_large",
+                               f"The request line and headers are over {self.max_header_bytes} "
+                               "bytes. Send fewer or shorter headers.")
+            await front_error_response(error, api_of(scope["path"]))(scope, receive, send)
+            return
+        if scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
         length = _content_length(scope)

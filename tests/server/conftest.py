@@ -50,7 +50,8 @@ class Running:
 
 def start_server(app: Any, *, grace_s: float = 20.0) -> _Server:
     server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", http="h11",
-                                   log_level="warning", timeout_graceful_shutdown=grace_s))
+                                   log_level="warning", timeout_graceful_shutdown=grace_s,
+                                   h11_max_incomplete_event_size=64 * 1024))
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     assert server.ready.wait(120), "the server did not start"
@@ -73,7 +74,8 @@ def port_of(server: _Server) -> int:
 def running(sims, migrated_ledger_url: str) -> Iterator[Running]:  # noqa: F811
     openai, anthropic = sims
     config = sim_config(openai.base_url, anthropic.base_url, migrated_ledger_url)
-    app = create_app(config, ServerSettings(key_cache_s=0, max_body_bytes=64 * 1024))
+    app = create_app(config, ServerSettings(key_cache_s=0, max_body_bytes=64 * 1024,
+                                            max_header_bytes=16 * 1024))
     server = start_server(app)
     engine = make_engine(migrated_ledger_url)
     try:
