@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from llmgw.cli import budgets, cache, chat, db, demo, health, local, models, sim, usage
+from llmgw.cli import budgets, cache, chat, db, demo, health, keys, local, models, serve, sim, usage
 
 app = typer.Typer(
     name="llmgw",
@@ -29,6 +29,8 @@ app.add_typer(health.app, name="health")
 app.add_typer(chat.app, name="chat")
 app.add_typer(cache.app, name="cache")
 app.add_typer(local.app, name="local")
+app.add_typer(keys.app, name="keys")
+app.add_typer(serve.app, name="serve")
 
 
 def main() -> None:

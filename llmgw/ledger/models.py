@@ -191,3 +191,30 @@ class Reservation(Base):
         CheckConstraint("amount_micros >= 0", name="ck_reservations_amount_nonneg"),
         Index("ix_reservations_state_created", "state", "created_at"),
     )
+
+
+class ApiKey(Base):
+    """A key of the network fronts (`llmgw keys create`). Only its sha256 is stored; `prefix`
+    is the start of the key, for people to tell keys apart. An agent key fixes project and
+    agent; `agent_id` NULL is an any-agent key; `admin` reads usage across projects only."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    hash: Mapped[str] = mapped_column(String(64))
+    prefix: Mapped[str] = mapped_column(String(16))
+    project_id: Mapped[str | None] = mapped_column(String(200))
+    agent_id: Mapped[str | None] = mapped_column(String(200))
+    agent_type: Mapped[str | None] = mapped_column(String(200))
+    name: Mapped[str | None] = mapped_column(String(200))
+    admin: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=False))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=False))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=False))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=False))
+
+    __table_args__ = (
+        UniqueConstraint("hash", name="uq_api_keys_hash"),
+        CheckConstraint("admin OR project_id IS NOT NULL", name="ck_api_keys_scope"),
+        Index("ix_api_keys_project", "project_id"),
+    )

@@ -54,7 +54,7 @@ def _model_diff(url: str) -> list[object]:
 
 
 LEDGER_TABLES = {"usage_events", "budgets", "budget_counters", "reservations", "usage_rollup",
-                 "usage_split_requests"}
+                 "usage_split_requests", "api_keys"}
 
 
 def test_head_is_0009_and_folder_found() -> None:

@@ -1,0 +1,222 @@
+"""The HTTP front's ASGI app: one `LLMGateway` per worker process, made in the lifespan and
+closed after the last in-flight request has settled. It validates, maps identity and errors,
+and calls the gateway; it holds no policy (DESIGN section 12)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llmgw.config import Config, load_config
+from llmgw.errors import LLMGatewayError
+from llmgw.ledger.api_keys import ApiKeyStore
+from llmgw.server.auth import Authenticator
+from llmgw.server.errors import (
+    FrontError,
+    api_of,
+    front_error_response,
+    gateway_error_response,
+)
+from llmgw.server.limits import RequestLimits
+from llmgw.server.settings import ServerSettings
+
+log = logging.getLogger("llmgw.server")
+T = TypeVar("T")
+ENV_CONFIG = "LLMGW_CONFIG"
+
+
+class InFlight:
+    """Requests the gateway started and has not finished, from its public events; shutdown
+    waits for it to empty so no hold outlives the process."""
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+
+    def started(self, _event: str, payload: dict[str, Any]) -> None:
+        self.ids.add(payload["request_id"])
+
+    def finished(self, _event: str, payload: dict[str, Any]) -> None:
+        self.ids.discard(payload["request_id"])
+
+    async def wait_empty(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self.ids and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # the settles run on this loop: give them turns
+        return not self.ids
+
+
+def create_app(config: Config | str | None = None, settings: ServerSettings | None = None,
+               *, ledger_url: str | None = None) -> FastAPI:
+    """The app. `config`: a Config, a path, or None for LLMGW_CONFIG / ./model_list.yaml."""
+    settings = settings or ServerSettings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from llmgw.gateway import LLMGateway  # imports LiteLLM: seconds, once per worker
+        from llmgw.ledger.engine import make_engine
+        from llmgw.metrics import PrometheusMetrics
+
+        cfg = config if isinstance(config, Config) else load_config(config)
+        gateway = LLMGateway(cfg, ledger_url=ledger_url)
+        inflight = InFlight()
+        gateway.on("request.started", inflight.started)
+        gateway.on("request.finished", inflight.finished)
+        metrics = gateway.metrics
+        if metrics is None:  # not serving its own port: /metrics here shows it
+            metrics = PrometheusMetrics().attach(gateway)
+        key_engine = make_engine(ledger_url or cfg.llmgw.ledger.url, pool_size=2, max_overflow=4)
+        app.state.gateway = gateway
+        app.state.config = cfg
+        app.state.metrics = metrics
+        app.state.inflight = inflight
+        app.state.auth = Authenticator(ApiKeyStore(key_engine), cache_s=settings.key_cache_s)
+        try:
+            yield
+        finally:
+            # uvicorn has stopped accepting and waited (grace period) or cancelled what was
+            # left; what those cancellations set in motion settles now, then the gateway goes.
+            if not await inflight.wait_empty(max(settings.grace_s, 5.0)):
+                log.error("%d request(s) still unsettled at shutdown; `llmgw db reconcile` "
+                          "settles their holds", len(inflight.ids))
+            await gateway.aclose()
+            key_engine.dispose()
+
+    # No /docs or /redoc: they load their scripts from a CDN; /openapi.json is the schema.
+    # No /docs or /redoc: they load their scripts from a CDN; /openapi.json is the schema.
+    app = FastAPI(title="llmgw", version=_version(), lifespan=lifespan, docs_url=None,
+                  redoc_url=None,
+                  summary="OpenAI- and Anthropic-compatible front of an llmgw gateway: "
+                          "budgets, cache and a cost ledger over LiteLLM.")
+    app.state.settings = settings
+    _install_error_handlers(app)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST"], allow_headers=["*"],
+                           expose_headers=["x-llmgw-request-id", "x-llmgw-cost-usd",
+                                           "x-llmgw-model-group", "x-llmgw-deployment",
+                                           "x-llmgw-cache", "retry-after"])
+    app.add_middleware(RequestLimits, max_bytes=settings.max_body_bytes,
+                       max_header_bytes=settings.max_header_bytes)
+
+    from llmgw.server import anthropic_api, openai_api, ops
+
+    app.include_router(openai_api.router)
+    app.include_router(anthropic_api.router)
+    app.include_router(ops.router)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The factory `llmgw serve` hands uvicorn (`--factory`): each worker process builds its
+    app from LLMGW_CONFIG and the LLMGW_SERVE_* settings."""
+    return create_app(os.environ.get(ENV_CONFIG) or None, ServerSettings.from_env())
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llmgw")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(LLMGatewayError)
+    async def _gateway(request: Request, exc: LLMGatewayError) -> JSONResponse:
+        return gateway_error_response(exc, api_of(request.url.path))
+
+    @app.exception_handler(FrontError)
+    async def _front(request: Request, exc: FrontError) -> JSONResponse:
+        return front_error_response(exc, api_of(request.url.path))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for e in exc.errors()[:10]:
+            where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+            problems.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
+        first = exc.errors()[0].get("loc", ()) if exc.errors() else ()
+        param = ".".join(str(p) for p in first if p != "body") or None
+        return front_error_response(
+            FrontError(400, "invalid_request", "Invalid request: " + "; ".join(problems) + ".",
+                       param=param), api_of(request.url.path))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        text = exc.detail if isinstance(exc.detail, str) else "HTTP error"
+        if exc.status_code == 404:
+            text = f"No such endpoint: {request.method} {request.url.path}."
+        response = front_error_response(FrontError(exc.status_code, code, text),
+                                        api_of(request.url.path))
+        response.status_code = exc.status_code
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    @app.exception_handler(ClientGone)
+    async def _gone(request: Request, exc: ClientGone) -> Response:
+        return Response(status_code=499)  # nginx's "client closed request": nobody reads it
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return front_error_response(FrontError(500, "internal_error",
+                                               f"Internal error ({type(exc).__name__}); see the "
+                                               "server log."), api_of(request.url.path))
+
+
+async def call_gateway(request: Request, work: Awaitable[T]) -> T:
+    """Await a gateway call for this request (see `until_disconnect`). LiteLLM's token
+    counter raises ValueError on content it cannot read (the gateway counts prompts before
+    reserving): that is the request's fault, so a 400, not a 500."""
+    try:
+        return await until_disconnect(request, work)
+    except ValueError as exc:
+        raise FrontError(400, "invalid_request", "The request's messages could not be read: "
+                         f"{str(exc)[:300]}") from None
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client hangs up first: a hang-up is a
+    cancellation (the gateway settles a cancelled request through its lifecycle)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task not in done:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            raise ClientGone
+        return task.result()
+    except asyncio.CancelledError:  # the server cancelled us (shutdown): pass it on
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer; nobody is left to answer."""
+
+
+async def _disconnected(receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+

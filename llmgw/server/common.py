@@ -1,0 +1,77 @@
+"""What the OpenAI and Anthropic endpoints share: the key dependency, an answer's facts
+(headers and the last stream event), and an SSE response that notices a hang-up."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+from fastapi import Request
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from llmgw.ledger.api_keys import KeyInfo
+from llmgw.pricing import micros_to_usd
+from llmgw.types import Completion
+
+ERROR_STATUSES = (400, 401, 403, 404, 413, 429, 502, 503)
+# One server-sent event (`stream: true`): its `data` is a JSON chunk in the API's own shape,
+# or `[DONE]` (OpenAI's end).
+SSE_EVENT = {"type": "object", "required": ["data"],
+             "properties": {"event": {"type": "string"}, "data": {"type": "string"},
+                            "id": {"type": "string"}}}
+
+
+async def require_key(request: Request) -> KeyInfo:
+    """The caller's key (401 when missing or not live); checked before the body."""
+    key: KeyInfo = await request.app.state.auth.key_of(request)
+    return key
+
+
+def group_of(model: str | None) -> str | None:
+    """`auto` or no model: the agent type's group (the gateway resolves it)."""
+    return None if model in (None, "", "auto") else model
+
+
+def facts(completion: Completion) -> dict[str, Any]:
+    return {"request_id": completion.request_id,
+            "cost_usd": format(micros_to_usd(completion.cost_micros), "f"),
+            "cost_micros": completion.cost_micros, "model_group": completion.model_group,
+            "deployment": completion.deployment, "cache": "hit" if completion.cached else "miss"}
+
+
+def fact_headers(completion: Completion) -> dict[str, str]:
+    f = facts(completion)
+    return {"x-llmgw-request-id": f["request_id"], "x-llmgw-cost-usd": f["cost_usd"],
+            "x-llmgw-model-group": f["model_group"], "x-llmgw-deployment": f["deployment"] or "",
+            "x-llmgw-cache": f["cache"]}
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+class SSEResponse(StreamingResponse):
+    """Server-sent events. Listens for the client's hang-up whatever the ASGI version, so a
+    client that leaves cancels the stream at once, not at the next chunk's write: the
+    gateway then settles it as a `partial` row."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, content: Any, headers: dict[str, str] | None = None) -> None:
+        super().__init__(content, headers={"cache-control": "no-cache",
+                                           "x-accel-buffering": "no", **(headers or {})})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with anyio.create_task_group() as group:
+            async def stream() -> None:
+                try:
+                    await self.stream_response(send)
+                except OSError:  # the client went away while we wrote
+                    pass
+                group.cancel_scope.cancel()
+
+            group.start_soon(stream)
+            await self.listen_for_disconnect(receive)
+            group.cancel_scope.cancel()
