@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from llmgw._litellm import import_litellm
+from llmgw.errors import InvalidRequest
 
 _PLAIN = frozenset({"role", "content"})
 _PROBE = ({"role": "user", "content": "ab cd"}, {"role": "assistant", "content": "ef"})
@@ -44,8 +45,17 @@ class PromptTokenCounter:
               tool_choice: Any = None) -> int:
         if tools or tool_choice or not messages or not all(
                 m.keys() <= _PLAIN and isinstance(m.get("content"), str) for m in messages):
-            return int(self._counter(model=model, messages=messages, tools=tools or None,
-                                     tool_choice=tool_choice))
+            try:
+                # An image counts at LiteLLM's default size: never fetch a caller's URL.
+                return int(self._counter(model=model, messages=messages, tools=tools or None,
+                                         tool_choice=tool_choice,
+                                         use_default_image_token_count=True))
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                raise InvalidRequest(
+                    f"The messages or tools could not be read: {type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:200] if str(exc) else ''}",
+                    hint="Send OpenAI-shaped messages (content a string or a list of "
+                         "{'type': 'text'|'image_url', ...} parts) and function tools.") from None
         memo = self._per_message
         total = 0
         for m in messages:

@@ -180,14 +180,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 async def call_gateway(request: Request, work: Awaitable[T]) -> T:
-    """Await a gateway call for this request (see `until_disconnect`). LiteLLM's token
-    counter raises ValueError on content it cannot read (the gateway counts prompts before
-    reserving): that is the request's fault, so a 400, not a 500."""
-    try:
-        return await until_disconnect(request, work)
-    except ValueError as exc:
-        raise FrontError(400, "invalid_request", "The request's messages could not be read: "
-                         f"{str(exc)[:300]}") from None
+    """Await a gateway call for this request (see `until_disconnect`)."""
+    return await until_disconnect(request, work)
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
