@@ -9,7 +9,7 @@ process spent per request (the server's own, apart from the clients'), then one 
 time (the latency the front adds, without queueing), the medians and the verdicts. Targets
 (issue 21): (b) adds <= 1.0 ms at p50 and keeps >= 85 % of (a)'s throughput.
 
-    .venv/bin/python bench/http.py [--clients 100] [--requests 2000] [--rounds 3]
+    .venv/bin/python bench/http_front.py [--clients 100] [--requests 2000] [--rounds 3]
 """
 
 from __future__ import annotations
