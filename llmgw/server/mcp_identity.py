@@ -54,7 +54,7 @@ class Identity:
         if self.agent_id is None:
             raise InvalidRequest(
                 "This key serves any agent of its project, and no agent was named.",
-                hint=f"Set {ENV_AGENT} (stdio) or send the {AGENT_HEADER} header (HTTP).")
+                hint=f"Set {ENV_AGENT} (stdio) or send the X-LLMGW-Agent header (HTTP).")
         return self.agent_id, self.project_id
 
 
