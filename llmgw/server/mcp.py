@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
@@ -360,9 +360,11 @@ class McpHttp:
         security = TransportSecuritySettings(
             enable_dns_rebinding_protection=allowed_hosts is not None,
             allowed_hosts=list(allowed_hosts or []), allowed_origins=[])
-        self.session_manager = StreamableHTTPSessionManager(
-            app=self.server._lowlevel_server, stateless=stateless,  # the SDK's own wiring
-            security_settings=security)
+        # The SDK's own wiring; its Starlette app is not used (a mounted sub-app's lifespan
+        # would never run), only the session manager it makes.
+        self.server.streamable_http_app(streamable_http_path=path, stateless_http=stateless,
+                                        transport_security=security)
+        self.session_manager = self.server.session_manager
         self.route = Route(path, endpoint=_Authenticated(
             StreamableHTTPASGIApp(self.session_manager), authenticate))
 
@@ -371,17 +373,13 @@ class McpHttp:
         async with self.session_manager.run():
             yield
 
-    def app(self, *, on_shutdown: Callable[[], Any] | None = None) -> Starlette:
-        """A standalone Starlette app serving only `route` (tests, or mounting elsewhere)."""
+    def app(self) -> Starlette:
+        """A Starlette app serving only `route` (the gateway must outlive it)."""
 
         @asynccontextmanager
         async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-            try:
-                async with self.lifespan():
-                    yield
-            finally:
-                if on_shutdown is not None:
-                    await on_shutdown()
+            async with self.lifespan():
+                yield
         return Starlette(routes=[self.route], lifespan=lifespan)
 
 
