@@ -99,7 +99,7 @@ class GatewayTools:
             identity = self._identity_of(ctx)
             agent_id, project_id = identity.caller()
             kwargs = _call_kwargs(identity, model_group, agent_type, max_tokens, temperature,
-                                  tools)
+                                  tools, front_note=True)
             dicts = _message_dicts(messages)
             if _progress_token(ctx) is None:
                 completion = await cancellable(self.gw.complete(agent_id, project_id, dicts,
@@ -278,7 +278,7 @@ async def cancellable(work: Coroutine[Any, Any, T]) -> T:
 
 def _call_kwargs(identity: Identity, model_group: str | None, agent_type: str | None,
                  max_tokens: int | None, temperature: float | None,
-                 tools: Sequence[ToolSpec] | None) -> dict[str, Any]:
+                 tools: Sequence[ToolSpec] | None, *, front_note: bool = False) -> dict[str, Any]:
     """The gateway's keyword arguments; the key's agent type is the agent's type."""
     if identity.agent_type is not None and agent_type not in (None, identity.agent_type):
         raise InvalidRequest(f"This key's agent type is {identity.agent_type!r}, not "
@@ -286,6 +286,8 @@ def _call_kwargs(identity: Identity, model_group: str | None, agent_type: str | 
                                                       "model_group to pick a group.")
     kwargs: dict[str, Any] = {"agent_type": identity.agent_type or agent_type,
                               "model_group": model_group}
+    if front_note:  # the ledger row says which front the call came through
+        kwargs["metadata"] = {"front": "mcp"}
     if max_tokens is not None:
         kwargs["max_tokens"] = max_tokens
     if temperature is not None:

@@ -4,6 +4,7 @@ loopback port, authenticated by bearer keys, with the official MCP client."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,7 +17,7 @@ from starlette.applications import Starlette
 
 from llmgw.server.mcp import McpHttp
 from llmgw.server.mcp_identity import Identity
-from llmgw.sim import FaultPlan
+from llmgw.sim import FaultPlan, ToolCall
 from tests.mcp.conftest import (
     ASK,
     MODES,
@@ -197,3 +198,22 @@ async def test_progress_over_http(sims, served, migrated_ledger_url, mode):
                                       progress_callback=progress)
     assert not chat.is_error
     assert seen and seen[-1] == len(chat.structured_content["content"])
+
+
+async def test_tool_calls_come_back_structured(sims, served, migrated_ledger_url):
+    openai_sim, _ = sims
+    server, _ = served
+    openai_sim.set_plan(FaultPlan(tool_call=ToolCall(name="get_weather",
+                                                     arguments={"city": "Oslo"})))
+    weather = {"type": "function", "function": {
+        "name": "get_weather", "description": "Weather now.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+    async with http_client(server.url, "key-a") as client:
+        chat = await client.call_tool("chat_completion", {
+            "messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": [weather],
+            "max_tokens": 50})
+    assert not chat.is_error, chat.content
+    (call,) = chat.structured_content["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"city": "Oslo"}
+    assert openai_sim.requests[0].json["tools"] == [weather]

@@ -73,6 +73,7 @@ async def test_every_tool_answers_as_the_env_identity(sims, config_file, migrate
     rows = ledger_rows(migrated_ledger_url)
     assert [(r["request_id"], r["project_id"], r["agent_id"], r["agent_type"], r["status"])
             for r in rows] == [(answer["request_id"], "proj-a", "dev-1", "qa-engineer", "ok")]
+    assert rows[0]["metadata"]["front"] == "mcp"
     assert len(openai_sim.requests) == 1  # estimate and count_tokens call no provider
 
 
