@@ -9,7 +9,21 @@ from __future__ import annotations
 
 import typer
 
-from llmgw.cli import budgets, cache, chat, db, demo, health, keys, local, models, serve, sim, usage
+from llmgw.cli import (
+    budgets,
+    cache,
+    chat,
+    db,
+    demo,
+    health,
+    keys,
+    local,
+    mcp,
+    models,
+    serve,
+    sim,
+    usage,
+)
 
 app = typer.Typer(
     name="llmgw",
@@ -31,6 +45,7 @@ app.add_typer(cache.app, name="cache")
 app.add_typer(local.app, name="local")
 app.add_typer(keys.app, name="keys")
 app.add_typer(serve.app, name="serve")
+app.add_typer(mcp.app, name="mcp")
 
 
 def main() -> None:

@@ -59,6 +59,14 @@ def create_app(config: Config | str | None = None, settings: ServerSettings | No
                *, ledger_url: str | None = None) -> FastAPI:
     """The app. `config`: a Config, a path, or None for LLMGW_CONFIG / ./model_list.yaml."""
     settings = settings or ServerSettings.from_env()
+    from llmgw.server.mcp import McpHttp
+    from llmgw.server.mcp_identity import key_authenticator
+
+    async def mcp_authenticate(secret: str) -> Any:
+        return await app.state.mcp_auth(secret)  # the key store is made in the lifespan
+
+    # Streamable HTTP MCP at /mcp, on the same gateway and keys (issue 22).
+    mcp = McpHttp(lambda: app.state.gateway, mcp_authenticate, allowed_hosts=None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -80,8 +88,10 @@ def create_app(config: Config | str | None = None, settings: ServerSettings | No
         app.state.metrics = metrics
         app.state.inflight = inflight
         app.state.auth = Authenticator(ApiKeyStore(key_engine), cache_s=settings.key_cache_s)
+        app.state.mcp_auth = key_authenticator(key_engine)
         try:
-            yield
+            async with mcp.lifespan():  # MCP calls still in flight are cancelled and settled
+                yield
         finally:
             # uvicorn has stopped accepting and waited (grace period) or cancelled what was
             # left; what those cancellations set in motion settles now, then the gateway goes.
@@ -91,7 +101,6 @@ def create_app(config: Config | str | None = None, settings: ServerSettings | No
             await gateway.aclose()
             key_engine.dispose()
 
-    # No /docs or /redoc: they load their scripts from a CDN; /openapi.json is the schema.
     # No /docs or /redoc: they load their scripts from a CDN; /openapi.json is the schema.
     app = FastAPI(title="llmgw", version=_version(), lifespan=lifespan, docs_url=None,
                   redoc_url=None,
@@ -115,6 +124,7 @@ def create_app(config: Config | str | None = None, settings: ServerSettings | No
     app.include_router(openai_api.router)
     app.include_router(anthropic_api.router)
     app.include_router(ops.router)
+    app.router.routes.append(mcp.route)
     return app
 
 

@@ -49,12 +49,12 @@ def config_file(sims, migrated_ledger_url: str, tmp_path: Path) -> Path:  # noqa
 
 
 def stdio_server(config_file: Path, **env: str) -> Any:
-    """`llmgw mcp` as an MCP client spawns it (`python -m llmgw.cli.mcp` until the lead
-    registers the command), with this tree on PYTHONPATH and only the env given."""
+    """`llmgw mcp` as an MCP client spawns it (`python -m llmgw.cli mcp`), with this tree on
+    PYTHONPATH and only the env given."""
     from mcp.client.stdio import StdioServerParameters
 
     return StdioServerParameters(
-        command=sys.executable, args=["-m", "llmgw.cli.mcp"], cwd=str(REPO),
+        command=sys.executable, args=["-m", "llmgw.cli", "mcp"], cwd=str(REPO),
         env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO),
              "LLMGW_CONFIG": str(config_file), **_OFFLINE_ENV, **env})
 

@@ -50,7 +50,7 @@ async def test_stdio_runs_as_the_api_keys_project_and_agent(sims, config_file, k
 def test_stdio_refuses_a_revoked_key(config_file, keys):
     env = {"PYTHONPATH": str(REPO), "LLMGW_CONFIG": str(config_file),
            "LLMGW_API_KEY": keys["revoked"]}
-    done = subprocess.run([sys.executable, "-m", "llmgw.cli.mcp"], cwd=REPO, env=env,
+    done = subprocess.run([sys.executable, "-m", "llmgw.cli", "mcp"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert done.returncode == 1 and done.stdout == ""
     assert "revoked" in done.stderr and keys["revoked"] not in done.stderr

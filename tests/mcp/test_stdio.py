@@ -179,7 +179,7 @@ async def test_usage_is_the_identity_projects_only(sims, config_file, migrated_l
 
 
 def test_no_identity_fails_before_serving(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "llmgw.cli.mcp"], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "llmgw.cli", "mcp"], cwd=REPO,
                           env={"PYTHONPATH": str(REPO), "LLMGW_CONFIG": str(REPO / "model_list.yaml")},
                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert done.returncode == 1
