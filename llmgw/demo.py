@@ -71,8 +71,8 @@ async def _workload(gw: Any, anthropic: AnthropicSim, openai: OpenAISim, out: Co
             out.print(f"  {project:13} [red]{agent_id:7}[/] {type(exc).__name__}: {exc.message}",
                       highlight=False)
             return
-        hops = " -> ".join(f"{a.deployment} ✗" for a in c.attempts if a.status == "error")
-        via = f"  [yellow](after {hops})[/]" if hops else ""
+        failed = [f"{a.deployment} ✗" for a in c.attempts if a.status == "error"]
+        via = f"  [yellow]({' → '.join([*failed, f'{c.deployment} ✓'])})[/]" if failed else ""
         if c.cached:
             via = f"  [green](cache hit: saved ${c.saved_micros / 1e6:.6f})[/]"
         out.print(f"  {project:13} {agent_id:7} {agent_type:19} {c.requested_group:15} "

@@ -38,6 +38,7 @@ from llmgw.errors import (
     RateLimited,
 )
 from llmgw.redact import Redactor, scrub_exception
+from llmgw.routing import retry_floors, siblings_first
 from llmgw.types import Attempt
 
 litellm = import_litellm()
@@ -202,7 +203,9 @@ class AttemptRecorder(CustomLogger):  # type: ignore[misc]
                            llm_provider="", model=model)
         refusal = await self.guard.refusal(model, healthy_deployments) if self.guard else None
         if refusal is None:
-            return healthy_deployments
+            if trace is None:
+                return healthy_deployments
+            return siblings_first(healthy_deployments, (a.deployment for a in trace.failures))
         if trace is not None:
             trace.failures.append(_refused_attempt(len(trace.failures) + 1, model, refusal))
         raise _NotSent(refusal.reason, llm_provider=refusal.deployment.provider, model=model)
@@ -281,6 +284,8 @@ _previous_router_callbacks: list[object] = []
 CALLBACK_LISTS = ("callbacks", "success_callback", "failure_callback", "_async_success_callback",
                   "_async_failure_callback", "input_callback", "service_callback")
 
+# LiteLLM's Router default when num_retries is unset (openai.DEFAULT_MAX_RETRIES).
+DEFAULT_NUM_RETRIES = 2
 # Retries that would be a silent failover or a pointless repeat; not overridable.
 _FORCED_RETRY_POLICY = {"AuthenticationErrorRetries": 0, "BadRequestErrorRetries": 0}
 
@@ -310,12 +315,17 @@ def build_router(config: Config, redactor: Redactor) -> Any:
     """A `litellm.Router` for the config; the one Router this process routes with."""
     _quiet_litellm_logs()
     settings = config.router_settings.router_kwargs()
-    policy = dict(settings.pop("retry_policy", None) or {})
-    policy.update(_FORCED_RETRY_POLICY)
-    by_group = settings.get("model_group_retry_policy")
-    if isinstance(by_group, Mapping):  # a group's own policy replaces the Router's
-        settings["model_group_retry_policy"] = {
-            group: {**dict(p or {}), **_FORCED_RETRY_POLICY} for group, p in by_group.items()}
+    configured = dict(settings.pop("retry_policy", None) or {})
+    policy = {**configured, **_FORCED_RETRY_POLICY}
+    # A group's own policy replaces the Router's; each group of n retries a deployment-level
+    # error at least n - 1 times, so every sibling is tried before a fallback group.
+    by_group = settings.pop("model_group_retry_policy", None) or {}
+    num_retries = settings.get("num_retries")
+    floors = retry_floors({g: len(d) for g, d in config.groups().items()}, configured, by_group,
+                          DEFAULT_NUM_RETRIES if num_retries is None else num_retries,
+                          _FORCED_RETRY_POLICY)
+    if floors:
+        settings["model_group_retry_policy"] = floors
     if settings.pop("cache_responses", False):
         log.warning("router_settings.cache_responses is ignored: llmgw caches answers itself")
     settings.setdefault("timeout", config.llmgw.request_timeout_s)
