@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -27,6 +27,7 @@ from typing import Any
 from llmgw import providers
 from llmgw._litellm import import_litellm
 from llmgw.config import Config
+from llmgw.constraints import RoutePlan
 from llmgw.credentials import CredentialGuard, Refusal
 from llmgw.errors import (
     AllDeploymentsFailed,
@@ -156,12 +157,18 @@ def provider_message(exc: BaseException, redactor: Redactor, limit: int = 500) -
 
 # -- per-request traces ---------------------------------------------------------------------
 
+def _no_latency(deployment_id: str) -> float | None:
+    return None
+
+
 @dataclass
 class RequestTrace:
     """The failed attempts of one request, in the order LiteLLM made them."""
 
     request_id: str
     failures: list[Attempt] = field(default_factory=list)
+    routing: RoutePlan | None = None  # per-call constraints (llmgw.constraints)
+    latency_ms: Callable[[str], float | None] = _no_latency
 
     @property
     def auth_failed(self) -> bool:
@@ -205,7 +212,10 @@ class AttemptRecorder(CustomLogger):  # type: ignore[misc]
         if refusal is None:
             if trace is None:
                 return healthy_deployments
-            return siblings_first(healthy_deployments, (a.deployment for a in trace.failures))
+            fresh = siblings_first(healthy_deployments, (a.deployment for a in trace.failures))
+            if trace.routing is None:
+                return fresh
+            return trace.routing.order(model, fresh, trace.latency_ms)
         if trace is not None:
             trace.failures.append(_refused_attempt(len(trace.failures) + 1, model, refusal))
         raise _NotSent(refusal.reason, llm_provider=refusal.deployment.provider, model=model)
