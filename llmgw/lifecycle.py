@@ -23,13 +23,23 @@ from llmgw.ledger.store import RequestContext, usage_row
 from llmgw.constraints import RoutePlan
 from llmgw.planner import BudgetPlan
 from llmgw.responses import since_ms
-from llmgw.router import RequestTrace, classify, map_exception, provider_message, status_code_of
+from llmgw.router import (
+    RequestTrace,
+    classify,
+    count_stream_failure,
+    map_exception,
+    provider_message,
+    status_code_of,
+)
 from llmgw.types import Attempt, Completion
 
 if TYPE_CHECKING:
     from llmgw.gateway import LLMGateway
 
 log = logging.getLogger("llmgw.lifecycle")
+
+# A partial stream's end that is not the provider's fault
+_NOT_PROVIDER_FAILURES = (None, "StreamClosed", "Cancelled")
 
 
 class RequestLifecycle:
@@ -180,6 +190,9 @@ class RequestLifecycle:
         self.ended = True
         if self.trace is not None:
             self.close_trace()
+        for a in attempts:  # a provider that broke a stream mid-way failed, for cooldowns too
+            if a.status == "partial" and a.error_class not in _NOT_PROVIDER_FAILURES:
+                count_stream_failure(self.gw.router, a)
         await self._shielded(self._record(attempts, completion, saved_micros, extra))
 
     # -- how it ends -------------------------------------------------------------------------

@@ -359,6 +359,28 @@ def build_router(config: Config, redactor: Redactor) -> Any:
     return router
 
 
+def count_stream_failure(router: Any, attempt: Attempt) -> None:
+    """Count a stream that failed after its first chunk as a failure of its deployment, as
+    LiteLLM counts a failed call: toward `allowed_fails` / `allowed_fails_policy`, and a
+    cooldown when over. LiteLLM's Router does not (its failure callback has run only for
+    calls that failed before streaming). Counted as a server error (InternalServerError)."""
+    if not attempt.deployment:
+        return
+    exc = litellm.InternalServerError(
+        message=f"stream failed mid-way: {attempt.error_message or attempt.error_class}",
+        llm_provider=attempt.provider or "", model=attempt.model or "")
+    now = datetime.now()
+    try:
+        router.deployment_callback_on_failure(
+            kwargs={"exception": exc, "litellm_params": {
+                "model_info": {"id": attempt.deployment},
+                "metadata": {"model_group": attempt.model_group}}},
+            completion_response=None, start_time=now, end_time=now)
+    except Exception:  # counting must never break the request's settlement
+        log.exception("could not count a failed stream against deployment %s",
+                      attempt.deployment)
+
+
 def _check_shared_state(config: Config, redactor: Redactor) -> None:
     """Say once, at start, when the Redis for shared Router state cannot be reached.
 
