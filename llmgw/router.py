@@ -343,8 +343,16 @@ def build_router(config: Config, redactor: Redactor) -> Any:
     providers.register()  # `ruvector/...` deployments need their handler before the Router
     _release_previous_router()
     before = {id(cb) for cb in _snapshot()}
+    model_list = [d.to_litellm() for d in config.model_list]
+    if settings.get("routing_strategy") == "cost-based-routing":
+        # LiteLLM's cost-based strategy reads prices from litellm_params or its public price
+        # map by model name, never from model_info: without this it routes by list prices.
+        for entry in model_list:
+            info = entry["model_info"]
+            entry["litellm_params"].update(input_cost_per_token=info["input_cost_per_token"],
+                                           output_cost_per_token=info["output_cost_per_token"])
     router = litellm.Router(
-        model_list=[d.to_litellm() for d in config.model_list],
+        model_list=model_list,
         retry_policy=policy,
         fallback_access_check=_no_failover_after_auth_failure,
         **settings,
