@@ -20,7 +20,7 @@ class AgentDirectory:
 
     def __init__(self, config: Config) -> None:
         self._groups = set(config.groups())
-        self._type_groups = dict(config.llmgw.agent_types)
+        self._type_groups = config.llmgw.agent_type_groups()
         self._agents = dict(config.llmgw.agents)
         self._default = config.llmgw.default_group
 

@@ -281,13 +281,37 @@ class OtelSettings(BaseModel):
         "put prompts and answers in LiteLLM's spans; off, spans carry sizes, not text"))
 
 
+class AgentTypeRouting(BaseModel):
+    """The mapping form of an `llmgw.agent_types` entry: its group and per-call defaults
+    (`complete(..., max_cost_usd=, prefer=)` override them)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    group: str = Field(min_length=1)
+    max_cost_usd: Decimal | None = Field(default=None, gt=0)
+    prefer: Literal["cheapest", "fastest"] | None = None
+
+    def defaults(self) -> dict[str, Any]:
+        return {"max_cost_usd": self.max_cost_usd, "prefer": self.prefer}
+
+
+class RoutingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    max_queue_wait_s: float = Field(default=10.0, ge=0, description=(
+        "how long a call waits for capacity when every deployment it may use is at its "
+        "rpm/tpm/max_parallel_requests limit, before RateLimited"))
+
+
 class GatewaySettings(BaseModel):
     """Our own section, `llmgw:`. Unknown keys are errors, so typos do not pass silently."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     default_group: str = Field(min_length=1)
-    agent_types: dict[str, str] = Field(default_factory=dict)
+    # agent type -> group, or {group, max_cost_usd, prefer}; read through `agent_type_group`
+    agent_types: dict[str, str | AgentTypeRouting] = Field(default_factory=dict)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
     agents: dict[str, str] = Field(default_factory=dict, description="agent_id -> agent type")
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
@@ -297,6 +321,15 @@ class GatewaySettings(BaseModel):
     request_timeout_s: float = Field(default=600.0, gt=0, le=MAX_TIMEOUT_S)
     gc_freeze: bool = Field(default=True, description=(
         "freeze start-up's objects out of Python's cyclic GC (llmgw.heap): no 250 ms pauses"))
+
+    def agent_type_groups(self) -> dict[str, str]:
+        """Agent type -> its model group, whichever form its entry has."""
+        return {t: v if isinstance(v, str) else v.group for t, v in self.agent_types.items()}
+
+    def agent_type_defaults(self, agent_type: str | None) -> dict[str, Any] | None:
+        """The per-call routing defaults of an agent type (mapping form), or None."""
+        entry = self.agent_types.get(agent_type) if agent_type else None
+        return entry.defaults() if isinstance(entry, AgentTypeRouting) else None
 
 
 class Config(BaseModel):
@@ -357,7 +390,7 @@ class Config(BaseModel):
         if s.default_group not in groups:
             raise ValueError(f"llmgw.default_group {s.default_group!r} is not a model group "
                              f"(known: {known})")
-        for agent_type, group in s.agent_types.items():
+        for agent_type, group in s.agent_type_groups().items():
             if group not in groups:
                 raise ValueError(f"llmgw.agent_types.{agent_type} -> {group!r} is not a model "
                                  f"group (known: {known})")

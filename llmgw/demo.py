@@ -71,8 +71,8 @@ async def _workload(gw: Any, anthropic: AnthropicSim, openai: OpenAISim, out: Co
             out.print(f"  {project:13} [red]{agent_id:7}[/] {type(exc).__name__}: {exc.message}",
                       highlight=False)
             return
-        hops = " -> ".join(f"{a.deployment} ✗" for a in c.attempts if a.status == "error")
-        via = f"  [yellow](after {hops})[/]" if hops else ""
+        failed = [f"{a.deployment} ✗" for a in c.attempts if a.status == "error"]
+        via = f"  [yellow]({' → '.join([*failed, f'{c.deployment} ✓'])})[/]" if failed else ""
         if c.cached:
             via = f"  [green](cache hit: saved ${c.saved_micros / 1e6:.6f})[/]"
         out.print(f"  {project:13} {agent_id:7} {agent_type:19} {c.requested_group:15} "
@@ -82,6 +82,7 @@ async def _workload(gw: Any, anthropic: AnthropicSim, openai: OpenAISim, out: Co
             out.print(f"  [cyan]{c.model} answered:[/] {c.content}", highlight=False,
                       markup=True)
 
+    await _warm_up(gw.config)
     out.print("[bold]1. Normal traffic[/]")
     for agent in AGENTS:
         await ask(*agent)
@@ -111,6 +112,24 @@ async def _workload(gw: Any, anthropic: AnthropicSim, openai: OpenAISim, out: Co
     out.print("[bold]6. A runaway agent asks for 100,000 output tokens on high-reasoning[/]")
     await ask("dev-2", "software-engineer", "search-revamp", "Rewrite the whole codebase.",
               max_tokens=100_000)
+
+
+async def _warm_up(cfg: Config) -> None:
+    """Load LiteLLM's provider code once per simulated provider, outside the Router and the
+    ledger: a cold first call takes about a second, and latency-based routing would hold that
+    against whichever deployment happened to answer first for the rest of the demo."""
+    from llmgw._litellm import import_litellm
+
+    litellm = import_litellm()
+    seen: set[str] = set()
+    for dep in cfg.model_list:
+        params = dep.litellm_params
+        if dep.provider in seen or params.api_key not in (DEMO_OPENAI_KEY, DEMO_ANTHROPIC_KEY):
+            continue
+        seen.add(dep.provider)
+        await litellm.acompletion(model=params.model, api_base=params.api_base,
+                                  api_key=params.api_key, max_tokens=1,
+                                  messages=[{"role": "user", "content": "warm-up"}])
 
 
 def run_demo(config_path: str | None = None, workdir: str = ".cache/demo",

@@ -301,6 +301,9 @@ class DeploymentStats(BaseModel):
     total_errors: int
 
 
+_EWMA_WEIGHT = 0.3  # recent answers count most, one slow answer does not dominate
+
+
 class StatsCollector:
     """Per-deployment counts and latencies of the attempts the gateway makes. Thread-safe."""
 
@@ -311,6 +314,7 @@ class StatsCollector:
         self._lock = threading.Lock()
         self._recent: dict[str, deque[tuple[bool, float | None]]] = {}
         self._totals: dict[str, list[int]] = {}  # id -> [requests, errors]
+        self._ewma: dict[str, float] = {}  # id -> smoothed latency of its answers (prefer=fastest)
 
     def record(self, deployment_id: str, ok: bool, latency_ms: float | None) -> None:
         """One attempt on ``deployment_id``."""
@@ -323,6 +327,14 @@ class StatsCollector:
             totals = self._totals[deployment_id]
             totals[0] += 1
             totals[1] += 0 if ok else 1
+            if ok and latency_ms is not None:
+                last = self._ewma.get(deployment_id)
+                self._ewma[deployment_id] = (latency_ms if last is None
+                                             else last + _EWMA_WEIGHT * (latency_ms - last))
+
+    def latency_ms(self, deployment_id: str) -> float | None:
+        """The smoothed latency of a deployment's recent answers; None before its first."""
+        return self._ewma.get(deployment_id)
 
     def snapshot(self) -> list[DeploymentStats]:
         """Stats per deployment, sorted by id."""
@@ -335,6 +347,7 @@ class StatsCollector:
         with self._lock:
             self._recent.clear()
             self._totals.clear()
+            self._ewma.clear()
 
 
 def _stats(dep_id: str, recent: list[tuple[bool, float | None]],

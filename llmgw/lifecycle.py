@@ -20,15 +20,26 @@ from llmgw.errors import BudgetExceeded, LedgerError, ProviderError
 from llmgw.heap import FIRST_ANSWER, freeze_once
 from llmgw.ledger.budget_store import Hold, RefusedError
 from llmgw.ledger.store import RequestContext, usage_row
+from llmgw.constraints import RoutePlan
 from llmgw.planner import BudgetPlan
 from llmgw.responses import since_ms
-from llmgw.router import RequestTrace, classify, map_exception, provider_message, status_code_of
+from llmgw.router import (
+    RequestTrace,
+    classify,
+    count_stream_failure,
+    map_exception,
+    provider_message,
+    status_code_of,
+)
 from llmgw.types import Attempt, Completion
 
 if TYPE_CHECKING:
     from llmgw.gateway import LLMGateway
 
 log = logging.getLogger("llmgw.lifecycle")
+
+# A partial stream's end that is not the provider's fault
+_NOT_PROVIDER_FAILURES = (None, "StreamClosed", "Cancelled")
 
 
 class RequestLifecycle:
@@ -47,6 +58,7 @@ class RequestLifecycle:
         self.now = now
         self.hold: Hold | None = None
         self.trace: RequestTrace | None = None
+        self.routing: RoutePlan | None = None  # per-call constraints, when the call has any
         self.started = time.perf_counter()
         self.ended = False
         self._reserving: asyncio.Future[Hold] | None = None
@@ -74,8 +86,20 @@ class RequestLifecycle:
         `BudgetExceeded`). A reserve cancelled in flight may still commit: the exit then
         waits for it and releases what it held."""
         self.route = plan.route
+        self.routing = routing = plan.routing
+        if routing is not None and routing.refused:
+            ceiling = routing.constraints.max_cost_micros or 0
+            await self.refuse(
+                Limit("request", "max_cost_usd", "request", ceiling, 1.0), 0, 0, plan.amount,
+                None, note=routing.note(None),
+                hint=(f"No deployment of group {plan.route.model_group!r} or its fallbacks can "
+                      f"serve this call for at most ${ceiling / 1e6:.6f}: the cheapest could "
+                      f"cost ${plan.amount / 1e6:.6f}. Raise max_cost_usd, lower max_tokens "
+                      "or shorten the prompt."))
         if plan.cap is not None and plan.amount > plan.cap.limit_micros:
             await self.refuse(plan.cap, 0, 0, plan.amount, None)
+        if not plan.limits and plan.cap is None:
+            return  # constraints only: nothing to hold
         gw, ctx = self.gw, self.ctx
         self._reserving = asyncio.ensure_future(gw.ledger.transact(
             gw.budget_store.reserve_op(
@@ -92,7 +116,8 @@ class RequestLifecycle:
                               r.period_start)
 
     async def refuse(self, limit: Limit, spent: int, reserved: int, amount: int,
-                     period_start: Any) -> None:
+                     period_start: Any, *, note: dict[str, Any] | None = None,
+                     hint: str | None = None) -> None:
         """A `refused` row, `budget.refused`, then `BudgetExceeded`; no provider is called."""
         self.ended = True
         gw, ctx, route = self.gw, self.ctx, self.route
@@ -102,11 +127,15 @@ class RequestLifecycle:
                                spent_micros=spent, reserved_micros=reserved,
                                limit_micros=limit.limit_micros, requested_micros=amount,
                                resets_at=resets)
+        if hint is not None:
+            error.hint = hint
+            error.args = (f"{error.message} {hint}",)
         refused = Attempt(attempt=1, model_group=route.model_group, status="refused",
                           error_class="BudgetExceeded", error_message=error.message)
         meta = {**self.metadata, "llmgw": {"route": route.reason, "budget": {
             "scope": limit.scope, "scope_id": limit.scope_id, "period": limit.period,
-            "limit_micros": limit.limit_micros, "requested_micros": amount}}}
+            "limit_micros": limit.limit_micros, "requested_micros": amount},
+            **({"routing": note} if note is not None else {})}}
         row = usage_row(ctx, refused, ts=self.now, metadata=meta)
 
         async def write() -> None:
@@ -129,6 +158,9 @@ class RequestLifecycle:
     def open_trace(self) -> None:
         """From here a provider may be billing: failed hops collect in the trace."""
         self.trace = self.gw._recorder.open(self.ctx.request_id)
+        if self.routing is not None:
+            self.trace.routing = self.routing
+            self.trace.latency_ms = self.gw.stats_collector.latency_ms
 
     def close_trace(self) -> RequestTrace:
         self.trace = None
@@ -158,6 +190,9 @@ class RequestLifecycle:
         self.ended = True
         if self.trace is not None:
             self.close_trace()
+        for a in attempts:  # a provider that broke a stream mid-way failed, for cooldowns too
+            if a.status == "partial" and a.error_class not in _NOT_PROVIDER_FAILURES:
+                count_stream_failure(self.gw.router, a)
         await self._shielded(self._record(attempts, completion, saved_micros, extra))
 
     # -- how it ends -------------------------------------------------------------------------
@@ -193,6 +228,9 @@ class RequestLifecycle:
                 gw.stats_collector.record(a.deployment, a.status == "ok", a.latency_ms)
         meta = {**self.metadata, "llmgw": {"requested_group": route.model_group,
                                            "route": route.reason, **(extra or {})}}
+        if self.routing is not None:
+            meta["llmgw"]["routing"] = self.routing.note(
+                completion.deployment if completion is not None else None)
         rows = [usage_row(ctx, a, ts=self.now, metadata=meta, saved_micros=saved_micros)
                 for a in attempts]
         alone = len(gw._started) <= 1

@@ -150,7 +150,22 @@ def _check_tools(name: str, value: Any) -> None:
                           "or non-finite numbers.")
 
 
+def _check_max_cost(name: str, value: Any) -> None:
+    if not _is_number(value) or value <= 0 or value > 1_000_000:
+        refuse(f"max_cost_usd must be a positive number of dollars, got {shown(value)}.",
+               "Pass max_cost_usd as the most this call may cost, e.g. 0.01.")
+
+
+def _check_prefer(name: str, value: Any) -> None:
+    if value not in ("cheapest", "fastest"):
+        refuse(f"prefer must be 'cheapest' or 'fastest', got {shown(value)}.",
+               "Pass prefer='cheapest' or prefer='fastest', or leave it out for the Router's "
+               "routing strategy.")
+
+
 _PARAM_CHECKS: dict[str, Callable[[str, Any], None]] = {
+    "max_cost_usd": _check_max_cost,
+    "prefer": _check_prefer,
     "temperature": _in_range(0, 2, "Pass temperature from 0 (repeatable) to 2 (most varied)."),
     "top_p": _in_range(0, 1, "Pass top_p from 0 to 1 (1 keeps every token)."),
     "presence_penalty": _in_range(-2, 2, "Pass presence_penalty from -2 to 2."),

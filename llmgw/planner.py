@@ -16,6 +16,7 @@ from typing import Any
 from llmgw.agents import Resolution
 from llmgw.budgets import BudgetPolicy, Limit, Rule
 from llmgw.config import Config
+from llmgw.constraints import CallConstraints, RoutePlan, plan_route, take_constraints
 from llmgw.ledger.budget_store import BudgetStore
 from llmgw.ledger.store import LedgerStore, RequestContext
 from llmgw.tokens import PromptTokenCounter
@@ -40,6 +41,7 @@ class BudgetPlan:
     limits: list[Limit]
     keys: list[Any]
     cap: Limit | None
+    routing: RoutePlan | None = None  # per-call constraints (max_cost_usd, prefer)
 
 
 class BudgetPlanner:
@@ -81,21 +83,58 @@ class BudgetPlanner:
                    params: dict[str, Any], now: Any) -> BudgetPlan | None:
         """The limits, counters and worst-case amount of a request; None without budgets.
         Sets max_tokens in `params` when the caller gave none, so the hold bounds the call."""
+        constraints = take_constraints(params, self.config.llmgw.agent_type_defaults(
+            route.agent_type))
         rules = await self.rules()
-        if not rules and not self.policy.configured:
+        limits: list[Limit] = []
+        cap = None
+        if rules or self.policy.configured:
+            limits, cap = self._limits_for(ctx.agent_id, route.agent_type, ctx.project_id, rules)
+        if not limits and cap is None and not constraints.any:
             return None
-        limits, cap = self._limits_for(ctx.agent_id, route.agent_type, ctx.project_id, rules)
-        if not limits and cap is None:
-            return None
-        route = await self._maybe_downgrade(route, limits, now)
+        if limits:
+            route = await self._maybe_downgrade(route, limits, now)
         max_tokens = params.get("max_tokens") or params.get("max_completion_tokens")
         if max_tokens is None:
-            max_tokens = params["max_tokens"] = self.config.llmgw.budgets.default_max_tokens
+            max_tokens = self.config.llmgw.budgets.default_max_tokens
+            if limits or cap is not None or constraints.max_cost_micros is not None:
+                params["max_tokens"] = max_tokens  # so the hold (or the ceiling) bounds the call
+        keys = [self.policy.counter_key(limit, now) for limit in limits]
+        if constraints.any:
+            routing = self.route_plan(route.model_group, request, params, int(max_tokens),
+                                      constraints)
+            if routing.refused:
+                return BudgetPlan(route, routing.cheapest, int(max_tokens), limits, keys, cap,
+                                  routing)
+            first = routing.groups[0]
+            if first != route.model_group:
+                route = Resolution(first, route.agent_type,
+                                   f"{route.reason}; max_cost_usd skips {route.model_group}")
+            params["fallbacks"] = routing.fallbacks()
+            return BudgetPlan(route, routing.amount, int(max_tokens), limits, keys, cap, routing)
         amount = self.worst_case_micros(route.model_group, request.message_dicts,
                                         int(max_tokens), tools=params.get("tools"),
                                         tool_choice=params.get("tool_choice"))
-        keys = [self.policy.counter_key(limit, now) for limit in limits]
         return BudgetPlan(route, amount, int(max_tokens), limits, keys, cap)
+
+    def route_plan(self, model_group: str, request: CompletionRequest, params: dict[str, Any],
+                   max_tokens: int, constraints: CallConstraints) -> RoutePlan:
+        """Which deployments of the group and its fallbacks fit the call's constraints, and in
+        what order (`llmgw.constraints`). Each deployment's worst case is priced like
+        `worst_case_micros`, at its own prices."""
+        prompts: dict[str, int] = {}
+        margin = self.config.llmgw.budgets.prompt_margin
+
+        def worst(group: str, dep: Any) -> int:
+            if group not in prompts:
+                counted = self.prompt_tokens(group, request.message_dicts, params.get("tools"),
+                                             params.get("tool_choice"))
+                prompts[group] = math.ceil(counted * margin)
+            return math.ceil((prompts[group] * dep.input_price
+                              + max_tokens * dep.output_price) * 1_000_000)
+
+        return plan_route(self.config, self.config.fallback_chain(model_group), worst,
+                          constraints)
 
     async def estimate(self, ctx: RequestContext, route: Resolution, request: CompletionRequest,
                        call_params: dict[str, Any], now: Any) -> CostEstimate:
@@ -139,6 +178,8 @@ class BudgetPlanner:
                                             period=limit.period, limit_micros=limit.limit_micros,
                                             spent_micros=spent, reserved_micros=held,
                                             would_exceed=over))
+        if plan is not None and plan.routing is not None and plan.routing.refused:
+            refused = True
         return CostEstimate(model_group=route.model_group, fallback_groups=chain[1:],
                             prompt_tokens=prompt, expected_completion_tokens=expected,
                             max_tokens=max_tokens, worst_case_micros=amount,

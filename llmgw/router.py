@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -27,6 +27,7 @@ from typing import Any
 from llmgw import providers
 from llmgw._litellm import import_litellm
 from llmgw.config import Config
+from llmgw.constraints import RoutePlan
 from llmgw.credentials import CredentialGuard, Refusal
 from llmgw.errors import (
     AllDeploymentsFailed,
@@ -38,6 +39,7 @@ from llmgw.errors import (
     RateLimited,
 )
 from llmgw.redact import Redactor, scrub_exception
+from llmgw.routing import retry_floors, siblings_first
 from llmgw.types import Attempt
 
 litellm = import_litellm()
@@ -155,12 +157,18 @@ def provider_message(exc: BaseException, redactor: Redactor, limit: int = 500) -
 
 # -- per-request traces ---------------------------------------------------------------------
 
+def _no_latency(deployment_id: str) -> float | None:
+    return None
+
+
 @dataclass
 class RequestTrace:
     """The failed attempts of one request, in the order LiteLLM made them."""
 
     request_id: str
     failures: list[Attempt] = field(default_factory=list)
+    routing: RoutePlan | None = None  # per-call constraints (llmgw.constraints)
+    latency_ms: Callable[[str], float | None] = _no_latency
 
     @property
     def auth_failed(self) -> bool:
@@ -202,7 +210,12 @@ class AttemptRecorder(CustomLogger):  # type: ignore[misc]
                            llm_provider="", model=model)
         refusal = await self.guard.refusal(model, healthy_deployments) if self.guard else None
         if refusal is None:
-            return healthy_deployments
+            if trace is None:
+                return healthy_deployments
+            fresh = siblings_first(healthy_deployments, (a.deployment for a in trace.failures))
+            if trace.routing is None:
+                return fresh
+            return trace.routing.order(model, fresh, trace.latency_ms)
         if trace is not None:
             trace.failures.append(_refused_attempt(len(trace.failures) + 1, model, refusal))
         raise _NotSent(refusal.reason, llm_provider=refusal.deployment.provider, model=model)
@@ -281,6 +294,8 @@ _previous_router_callbacks: list[object] = []
 CALLBACK_LISTS = ("callbacks", "success_callback", "failure_callback", "_async_success_callback",
                   "_async_failure_callback", "input_callback", "service_callback")
 
+# LiteLLM's Router default when num_retries is unset (openai.DEFAULT_MAX_RETRIES).
+DEFAULT_NUM_RETRIES = 2
 # Retries that would be a silent failover or a pointless repeat; not overridable.
 _FORCED_RETRY_POLICY = {"AuthenticationErrorRetries": 0, "BadRequestErrorRetries": 0}
 
@@ -310,12 +325,17 @@ def build_router(config: Config, redactor: Redactor) -> Any:
     """A `litellm.Router` for the config; the one Router this process routes with."""
     _quiet_litellm_logs()
     settings = config.router_settings.router_kwargs()
-    policy = dict(settings.pop("retry_policy", None) or {})
-    policy.update(_FORCED_RETRY_POLICY)
-    by_group = settings.get("model_group_retry_policy")
-    if isinstance(by_group, Mapping):  # a group's own policy replaces the Router's
-        settings["model_group_retry_policy"] = {
-            group: {**dict(p or {}), **_FORCED_RETRY_POLICY} for group, p in by_group.items()}
+    configured = dict(settings.pop("retry_policy", None) or {})
+    policy = {**configured, **_FORCED_RETRY_POLICY}
+    # A group's own policy replaces the Router's; each group of n retries a deployment-level
+    # error at least n - 1 times, so every sibling is tried before a fallback group.
+    by_group = settings.pop("model_group_retry_policy", None) or {}
+    num_retries = settings.get("num_retries")
+    floors = retry_floors({g: len(d) for g, d in config.groups().items()}, configured, by_group,
+                          DEFAULT_NUM_RETRIES if num_retries is None else num_retries,
+                          _FORCED_RETRY_POLICY)
+    if floors:
+        settings["model_group_retry_policy"] = floors
     if settings.pop("cache_responses", False):
         log.warning("router_settings.cache_responses is ignored: llmgw caches answers itself")
     settings.setdefault("timeout", config.llmgw.request_timeout_s)
@@ -323,8 +343,16 @@ def build_router(config: Config, redactor: Redactor) -> Any:
     providers.register()  # `ruvector/...` deployments need their handler before the Router
     _release_previous_router()
     before = {id(cb) for cb in _snapshot()}
+    model_list = [d.to_litellm() for d in config.model_list]
+    if settings.get("routing_strategy") == "cost-based-routing":
+        # LiteLLM's cost-based strategy reads prices from litellm_params or its public price
+        # map by model name, never from model_info: without this it routes by list prices.
+        for entry in model_list:
+            info = entry["model_info"]
+            entry["litellm_params"].update(input_cost_per_token=info["input_cost_per_token"],
+                                           output_cost_per_token=info["output_cost_per_token"])
     router = litellm.Router(
-        model_list=[d.to_litellm() for d in config.model_list],
+        model_list=model_list,
         retry_policy=policy,
         fallback_access_check=_no_failover_after_auth_failure,
         **settings,
@@ -337,6 +365,28 @@ def build_router(config: Config, redactor: Redactor) -> Any:
     rec.guard.warn_unset()
     rec.redactor.add(redactor.secrets)
     return router
+
+
+def count_stream_failure(router: Any, attempt: Attempt) -> None:
+    """Count a stream that failed after its first chunk as a failure of its deployment, as
+    LiteLLM counts a failed call: toward `allowed_fails` / `allowed_fails_policy`, and a
+    cooldown when over. LiteLLM's Router does not (its failure callback has run only for
+    calls that failed before streaming). Counted as a server error (InternalServerError)."""
+    if not attempt.deployment:
+        return
+    exc = litellm.InternalServerError(
+        message=f"stream failed mid-way: {attempt.error_message or attempt.error_class}",
+        llm_provider=attempt.provider or "", model=attempt.model or "")
+    now = datetime.now()
+    try:
+        router.deployment_callback_on_failure(
+            kwargs={"exception": exc, "litellm_params": {
+                "model_info": {"id": attempt.deployment},
+                "metadata": {"model_group": attempt.model_group}}},
+            completion_response=None, start_time=now, end_time=now)
+    except Exception:  # counting must never break the request's settlement
+        log.exception("could not count a failed stream against deployment %s",
+                      attempt.deployment)
 
 
 def _check_shared_state(config: Config, redactor: Redactor) -> None:

@@ -91,7 +91,7 @@ def _check_param_names(params: dict[str, Any]) -> None:
         refuse(f"{', '.join(mocks)}: LiteLLM's test hooks answer without the provider, and the "
                "answer would be cached and recorded as a real one.",
                "For canned answers run a simulator (`llmgw sim`) as a deployment.")
-    prices = [k for k in names if any(m in k for m in _PRICE_MARKERS)]
+    prices = [k for k in names if any(m in k for m in _PRICE_MARKERS) and k != "max_cost_usd"]
     if prices:
         refuse(f"{', '.join(prices)}: a per-call price would change what every later request "
                "of the model is charged.", "Prices belong in model_list.yaml (model_info).")

@@ -44,6 +44,14 @@ def test_demo_shows_fallbacks_and_reports_match_the_ledger(tmp_path, capsys):
     assert errors >= 1
     served = [r for r in outage if r.status == "ok"]
     assert len(served) == 5 and all(r.provider != "anthropic" for r in served)
+    # Siblings before worse groups: each agent is answered by its own group's OpenAI
+    # deployment, after at most one failed Anthropic attempt (DESIGN §13).
+    assert sorted(r.deployment_id for r in served) == ["fr-openai-gpt41-mini"] * 2 + [
+        "hr-openai-gpt41"] * 3
+    assert all(r.deployment_id in ("hr-anthropic-sonnet", "fr-anthropic-haiku")
+               for r in outage if r.status == "error")
+    assert len([r for r in outage if r.status == "error"]) <= 5
+    assert "hr-anthropic-sonnet ✗ → hr-openai-gpt41 ✓" in (tmp_path / "log.txt").read_text()
     failed = [r for r in outage if r.status == "error"]
     assert failed and all((r.provider, r.error_class) == ("anthropic", "ProviderUnavailable")
                           for r in failed)
