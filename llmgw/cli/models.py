@@ -34,14 +34,13 @@ def models(
         fail(f"Unknown --format {output!r}.", hint="Use table or json.", code=EXIT_USAGE)
     with errors_as_exit():
         cfg = load_config(config)
-    fallbacks = cfg.router_settings.fallback_map()
-    agent_types = cfg.llmgw.agent_types
+    agent_types = cfg.llmgw.agent_type_groups()
     rows = [{
         "group": d.model_name, "deployment": d.id, "provider": d.provider,
         "model": d.litellm_params.model,
         "input_usd_per_mtok": _per_million(d.input_price),
         "output_usd_per_mtok": _per_million(d.output_price),
-        "fallbacks": fallbacks.get(d.model_name, []),
+        "fallbacks": cfg.fallback_chain(d.model_name)[1:],
         "agent_types": sorted(t for t, g in agent_types.items() if g == d.model_name),
         "default": d.model_name == cfg.llmgw.default_group,
     } for d in cfg.model_list]
