@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 class LLMGatewayError(Exception):
     """Base class of every error llmgw raises."""
 
+    # Set by the gateway once the request has an id (its ledger rows carry the same id).
+    request_id: str | None = None
+
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         self.message = message
         self.hint = hint

@@ -78,6 +78,7 @@ class LLMGateway:
         self._open_streams: set[asyncio.Event] = set()
         self._started: dict[str, float] = {}  # request_id -> perf_counter, until finished
         self._finishing: set[asyncio.Future[Any]] = set()  # lifecycle writes in flight
+        self._idle_waiters: list[asyncio.Future[None]] = []  # drain(): until _started empties
         self.metrics = _make_metrics(self)
         # OpenTelemetry: `llmgw.otel`, or the caller's own provider (llmgw.tracing)
         self.tracing = make_tracing(self.config.llmgw.otel, tracer_provider)
@@ -181,7 +182,7 @@ class LLMGateway:
                     metadata=self._litellm_metadata(life.ctx), **call_params)
             except Exception as exc:
                 raise await life.fail(exc) from None
-            acc = StreamAccumulator()
+            acc = StreamAccumulator(life.ctx.request_id)
             try:
                 async for chunk in response:
                     for event in acc.add(chunk):
@@ -265,13 +266,20 @@ class LLMGateway:
         return await ruvector.handler().feedback_for(request_id, quality)
 
     async def drain(self) -> None:
-        """Wait until every request this gateway started on this loop has been recorded and
-        settled (streams their callers abandoned included)."""
-        while self._open_streams:
-            await next(iter(self._open_streams)).wait()
+        """Wait until every request in flight has ended, and its rows are written and its hold
+        settled (streams their callers abandoned included): for a graceful shutdown."""
         loop = asyncio.get_running_loop()
-        while pending := [t for t in self._finishing if t.get_loop() is loop]:
-            await asyncio.wait(pending)
+        while True:
+            if self._open_streams:
+                await next(iter(self._open_streams)).wait()
+            elif pending := [t for t in self._finishing if t.get_loop() is loop]:
+                await asyncio.wait(pending)
+            elif self._started:
+                idle = loop.create_future()
+                self._idle_waiters.append(idle)
+                await idle
+            else:
+                return
 
     def close(self) -> None:
         if self.metrics is not None:
@@ -367,10 +375,24 @@ class LLMGateway:
             metadata[PARENT_SPAN_KEY] = self.tracing.parent(ctx.request_id)
         return metadata
 
+    def _request_ended(self) -> None:
+        """A lifecycle ended: wake `drain()` once nothing is in flight."""
+        if not self._started and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    with contextlib.suppress(RuntimeError):  # its loop has closed
+                        waiter.get_loop().call_soon_threadsafe(_resolve, waiter)
+
     def _track(self, task: asyncio.Future[Any]) -> None:
         """Keep a lifecycle write until it is done (`drain` waits for it)."""
         self._finishing.add(task)
         task.add_done_callback(_untrack(self._finishing))
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _untrack(tasks: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], None]:

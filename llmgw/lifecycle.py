@@ -127,6 +127,7 @@ class RequestLifecycle:
                                spent_micros=spent, reserved_micros=reserved,
                                limit_micros=limit.limit_micros, requested_micros=amount,
                                resets_at=resets)
+        error.request_id = ctx.request_id
         if hint is not None:
             error.hint = hint
             error.args = (f"{error.message} {hint}",)
@@ -177,6 +178,7 @@ class RequestLifecycle:
                 status_code=status_code_of(exc)))
         error = map_exception(exc, trace=trace, model_group=self.route.model_group,
                               redactor=self.gw.redactor, config=self.gw.config)
+        error.request_id = self.ctx.request_id
         await self.finish(trace.failures)
         return error
 
@@ -244,6 +246,7 @@ class RequestLifecycle:
                     state="settled" if completion else "released"), alone=alone)
         except LedgerError as exc:
             exc.completion = completion  # type: ignore[attr-defined]  # paid for: keep it
+            exc.request_id = ctx.request_id
             self._finished(attempts, completion, saved_micros, error_class, written=False)
             raise
         except BaseException as exc:
@@ -253,6 +256,7 @@ class RequestLifecycle:
                                 hint="Check the ledger database; `llmgw db reconcile` settles "
                                      "what was left open.")
             error.completion = completion  # type: ignore[attr-defined]
+            error.request_id = ctx.request_id
             self._finished(attempts, completion, saved_micros, error_class, written=False)
             raise error from exc
         self._finished(attempts, completion, saved_micros, error_class)
@@ -270,6 +274,7 @@ class RequestLifecycle:
         started = gw._started.pop(ctx.request_id, None)
         if started is None:
             return  # already finished
+        gw._request_ended()
         if gw._freeze_at_first_answer and completion is not None:
             gw._freeze_at_first_answer = False
             freeze_once(FIRST_ANSWER)  # the provider modules LiteLLM imported on first use

@@ -119,18 +119,21 @@ def cached_completion(hit: CachedAnswer, route: Resolution, request_id: str,
 
 def replay(completion: Completion) -> list[StreamEvent]:
     """A cached answer as the events of a stream (whole words where possible)."""
-    events: list[StreamEvent] = [ContentDelta(text=p) for p in _pieces(completion.content or "")]
+    rid = completion.request_id
+    events: list[StreamEvent] = [ContentDelta(text=p, request_id=rid)
+                                 for p in _pieces(completion.content or "")]
     for i, call in enumerate(completion.tool_calls):
         fn = call.get("function") or {}
         events.append(ToolCallDelta(index=i, id=call.get("id"), name=fn.get("name"),
-                                    arguments=fn.get("arguments") or ""))
+                                    arguments=fn.get("arguments") or "", request_id=rid))
     return events
 
 
 class StreamAccumulator:
     """Turns LiteLLM stream chunks into events and remembers what was said."""
 
-    def __init__(self) -> None:
+    def __init__(self, request_id: str | None = None) -> None:
+        self.request_id = request_id
         self.parts: list[str] = []
         self.tool_calls: dict[int, dict[str, Any]] = {}
         self.usage: Usage | None = None
@@ -165,7 +168,7 @@ class StreamAccumulator:
                 continue
             if delta.content:
                 self.parts.append(delta.content)
-                events.append(ContentDelta(text=delta.content))
+                events.append(ContentDelta(text=delta.content, request_id=self.request_id))
             for tc in getattr(delta, "tool_calls", None) or []:
                 index = tc.index if tc.index is not None else len(self.tool_calls)
                 fn = tc.function
@@ -177,7 +180,8 @@ class StreamAccumulator:
                 call["id"] = call["id"] or tc.id
                 call["function"]["name"] = call["function"]["name"] or name
                 call["function"]["arguments"] += args
-                events.append(ToolCallDelta(index=index, id=tc.id, name=name, arguments=args))
+                events.append(ToolCallDelta(index=index, id=tc.id, name=name, arguments=args,
+                                            request_id=self.request_id))
         return events
 
 

@@ -198,6 +198,7 @@ class ContentDelta(BaseModel):
 
     type: Literal["content"] = "content"
     text: str
+    request_id: str | None = None  # the request's id (its ledger rows'), on every event
 
 
 class ToolCallDelta(BaseModel):
@@ -208,6 +209,7 @@ class ToolCallDelta(BaseModel):
     id: str | None = None
     name: str | None = None
     arguments: str = ""
+    request_id: str | None = None
 
 
 class StreamDone(BaseModel):

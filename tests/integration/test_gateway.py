@@ -3,6 +3,8 @@ simulators -> SQL ledger -> report. Ledger assertions run on SQLite and PostgreS
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from llmgw.errors import (
@@ -179,3 +181,31 @@ async def test_health_and_stats_of_a_running_gateway(gateway, sims):
     assert health["primary-anthropic"].status == "up"
     assert health["auth-anthropic"].status == "down"  # wrong key
     assert "SECRET" not in (health["auth-anthropic"].error or "")
+
+
+async def test_drain_waits_for_a_request_in_flight(gateway, sims, migrated_ledger_url):
+    openai_sim, _ = sims
+    openai_sim.set_plan(FaultPlan(faults=[Fault(kind="latency", delay_s=0.5)]))
+    task = asyncio.ensure_future(gateway.complete("dev-1", "proj-a", HELLO, model_group="backup"))
+    await asyncio.to_thread(openai_sim.wait_for_requests, 1, 30)
+    assert ledger_rows(migrated_ledger_url) == []
+    await gateway.drain()  # returns once the request is recorded and settled
+    [row] = ledger_rows(migrated_ledger_url)
+    assert (row["status"], row["request_id"]) == ("ok", (await task).request_id)
+
+
+async def test_errors_and_stream_events_carry_the_request_id(gateway, sims, migrated_ledger_url):
+    from llmgw.errors import ProviderError
+    from llmgw.types import ContentDelta, StreamDone
+
+    openai_sim, anthropic_sim = sims
+    events = [e async for e in gateway.stream("dev-1", "proj-a", HELLO, model_group="backup")]
+    done = events[-1]
+    assert isinstance(done, StreamDone)
+    deltas = [e for e in events if isinstance(e, ContentDelta)]
+    assert deltas and {e.request_id for e in deltas} == {done.completion.request_id}
+    openai_sim.set_plan(FaultPlan.error(503))
+    with pytest.raises(ProviderError) as failed:
+        await gateway.complete("dev-1", "proj-a", HELLO, model_group="solo")
+    rows = ledger_rows(migrated_ledger_url)
+    assert failed.value.request_id == rows[-1]["request_id"] != done.completion.request_id
