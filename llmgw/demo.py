@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 
 from llmgw.config import Config, config_from_dict, load_config
+from llmgw.demo_http import http_step
 from llmgw.errors import LLMGatewayError
 from llmgw.ledger.migrate import upgrade
 from llmgw.local import MODEL_ALIAS, LocalServer, fetch_model
@@ -160,8 +161,15 @@ def run_demo(config_path: str | None = None, workdir: str = ".cache/demo",
             asyncio.run(_workload(gw, anthropic, openai, out))
         finally:
             gw.close()
+        out.print("[bold]7. An agent in another process asks over HTTP (llmgw serve, the "
+                  "openai SDK, a project key)[/]")
+        admin_key = http_step(cfg, ledger_url, out)
     for by in ("agent", "model"):
         out.print()
         usage.report(by=by, project=None, agent=None, since=None, until=None, output="table",
                      ledger_url=ledger_url)
+    out.print()
+    out.print(f"Dashboard: LLMGW_LEDGER_URL={ledger_url} llmgw serve, then open "
+              f"http://127.0.0.1:8000/ui and sign in with the demo's admin key:")
+    out.print(admin_key, highlight=False, markup=False)
     return ledger_url

@@ -26,21 +26,26 @@ def test_demo_shows_fallbacks_and_reports_match_the_ledger(tmp_path, capsys):
             "FROM usage_events")).one()
         agents = {r[0] for r in conn.execute(text("SELECT DISTINCT agent_id FROM usage_events"))}
         outage = conn.execute(text(
-            "SELECT status, provider, error_class, metadata, cost_micros, deployment_id "
-            "FROM usage_events")).all()
+            "SELECT status, provider, error_class, metadata, cost_micros, deployment_id, "
+            "agent_id, project_id FROM usage_events")).all()
     engine.dispose()
-    total = [r for r in outage if json.loads(r.metadata)["demo_phase"] == "total-outage"]
+    every_row = list(outage)
+    total = [r for r in outage if json.loads(r.metadata).get("demo_phase") == "total-outage"]
     served = [r for r in total if r.status == "ok"]
     [only] = served  # the real local model, in cost-optimized or the last-resort group
     assert only.deployment_id in ("co-local-qwen", "local-qwen") and only.cost_micros == 0
     assert "qwen2.5-coder-0.5b-instruct answered:" in (tmp_path / "log.txt").read_text()
-    repeat = [r for r in outage if json.loads(r.metadata)["demo_phase"] == "repeat"]
+    repeat = [r for r in outage if json.loads(r.metadata).get("demo_phase") == "repeat"]
     assert [r.status for r in repeat] == ["cached", "cached"]
-    runaway = [r for r in outage if json.loads(r.metadata)["demo_phase"] == "runaway"]
+    runaway = [r for r in outage if json.loads(r.metadata).get("demo_phase") == "runaway"]
     assert [(r.status, r.error_class) for r in runaway] == [("refused", "BudgetExceeded")]
     assert "BudgetExceeded" in (tmp_path / "log.txt").read_text()
-    outage = [r for r in outage if json.loads(r.metadata)["demo_phase"] == "outage"]
-    assert requests == len(AGENTS) + 5 + 3 + 1 + 2 + 1  # six phases of the script
+    outage = [r for r in outage if json.loads(r.metadata).get("demo_phase") == "outage"]
+    assert requests == len(AGENTS) + 5 + 3 + 1 + 2 + 1 + 1  # seven phases of the script
+    # 7: an agent of another process, over HTTP with its project key and the openai SDK
+    [http] = [r for r in every_row if r.agent_id == "ts-agent-1"]
+    assert (http.status, http.project_id) == ("ok", "checkout")
+    assert "openai SDK -> " in (tmp_path / "log.txt").read_text()
     assert errors >= 1
     served = [r for r in outage if r.status == "ok"]
     assert len(served) == 5 and all(r.provider != "anthropic" for r in served)
@@ -55,8 +60,10 @@ def test_demo_shows_fallbacks_and_reports_match_the_ledger(tmp_path, capsys):
     failed = [r for r in outage if r.status == "error"]
     assert failed and all((r.provider, r.error_class) == ("anthropic", "ProviderUnavailable")
                           for r in failed)
-    assert agents == {a[0] for a in AGENTS}
+    assert agents == {a[0] for a in AGENTS} | {"ts-agent-1"}
     assert "Usage by agent" in printed and "Usage by model" in printed
+    log = (tmp_path / "log.txt").read_text()
+    assert "/ui" in log and log.strip().splitlines()[-1].startswith("llmgw-")  # admin key
     total_line = [ln for ln in printed.splitlines() if ln.strip().startswith("TOTAL")][0]
     assert f"{cost / 1e6:.6f}" in total_line
 
