@@ -29,7 +29,7 @@ from llmgw._litellm import set_offline_env
 set_offline_env()
 
 from llmgw.cache import CachedAnswer, cache_key  # noqa: E402
-from llmgw.cache_backends import MemoryCache, RedisCache  # noqa: E402
+from llmgw.cache.backends import MemoryCache, RedisCache  # noqa: E402
 from llmgw.config import config_from_dict  # noqa: E402
 from llmgw.ledger.migrate import upgrade  # noqa: E402
 from llmgw.types import Usage  # noqa: E402

@@ -13,7 +13,7 @@ from typing import Any
 from llmgw.agents import AgentDirectory
 from llmgw.budgets import BudgetPolicy
 from llmgw.cache import Cache
-from llmgw.cache_lookup import CacheLookup, CacheStep
+from llmgw.cache.lookup import CacheLookup, CacheStep
 from llmgw.config import Config, load_config
 from llmgw.events import EventBus, Handler
 from llmgw.health import DeploymentHealth, DeploymentStats, StatsCollector, probe
@@ -422,12 +422,12 @@ def _make_metrics(gateway: LLMGateway) -> Any:
 
 
 def _make_caches(config: Config) -> tuple[Cache | None, Any]:
-    from llmgw.cache_backends import make_cache
+    from llmgw.cache.backends import make_cache
 
     settings = config.llmgw.cache
     semantic = None
     if settings.semantic is not None and settings.semantic.enabled:
-        from llmgw.semantic import SemanticIndex  # the model itself loads on first use
+        from llmgw.cache.semantic import SemanticIndex  # the model itself loads on first use
 
         semantic = SemanticIndex.from_settings(settings.semantic)
     return make_cache(settings, config.router_settings.router_kwargs().get("redis_url")), semantic

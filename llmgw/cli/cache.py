@@ -22,7 +22,7 @@ Config = Annotated[str | None, typer.Option("--config", help="Config file (defau
 
 def _backend(config: str | None):  # type: ignore[no-untyped-def]
     """The configured cache backend (None when off) and `llmgw.cache.scope`."""
-    from llmgw.cache_backends import make_cache
+    from llmgw.cache.backends import make_cache
     from llmgw.config import load_config
 
     cfg = load_config(config)

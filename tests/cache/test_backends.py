@@ -19,7 +19,7 @@ import redis
 import redis.asyncio as aioredis
 
 from llmgw.cache import Cache, CachedAnswer, cache_key, scope_of
-from llmgw.cache_backends import (
+from llmgw.cache.backends import (
     STATS_KEY,
     CacheUnavailable,
     MemoryCache,

@@ -15,8 +15,8 @@ import redis
 import redis.asyncio as aioredis
 
 from llmgw.cache import KEY_PREFIX, Cache, CachedAnswer, cache_key, scope_of
-from llmgw.cache_backends import STATS_KEY, MemoryCache, RedisCache
-from llmgw.semantic import SemanticIndex
+from llmgw.cache.backends import STATS_KEY, MemoryCache, RedisCache
+from llmgw.cache.semantic import SemanticIndex
 from llmgw.types import Usage
 
 # Each is a prefix of another, a glob pattern, or an escape of one, for raw keys and MATCH.

@@ -16,10 +16,10 @@ import time
 
 import pytest
 
-from llmgw import semantic
+from llmgw.cache import semantic
 from llmgw.config import SemanticSettings
 from llmgw.errors import ConfigError
-from llmgw.semantic import (
+from llmgw.cache.semantic import (
     INSTALL_HINT,
     SemanticIndex,
     default_embedder,

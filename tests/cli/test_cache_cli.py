@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from llmgw.cache import CachedAnswer, cache_key, scope_of
-from llmgw.cache_backends import RedisCache
+from llmgw.cache.backends import RedisCache
 from llmgw.cli import app
 from llmgw.ledger.store import LedgerStore, RequestContext, usage_row
 from llmgw.types import Attempt, Usage

@@ -124,7 +124,7 @@ async def test_fallback_answer_is_kept_under_the_group_that_served_it(sims, tmp_
 
 
 async def test_memory_ttl_expires_with_the_clock(sims, tmp_path):
-    from llmgw.cache_backends import MemoryCache
+    from llmgw.cache.backends import MemoryCache
     from llmgw.ledger.migrate import upgrade
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"

@@ -110,7 +110,7 @@ async def test_an_unreachable_redis_is_one_warning_not_an_outage(
 
 async def test_one_redis_setting_serves_the_router_and_the_answer_cache(
         sims, migrated_ledger_url: str, redis_servers) -> None:
-    from llmgw.cache_backends import RedisCache
+    from llmgw.cache.backends import RedisCache
     from llmgw.config import config_from_dict
     from llmgw.gateway import LLMGateway
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from llmgw.coalesce import Coalesce
+from llmgw.cache.coalesce import Coalesce
 
 
 class Server:

@@ -22,7 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.exceptions import RedisError
 
 from llmgw.cache import KEY_PREFIX, Cache, CachedAnswer, CacheStats, in_scope, scope_prefix
-from llmgw.coalesce import Coalesce
+from llmgw.cache.coalesce import Coalesce
 from llmgw.errors import ConfigError, LLMGatewayError
 
 if TYPE_CHECKING:

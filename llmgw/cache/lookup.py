@@ -51,7 +51,7 @@ class CacheStep:
         hit = await self.cache.get(key)
         if hit is not None or self.semantic is None or params.get("tools"):
             return CacheLookup(key, scope, msgs, params, hit)
-        from llmgw.semantic import params_fingerprint, semantic_text
+        from llmgw.cache.semantic import params_fingerprint, semantic_text
 
         text = semantic_text(msgs)
         if text is None:  # the last turn is not plain user text: exact matches only
