@@ -16,7 +16,10 @@ from rich.console import Console
 from llmgw.config import Config, config_from_dict, load_config
 from llmgw.demo_http import http_step
 from llmgw.errors import LLMGatewayError
+from llmgw.ledger.engine import make_engine
 from llmgw.ledger.migrate import upgrade
+from llmgw.ledger.report import usage_report, usage_totals
+from llmgw.ledger.report_output import print_table
 from llmgw.local import MODEL_ALIAS, LocalServer, fetch_model
 from llmgw.sim import AnthropicSim, FaultPlan, OpenAISim
 
@@ -136,7 +139,6 @@ async def _warm_up(cfg: Config) -> None:
 def run_demo(config_path: str | None = None, workdir: str = ".cache/demo",
              console: Console | None = None) -> str:
     """Run the demo on a fresh ledger under `workdir`; returns that ledger's URL."""
-    from llmgw.cli import usage  # the same report code `llmgw usage report` runs
     from llmgw.gateway import LLMGateway
 
     out = console or Console(soft_wrap=True)
@@ -164,10 +166,13 @@ def run_demo(config_path: str | None = None, workdir: str = ".cache/demo",
         out.print("[bold]7. An agent in another process asks over HTTP (llmgw serve, the "
                   "openai SDK, a project key)[/]")
         admin_key = http_step(cfg, ledger_url, out)
-    for by in ("agent", "model"):
-        out.print()
-        usage.report(by=by, project=None, agent=None, since=None, until=None, output="table",
-                     ledger_url=ledger_url)
+    engine = make_engine(ledger_url)
+    try:  # the same report and table `llmgw usage report` prints
+        for by in ("agent", "model"):
+            out.print()
+            print_table(out, usage_report(engine, by=by), usage_totals(engine), by=by)
+    finally:
+        engine.dispose()
     out.print()
     out.print(f"Dashboard: LLMGW_LEDGER_URL={ledger_url} llmgw serve, then open "
               f"http://127.0.0.1:8000/ui and sign in with the demo's admin key:")

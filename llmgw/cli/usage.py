@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-from datetime import datetime
 from typing import Annotated, Any
 
 import typer
-from rich import box
-from rich.console import Console
-from rich.table import Table
 
 from llmgw.cli._common import EXIT_USAGE, LEDGER_URL_HELP, console, errors_as_exit, fail
 from llmgw.ledger.engine import make_engine, resolve_ledger_url
 from llmgw.ledger.migrate import ensure_current
-from llmgw.ledger.report import GROUP_BY_VALUES, ReportRow, usage_report, usage_totals
+from llmgw.ledger.report import GROUP_BY_VALUES, usage_report, usage_totals
+from llmgw.ledger.report_output import print_table, row_dict, rows_csv
 from llmgw.ledger.timespec import FORMS, parse_time
 
 app = typer.Typer(help="Usage and cost reports from the ledger.", no_args_is_help=True)
 
 FORMATS = ("table", "json", "csv")
-# Column order of json/csv output; table columns follow the same order.
-FIELDS = ("key", "requests", "attempts", "errors", "cached", "refused", "prompt_tokens",
-          "completion_tokens", "cost_micros", "cost_usd", "saved_micros", "saved_usd")
 
 
 def _choices(values: tuple[str, ...]) -> Any:
@@ -71,55 +63,5 @@ def report(
         typer.echo(rows_csv(rows), nl=False)
     else:
         assert total is not None
-        _print_table(rows, total, by=by, start=start, end=end, project=project, agent=agent)
-
-
-def row_dict(row: ReportRow) -> dict[str, Any]:
-    """A row for scripts: integers as integers, dollars as exact 6-decimal strings."""
-    data = row.model_dump()
-    data["cost_usd"] = format(row.cost_usd, "f")
-    data["saved_usd"] = format(row.saved_usd, "f")
-    return {name: data[name] for name in FIELDS}
-
-
-def rows_csv(rows: list[ReportRow]) -> str:
-    """CSV text with a header line."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(row_dict(r) for r in rows)
-    return buffer.getvalue()
-
-
-def _print_table(rows: list[ReportRow], total: ReportRow, *, by: str, start: datetime | None,
-                 end: datetime | None, project: str | None, agent: str | None) -> None:
-    scope = [f"project {project}" if project else "", f"agent {agent}" if agent else "",
-             f"since {start:%Y-%m-%d %H:%M}" if start else "",
-             f"until {end:%Y-%m-%d %H:%M}" if end else ""]
-    title = " ".join(["Usage by", by] + [s for s in scope if s]) + (" (UTC)" if start or end else "")
-    if not rows:
-        console.print(f"{title}: no usage recorded.", highlight=False)
-        return
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
-                  collapse_padding=True)
-    table.add_column(by, overflow="fold", min_width=10)
-    for header in ("requests", "attempts", "errors", "cached", "refused", "prompt\ntokens",
-                   "compl.\ntokens", "cost\nUSD", "saved\nUSD"):
-        # Numbers never wrap or shrink: a truncated amount would be a wrong amount.
-        table.add_column(header, justify="right", no_wrap=True)
-    for i, row in enumerate(rows):
-        table.add_row(*_cells(row), end_section=i == len(rows) - 1)
-    table.add_row(*_cells(total), style="bold")
-    # Rich shrinks columns to fit the terminal; rather let a narrow terminal wrap the lines.
-    needed = console.measure(table, options=console.options.update_width(10_000)).minimum
-    if needed <= console.width:
-        console.print(table)
-    else:
-        Console(file=console.file, width=needed).print(table)
-
-
-def _cells(row: ReportRow) -> list[str]:
-    counts = (row.requests, row.attempts, row.errors, row.cached, row.refused,
-              row.prompt_tokens, row.completion_tokens)
-    return [row.key, *(f"{n:,}" for n in counts), format(row.cost_usd, "f"),
-            format(row.saved_usd, "f")]
+        print_table(console, rows, total, by=by, start=start, end=end, project=project,
+                    agent=agent)
