@@ -266,10 +266,7 @@ def test_postgres_engine_pool(postgres_url: str) -> None:
         engine.dispose()
 
 
-def test_an_idle_connection_the_server_dropped_is_replaced(postgres_url: str,
-                                                           monkeypatch) -> None:
-    import llmgw.ledger.engine as engine_module
-
+def test_an_idle_connection_the_server_dropped_is_replaced(postgres_url: str) -> None:
     engine = make_engine(postgres_url, pool_size=1, max_overflow=0)
     killer = make_engine(postgres_url)
     try:
@@ -277,7 +274,6 @@ def test_an_idle_connection_the_server_dropped_is_replaced(postgres_url: str,
             pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
         with killer.connect() as conn:  # the server (or a proxy) drops the idle connection
             assert conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid})").scalar()
-        monkeypatch.setattr(engine_module, "IDLE_PING_AFTER_S", 0.0)
         with engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid
     finally:
