@@ -206,7 +206,8 @@ class BudgetStore:
         thresholds = [int(limit.limit_micros * limit.warn_ratio) for _, limit in hold.counters]
 
         def crossed(row: Any) -> SettleResult:
-            return SettleResult([Crossing(*hold.counters[i - 1], s) for i, s in zip(*row)])
+            pairs = [hold.counters[i - 1] for i in row[0]]
+            return SettleResult([Crossing(k, limit, s) for (k, limit), s in zip(pairs, row[1])])
 
         if self._dialect == "postgresql":  # llmgw_settle_many (0006, 0008)
             item = {"request_id": hold.request_id, "state": state, "spent": spent,

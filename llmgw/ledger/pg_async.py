@@ -39,8 +39,7 @@ class AsyncPostgres:
                  acquire_timeout: float = 30.0, max_lifetime: float = 1800.0) -> None:
         self._conninfo = engine.url.set(drivername="postgresql").render_as_string(
             hide_password=False)
-        self._options = dict(max_size=max_connections, timeout=acquire_timeout,
-                             max_lifetime=max_lifetime)
+        self._max, self._timeout, self._lifetime = max_connections, acquire_timeout, max_lifetime
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: AsyncConnectionPool[Any] | None = None
         self._opened: asyncio.Task[None] | None = None
@@ -129,9 +128,9 @@ class AsyncPostgres:
             self.forget()
             self._loop, self._calls, self._passing = loop, {}, {}
             self._pool = AsyncConnectionPool(
-                self._conninfo, min_size=0, open=False, configure=self._fresh,
-                check=self._check_idle,
-                kwargs={"autocommit": True, "connect_timeout": 10}, **self._options)
+                self._conninfo, min_size=0, max_size=self._max, timeout=self._timeout,
+                max_lifetime=self._lifetime, open=False, configure=self._fresh,
+                check=self._check_idle, kwargs={"autocommit": True, "connect_timeout": 10})
             self._opened = loop.create_task(self._pool.open())
         return loop
 
