@@ -22,10 +22,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy import Engine
 
 from llmgw.coalesce import Coalesce
+from llmgw.errors import LedgerError
 from llmgw.ledger.fallbacks import fell_back
 from llmgw.ledger.ops import Call, json_text
 
@@ -36,7 +37,7 @@ class AsyncPostgres:
     """The process's async PostgreSQL pool (at most `max_connections`) and its merged calls."""
 
     def __init__(self, engine: Engine, max_connections: int = 15, *,
-                 acquire_timeout: float = 30.0, max_lifetime: float = 1800.0) -> None:
+                 acquire_timeout: float = 10.0, max_lifetime: float = 1800.0) -> None:
         self._conninfo = engine.url.set(drivername="postgresql").render_as_string(
             hide_password=False)
         self._max, self._timeout, self._lifetime = max_connections, acquire_timeout, max_lifetime
@@ -88,16 +89,22 @@ class AsyncPostgres:
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
         """A pooled connection in autocommit (`conn.transaction()` for more than a statement);
-        `PoolTimeout` if none is free within the acquire timeout."""
+        `LedgerError` if none is free within the acquire timeout."""
         self._bind()
         assert self._pool is not None and self._opened is not None
         if not self._opened.done():
             await asyncio.shield(self._opened)
-        async with self._pool.connection() as conn:
-            try:
-                yield conn
-            finally:
-                self._used[conn] = time.monotonic()
+        try:
+            async with self._pool.connection() as conn:
+                try:
+                    yield conn
+                finally:
+                    self._used[conn] = time.monotonic()
+        except PoolTimeout as exc:
+            raise LedgerError(
+                f"No ledger connection was free within {self._timeout:g} s ({exc}).",
+                hint="Check that the PostgreSQL server is reachable and not overloaded; "
+                     "`max_connections` of the ledger bounds the connections in use.") from exc
 
     async def send(self, calls: list[Call]) -> list[Any]:
         """One statement for `calls`; if it fails (it changed nothing), each call alone, in

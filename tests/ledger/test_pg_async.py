@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from psycopg_pool import PoolTimeout
 from sqlalchemy import text
 
 import llmgw.ledger.pg_async as pg_async
+from llmgw.errors import LedgerError
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.pg_async import AsyncPostgres
 
@@ -67,8 +67,9 @@ async def test_a_caller_gets_no_connection_after_the_acquire_timeout(engine, mak
 
     holder = asyncio.ensure_future(hold_the_only_connection())
     await asyncio.sleep(0)
-    with pytest.raises(PoolTimeout):
+    with pytest.raises(LedgerError, match="No ledger connection was free within 0.2 s") as info:
         await insert(pool, 1)
+    assert "PostgreSQL server is reachable" in (info.value.hint or "")
     release.set()
     await holder
     await insert(pool, 2)  # the connection is back
