@@ -1,11 +1,11 @@
 """PostgreSQL ledger calls on the event loop: psycopg's async driver, `psycopg_pool`'s pool.
 
-Awaited on the loop, a budget call costs about half the CPU it costs through worker threads
-(a GIL hand-over and a thread wake-up per statement). Each call is a batch function
-(`ops.Call`), sent through `Coalesce`: a lone call goes at once, and the calls made while a
-statement's round trip is out go together in the next, so a busy gateway pays one round
-trip and one commit for many requests. A batch that fails runs each call alone, so a bad
-call fails only itself (`fallbacks`).
+Awaited on the loop, a budget call costs less CPU than through worker threads (no GIL
+hand-over, no thread wake-up per statement). Each call is one element of a batch function
+(`ops.Call`): the calls of one loop pass go as one statement, and `Coalesce` keeps at most
+one round trip out per statement (the passes made meanwhile go together, next), so a busy
+gateway pays one round trip and one commit for many requests. A batch that fails runs each
+call alone, so a bad call fails only itself (`fallbacks`).
 
 The pool gives an acquire timeout, a connection lifetime, reconnect backoff and a check of
 connections that sat idle. A pool belongs to one event loop: a gateway used from a new loop
