@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DisconnectionError
+from sqlalchemy.exc import ArgumentError
 
 from llmgw.errors import ConfigError, LedgerError
 
 DEFAULT_LEDGER_URL = "sqlite:///llmgw.db"
 ENV_LEDGER_URL = "LLMGW_LEDGER_URL"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-IDLE_PING_AFTER_S = 5.0
 URL_HINT = "Use sqlite:///path/to/llmgw.db or postgresql+psycopg://user:password@host:5432/db."
 
 
@@ -60,43 +58,19 @@ def make_engine(url: str | URL, *, pool_size: int = 5, max_overflow: int = 10,
     parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, echo=echo)
-    engine = create_engine(
+    return create_engine(
         parsed,
         echo=echo,
         pool_size=pool_size,
         max_overflow=max_overflow,
         # Servers and proxies drop idle connections; recycle before they do.
         pool_recycle=1800,
+        # A connection the server or a proxy dropped is replaced at checkout. The request
+        # path's calls use `pg_async`'s pool; this one serves the CLI and reads in threads.
+        pool_pre_ping=True,
         # Fail fast on an unreachable server instead of the OS default of minutes.
         connect_args={"connect_timeout": 10},
     )
-    _ping_idle_connections(engine)
-    return engine
-
-
-def _ping_idle_connections(engine: Engine) -> None:
-    """`pool_pre_ping`, but only for a connection that sat idle: under load the pool's
-    connections are busy and alive, and a ping per checkout was two extra round trips per
-    request. A failed ping makes the pool replace the connection (SQLAlchemy's recipe)."""
-
-    @event.listens_for(engine, "checkin")
-    def _checked_in(_dbapi_conn, record) -> None:  # type: ignore[no-untyped-def]
-        record.info["llmgw_idle_since"] = time.monotonic()
-
-    @event.listens_for(engine, "checkout")
-    def _checked_out(dbapi_conn, record, _proxy) -> None:  # type: ignore[no-untyped-def]
-        since = record.info.get("llmgw_idle_since")
-        if since is None or time.monotonic() - since < IDLE_PING_AFTER_S:
-            return
-        try:
-            cur = dbapi_conn.cursor()
-            try:
-                cur.execute("SELECT 1")
-            finally:
-                cur.close()
-            dbapi_conn.rollback()
-        except Exception as exc:
-            raise DisconnectionError(f"idle ledger connection is gone: {exc}") from exc
 
 
 def _sqlite_engine(url: URL, *, echo: bool) -> Engine:

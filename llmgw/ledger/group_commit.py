@@ -2,9 +2,8 @@
 
 SQLite has one writer, and a commit costs more than a request's statements, so both
 committers run the operations queued meanwhile in one transaction, each in a savepoint (a
-failing or refused one undoes only itself), and commit once. Operations that end in a
-`steps.Merge` (reserve, settle) run together instead, a few statements for all of them. A
-caller hears its result only after its batch has committed.
+failing or refused one undoes only itself), and commit once. A caller hears its result only
+after its batch has committed.
 
 - `LoopCommit` runs a batch on the event loop, at the end of the loop pass that queued it:
   no thread hop, no waiting for the lock (it is taken with `busy_timeout=0`).
@@ -17,101 +16,31 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
-from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 
-from llmgw.ledger.steps import Merge, Steps, run_steps
+from llmgw.ledger.ops import driver_transaction
 
 T = TypeVar("T")
 Operation = Callable[[Any], Any]  # runs its statements on a DBAPI cursor, returns a result
 
 
-class Merging:
-    """An operation whose first step is a `Merge`: alone, a cursor callable like any other;
-    in a batch, run by one `many` call with the batch's other items of the same `many`."""
-
-    __slots__ = ("merge", "steps")
-
-    def __init__(self, merge: Merge, steps: Steps[Any]) -> None:
-        self.merge = merge
-        self.steps = steps
-
-    def __call__(self, cur: Any) -> Any:
-        return run_steps(cur, self.steps, first=self.merge)
-
-    def finish(self, result: Any) -> Any:
-        """The operation's result, given its item's result."""
-        if isinstance(result, Exception):
-            self.steps.close()
-            raise result
-        try:
-            self.steps.send(result)
-        except StopIteration as done:
-            return done.value
-        self.steps.close()
-        raise RuntimeError("a Merge must be its operation's last step")
-
-
-@contextmanager
-def driver_transaction(engine: Engine) -> Iterator[Any]:
-    """A DBAPI cursor in one transaction: committed if the block succeeds, else rolled back."""
-    conn = engine.raw_connection()
-    try:
-        yield conn.cursor()
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
-    finally:
-        conn.close()
-
-
 def run_batch(cur: Any, batch: list[Operation]) -> list[tuple[Any, Exception | None]]:
-    """Each operation in a savepoint of the cursor's open transaction, the `Merging` ones of
-    one `many` together, where the first of them stands: (result, error) each."""
-    outcomes: list[tuple[Any, Exception | None]] = [(None, None)] * len(batch)
-    groups: dict[Any, list[int]] = {}
-    for i, op in enumerate(batch):
-        if isinstance(op, Merging):
-            groups.setdefault(op.merge.many, []).append(i)
-    for i, op in enumerate(batch):
-        if isinstance(op, Merging):
-            group = groups.pop(op.merge.many, None)
-            if group is not None:  # else it ran with the first of its group
-                _run_merged(cur, [batch[j] for j in group], group, outcomes)  # type: ignore[misc]
-            continue
+    """Each operation in a savepoint of the cursor's open transaction: (result, error) each;
+    a failing one undoes only itself."""
+    outcomes: list[tuple[Any, Exception | None]] = []
+    for op in batch:
         cur.execute("SAVEPOINT op")
         try:
-            outcomes[i] = (op(cur), None)
+            outcomes.append((op(cur), None))
         except Exception as exc:
             cur.execute("ROLLBACK TO op")
-            outcomes[i] = (None, exc)
+            outcomes.append((None, exc))
         cur.execute("RELEASE op")
     return outcomes
-
-
-def _run_merged(cur: Any, ops: list[Merging], where: list[int],
-                outcomes: list[tuple[Any, Exception | None]]) -> None:
-    cur.execute("SAVEPOINT op")
-    try:
-        results = ops[0].merge.many(cur, [op.merge.item for op in ops])
-    except Exception as exc:  # `many` itself failed: none of its items stands
-        cur.execute("ROLLBACK TO op")
-        cur.execute("RELEASE op")
-        for op, i in zip(ops, where):
-            op.steps.close()
-            outcomes[i] = (None, exc)
-        return
-    cur.execute("RELEASE op")
-    for op, i, result in zip(ops, where, results):
-        try:
-            outcomes[i] = (op.finish(result), None)
-        except Exception as exc:
-            outcomes[i] = (None, exc)
 
 
 class GroupCommit:

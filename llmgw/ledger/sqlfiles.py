@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from importlib.resources import files
+from typing import Any
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 
@@ -29,3 +30,18 @@ def load(name: str, version: int) -> str:
         raise FileNotFoundError(f"llmgw/ledger/sql/{path_name(name, version)} is missing: "
                                 "reinstall llmgw, or add the file next to its other versions")
     return resource.read_text(encoding="utf-8")
+
+
+def install(bind: Any, *versions: tuple[str, int]) -> None:
+    """Run each `(name, version)` file on a migration's connection; SQLite has no functions.
+    `exec_driver_sql`: the text goes to the server as written (no bind parsing)."""
+    if bind.dialect.name == "postgresql":
+        for name, version in versions:
+            bind.exec_driver_sql(load(name, version))
+
+
+def drop(bind: Any, *names: str) -> None:
+    """Drop functions by name (each name is one function: no argument list needed)."""
+    if bind.dialect.name == "postgresql":
+        for name in names:
+            bind.exec_driver_sql(f"DROP FUNCTION {name}")

@@ -16,11 +16,11 @@ from sqlalchemy.types import TypeEngine
 
 from llmgw.errors import LedgerError
 from llmgw.ledger.engine import make_engine, sqlite_path
-from llmgw.ledger.group_commit import GroupCommit, LoopCommit, Merging, driver_transaction
+from llmgw.ledger.group_commit import GroupCommit, LoopCommit
 from llmgw.ledger.models import USAGE_COLUMNS, UsageEvent
-from llmgw.ledger.timespec import utcnow  # noqa: F401  (the ledger's clock, re-exported)
+from llmgw.ledger.ops import Call, Op, run_sync
 from llmgw.ledger.pg_async import AsyncPostgres
-from llmgw.ledger.steps import COMMIT, Call, Merge, Op, Steps, json_text, run_steps
+from llmgw.ledger.timespec import utcnow  # noqa: F401  (the ledger's clock, re-exported)
 from llmgw.types import Attempt
 
 T = TypeVar("T")
@@ -131,8 +131,7 @@ class LedgerStore:
         self.local = self.engine.dialect.name == "sqlite"
         self._usage = UsageInsert(self.engine)
         self._executor = ThreadPoolExecutor(thread_name_prefix="llmgw-ledger")
-        # PostgreSQL: transactions on the event loop (psycopg async), no thread hop per
-        # statement: half the CPU of the same SQL through worker threads.
+        # PostgreSQL: calls on the event loop (psycopg async), no thread hop per statement.
         self._pg = (AsyncPostgres(self.engine, max_connections)
                     if self.engine.dialect.name == "postgresql" else None)
         # SQLite file: batches on the loop, the thread where the lock must be waited for.
@@ -149,42 +148,32 @@ class LedgerStore:
         return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
 
     async def transact(self, op: Op[T], *, alone: bool = False) -> T:
-        """Run `op`'s SQL steps in a transaction of its own, or of its batch, committed
-        before this returns. PostgreSQL: psycopg's async driver on the event loop, the budget
-        calls of a loop pass as one statement. SQLite file: `LoopCommit` (one commit for the
-        requests of a loop pass, their reserves and their settles merged). Either way right
-        away when the caller is `alone`, the only request in flight."""
+        """Run `op` in a transaction of its own, or of its batch, committed before this
+        returns. PostgreSQL: its call on the event loop, with the calls of other requests
+        made while the last one was out (`pg_async`). SQLite file: `LoopCommit`, one commit
+        for the requests of a loop pass, or right away when the caller is `alone` (the only
+        request in flight)."""
         if self._pg is not None:
-            return await self._pg.transact(op, alone=alone)
+            if op.call is None or op.then is None:  # not a call: a worker thread
+                return await self.run(run_sync, self.engine, op)
+            return op.then(await self._pg.call(op.call, alone=alone))
         if self._loop_commit is None:  # in-memory SQLite
-            return self.transact_sync(op)
-        steps = op()
-        try:
-            first = next(steps)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        work = (Merging(first, steps) if isinstance(first, Merge) else
-                lambda cur: run_steps(cur, steps, first=first))
-        return await self._loop_commit.submit(work, alone=alone)
+            return run_sync(self.engine, op)
+        return await self._loop_commit.submit(op.run, alone=alone)
 
     def transact_sync(self, op: Op[T]) -> T:
-        with driver_transaction(self.engine) as cur:
-            return run_steps(cur, op())
+        return run_sync(self.engine, op)
 
     def write_op(self, rows: list[dict[str, Any]]) -> Op[None]:
-        """The insert of one request's rows, as SQL steps. PostgreSQL: a `Call`, so the writes
-        queued in one loop pass go as one statement (else one round trip each)."""
+        """The insert of one request's rows. PostgreSQL: a `Call`, so the writes made while
+        the last one was out go as one statement."""
         if self._pg is not None:
-            item = {"rows": rows}
+            return Op.of_call(Call(_PG_INSERT_ROWS, {"rows": rows}, "insert_rows"),
+                              lambda _row: None)
 
-            def pg_steps() -> Steps[None]:
-                yield [Call(_PG_INSERT_ROWS, lambda: (json_text([item]),),
-                            _PG_INSERT_ROWS, item, "insert_rows"), COMMIT]
-            return pg_steps
-
-        def steps() -> Steps[None]:
-            yield [(self._usage.sql, self._usage.params(rows), True), COMMIT]
-        return steps
+        def run(cur: Any) -> None:
+            cur.executemany(self._usage.sql, self._usage.params(rows))
+        return Op(run)
 
     def write_sync(self, rows: list[dict[str, Any]]) -> None:
         """Insert all rows of one request in one transaction."""

@@ -57,8 +57,8 @@ LEDGER_TABLES = {"usage_events", "budgets", "budget_counters", "reservations", "
                  "usage_split_requests", "api_keys"}
 
 
-def test_head_is_0009_and_folder_found() -> None:
-    assert head() == "0009"
+def test_head_is_0010_and_folder_found() -> None:
+    assert head() == "0010"
     assert (migrations_dir() / "versions" / "0001_usage_events.py").is_file()
     assert (migrations_dir() / "versions" / "0002_budgets.py").is_file()
     assert (migrations_dir() / "versions" / "0003_usage_rollup.py").is_file()
@@ -70,7 +70,7 @@ def test_head_is_0009_and_folder_found() -> None:
 def test_upgrade_downgrade_upgrade(ledger_url: str) -> None:
     assert current(ledger_url) is None
     upgrade(ledger_url)
-    assert current(ledger_url) == "0009"
+    assert current(ledger_url) == "0010"
     schema = _schema(ledger_url)
     assert LEDGER_TABLES | {"alembic_version"} <= schema["tables"]  # type: ignore[operator]
     model_columns = {c.name: c.nullable for c in UsageEvent.__table__.columns}
@@ -87,7 +87,7 @@ def test_upgrade_downgrade_upgrade(ledger_url: str) -> None:
     assert not LEDGER_TABLES & _schema(ledger_url)["tables"]  # type: ignore[operator]
 
     upgrade(ledger_url)
-    assert current(ledger_url) == "0009"
+    assert current(ledger_url) == "0010"
     assert _schema(ledger_url)["indexes"] == INDEXES
 
 
@@ -266,10 +266,7 @@ def test_postgres_engine_pool(postgres_url: str) -> None:
         engine.dispose()
 
 
-def test_an_idle_connection_the_server_dropped_is_replaced(postgres_url: str,
-                                                           monkeypatch) -> None:
-    import llmgw.ledger.engine as engine_module
-
+def test_an_idle_connection_the_server_dropped_is_replaced(postgres_url: str) -> None:
     engine = make_engine(postgres_url, pool_size=1, max_overflow=0)
     killer = make_engine(postgres_url)
     try:
@@ -277,7 +274,6 @@ def test_an_idle_connection_the_server_dropped_is_replaced(postgres_url: str,
             pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
         with killer.connect() as conn:  # the server (or a proxy) drops the idle connection
             assert conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid})").scalar()
-        monkeypatch.setattr(engine_module, "IDLE_PING_AFTER_S", 0.0)
         with engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid
     finally:
@@ -349,6 +345,39 @@ def test_the_rollup_functions_two_plans_run_the_same_statements() -> None:
         return sql.split()
 
     assert [words(sql) for _, sql in dynamic] == [words(sql) for sql in static]
+
+
+def _latest_files() -> dict[str, int]:
+    """Each function of llmgw/ledger/sql and its latest version."""
+    from importlib.resources import files
+
+    latest: dict[str, int] = {}
+    for entry in files("llmgw.ledger").joinpath("sql").iterdir():
+        name, version, ext = entry.name.rsplit(".", 2)
+        assert ext == "sql" and version.startswith("v"), entry.name
+        latest[name] = max(latest.get(name, 0), int(version[1:]))
+    return latest
+
+
+@pytest.mark.parametrize("ledger_url", ["postgresql"], indirect=True)
+def test_each_functions_latest_file_is_the_one_installed_after_upgrade(ledger_url: str) -> None:
+    from llmgw.ledger.sqlfiles import load
+
+    latest = _latest_files()
+    assert {"llmgw_reserve", "llmgw_settle", "llmgw_reserve_many", "llmgw_settle_many",
+            "llmgw_take_back", "llmgw_drop_reconciled", "llmgw_lock_batch_counters",
+            "llmgw_make_batch_counters", "usage_events_rollup"} <= latest.keys()
+    upgrade(ledger_url)
+    engine = make_engine(ledger_url)
+    try:
+        with engine.connect() as conn:
+            installed = dict(conn.execute(text(  # type: ignore[arg-type]
+                "SELECT p.proname, p.prosrc FROM pg_proc p JOIN pg_namespace n "
+                "ON n.oid = p.pronamespace WHERE n.nspname = 'public'")).all())
+    finally:
+        engine.dispose()
+    for name, version in latest.items():
+        assert installed.get(name) == _body(load(name, version)), f"{name}.v{version}.sql"
 
 
 def test_sql_files_load_by_name_and_version() -> None:
