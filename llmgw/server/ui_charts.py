@@ -93,7 +93,7 @@ def spend_chart(spend: Spend, colour_of: dict[str, str], *, width: int = 960,
 
 
 def budget_bar(spent: int, reserved: int, limit: int, warn_ratio: float, *,
-               width: int = 320, height: int = 18) -> Markup:
+               width: int = 200, height: int = 16) -> Markup:
     """Spent, then reserved, against the limit; the warn line marked. Past the limit the bar
     is full (the figures beside it say by how much)."""
     def w(v: int) -> float:

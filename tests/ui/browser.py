@@ -7,6 +7,7 @@ way a person's would; pages are read from the live DOM and photographed as PNG."
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import queue
@@ -33,12 +34,16 @@ class Browser:
         if exe is None:
             raise RuntimeError("chromium is not installed: `make test` installs it as root, "
                                "or run `apt-get install chromium`")
-        to_r, self._to_w = os.pipe()
-        self._from_r, from_w = os.pipe()
-        # The shell moves our pipe ends to fds 3 and 4, where Chromium expects them.
+        pipe_r, self._to_w = os.pipe()
+        self._from_r, pipe_w = os.pipe()
+        # Above 9, so moving them to 3 and 4 (where Chromium expects them) clobbers neither.
+        to_r = fcntl.fcntl(pipe_r, fcntl.F_DUPFD_CLOEXEC, 10)
+        from_w = fcntl.fcntl(pipe_w, fcntl.F_DUPFD_CLOEXEC, 10)
+        os.close(pipe_r)
+        os.close(pipe_w)
         script = f'exec "$0" "$@" 3<&{to_r} 4>&{from_w} {to_r}<&- {from_w}>&-'
         self.proc = subprocess.Popen(
-            ["sh", "-c", script, exe, "--headless=new", "--remote-debugging-pipe",
+            ["bash", "-c", script, exe, "--headless=new", "--remote-debugging-pipe",
              "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
              "--no-default-browser-check", "--disable-extensions", "--hide-scrollbars",
              "--disable-background-networking", "--disable-sync", "--mute-audio",
