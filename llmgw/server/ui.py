@@ -158,10 +158,11 @@ def _choice(request: Request, name: str, allowed: tuple[str, ...] | list[str],
 
 
 def _limit(request: Request) -> int:
-    value = _text(request, "limit", 32)
-    if value is None:
+    value = request.query_params.get("limit")
+    if value is None or value == "":
         return DEFAULT_LIMIT
-    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+    if not (value.isascii() and value.isdigit()) or len(value) > 6 or not (
+            1 <= int(value) <= MAX_LIMIT):
         raise UIError(400, "Bad limit", f"limit must be a whole number from 1 to {MAX_LIMIT}, "
                       f"got {value[:20]!r}.")
     return int(value)
