@@ -73,37 +73,47 @@ def ui_config(openai_url: str, anthropic_url: str, ledger_url: str) -> Any:
     return config_from_dict(data)
 
 
-async def _fill(config: Any, anthropic: Any, filled: Filled) -> None:
+def _usage(back: int, i: int) -> FaultPlan:
+    """What the simulators answer that day: token counts that vary, so the chart does."""
+    return FaultPlan(prompt_tokens=600 + 250 * (back % 5), completion_tokens=400 + 300 * i)
+
+
+async def _fill(config: Any, sims: tuple[Any, Any], filled: Filled) -> None:
     from llmgw.gateway import LLMGateway
 
+    openai, anthropic = sims
     moment = {"now": utcnow()}
     gw = LLMGateway(config, clock=lambda: moment["now"])
     try:
         for back in DAYS_BACK:
             moment["now"] = utcnow() - timedelta(days=back)
             for i in range(1 + back % 3):
+                for sim in sims:
+                    sim.set_plan(_usage(back, i))
                 await gw.complete("dev-1", "proj-a", _ask(f"design {back}-{i}"),
-                                  agent_type="software-architect", max_tokens=64)
+                                  agent_type="software-architect", max_tokens=2048)
                 await gw.complete("qa-1", "proj-a", _ask(f"edge cases {back}-{i}"),
-                                  agent_type="qa-engineer", max_tokens=64)
+                                  agent_type="qa-engineer", max_tokens=2048)
                 done = await gw.complete("pm-1", "proj-b", _ask(f"risks {back}-{i}"),
-                                         max_tokens=64)
+                                         max_tokens=2048)
                 filled.b_request_id = done.request_id
         moment["now"] = utcnow()
+        for sim in sims:
+            sim.set_plan(FaultPlan())
         await gw.complete("dev-1", "proj-a", _ask("the same question"),
-                          agent_type="software-architect", max_tokens=64)
+                          agent_type="software-architect", max_tokens=2048)
         hit = await gw.complete("dev-1", "proj-a", _ask("the same question"),
-                                agent_type="software-architect", max_tokens=64)
+                                agent_type="software-architect", max_tokens=2048)
         assert hit.cached
         filled.cached_id = hit.request_id
         anthropic.set_plan(FaultPlan.error(500, times=1))
         fell = await gw.complete("dev-1", "proj-a", _ask("fall back please"),
-                                 agent_type="software-architect", max_tokens=64)
+                                 agent_type="software-architect", max_tokens=2048)
         anthropic.set_plan(FaultPlan())
         assert fell.model_group == "backup"
         filled.fallback_id = fell.request_id
         with pytest.raises(BudgetExceeded):
-            await gw.complete("blocked-bot", "proj-a", _ask("anything"), max_tokens=64)
+            await gw.complete("blocked-bot", "proj-a", _ask("anything"), max_tokens=2048)
         (filled.refused_id,) = filled.sql(
             "SELECT request_id FROM usage_events WHERE status = 'refused'")[0]
     finally:
@@ -133,7 +143,7 @@ def filled(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         store.set_rule(rule, now)
     config = ui_config(openai_sim.base_url, anthropic_sim.base_url, url)
     result = Filled("", url, engine, ApiKeyStore(engine))
-    asyncio.run(_fill(config, anthropic_sim, result))
+    asyncio.run(_fill(config, (openai_sim, anthropic_sim), result))
     server = start_server(create_app(config, ServerSettings(key_cache_s=0)))
     result.base_url = f"http://127.0.0.1:{port_of(server)}"
     try:
@@ -142,6 +152,9 @@ def filled(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         stop_server(server)
         engine.dispose()
         drop_database_url(url)
+        for sim in (openai_sim, anthropic_sim):
+            sim.set_plan(FaultPlan())
+            sim.reset()
 
 
 def sign_in(filled: Filled, key: str) -> httpx.Client:

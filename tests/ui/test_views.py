@@ -5,6 +5,8 @@ PNG of each view is saved in the test's tmp dir."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 import httpx
@@ -14,6 +16,10 @@ from typer.testing import CliRunner
 from llmgw.cli import app as cli_app
 from tests.ui.browser import Browser
 from tests.ui.conftest import Filled
+
+# `LLMGW_UI_DOCS_SHOT=1 pytest tests/ui/test_views.py -k "spend and sqlite"` renews it.
+DOCS_SHOT_ENV = "LLMGW_UI_DOCS_SHOT"
+DOCS_SHOT = Path(__file__).resolve().parents[2] / "docs" / "ui-spend.png"
 
 
 @pytest.fixture
@@ -65,6 +71,8 @@ def test_spend_view_totals_equal_sql_sums(filled: Filled, admin_browser: Browser
                         "GROUP BY model_group HAVING SUM(cost_micros) > 0", t=first)
     assert sorted(legend) == sorted(int(c) for _, c in groups)
     b.screenshot(shots / "spend.png")
+    if os.environ.get(DOCS_SHOT_ENV):  # the README's picture, from this very page
+        shutil.copyfile(shots / "spend.png", DOCS_SHOT)
     b.goto(filled.base_url + "/ui/spend?stack=agent-type")
     types = b.js("[...document.querySelectorAll('#legend li')].map(e => e.textContent.trim())")
     assert any(t.startswith("software-architect") for t in types)
