@@ -76,6 +76,7 @@ def spend_chart(spend: Spend, colour_of: dict[str, str], *, width: int = 960,
             h = plot_h * cost / top_value
             out.append(f'<rect class="seg" x="{x:.1f}" y="{y(base + cost):.1f}" '
                        f'width="{bar_w:.1f}" height="{max(h, 0.5):.1f}" '
+                       f'data-day="{day.day}" data-key="{escape(key)}" data-micros="{cost}" '
                        f'fill="{colour_of.get(key, OTHER)}"><title>{escape(day.day)} '
                        f'{escape(key)}: ${usd(cost)}</title></rect>')
             base += cost

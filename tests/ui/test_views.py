@@ -70,6 +70,14 @@ def test_spend_view_totals_equal_sql_sums(filled: Filled, admin_browser: Browser
     groups = filled.sql("SELECT model_group, SUM(cost_micros) FROM usage_events WHERE ts >= :t "
                         "GROUP BY model_group HAVING SUM(cost_micros) > 0", t=first)
     assert sorted(legend) == sorted(int(c) for _, c in groups)
+    # every stacked segment: that day's and that group's sum
+    segments = b.js("[...document.querySelectorAll('svg.chart rect.seg')].map(r => "
+                    "[r.dataset.day, r.dataset.key, +r.dataset.micros])")
+    cells: dict[tuple[str, str], int] = {}
+    for ts, group, cost in filled.sql("SELECT ts, model_group, cost_micros FROM usage_events "
+                                      "WHERE ts >= :t AND cost_micros > 0", t=first):
+        cells[(str(ts)[:10], group)] = cells.get((str(ts)[:10], group), 0) + cost
+    assert {(d, k): c for d, k, c in segments} == cells and len(segments) == len(cells)
     b.screenshot(shots / "spend.png")
     if os.environ.get(DOCS_SHOT_ENV):  # the README's picture, from this very page
         shutil.copyfile(shots / "spend.png", DOCS_SHOT)
