@@ -64,6 +64,8 @@ def spend(engine: Engine, project: str | None, stack_by: str, now: datetime) -> 
     past = {r.key: r.cost_micros for r in usage_report(  # type: ignore[arg-type]
         engine, by=stack_by, project=project, since=first, until=today) if r.cost_micros}
     cells = _day_key_costs(engine, project, stack_by, first, today)
+    today_cells = _report_cells(engine, project, stack_by, today, None)
+    period = usage_totals(engine, project=project, since=first)
     if not _agrees(cells, {d: r for d, r in per_day.items() if d != today_label}, past):
         log.warning("the rollup's per-day split disagrees with usage_report; asking it per day")
         cells = {}
@@ -72,7 +74,7 @@ def spend(engine: Engine, project: str | None, stack_by: str, now: datetime) -> 
             if start < today:
                 cells.update(_report_cells(engine, project, stack_by, start,
                                            start + timedelta(days=1)))
-    cells.update(_report_cells(engine, project, stack_by, today, None))
+    cells.update(today_cells)
     per_key: dict[str, int] = {}
     for (_, key), cost in cells.items():
         per_key[key] = per_key.get(key, 0) + cost
@@ -85,8 +87,7 @@ def spend(engine: Engine, project: str | None, stack_by: str, now: datetime) -> 
         days.append(Day(label, per_day.get(label, ReportRow(key=label)), tuple(segments),
                         start == today))
     return Spend(tuple(days), tuple(sorted(per_key.items(), key=lambda kv: (-kv[1], kv[0]))),
-                 usage_totals(engine, project=project, since=first),
-                 per_day.get(today_label, ReportRow(key=TOTAL_KEY)), first)
+                 period, per_day.get(today_label, ReportRow(key=TOTAL_KEY)), first)
 
 
 def _report_cells(engine: Engine, project: str | None, stack_by: str, since: datetime,
@@ -138,9 +139,10 @@ def who_spent(engine: Engine, *, by: str, project: str | None, agent: str | None
               descending: bool, limit: int) -> Table:
     filters: dict[str, Any] = dict(project=project, agent=agent, since=since, until=until)
     rows = usage_report(engine, by=by, **filters)  # type: ignore[arg-type]
+    total = usage_totals(engine, **filters)
     if sort is not None:
         rows = sorted(rows, key=lambda r: (getattr(r, sort), r.key), reverse=descending)
-    return Table(rows[:limit], usage_totals(engine, **filters), len(rows))
+    return Table(rows[:limit], total, len(rows))
 
 
 def table_rows(engine: Engine, *, by: str, project: str | None, agent: str | None,
