@@ -28,7 +28,7 @@ TABLE_BY = {"agent": "agent", "agent-type": "agent type", "model": "model",
             "project": "project", "day": "day"}
 _T = UsageEvent.__table__.c
 # Scopes whose counters add up spend of several projects: a project session sees their
-# limits, not their spend.
+# limits, not their spend (an agent's too, when its id is used in another project).
 SHARED_SCOPES = ("global", "agent_type")
 
 
@@ -173,11 +173,12 @@ def budgets(policy: BudgetPolicy, store: BudgetStore, engine: Engine, project: s
     items = statuses(policy, store.rules(), store.all_counters(), now)
     agents: set[str] = set()
     types: set[str] = set()
+    month = policy.period_start(now, "month")
     if project is not None:
-        month = policy.period_start(now, "month")
         agents = {r.key for r in usage_report(engine, by="agent", project=project, since=month)}
         types = {r.key for r in usage_report(engine, by="agent-type", project=project,
                                              since=month)}
+    refusals = _Refusals(engine, project)
     out = []
     for s in items:
         if project is not None:
@@ -188,23 +189,43 @@ def budgets(policy: BudgetPolicy, store: BudgetStore, engine: Engine, project: s
             if not applies:
                 continue
         start = policy.period_start(now, s.period) if s.period in ("day", "month") else None
-        visible = project is None or s.scope not in SHARED_SCOPES
-        refusals = None
-        if start is not None and visible:
-            refusals = _refusals(engine, s, project, start)
-        out.append(Budget(s, start, visible, refusals))
+        visible = project is None or (s.scope not in SHARED_SCOPES and (
+            s.scope != "agent" or _agent_only_in(engine, s.scope_id, project, month)))
+        out.append(Budget(s, start, visible,
+                          refusals.of(s, start) if start is not None and visible else None))
     return out
 
 
-def _refusals(engine: Engine, s: BudgetStatus, project: str | None, since: datetime) -> int:
-    if s.scope == "global":
-        return usage_totals(engine, project=project, since=since).refused
-    if s.scope == "project":
-        return usage_totals(engine, project=s.scope_id, since=since).refused
-    if s.scope == "agent":
-        return usage_totals(engine, project=project, agent=s.scope_id, since=since).refused
-    rows = usage_report(engine, by="agent-type", project=project, since=since)
-    return next((r.refused for r in rows if r.key == s.scope_id), 0)
+def _agent_only_in(engine: Engine, agent: str, project: str, since: datetime) -> bool:
+    """Whether an agent's counter holds this project's spend only: an agent id used in two
+    projects shares one counter, whose spend a project session must not see."""
+    return {r.key for r in usage_report(engine, by="project", agent=agent, since=since)} <= {
+        project}
+
+
+class _Refusals:
+    """Refused rows per budget in its window: one report per (scope, window start), however
+    many budgets there are."""
+
+    _BY = {"project": "project", "agent": "agent", "agent_type": "agent-type"}
+
+    def __init__(self, engine: Engine, project: str | None) -> None:
+        self.engine = engine
+        self.project = project
+        self._seen: dict[tuple[str, datetime], dict[str, int]] = {}
+
+    def of(self, s: BudgetStatus, since: datetime) -> int:
+        by = self._BY.get(s.scope)
+        found = self._seen.get((s.scope, since))
+        if found is None:
+            if by is None:  # global: everything this session may see
+                total = usage_totals(self.engine, project=self.project, since=since)
+                found = {s.scope_id: total.refused}
+            else:
+                found = {r.key: r.refused for r in usage_report(  # type: ignore[arg-type]
+                    self.engine, by=by, project=self.project, since=since)}
+            self._seen[(s.scope, since)] = found
+        return found.get(s.scope_id, 0)
 
 
 # -- requests ----------------------------------------------------------------------------

@@ -112,6 +112,8 @@ async def _fill(config: Any, sims: tuple[Any, Any], filled: Filled) -> None:
         anthropic.set_plan(FaultPlan())
         assert fell.model_group == "backup"
         filled.fallback_id = fell.request_id
+        # proj-b has an agent of the same name as one of proj-a's: one counter for both
+        await gw.complete("qa-1", "proj-b", _ask("same name, other project"), max_tokens=2048)
         with pytest.raises(BudgetExceeded):
             await gw.complete("blocked-bot", "proj-a", _ask("anything"), max_tokens=2048)
         (filled.refused_id,) = filled.sql(
@@ -138,6 +140,8 @@ def filled(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     for rule in (Rule("project", "proj-a", "month", 50 * USD, 0.8),
                  Rule("project", "proj-b", "day", 5 * USD, 0.5),
                  Rule("agent", "blocked-bot", "day", 0, 0.8),
+                 Rule("agent", "qa-1", "day", 20 * USD, 0.8),
+                 Rule("agent", "dev-1", "month", 30 * USD, 0.8),
                  Rule("agent_type", "qa-engineer", "day", 20 * USD, 0.8),
                  Rule("global", ANY, "month", 1000 * USD, 0.9)):
         store.set_rule(rule, now)

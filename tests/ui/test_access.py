@@ -58,6 +58,11 @@ def test_project_session_sees_its_project_only(filled: Filled) -> None:
     global_row = re.search(r'<tr data-scope="global".*?</tr>', budgets, re.S)
     assert global_row and "shared across projects" in global_row.group(0)
     assert 'data-scope="project" data-id="proj-a"' in budgets
+    # qa-1 is also an agent of proj-b: its counter's spend is not A's to see; dev-1 is A's only
+    qa_row = re.search(r'<tr data-scope="agent" data-id="qa-1".*?</tr>', budgets, re.S)
+    assert qa_row and "shared across projects" in qa_row.group(0)
+    dev_row = re.search(r'<tr data-scope="agent" data-id="dev-1".*?</tr>', budgets, re.S)
+    assert dev_row and "shared" not in dev_row.group(0) and "svg" in dev_row.group(0)
 
 
 def test_project_session_cannot_reach_another_project_by_url(filled: Filled) -> None:

@@ -32,6 +32,11 @@ def admin_browser(filled: Filled, tmp_path: Path):
         yield browser
 
 
+def no_script(browser: Browser) -> None:
+    """The page works with JavaScript off: it has none (and its CSP would run none)."""
+    assert browser.js("document.scripts.length") == 0
+
+
 def micros(browser: Browser, selector: str) -> int:
     return int(browser.js(f"document.querySelector({json.dumps(selector)})"
                           ".dataset.micros"))
@@ -78,6 +83,7 @@ def test_spend_view_totals_equal_sql_sums(filled: Filled, admin_browser: Browser
                                       "WHERE ts >= :t AND cost_micros > 0", t=first):
         cells[(str(ts)[:10], group)] = cells.get((str(ts)[:10], group), 0) + cost
     assert {(d, k): c for d, k, c in segments} == cells and len(segments) == len(cells)
+    no_script(b)
     b.screenshot(shots / "spend.png")
     if os.environ.get(DOCS_SHOT_ENV):  # the README's picture, from this very page
         shutil.copyfile(shots / "spend.png", DOCS_SHOT)
@@ -104,7 +110,8 @@ def test_usage_tables_agree_with_sql_and_the_cli(filled: Filled, admin_browser: 
             "SELECT COUNT(DISTINCT request_id) FROM usage_events")
         assert _micros(total[8]) == filled.scalar("SELECT SUM(cost_micros) FROM usage_events")
         assert _micros(total[9]) == filled.scalar("SELECT SUM(saved_micros) FROM usage_events")
-        b.screenshot(shots / f"usage-by-{by}.png")
+        no_script(b)
+    b.screenshot(shots / f"usage-by-{by}.png")
     # sortable: by requests, ascending
     b.goto(f"{filled.base_url}/ui/usage?by=agent&sort=requests&dir=asc")
     counts = [int(r[1].replace(",", "")) for r in table(b, "#usage tbody")]
@@ -154,6 +161,7 @@ def test_budgets_view_shows_every_limit_with_counters(filled: Filled, admin_brow
     assert seen[("project", "proj-a", "month")][0][0] > 0
     refusals = table(b, "#refusals tbody")
     assert [r[1] for r in refusals] == [filled.refused_id]
+    no_script(b)
     b.screenshot(shots / "budgets.png")
 
 
@@ -180,6 +188,7 @@ def test_request_story_from_a_click(filled: Filled, admin_browser: Browser,
     held = b.js("[...document.querySelectorAll('#reservation [data-micros]')]"
                 ".map(e => +e.dataset.micros)")
     assert held == [amount, settled] and settled == micros(b, "#cost") > 0
+    no_script(b)
     b.screenshot(shots / "story.png")
     # search by id: the cached one
     b.goto(filled.base_url + "/ui/requests")
@@ -200,6 +209,7 @@ def test_health_view_lists_every_deployment(filled: Filled, admin_browser: Brows
     status = dict(rows)
     assert status["backup-openai"].startswith("up")
     assert status["auth-anthropic"].startswith("down")  # the wrong key
+    no_script(b)
     b.screenshot(shots / "health.png")
 
 
