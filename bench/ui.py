@@ -26,16 +26,16 @@ ROOT = Path(__file__).resolve().parents[1]
 # Not bench/ itself: its http.py would shadow the standard library's `http`.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
-import httpx  # noqa: E402
+import httpx
 
-from llmgw.ledger.api_keys import ApiKeyStore  # noqa: E402
-from llmgw.ledger.engine import make_engine  # noqa: E402
-from llmgw.ledger.migrate import upgrade  # noqa: E402
-from llmgw.ledger.timespec import utcnow  # noqa: E402
-from llmgw.server.app import create_app  # noqa: E402
-from llmgw.server.settings import ServerSettings  # noqa: E402
-from tests.server.conftest import port_of, start_server, stop_server  # noqa: E402
-from tests.support import sim_config  # noqa: E402
+from llmgw.ledger.api_keys import ApiKeyStore
+from llmgw.ledger.engine import make_engine
+from llmgw.ledger.migrate import upgrade
+from llmgw.ledger.timespec import utcnow
+from llmgw.server.app import create_app
+from llmgw.server.settings import ServerSettings
+from tests.server.conftest import port_of, start_server, stop_server
+from tests.support import sim_config
 
 TARGET_S = 0.3
 
@@ -96,7 +96,7 @@ def run(backend: str, n_rows: int, warm_runs: int, tmp: Path, bench: Any) -> boo
         for who, path in todo:
             client = clients[who]
 
-            def get() -> float:
+            def get(client: httpx.Client = client, path: str = path) -> float:
                 t = time.perf_counter()
                 response = client.get(path)
                 assert response.status_code in (200, 404), (path, response.status_code)

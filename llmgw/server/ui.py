@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, Request
@@ -22,7 +22,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from llmgw.errors import InvalidRequest
-from llmgw.ledger.report import MEASURES
+from llmgw.ledger.report import MEASURES, GroupBy
 from llmgw.ledger.timespec import FORMS, parse_time, utcnow
 from llmgw.server import ui_data
 from llmgw.server.ui_charts import budget_bar, colours, spend_chart, usd
@@ -269,8 +269,8 @@ async def spend_view(request: Request) -> Response:
         project = _scope(session, request)
         stack = _choice(request, "stack", tuple(ui_data.STACK_BY), "model-group")
         assert stack is not None
-        data = await asyncio.to_thread(ui_data.spend, _engine(request), project, stack,
-                                       utcnow())
+        data = await asyncio.to_thread(ui_data.spend, _engine(request), project,
+                                       cast(GroupBy, stack), utcnow())
         colour_of = colours([k for k, _ in data.keys])
         return _html("spend.html", **await _context(request, session, "spend", project),
                      data=data, stack=stack, stacks=ui_data.STACK_BY, colour_of=colour_of,
@@ -283,7 +283,7 @@ def _table_params(request: Request, session: Session) -> dict[str, Any]:
     if since is not None and until is not None and since >= until:
         raise UIError(400, "Bad dates", f"since ({since:%Y-%m-%d %H:%M}) is not before until "
                       f"({until:%Y-%m-%d %H:%M}). Swap them or widen the range.")
-    return {"by": _choice(request, "by", tuple(ui_data.TABLE_BY), "agent"),
+    return {"by": cast(GroupBy, _choice(request, "by", tuple(ui_data.TABLE_BY), "agent")),
             "project": _scope(session, request), "agent": _text(request, "agent"),
             "since": since, "until": until}
 

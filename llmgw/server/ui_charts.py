@@ -52,9 +52,9 @@ def spend_chart(spend: Spend, colour_of: dict[str, str], *, width: int = 960,
     def y(v: int) -> float:
         return top + plot_h - plot_h * v / top_value
 
-    out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} '
-           f'{height}" width="{width}" height="{height}" role="img" '
-           'aria-label="Cost per day, stacked">']
+    out = [(f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} '
+            f'{height}" width="{width}" height="{height}" role="img" '
+            'aria-label="Cost per day, stacked">')]
     for i in range(5):  # grid lines and dollar ticks
         v = top_value * i // 4
         out.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y(v):.1f}" '

@@ -9,14 +9,21 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import Engine, case, func, null, select
 
 from llmgw.budgets import BudgetPolicy, BudgetStatus, statuses
 from llmgw.ledger.budget_store import BudgetStore
 from llmgw.ledger.models import Reservation, UsageEvent, UsageRollup
-from llmgw.ledger.report import NULL_KEY, TOTAL_KEY, ReportRow, usage_report, usage_totals
+from llmgw.ledger.report import (
+    NULL_KEY,
+    TOTAL_KEY,
+    GroupBy,
+    ReportRow,
+    usage_report,
+    usage_totals,
+)
 
 log = logging.getLogger("llmgw.server.ui")
 
@@ -49,7 +56,7 @@ class Spend:
     first_day: datetime
 
 
-def spend(engine: Engine, project: str | None, stack_by: str, now: datetime) -> Spend:
+def spend(engine: Engine, project: str | None, stack_by: GroupBy, now: datetime) -> Spend:
     """The last SPEND_DAYS UTC days, today so far included: each day's row of `usage report
     --by day`, the period's TOTAL row, and each day's cost split by `stack_by`.
 
@@ -61,7 +68,7 @@ def spend(engine: Engine, project: str | None, stack_by: str, now: datetime) -> 
     first = today - timedelta(days=SPEND_DAYS - 1)
     today_label = today.date().isoformat()
     per_day = {r.key: r for r in usage_report(engine, by="day", project=project, since=first)}
-    past = {r.key: r.cost_micros for r in usage_report(  # type: ignore[arg-type]
+    past = {r.key: r.cost_micros for r in usage_report(
         engine, by=stack_by, project=project, since=first, until=today) if r.cost_micros}
     cells = _day_key_costs(engine, project, stack_by, first, today)
     today_cells = _report_cells(engine, project, stack_by, today, None)
@@ -90,10 +97,10 @@ def spend(engine: Engine, project: str | None, stack_by: str, now: datetime) -> 
                  period, per_day.get(today_label, ReportRow(key=TOTAL_KEY)), first)
 
 
-def _report_cells(engine: Engine, project: str | None, stack_by: str, since: datetime,
+def _report_cells(engine: Engine, project: str | None, stack_by: GroupBy, since: datetime,
                   until: datetime | None) -> dict[tuple[str, str], int]:
     label = since.date().isoformat()
-    return {(label, r.key): r.cost_micros for r in usage_report(  # type: ignore[arg-type]
+    return {(label, r.key): r.cost_micros for r in usage_report(
         engine, by=stack_by, project=project, since=since, until=until) if r.cost_micros}
 
 
@@ -134,21 +141,22 @@ class Table:
     shown: int  # rows before the limit cut
 
 
-def who_spent(engine: Engine, *, by: str, project: str | None, agent: str | None,
+def who_spent(engine: Engine, *, by: GroupBy, project: str | None, agent: str | None,
               since: datetime | None, until: datetime | None, sort: str | None,
               descending: bool, limit: int) -> Table:
-    filters: dict[str, Any] = dict(project=project, agent=agent, since=since, until=until)
-    rows = usage_report(engine, by=by, **filters)  # type: ignore[arg-type]
+    filters: dict[str, Any] = {"project": project, "agent": agent, "since": since,
+                               "until": until}
+    rows = usage_report(engine, by=by, **filters)
     total = usage_totals(engine, **filters)
     if sort is not None:
         rows = sorted(rows, key=lambda r: (getattr(r, sort), r.key), reverse=descending)
     return Table(rows[:limit], total, len(rows))
 
 
-def table_rows(engine: Engine, *, by: str, project: str | None, agent: str | None,
+def table_rows(engine: Engine, *, by: GroupBy, project: str | None, agent: str | None,
                since: datetime | None, until: datetime | None) -> list[ReportRow]:
     """The rows `llmgw usage report --format csv` prints for the same filters."""
-    return usage_report(engine, by=by, project=project, agent=agent, since=since, until=until)  # type: ignore[arg-type]
+    return usage_report(engine, by=by, project=project, agent=agent, since=since, until=until)
 
 
 def projects(engine: Engine) -> list[str]:
@@ -207,7 +215,8 @@ class _Refusals:
     """Refused rows per budget in its window: one report per (scope, window start), however
     many budgets there are."""
 
-    _BY = {"project": "project", "agent": "agent", "agent_type": "agent-type"}
+    _BY: ClassVar[dict[str, GroupBy]] = {"project": "project", "agent": "agent",
+                                        "agent_type": "agent-type"}
 
     def __init__(self, engine: Engine, project: str | None) -> None:
         self.engine = engine
@@ -222,7 +231,7 @@ class _Refusals:
                 total = usage_totals(self.engine, project=self.project, since=since)
                 found = {s.scope_id: total.refused}
             else:
-                found = {r.key: r.refused for r in usage_report(  # type: ignore[arg-type]
+                found = {r.key: r.refused for r in usage_report(
                     self.engine, by=by, project=self.project, since=since)}
             self._seen[(s.scope, since)] = found
         return found.get(s.scope_id, 0)

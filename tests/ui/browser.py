@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 TIMEOUT_S = 60.0
 
@@ -172,7 +172,7 @@ class Browser:
     def close(self) -> None:
         try:
             self.call("Browser.close")
-        except Exception:  # noqa: BLE001 - it may already be gone
+        except Exception:  # noqa: BLE001, S110 - it may already be gone
             pass
         try:
             self.proc.wait(20)
@@ -183,7 +183,7 @@ class Browser:
         self._reader.join(5)
         os.close(self._from_r)
 
-    def __enter__(self) -> Browser:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

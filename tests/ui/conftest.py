@@ -81,7 +81,7 @@ def _usage(back: int, i: int) -> FaultPlan:
 async def _fill(config: Any, sims: tuple[Any, Any], filled: Filled) -> None:
     from llmgw.gateway import LLMGateway
 
-    openai, anthropic = sims
+    _, anthropic = sims
     moment = {"now": utcnow()}
     gw = LLMGateway(config, clock=lambda: moment["now"])
     try:

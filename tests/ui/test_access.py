@@ -55,13 +55,13 @@ def test_project_session_sees_its_project_only(filled: Filled) -> None:
     assert [line.split(",")[0] for line in csv_rows] == ["key", "proj-a"]
     # a limit shared with other projects: its limit shows, its spend does not
     budgets = a.get("/ui/budgets").text
-    global_row = re.search(r'<tr data-scope="global".*?</tr>', budgets, re.S)
+    global_row = re.search(r'<tr data-scope="global".*?</tr>', budgets, re.DOTALL)
     assert global_row and "shared across projects" in global_row.group(0)
     assert 'data-scope="project" data-id="proj-a"' in budgets
     # qa-1 is also an agent of proj-b: its counter's spend is not A's to see; dev-1 is A's only
-    qa_row = re.search(r'<tr data-scope="agent" data-id="qa-1".*?</tr>', budgets, re.S)
+    qa_row = re.search(r'<tr data-scope="agent" data-id="qa-1".*?</tr>', budgets, re.DOTALL)
     assert qa_row and "shared across projects" in qa_row.group(0)
-    dev_row = re.search(r'<tr data-scope="agent" data-id="dev-1".*?</tr>', budgets, re.S)
+    dev_row = re.search(r'<tr data-scope="agent" data-id="dev-1".*?</tr>', budgets, re.DOTALL)
     assert dev_row and "shared" not in dev_row.group(0) and "svg" in dev_row.group(0)
 
 

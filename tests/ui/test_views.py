@@ -9,11 +9,13 @@ import os
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
+
 import httpx
 import pytest
 from typer.testing import CliRunner
 
 from llmgw.cli import app as cli_app
+from llmgw.ledger.timespec import utcnow
 from tests.ui.browser import Browser
 from tests.ui.conftest import Filled
 
@@ -117,7 +119,7 @@ def test_usage_tables_agree_with_sql_and_the_cli(filled: Filled, admin_browser: 
     counts = [int(r[1].replace(",", "")) for r in table(b, "#usage tbody")]
     assert counts == sorted(counts) and len(set(counts)) > 1
     # filters as `llmgw usage report`: the CSV link is the CLI's CSV, byte for byte
-    since = (datetime.utcnow() - timedelta(days=3)).strftime("%Y-%m-%d")
+    since = (utcnow() - timedelta(days=3)).strftime("%Y-%m-%d")
     b.goto(f"{filled.base_url}/ui/usage?by=model&since={since}&agent=dev-1")
     href = b.js("document.querySelector('#csv').href")
     # The page's CSP lets no script fetch: download it with the browser's own session cookie.
