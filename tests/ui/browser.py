@@ -166,7 +166,9 @@ class Browser:
         shot = self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True,
                          clip={"x": 0, "y": 0, "width": size["width"],
                                "height": size["height"], "scale": 1})
-        path.write_bytes(base64.b64decode(shot["data"]))
+        data = base64.b64decode(shot["data"])
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, "not a picture"
+        path.write_bytes(data)
         return path
 
     def close(self) -> None:
