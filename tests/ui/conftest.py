@@ -151,6 +151,7 @@ def filled(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     server = start_server(create_app(config, ServerSettings(key_cache_s=0)))
     result.base_url = f"http://127.0.0.1:{port_of(server)}"
     try:
+        _through_the_server(result, anthropic_sim)
         yield result
     finally:
         stop_server(server)
@@ -159,6 +160,22 @@ def filled(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         for sim in (openai_sim, anthropic_sim):
             sim.set_plan(FaultPlan())
             sim.reset()
+
+
+def _through_the_server(filled: Filled, anthropic: Any) -> None:
+    """A few calls through the HTTP front, so its own gateway has stats for the health view:
+    three on backup, and one on primary whose first attempt fails (it falls back)."""
+    headers = {"Authorization": f"Bearer {filled.key('proj-a', agent_id='web-1')}"}
+    with httpx.Client(base_url=filled.base_url, headers=headers, timeout=60) as client:
+        for i in range(3):
+            answer = client.post("/v1/chat/completions", json={
+                "model": "backup", "messages": _ask(f"over http {i}"), "max_tokens": 256})
+            assert answer.status_code == 200, answer.text
+        anthropic.set_plan(FaultPlan.error(500, times=1))
+        answer = client.post("/v1/chat/completions", json={
+            "model": "primary", "messages": _ask("over http, falling back"), "max_tokens": 256})
+        anthropic.set_plan(FaultPlan())
+        assert answer.status_code == 200 and answer.headers["x-llmgw-model-group"] == "backup"
 
 
 def sign_in(filled: Filled, key: str) -> httpx.Client:

@@ -205,12 +205,15 @@ def test_health_view_lists_every_deployment(filled: Filled, admin_browser: Brows
     b = admin_browser
     b.goto(filled.base_url + "/ui/health")
     rows = b.js("[...document.querySelectorAll('#health tbody tr')].map(r => "
-                "[r.dataset.deployment, r.cells[3].textContent.trim()])")
+                "[r.dataset.deployment, [...r.cells].map(c => c.textContent.trim())])")
     assert {d for d, _ in rows} == {"primary-anthropic", "backup-openai", "solo-openai",
                                     "auth-anthropic", "auth-openai"}
-    status = dict(rows)
-    assert status["backup-openai"].startswith("up")
-    assert status["auth-anthropic"].startswith("down")  # the wrong key
+    cells = dict(rows)
+    assert cells["backup-openai"][3].startswith("up")
+    assert cells["auth-anthropic"][3].startswith("down")  # the wrong key
+    # this server's own attempts (conftest's calls through the HTTP front)
+    assert cells["backup-openai"][6:9] == ["4", "0", "0.0%"]
+    assert cells["primary-anthropic"][6:9] == ["1", "1", "100.0%"]
     no_script(b)
     b.screenshot(shots / "health.png")
 
