@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test install redis model migrate bench clean
+.PHONY: demo test install redis chromium model migrate bench lint clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "llmgw needs Python >= 3.11; set PYTHON=python3.11")'
@@ -37,7 +37,15 @@ redis:
 	      && { service redis-server stop >/dev/null 2>&1 || true; }; \
 	  else echo '$(REDIS_MISSING)' >&2; exit 1; fi; }
 
-test: install redis model
+# tests/ui drive Debian's headless Chromium.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "Installing chromium (tests/ui drive it headless)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo 'chromium is not installed: run `make test` as root or `apt-get install chromium`' >&2; exit 1; fi; }
+
+test: install redis chromium model
 	$(BIN)/python -m pytest -q --durations=25
 
 bench: install redis

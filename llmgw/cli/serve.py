@@ -5,6 +5,7 @@ exact across them (DESIGN section 10)."""
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 from typing import Annotated
 
@@ -56,6 +57,8 @@ def serve(
     # The workers build their app from the environment (`app_from_env`).
     os.environ["LLMGW_CONFIG"] = str(path)
     os.environ.update(settings.to_env())
+    # Dashboard sessions are signed: every worker must sign with the same secret.
+    os.environ.setdefault("LLMGW_UI_SECRET", secrets.token_urlsafe(32))
     import uvicorn
 
     uvicorn.run("llmgw.server.app:app_from_env", factory=True, host=host, port=port,
