@@ -166,11 +166,11 @@ end
 local fl, rk = KEYS[4 + best * 3], KEYS[5 + best * 3]
 redis.call('ZADD', fl, ARGV[2], ARGV[3])
 redis.call('INCR', rk)
-redis.call('EXPIRE', rk, %d)
+redis.call('EXPIRE', rk, KEY_TTL)
 redis.call('ZREM', q, me)
 redis.call('ZREM', alive, me)
 return {best}
-""" % _KEY_TTL_S
+""".replace("KEY_TTL", str(_KEY_TTL_S))
 
 
 def _keys(dep: str, now: float) -> list[str]:
@@ -187,17 +187,20 @@ class RedisStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._clients: dict[int, Any] = {}  # event loop id -> client (a client is per loop)
+        # event loop id -> (loop, client): a client is bound to the loop it was made in
+        self._clients: dict[int, tuple[asyncio.AbstractEventLoop, Any]] = {}
 
     def _client(self) -> Any:
         import redis.asyncio as aioredis
 
         loop = asyncio.get_running_loop()
-        client = self._clients.get(id(loop))
-        if client is None or getattr(client, "_llmgw_loop", None) is not loop:
-            client = aioredis.Redis.from_url(self.url, socket_timeout=5.0)
-            client._llmgw_loop = loop
-            self._clients[id(loop)] = client
+        known = self._clients.get(id(loop))
+        if known is not None and known[0] is loop:
+            return known[1]
+        # a client of a loop that has ended (complete_sync) is dropped with its loop
+        self._clients = {k: v for k, v in self._clients.items() if not v[0].is_closed()}
+        client = aioredis.Redis.from_url(self.url, socket_timeout=5.0)
+        self._clients[id(loop)] = (loop, client)
         return client
 
     async def admit(self, group: str, candidates: Sequence[tuple[str, Limits]], mode: str,
@@ -235,9 +238,9 @@ class RedisStore:
 
     async def aclose(self) -> None:
         loop = asyncio.get_running_loop()
-        client = self._clients.pop(id(loop), None)
-        if client is not None:
-            await client.aclose()
+        known = self._clients.pop(id(loop), None)
+        if known is not None:
+            await known[1].aclose()
 
 
 @dataclass
@@ -346,7 +349,7 @@ class CapacityGate:
         self._locks: dict[tuple[int, str], asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def limited(self, deployment_ids: Iterable[str]) -> bool:
+    def limited(self, deployment_ids: Iterable[str | None]) -> bool:
         return any(d in self.limits for d in deployment_ids)
 
     def _lock(self, group: str) -> asyncio.Lock:

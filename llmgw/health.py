@@ -204,11 +204,11 @@ async def _litellm_counts(config: Config, router: Any) -> dict[str, tuple[int, i
     minute = get_utc_datetime().strftime("%H-%M")
     keys = []
     for d in config.model_list:
-        ids = dict(id=d.id, model=d.litellm_params.model, current_minute=minute)
+        ids = {"id": d.id, "model": d.litellm_params.model, "current_minute": minute}
         keys += [RouterCacheEnum.RPM.value.format(**ids), RouterCacheEnum.TPM.value.format(**ids)]
     try:
         values = await cache.async_batch_get_cache(keys=keys) or [None] * len(keys)
-    except Exception:  # no shared cache reachable: what this process counted is all there is
+    except Exception:  # noqa: BLE001  # no shared cache reachable: no counts to show
         values = [None] * len(keys)
     return {d.id: (int(float(values[2 * i] or 0)), int(float(values[2 * i + 1] or 0)))
             for i, d in enumerate(config.model_list)}

@@ -213,7 +213,7 @@ async def test_limits_and_current_use_per_deployment(migrated_ledger_url: str) -
     from llmgw.gateway import LLMGateway
 
     if 60 - time.time() % 60 < 5:  # keep the calls and the probe inside one minute
-        time.sleep(60 - time.time() % 60 + 0.05)
+        await asyncio.sleep(60 - time.time() % 60 + 0.05)
     ask = [{"role": "user", "content": "How busy is it?"}]
     with OpenAISim(api_key=GOOD_KEY) as sim:
         base = sim.base_url + "/v1"

@@ -181,3 +181,27 @@ def test_two_processes_sharing_redis_never_exceed_the_limits(
     no_429(openai_sim)
     # every refused call waited for capacity first, and its row says so
     assert len(waited(migrated_ledger_url)) >= len(refused) >= 40
+
+
+async def test_a_stream_holds_its_slot_until_it_ends(sims, migrated_ledger_url: str) -> None:
+    from llmgw.gateway import LLMGateway
+    from llmgw.types import StreamDone
+
+    openai_sim, _ = sims
+    slow(openai_sim)
+    gw = LLMGateway(fleet([dep("one", "one-a", openai_sim, "gpt-one", max_parallel_requests=1)],
+                          migrated_ledger_url, num_retries=0))
+
+    async def stream() -> StreamDone:
+        events = [e async for e in gw.stream("a", "p", ASK, model_group="one")]
+        assert isinstance(events[-1], StreamDone)
+        return events[-1]
+
+    try:
+        done = await asyncio.gather(*(stream() for _ in range(3)))
+    finally:
+        await gw.aclose()
+    assert [d.completion.deployment for d in done] == ["one-a"] * 3
+    assert openai_sim.load["gpt-one"].max_in_flight == 1
+    assert len(waited(migrated_ledger_url)) == 2
+    no_429(openai_sim)
