@@ -1,4 +1,5 @@
-"""Deployment health: cheap live probes, LiteLLM's cooldown state, and in-process stats.
+"""Deployment health: cheap live probes, LiteLLM's cooldown state, limits and current use,
+and in-process stats.
 
 `probe` asks every deployment of a config, concurrently, through the provider's own cheap
 route (a models list, Ollama's tags, ruvLLM's /health), and falls back to a 1-token
@@ -40,7 +41,26 @@ class DeploymentHealth(BaseModel):
     error: str | None = None
     cooling_down: bool = False
     cooldown_status: int | None = None  # the HTTP status LiteLLM cooled it down for
+    cooldown_remaining_s: float | None = None
     checked: str  # what was asked: "GET <url>" or "completion"
+    # its limits (model_list.yaml; max_parallel_requests as LiteLLM derives it) and its use
+    rpm: int | None = None
+    tpm: int | None = None
+    max_parallel_requests: int | None = None
+    requests_this_minute: int = 0
+    tokens_this_minute: int = 0
+    in_flight: int = 0
+
+
+class DeploymentUse(BaseModel):
+    """A deployment's limits and its use right now (`current_use`)."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    max_parallel_requests: int | None = None
+    requests_this_minute: int = 0
+    tokens_this_minute: int = 0
+    in_flight: int = 0
 
 
 class _Unresolved(Exception):
@@ -107,11 +127,12 @@ _ROUTES: dict[str, tuple[str, tuple[str, ...], Callable[[str, str | None], _Rout
 # -- probing ---------------------------------------------------------------------------------
 
 async def probe(config: Config, router: Any = None, *, timeout: float = 5.0,
-                redactor: Redactor | None = None) -> list[DeploymentHealth]:
+                redactor: Redactor | None = None, gate: Any = None) -> list[DeploymentHealth]:
     """Probe every deployment of ``config`` concurrently, in config order.
 
     ``router`` is the gateway's `litellm.Router`, asked which deployments it is cooling
-    down (None: report none). Each probe gets ``timeout`` seconds in all.
+    down and for how long (None: report none), and with ``gate`` (`llmgw.capacity`; default:
+    the one built with the router) what each uses now. Each probe gets ``timeout`` seconds.
     """
     from llmgw._litellm import import_litellm
 
@@ -119,13 +140,86 @@ async def probe(config: Config, router: Any = None, *, timeout: float = 5.0,
     # would count against whichever probes are in flight (a 404 falls back to LiteLLM).
     import_litellm()
     redactor = redactor or Redactor(config.secret_values())
+    if gate is None and router is not None:
+        from llmgw import router as routing
+
+        gate = routing.RECORDER.gate if routing.RECORDER is not None else None
     async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
-        cooling, results = await asyncio.gather(
-            cooling_down(router),
+        cooling, use, results = await asyncio.gather(
+            cooldowns(router), current_use(config, router, gate),
             asyncio.gather(*(_probe_one(d, client, timeout, redactor) for d in config.model_list)))
-    return [r.model_copy(update={"cooling_down": r.deployment_id in cooling,
-                                 "cooldown_status": cooling.get(r.deployment_id)})
-            for r in results]
+    out = []
+    for r in results:
+        entry = cooling.get(r.deployment_id)
+        out.append(r.model_copy(update={
+            "cooling_down": entry is not None,
+            "cooldown_status": entry.status if entry else None,
+            "cooldown_remaining_s": round(entry.remaining_s, 1) if entry else None,
+            **use[r.deployment_id].model_dump()}))
+    return out
+
+
+async def cooldowns(router: Any) -> dict[str, Any]:
+    """LiteLLM's cooldown entries (status, remaining seconds) of the deployments it cools."""
+    if router is None:
+        return {}
+    from llmgw._litellm import cooldown_statuses
+
+    return await cooldown_statuses(router, list(router.get_model_ids()))
+
+
+async def current_use(config: Config, router: Any = None, gate: Any = None
+                      ) -> dict[str, DeploymentUse]:
+    """Each deployment's limits and use this minute. Requests and tokens: LiteLLM's router
+    cache keys (`global_router:<id>:<model>:rpm|tpm:<HH-MM>`, kept for deployments with
+    rpm/tpm, shared through Redis) or llmgw's capacity gate (every deployment with a limit,
+    exact across processes), whichever counted more; in flight: the gate's leases, else
+    LiteLLM's per-process max_parallel_requests slot."""
+    from llmgw.capacity import limits_of
+
+    default_par = config.router_settings.default_max_parallel_requests
+    limits = {d.id: limits_of(d.to_litellm()["litellm_params"], default_par)
+              for d in config.model_list}
+    gated = await gate.usage(list(gate.limits)) if gate is not None else {}
+    counted = await _litellm_counts(config, router)
+    out = {}
+    for d in config.model_list:
+        lim, ours = limits[d.id], gated.get(d.id)
+        reqs, toks = counted.get(d.id, (0, 0))
+        out[d.id] = DeploymentUse(
+            rpm=lim.rpm, tpm=lim.tpm, max_parallel_requests=lim.max_parallel,
+            requests_this_minute=max(reqs, ours.requests if ours else 0),
+            tokens_this_minute=max(toks, ours.tokens if ours else 0),
+            in_flight=ours.in_flight if ours else _litellm_in_flight(router, d.id))
+    return out
+
+
+async def _litellm_counts(config: Config, router: Any) -> dict[str, tuple[int, int]]:
+    cache = getattr(router, "cache", None)
+    if cache is None:
+        return {}
+    from litellm.types.router import RouterCacheEnum
+    from litellm.utils import get_utc_datetime
+
+    minute = get_utc_datetime().strftime("%H-%M")
+    keys = []
+    for d in config.model_list:
+        ids = {"id": d.id, "model": d.litellm_params.model, "current_minute": minute}
+        keys += [RouterCacheEnum.RPM.value.format(**ids), RouterCacheEnum.TPM.value.format(**ids)]
+    try:
+        values = await cache.async_batch_get_cache(keys=keys) or [None] * len(keys)
+    except Exception:  # noqa: BLE001  # no shared cache reachable: no counts to show
+        values = [None] * len(keys)
+    return {d.id: (int(float(values[2 * i] or 0)), int(float(values[2 * i + 1] or 0)))
+            for i, d in enumerate(config.model_list)}
+
+
+def _litellm_in_flight(router: Any, deployment_id: str) -> int:
+    cache = getattr(router, "cache", None)
+    if cache is None:
+        return 0
+    slot = cache.get_cache(key=f"{deployment_id}_max_parallel_requests_client", local_only=True)
+    return int(getattr(slot, "in_flight", 0) or 0)
 
 
 async def cooling_down(router: Any) -> dict[str, int | None]:

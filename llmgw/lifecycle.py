@@ -59,6 +59,7 @@ class RequestLifecycle:
         self.hold: Hold | None = None
         self.trace: RequestTrace | None = None
         self.routing: RoutePlan | None = None  # per-call constraints, when the call has any
+        self.waited_ms: float | None = None  # how long it queued for capacity, if it did
         self.started = time.perf_counter()
         self.ended = False
         self._reserving: asyncio.Future[Hold] | None = None
@@ -165,7 +166,9 @@ class RequestLifecycle:
 
     def close_trace(self) -> RequestTrace:
         self.trace = None
-        return self.gw._recorder.close(self.ctx.request_id)
+        trace = self.gw._recorder.close(self.ctx.request_id)
+        self.waited_ms = trace.admission.waited_ms  # for capacity (llmgw.capacity)
+        return trace
 
     async def fail(self, exc: BaseException) -> ProviderError:
         """Every attempt failed: record them, release the hold, return the typed error."""
@@ -233,6 +236,8 @@ class RequestLifecycle:
         if self.routing is not None:
             meta["llmgw"]["routing"] = self.routing.note(
                 completion.deployment if completion is not None else None)
+        if self.waited_ms is not None:
+            meta["llmgw"].setdefault("routing", {})["waited_ms"] = self.waited_ms
         rows = [usage_row(ctx, a, ts=self.now, metadata=meta, saved_micros=saved_micros)
                 for a in attempts]
         alone = len(gw._started) <= 1

@@ -26,6 +26,7 @@ from typing import Any
 
 from llmgw import providers
 from llmgw._litellm import import_litellm
+from llmgw.capacity import Admission, CapacityGate, NoCapacity
 from llmgw.config import Config
 from llmgw.constraints import RoutePlan
 from llmgw.credentials import CredentialGuard, Refusal
@@ -87,6 +88,11 @@ _HINTS: Mapping[type[ProviderError], str] = {
 }
 
 
+_NO_CAPACITY_HINT = ("Every deployment group {group!r} may use is at its rpm / tpm / "
+                     "max_parallel_requests limit (model_list.yaml) and no capacity freed up "
+                     "within llmgw.routing.max_queue_wait_s; retry after retry_after seconds, "
+                     "or raise the limits. Nothing was sent to a provider.")
+
 # LiteLLM reports a provider answer it cannot parse as a BadRequestError (422 for Gemini):
 # that is the provider's fault, not the caller's.
 _UNPARSABLE_ANSWER = re.compile(r"Error converting to valid response|Unable to convert .* "
@@ -95,6 +101,8 @@ _UNPARSABLE_ANSWER = re.compile(r"Error converting to valid response|Unable to c
 
 def classify(exc: BaseException) -> type[ProviderError]:
     """Our error class for one LiteLLM exception."""
+    if isinstance(exc, _NoCapacity):
+        return RateLimited
     if isinstance(exc, litellm.ContextWindowExceededError):
         return ContextWindowExceeded
     status = status_code_of(exc)
@@ -139,6 +147,8 @@ def retry_after_of(exc: BaseException) -> float | None:
                 return max(0.0, (when - datetime.now(when.tzinfo)).total_seconds())
             except (TypeError, ValueError):
                 continue
+    if isinstance(exc, _NoCapacity):
+        return exc.cause.retry_after
     if isinstance(exc, RouterRateLimitError):
         return float(exc.cooldown_time)
     return None
@@ -169,6 +179,7 @@ class RequestTrace:
     failures: list[Attempt] = field(default_factory=list)
     routing: RoutePlan | None = None  # per-call constraints (llmgw.constraints)
     latency_ms: Callable[[str], float | None] = _no_latency
+    admission: Admission = field(default_factory=Admission)  # leases and wait (llmgw.capacity)
 
     @property
     def auth_failed(self) -> bool:
@@ -181,6 +192,17 @@ class _NotSent(litellm.AuthenticationError):  # type: ignore[misc]
     the retry policy does not retry it; `map_exception` turns it into AuthenticationFailed."""
 
 
+class _NoCapacity(_NotSent):
+    """Raised inside the Router instead of picking a deployment: none the call may use has
+    capacity (`llmgw.capacity`). A `_NotSent`, so it is never retried; the Router falls back,
+    and `map_exception` turns it into RateLimited with `retry_after`. Nothing was sent."""
+
+    def __init__(self, cause: NoCapacity) -> None:
+        super().__init__(str(cause), llm_provider="", model=cause.group)
+        self.status_code = 429
+        self.cause = cause
+
+
 class AttemptRecorder(CustomLogger):  # type: ignore[misc]
     """Collects failed attempts per request id; the gateway writes them to the ledger. Also
     the Router's deployment filter that keeps bad credentials from being routed around."""
@@ -190,6 +212,7 @@ class AttemptRecorder(CustomLogger):  # type: ignore[misc]
         self.traces: dict[str, RequestTrace] = {}
         self.config: Config | None = None
         self.guard: CredentialGuard | None = None
+        self.gate: CapacityGate | None = None
         self.redactor = Redactor()
 
     def open(self, request_id: str) -> RequestTrace:
@@ -197,7 +220,10 @@ class AttemptRecorder(CustomLogger):  # type: ignore[misc]
         return trace
 
     def close(self, request_id: str) -> RequestTrace:
-        return self.traces.pop(request_id, None) or RequestTrace(request_id)
+        trace = self.traces.pop(request_id, None) or RequestTrace(request_id)
+        if self.gate is not None:
+            self.gate.release_all(trace.admission)
+        return trace
 
     async def async_filter_deployments(self, model: str, healthy_deployments: list[Any],
                                        messages: Any = None,
@@ -213,12 +239,27 @@ class AttemptRecorder(CustomLogger):  # type: ignore[misc]
             if trace is None:
                 return healthy_deployments
             fresh = siblings_first(healthy_deployments, (a.deployment for a in trace.failures))
-            if trace.routing is None:
-                return fresh
-            return trace.routing.order(model, fresh, trace.latency_ms)
+            if trace.routing is not None:
+                fresh = trace.routing.order(model, fresh, trace.latency_ms)
+            return await self._admit(model, fresh, trace)
         if trace is not None:
             trace.failures.append(_refused_attempt(len(trace.failures) + 1, model, refusal))
         raise _NotSent(refusal.reason, llm_provider=refusal.deployment.provider, model=model)
+
+    async def _admit(self, model: str, candidates: list[Any], trace: RequestTrace) -> list[Any]:
+        """The deployment this attempt may use, with a lease on its capacity, when any
+        candidate declares rpm/tpm/max_parallel_requests (`llmgw.capacity`); else all."""
+        gate = self.gate
+        if gate is None or not candidates or not gate.limited(
+                (d.get("model_info") or {}).get("id") for d in candidates):
+            return candidates
+        plan = trace.routing
+        try:
+            return await gate.admit(model, candidates, trace.admission,
+                                    ordered=bool(plan and plan.constraints.prefer),
+                                    allowed=plan.allowed if plan else None)
+        except NoCapacity as exc:
+            raise _NoCapacity(exc) from None
 
     async def async_log_failure_event(self, kwargs: dict[str, Any], response_obj: Any,
                                       start_time: datetime, end_time: datetime) -> None:
@@ -226,6 +267,16 @@ class AttemptRecorder(CustomLogger):  # type: ignore[misc]
             self._record_failure(kwargs, start_time, end_time)
         except Exception:  # a logging hook must never break the request
             log.exception("could not record a failed attempt")
+
+    async def async_log_success_event(self, kwargs: dict[str, Any], response_obj: Any,
+                                      start_time: datetime, end_time: datetime) -> None:
+        try:  # tokens toward the deployment's tpm, as LiteLLM counts them: after the answer
+            if self.gate is not None:
+                slo = kwargs.get("standard_logging_object") or {}
+                self.gate.count_tokens(kwargs.get("model_id") or slo.get("model_id"),
+                                       int(slo.get("total_tokens") or 0))
+        except Exception:
+            log.exception("could not count a deployment's tokens")
 
     def _record_failure(self, kwargs: dict[str, Any], start: datetime, end: datetime) -> None:
         metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
@@ -235,6 +286,8 @@ class AttemptRecorder(CustomLogger):  # type: ignore[misc]
             return
         slo = kwargs.get("standard_logging_object") or {}
         deployment_id = kwargs.get("model_id") or slo.get("model_id")
+        if self.gate is not None:  # the failed attempt's capacity is free again
+            self.gate.release(deployment_id, trace.admission)
         dep = self.config.deployment(deployment_id) if self.config and deployment_id else None
         trace.failures.append(Attempt(
             attempt=len(trace.failures) + 1,
@@ -363,6 +416,7 @@ def build_router(config: Config, redactor: Redactor) -> Any:
     rec.config = config
     rec.guard = CredentialGuard(config, router)
     rec.guard.warn_unset()
+    rec.gate = CapacityGate(config, config.router_settings.shared_state_url())
     rec.redactor.add(redactor.secrets)
     return router
 
@@ -439,6 +493,8 @@ def map_exception(exc: BaseException, *, trace: RequestTrace, model_group: str,
         message = f"{cls.__name__}{where} (group {model_group!r}): {detail}"
     hint = _HINTS.get(cls, "").format(deployment=deployment or "?", group=model_group,
                                        env=f", env {env}" if env else "")
+    if isinstance(exc, _NoCapacity):
+        hint = _NO_CAPACITY_HINT.format(group=model_group)
     kw: dict[str, Any] = dict(model_group=model_group, deployment=deployment,
                               provider=last.provider if last else None,
                               status_code=status, request_id=trace.request_id,

@@ -37,7 +37,8 @@ def health(
     output: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
     timeout: Annotated[float, typer.Option(help="Seconds each probe may take.")] = 5.0,
 ) -> None:
-    """Up or down, latency, cooldown and error of each deployment; exit 1 if any is down."""
+    """Up or down, latency, limits and current use, cooldown and error of each deployment;
+    exit 1 if any is down."""
     if output not in FORMATS:
         fail(f"Unknown --format {output!r}.", hint="Use table or json.", code=EXIT_USAGE)
     if not timeout > 0:
@@ -82,20 +83,35 @@ def _cooldown(r: DeploymentHealth) -> str:
         return "-"
     why = " (key refused)" if r.cooldown_status in (401, 403) else (
         f" (HTTP {r.cooldown_status})" if r.cooldown_status else "")
-    return f"[yellow]cooling down{why}[/]"
+    left = f", {r.cooldown_remaining_s:,.0f} s left" if r.cooldown_remaining_s is not None else ""
+    return f"[yellow]cooling down{why}{left}[/]"
+
+
+def _limits(r: DeploymentHealth) -> str:
+    parts = [f"{r.rpm:,} rpm" if r.rpm is not None else "",
+             f"{r.tpm:,} tpm" if r.tpm is not None else "",
+             f"{r.max_parallel_requests:,} parallel" if r.max_parallel_requests is not None
+             else ""]
+    return " · ".join(p for p in parts if p) or "-"
+
+
+def _use(r: DeploymentHealth) -> str:
+    return (f"{r.requests_this_minute:,} req · {r.tokens_this_minute:,} tok this min · "
+            f"{r.in_flight:,} in flight")
 
 
 def _print_table(results: list[DeploymentHealth], source: str) -> None:
     table = Table(title=f"Health of the deployments in {source}", title_justify="left",
                   box=box.SIMPLE_HEAD)
-    for header in ("deployment", "group", "provider", "status", "latency", "cooldown", "error"):
+    for header in ("deployment", "group", "provider", "status", "latency", "limits", "use",
+                   "cooldown", "error"):
         table.add_column(header, justify="right" if header == "latency" else "left",
                          no_wrap=header != "error", overflow="fold")
     for r in results:
         status = "[green]up[/]" if r.status == "up" else "[bold red]down[/]"
         latency = f"{r.latency_ms:,.1f} ms" if r.latency_ms is not None else "-"
         table.add_row(escape(r.deployment_id), escape(r.group), escape(r.provider), status,
-                      latency, _cooldown(r),
+                      latency, _limits(r), _use(r), _cooldown(r),
                       escape(r.error or ""))
     print_wide(table)
     up = sum(r.status == "up" for r in results)

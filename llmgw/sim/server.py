@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Self
 from aiohttp import web
 
 from llmgw.sim.faults import Decision, FaultPlan, FaultState
+from llmgw.sim.load import LoadMeter, ModelLoad
 
 _START_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 10.0
@@ -154,6 +155,7 @@ class SimServer:
         self._requests: list[RecordedRequest] = []
         self._responses: list[RecordedResponse] = []
         self._reset_at = 0.0  # answers to requests that arrived before a reset are not recorded
+        self._load = LoadMeter()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -275,6 +277,7 @@ class SimServer:
             self._reset_at = time.monotonic()
             self._requests.clear()
             self._responses.clear()
+        self._load.reset()
         self._state = FaultState(self._state.plan)
 
     @property
@@ -288,6 +291,11 @@ class SimServer:
         """A snapshot of what was answered, in completion order."""
         with self._lock:
             return list(self._responses)
+
+    @property
+    def load(self) -> dict[str, ModelLoad]:
+        """Per model: requests in flight now and at most, and requests per minute."""
+        return self._load.snapshot()
 
     @property
     def fault_counts(self) -> list[int]:
@@ -448,9 +456,10 @@ class SimServer:
         decision = state.decide(rec["model"])
         rec.update(fault=decision.kind, delay_s=decision.delay_s)
         try:
-            if decision.delay_s:
-                await self._hold(decision.delay_s)
-            return await self._answer(request, body, state.plan, decision, started, rec)
+            with self._load.track(rec["model"]):
+                if decision.delay_s:
+                    await self._hold(decision.delay_s)
+                return await self._answer(request, body, state.plan, decision, started, rec)
         except Dropped:
             # Closing the transport first makes aiohttp's own write fail quietly: the
             # client sees the connection close without (the rest of) a response.

@@ -3,12 +3,14 @@ collector, and `llmgw health` end to end."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -198,8 +200,51 @@ async def test_cooling_down_comes_from_the_router() -> None:
 
     cooled = {dep_id for dep_id, r in results.items() if r.cooling_down}
     assert cooled, f"nothing cooling down after 429s from {hit}"
+    assert all(0 < results[d].cooldown_remaining_s <= 300 for d in cooled)
+    assert all(results[d].cooldown_remaining_s is None for d in set(results) - cooled)
     assert cooled <= {{"sim-a": "hot-a", "sim-b": "hot-b"}[m] for m in hit}
     assert all(r.status == "up" for r in results.values())  # /models answers; cooldown is separate
+
+
+@pytest.mark.parametrize("ledger_url", ["sqlite"], indirect=True)
+async def test_limits_and_current_use_per_deployment(migrated_ledger_url: str) -> None:
+    """Limits as configured (max_parallel_requests as LiteLLM derives it from rpm), and use
+    this minute: requests sent, tokens answered, requests in flight right now."""
+    from llmgw.gateway import LLMGateway
+
+    if 60 - time.time() % 60 < 5:  # keep the calls and the probe inside one minute
+        await asyncio.sleep(60 - time.time() % 60 + 0.05)
+    ask = [{"role": "user", "content": "How busy is it?"}]
+    with OpenAISim(api_key=GOOD_KEY) as sim:
+        base = sim.base_url + "/v1"
+        busy = _dep("busy-a", "openai/sim-busy", base)
+        busy["litellm_params"].update(rpm=50, tpm=100_000)
+        both = _dep("par-a", "openai/sim-par", base)
+        both["litellm_params"].update(max_parallel_requests=3)
+        idle = _dep("idle-a", "openai/sim-idle", base)
+        gw = LLMGateway(config_from_dict({
+            "model_list": [busy, both, idle], "router_settings": {"num_retries": 0},
+            "llmgw": {"default_group": "busy-a", "ledger": {"url": migrated_ledger_url},
+                      "cache": {"backend": "none"}}}))
+        try:
+            for _ in range(3):
+                await gw.complete("a", "p", ask, model_group="busy-a")
+            sim.set_plan(FaultPlan.latency(60))  # the next call stays in flight
+            held = asyncio.create_task(gw.complete("a", "p", ask, model_group="busy-a"))
+            await asyncio.to_thread(sim.wait_for_requests, 4)
+            results = _by_id(await gw.health())
+            held.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await held
+        finally:
+            await gw.aclose()
+    b, p, i = results["busy-a"], results["par-a"], results["idle-a"]
+    assert (b.rpm, b.tpm, b.max_parallel_requests) == (50, 100_000, 50)
+    assert (b.requests_this_minute, b.in_flight) == (4, 1)
+    assert b.tokens_this_minute > 0
+    assert (p.rpm, p.tpm, p.max_parallel_requests) == (None, None, 3)
+    assert (p.requests_this_minute, p.tokens_this_minute, p.in_flight) == (0, 0, 0)
+    assert (i.rpm, i.tpm, i.max_parallel_requests, i.in_flight) == (None, None, None, 0)
 
 
 def test_stats_collector_window_and_percentiles() -> None:
@@ -236,6 +281,9 @@ SCRIPT = textwrap.dedent("""
 def test_health_command_json_end_to_end(sims, closed_port, tmp_path: Path) -> None:
     up = {n: s for n, s in sims.items() if n in ("openai", "anthropic")}
     data = registry.snippet_dict({n: s.base_url for n, s in up.items()}, api_key=GOOD_KEY)
+    for entry in data["model_list"]:
+        if entry["model_info"]["id"] == "sim-openai":
+            entry["litellm_params"].update(rpm=60, max_parallel_requests=4)
     data["model_list"].append(
         _dep("dead-anthropic", "anthropic/claude-sim", f"http://127.0.0.1:{closed_port}"))
     path = tmp_path / "model_list.yaml"
@@ -253,4 +301,9 @@ def test_health_command_json_end_to_end(sims, closed_port, tmp_path: Path) -> No
     assert rows["sim-openai"]["status"] == rows["sim-anthropic"]["status"] == "up"
     assert rows["dead-anthropic"]["status"] == "down"
     assert rows["sim-openai"]["cooling_down"] is False
+    assert rows["sim-openai"]["cooldown_remaining_s"] is None
+    assert (rows["sim-openai"]["rpm"], rows["sim-openai"]["max_parallel_requests"]) == (60, 4)
+    assert rows["sim-anthropic"]["rpm"] is None
+    assert all((r["requests_this_minute"], r["tokens_this_minute"], r["in_flight"]) == (0, 0, 0)
+               for r in rows.values())
     assert GOOD_KEY not in proc.stdout + proc.stderr

@@ -95,3 +95,37 @@ async def test_cost_based_sends_everything_to_the_cheapest(
     finally:
         await gw.aclose()
     assert seen == Counter({"g-b": 40})
+
+
+async def test_least_busy_sends_new_calls_to_the_deployment_with_fewer_in_flight(
+        sims, migrated_ledger_url: str) -> None:
+    """LiteLLM's least-busy counts calls in flight per deployment (`<group>_request_count:<id>`)
+    and picks the lowest. Eight calls spread 4 and 4 while both are held; g-b's end, g-a's stay
+    in flight; every new call then goes to the idle g-b (a random pick would send half to g-a)."""
+    openai_sim, _ = sims
+    openai_sim.set_plan(FaultPlan(faults=[
+        Fault(kind="latency", delay_s=60, model="gpt-a"),  # held for the whole test
+        Fault(kind="latency", delay_s=0.5, model="gpt-b", times=4)]))
+    gw = await gateway(two(openai_sim, migrated_ledger_url, routing_strategy="least-busy"))
+    held: list[asyncio.Task] = []
+
+    async def in_flight(dep_id: str) -> int:
+        return int(await gw.router.cache.async_get_cache(key=f"g_request_count:{dep_id}") or 0)
+
+    try:
+        for n in range(1, 9):  # one at a time: each pick sees the previous one in flight
+            held.append(asyncio.create_task(
+                gw.router.acompletion(model="g", messages=ASK, max_tokens=8)))
+            await asyncio.to_thread(openai_sim.wait_for_requests, n)
+        assert Counter(r.model for r in openai_sim.requests) == {"gpt-a": 4, "gpt-b": 4}
+        await asyncio.to_thread(openai_sim.wait_for_responses, 4)  # g-b's four are answered
+        while await in_flight("g-b"):  # LiteLLM counts them down in its success callback
+            await asyncio.sleep(0.01)
+        assert await in_flight("g-a") == 4
+        seen = await served(gw, 30)
+        assert seen == Counter({"g-b": 30})
+    finally:
+        for task in held:
+            task.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
+        await gw.aclose()
