@@ -293,6 +293,8 @@ class LLMGateway:
         if self.tracing is not None:
             await self.tracing.flush()
         await self._cache.aclose()
+        if self._recorder.gate is not None:  # rate-limit slots still being given back
+            await self._recorder.gate.settle()
         self.close()
 
     async def __aenter__(self) -> LLMGateway:
