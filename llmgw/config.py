@@ -319,8 +319,9 @@ class GatewaySettings(BaseModel):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     otel: OtelSettings = Field(default_factory=OtelSettings)
     request_timeout_s: float = Field(default=600.0, gt=0, le=MAX_TIMEOUT_S)
-    gc_freeze: bool = Field(default=True, description=(
-        "freeze start-up's objects out of Python's cyclic GC (llmgw.heap): no 250 ms pauses"))
+    gc_freeze: bool | None = Field(default=None, description=(
+        "freeze start-up's objects out of Python's cyclic GC (llmgw.heap); None: only in "
+        "llmgw's own processes (serve, mcp, the CLI), never in a host application's"))
 
     def agent_type_groups(self) -> dict[str, str]:
         """Agent type -> its model group, whichever form its entry has."""

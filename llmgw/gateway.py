@@ -17,7 +17,7 @@ from llmgw.cache.lookup import CacheLookup, CacheStep
 from llmgw.config import Config, load_config
 from llmgw.events import EventBus, Handler
 from llmgw.health import DeploymentHealth, DeploymentStats, StatsCollector, probe
-from llmgw.heap import STARTUP, freeze_once
+from llmgw import heap
 from llmgw.ids import new_request_id
 from llmgw.ledger.budget_store import BudgetStore
 from llmgw.ledger.engine import make_engine
@@ -83,9 +83,9 @@ class LLMGateway:
         # OpenTelemetry: `llmgw.otel`, or the caller's own provider (llmgw.tracing)
         self.tracing = make_tracing(self.config.llmgw.otel, tracer_provider)
         self.reconcile()
-        self._freeze_at_first_answer = self.config.llmgw.gc_freeze
-        if self.config.llmgw.gc_freeze:
-            freeze_once(STARTUP)
+        self._freeze_at_first_answer = heap.wanted(self.config.llmgw.gc_freeze)
+        if self._freeze_at_first_answer:
+            heap.freeze_once(heap.STARTUP)
 
     # -- public API --------------------------------------------------------------------------
 

@@ -1,12 +1,16 @@
 """Python's cyclic garbage collector and the heap start-up builds: freeze it, once.
 
-Importing LiteLLM leaves ~400,000 objects that live as long as the process. The collector
-walks all of them in every full collection, a stop-the-world pause of ~250 ms every few
-hundred requests under load, and never frees one. `gc.freeze()` moves the objects alive now
+Importing LiteLLM leaves a few hundred thousand objects that live as long as the process. The
+collector walks all of them in every full collection, a stop-the-world pause under load, and
+never frees one. `gc.freeze()` moves the objects alive now
 into a generation it never walks: reference counting still frees them; only a reference
 cycle among them would stay (once, bounded). Two stages per process: when the first gateway
 is built, and when the first answer arrives (LiteLLM imports a provider's modules on first
-use). Setting `llmgw.gc_freeze: false` leaves the collector alone.
+use).
+
+A library does not tune its host's collector: by default only llmgw's own processes
+(`llmgw serve`, `llmgw mcp`, the CLI) freeze; `llmgw.gc_freeze: true` opts a host in, and
+`false` keeps even our own processes out.
 """
 
 from __future__ import annotations
@@ -19,6 +23,18 @@ FIRST_ANSWER = "first answer"
 
 _done: set[str] = set()
 _lock = threading.Lock()
+_own_process = False
+
+
+def claim_process() -> None:
+    """Called by llmgw's own entry points: this process is ours to tune."""
+    global _own_process
+    _own_process = True
+
+
+def wanted(setting: bool | None) -> bool:
+    """Whether a gateway built with `llmgw.gc_freeze: setting` freezes."""
+    return _own_process if setting is None else setting
 
 
 def freeze_once(stage: str) -> bool:

@@ -50,4 +50,7 @@ app.add_typer(mcp.app, name="mcp")
 
 def main() -> None:
     """Console-script entry point."""
+    from llmgw.heap import claim_process
+
+    claim_process()  # our own process: llmgw.heap may freeze LiteLLM's start-up heap
     app()

@@ -132,6 +132,9 @@ def create_app(config: Config | str | None = None, settings: ServerSettings | No
 def app_from_env() -> FastAPI:
     """The factory `llmgw serve` hands uvicorn (`--factory`): each worker process builds its
     app from LLMGW_CONFIG and the LLMGW_SERVE_* settings."""
+    from llmgw.heap import claim_process
+
+    claim_process()  # a worker of `llmgw serve`: ours to tune (llmgw.heap)
     return create_app(os.environ.get(ENV_CONFIG) or None, ServerSettings.from_env())
 
 
