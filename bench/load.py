@@ -146,7 +146,7 @@ def messages(tag: str, n: int, project: str, history: int = 0) -> list[dict[str,
                                         f"{project} stands and what blocks it."}]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _history(project: str, turns: int) -> tuple[dict[str, str], ...]:
     """~300 tokens a turn: what an agent's context looks like after a while."""
     return tuple({"role": "user" if i % 2 == 0 else "assistant",

@@ -103,10 +103,10 @@ def analyse(samples: list[tuple[list[str], int]], top: int, requests: int, wall:
           f"{total} CPU samples (all threads)")
     for kind in ("llmgw", "litellm", "other"):
         print(f"  {kind:8} {split[kind]:7d}  {100 * split[kind] / total:5.1f} %")
-    print(f"\ntop llmgw endings (deepest llmgw frame -> what it was calling), % of all samples")
+    print("\ntop llmgw endings (deepest llmgw frame -> what it was calling), % of all samples")
     for key, n in where.most_common(top):
         print(f"  {100 * n / total:5.1f} %  {key}")
-    print(f"\ntop llmgw functions, inclusive (% of all samples)")
+    print("\ntop llmgw functions, inclusive (% of all samples)")
     for key, n in inclusive.most_common(top):
         print(f"  {100 * n / total:5.1f} %  {key}")
 

@@ -43,7 +43,7 @@ from llmgw.ledger import sqlfiles  # noqa: E402
 from llmgw.ledger.engine import make_engine  # noqa: E402
 from llmgw.ledger.migrate import upgrade  # noqa: E402
 from llmgw.ledger.models import USAGE_COLUMNS as COLUMNS  # noqa: E402
-from llmgw.ledger.report import GROUP_BY_VALUES, usage_report, usage_totals  # noqa: E402
+from llmgw.ledger.report import GROUP_BY_VALUES  # noqa: E402
 from llmgw.ledger.store import LedgerStore  # noqa: E402
 
 TARGET_S = 1.0

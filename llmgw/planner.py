@@ -19,8 +19,8 @@ from llmgw.config import Config
 from llmgw.constraints import CallConstraints, RoutePlan, plan_route, take_constraints
 from llmgw.ledger.budget_store import BudgetStore
 from llmgw.ledger.store import LedgerStore, RequestContext
-from llmgw.tokens import PromptTokenCounter
 from llmgw.pricing import token_cost_micros
+from llmgw.tokens import PromptTokenCounter
 from llmgw.types import (
     BudgetImpact,
     CompletionRequest,

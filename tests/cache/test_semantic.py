@@ -17,8 +17,6 @@ import time
 import pytest
 
 from llmgw.cache import semantic
-from llmgw.config import SemanticSettings
-from llmgw.errors import ConfigError
 from llmgw.cache.semantic import (
     INSTALL_HINT,
     SemanticIndex,
@@ -27,6 +25,8 @@ from llmgw.cache.semantic import (
     params_fingerprint,
     semantic_text,
 )
+from llmgw.config import SemanticSettings
+from llmgw.errors import ConfigError
 
 THRESHOLD = SemanticSettings().threshold  # the shipped default: 0.92
 GROUP = "fast-response"

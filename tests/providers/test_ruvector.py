@@ -13,8 +13,7 @@ import pytest
 from aiohttp import web
 
 from llmgw._litellm import import_litellm
-from llmgw.providers import register
-from llmgw.providers import ruvector
+from llmgw.providers import register, ruvector
 from llmgw.providers.ruvector import HIDDEN_KEY, RuVectorLLM, flatten_messages
 from llmgw.sim.faults import FaultPlan
 from llmgw.sim.ollama import OllamaSim

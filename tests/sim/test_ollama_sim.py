@@ -8,14 +8,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import ollama  # the official client (dev extra): its types are the schema
 import pytest
 from pydantic import BaseModel
 
 from llmgw.sim.faults import FaultPlan, ToolCall
 from llmgw.sim.ollama import OllamaSim
 from tests.sim.conftest import fresh
-
-import ollama  # the official client (dev extra): its types are the schema
 
 MESSAGES = [
     {"role": "system", "content": "Be brief."},
