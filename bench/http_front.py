@@ -189,7 +189,7 @@ async def main(clients: int, requests: int, rounds: int) -> None:
         print(f"         (b) {b[0]:.1f} req/s, p50 {b[1]:.2f} ms, p99 {b[2]:.2f} ms")
         ratio = b[0] / a[0]
         ratios = [rb[0] / ra[0] for ra, rb in zip(results["(a) in-process complete"],
-                                                    results["(b) HTTP, openai SDK"])]
+                                                    results["(b) HTTP, openai SDK"], strict=True)]
         delta = b[1] - a[1]
         print(f"throughput (b)/(a): {ratio:.2f} (rounds {min(ratios):.2f}-{max(ratios):.2f}; "
               f"target >= 0.85: {'met' if ratio >= 0.85 else 'NOT met'})")

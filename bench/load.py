@@ -412,7 +412,7 @@ class Figures:
         return 1000 * sum(self.server_cpus) / sum(self.counts)
 
     def round_rps(self) -> list[float]:
-        return [c / w for c, w in zip(self.counts, self.walls)]
+        return [c / w for c, w in zip(self.counts, self.walls, strict=True)]
 
 
 def report(figs: dict[tuple[str, str], Figures], agents: int, rounds: int,
@@ -442,7 +442,7 @@ def report(figs: dict[tuple[str, str], Figures], agents: int, rounds: int,
         ratio = g.rps / b.rps
         # The verdict uses the median of the per-round ratios: a burst of other work on the
         # machine during one round moves the totals but not the median.
-        ratios = [x / y for x, y in zip(g.round_rps(), b.round_rps())]
+        ratios = [x / y for x, y in zip(g.round_rps(), b.round_rps(), strict=True)]
         per_round = statistics.median(ratios)
         verdict = ("PASS" if per_round >= 0.95 else "FAIL") if (
             gw_key[1] == "gateway" and base_key[1] == "router") else "info"

@@ -306,7 +306,7 @@ def write_cost(url: str, requests: int, rounds: int) -> None:
 
 
 def _as_dicts(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
-    return [{**dict(zip(COLUMNS, r)), "metadata": json.loads(r[20])} for r in rows]
+    return [{**dict(zip(COLUMNS, r, strict=True)), "metadata": json.loads(r[20])} for r in rows]
 
 
 # --- main -------------------------------------------------------------------------------------

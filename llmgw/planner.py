@@ -170,7 +170,7 @@ class BudgetPlanner:
                                             limit_micros=plan.cap.limit_micros, spent_micros=0,
                                             reserved_micros=0, would_exceed=over))
             counters = await self.ledger.run(self.store.counters, plan.keys)
-            for key, limit in zip(plan.keys, plan.limits):
+            for key, limit in zip(plan.keys, plan.limits, strict=True):
                 spent, held = counters.get(key, (0, 0))
                 over = spent + held + amount > limit.limit_micros
                 refused |= over

@@ -98,7 +98,7 @@ class GroupCommit:
             for _, future in batch:
                 future.set_exception(exc)
             return
-        for (_, future), (result, error) in zip(batch, outcomes):
+        for (_, future), (result, error) in zip(batch, outcomes, strict=True):
             if error is not None:
                 future.set_exception(error)
             else:
@@ -183,7 +183,7 @@ class LoopCommit:
         if outcomes is None:
             self._to_thread(batch)
             return
-        for (_, future), (result, error) in zip(batch, outcomes):
+        for (_, future), (result, error) in zip(batch, outcomes, strict=True):
             if future.done():  # its caller was cancelled; the work stands, as in a thread
                 continue
             if error is not None:

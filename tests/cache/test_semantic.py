@@ -57,7 +57,7 @@ def real_index(minilm) -> SemanticIndex:
 
 def cosine(minilm, a: str, b: str) -> float:
     va, vb = minilm([a, b])
-    return sum(x * y for x, y in zip(va, vb))
+    return sum(x * y for x, y in zip(va, vb, strict=True))
 
 
 def test_minilm_embeds_offline_as_normalised_384_vectors(minilm):

@@ -157,7 +157,8 @@ def test_tags_version_show_and_root(sim: OllamaSim) -> None:
 def test_official_client_round_trip(sim: OllamaSim) -> None:
     client = ollama.Client(host=sim.base_url)
     assert client.chat(model="llama3.2", messages=MESSAGES).message.content == ANSWER
-    streamed = "".join(p.message.content or "" for p in client.chat(model="llama3.2", messages=MESSAGES, stream=True))
+    parts = client.chat(model="llama3.2", messages=MESSAGES, stream=True)
+    streamed = "".join(p.message.content or "" for p in parts)
     assert streamed == ANSWER
     assert [m.model for m in client.list().models] == ["llama3.2:latest", "qwen2.5-coder:0.5b"]
     sim.plan = FaultPlan.error(404, message='model "nope" not found, try pulling it first')
@@ -180,7 +181,8 @@ def test_no_auth_by_default_but_an_api_key_can_be_required(sim: OllamaSim) -> No
     with OllamaSim(api_key="sk-proxy") as guarded:
         refused = httpx.post(guarded.base_url + "/api/chat", json=BODY)
         assert refused.status_code == 401 and refused.json() == {"error": "unauthorized"}
-        ok = httpx.post(guarded.base_url + "/api/chat", json=BODY, headers={"Authorization": "Bearer sk-proxy"})
+        ok = httpx.post(guarded.base_url + "/api/chat", json=BODY,
+                        headers={"Authorization": "Bearer sk-proxy"})
         assert ok.status_code == 200
         assert httpx.get(guarded.base_url + "/api/tags").status_code == 401
 
