@@ -5,7 +5,8 @@ Builds one configuration of bench/load.py (`sqlite`: SQLite ledger + memory cach
 load.py pins (servers and py-spy on the last core), warms it up, then samples it with py-spy
 (every thread, CPU only: idle waits are not counted) while 100 agents send unique prompts.
 py-spy counts a thread that is runnable but waiting for the core (or the GIL) as busy, so
-lines right after a system call collect samples they did not spend: trust process CPU (load.py's `CPU ms`) for totals. Each sample is attributed to:
+lines right after a system call collect samples they did not spend: trust process CPU
+(load.py's `CPU ms`) for totals. Each sample is attributed to:
   llmgw   a frame of llmgw is on the stack and it is not inside `Router.acompletion`
           (or it is an llmgw callback LiteLLM calls from there);
   litellm inside `Router.acompletion` or LiteLLM's own background work;
