@@ -150,9 +150,9 @@ def messages(tag: str, n: int, project: str, history: int = 0) -> list[dict[str,
 def _history(project: str, turns: int) -> tuple[dict[str, str], ...]:
     """~300 tokens a turn: what an agent's context looks like after a while."""
     return tuple({"role": "user" if i % 2 == 0 else "assistant",
-                  "content": f"Turn {i} on {project}: " + "the build of module %d failed in "
-                             "step %d; the fix moves the retry loop out of the handler. " % (i, i)
-                             * 12} for i in range(turns))
+                  "content": f"Turn {i} on {project}: " + f"the build of module {i} failed in "
+                             f"step {i}; the fix moves the retry loop out of the handler. " * 12}
+                 for i in range(turns))
 
 
 def hit_messages(n: int, project: str) -> list[dict[str, str]]:

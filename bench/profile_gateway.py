@@ -26,7 +26,6 @@ import asyncio
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -132,21 +131,22 @@ async def profile(config: str, path: str, requests: int, agents: int, tool: str,
             await load(call, requests, agents, make)
             profiler.stop()
             wall = time.perf_counter() - t0
-            out.write_text(profiler.output_text(unicode=False, color=False, show_all=False))
+            text = profiler.output_text(unicode=False, color=False, show_all=False)
+            await asyncio.to_thread(out.write_text, text)
             print(f"{requests} requests in {wall:.1f} s; pyinstrument report: {out}")
             return
         raw = out.with_suffix(".raw")
-        spy = subprocess.Popen([PY_SPY, "record", "--pid", str(os.getpid()), "--rate", "250",
-                                "--format", "raw", "--output", str(raw),
-                                *(["--native"] if native else ["--nonblocking"])],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spy = await asyncio.create_subprocess_exec(
+            PY_SPY, "record", "--pid", str(os.getpid()), "--rate", "250", "--format", "raw",
+            "--output", str(raw), *(["--native"] if native else ["--nonblocking"]),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         os.sched_setaffinity(spy.pid, {servers_core})  # the sampler off the bench's core
         await asyncio.sleep(1.0)  # py-spy attached
         t0 = time.perf_counter()
         await load(call, requests, agents, make)
         wall = time.perf_counter() - t0
         spy.send_signal(signal.SIGINT)
-        spy.wait(timeout=30)
+        await asyncio.wait_for(spy.wait(), 30)
         analyse(parse_raw(raw), top, requests, wall)
         print(f"\nraw py-spy stacks: {raw}")
     finally:

@@ -19,6 +19,7 @@ in interleaved rounds, on the loaded ledger.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import random
@@ -231,9 +232,9 @@ def time_reports(url: str, warm_runs: int, impl: Any) -> list[tuple[str, str, fl
         for by in GROUP_BY_VALUES:
             engine = make_engine(url)  # cold: a new connection, an empty SQLite page cache
             try:
-                cold = timed(lambda: cli_report(impl, engine, by, filters))
-                warm = statistics.median(timed(lambda: cli_report(impl, engine, by, filters))
-                                         for _ in range(warm_runs))
+                report = functools.partial(cli_report, impl, engine, by, filters)
+                cold = timed(report)
+                warm = statistics.median(timed(report) for _ in range(warm_runs))
             finally:
                 engine.dispose()
             out.append((by, name, cold, warm))
@@ -293,7 +294,7 @@ def write_cost(url: str, requests: int, rounds: int) -> None:
             batch = [_as_dicts(gen._request(0)) for _ in range(requests // rounds)]
             name = "triggers on" if on else "triggers dropped"
             for rows in batch:
-                samples[name].append(timed(lambda: store.write_sync(rows)) * 1000)
+                samples[name].append(timed(functools.partial(store.write_sync, rows)) * 1000)
     finally:
         store.dispose()
     print(f"\n{dialect}: LedgerStore.write_sync, one request (1-3 rows) per call, "
