@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -41,17 +40,23 @@ class InFlight:
 
     def __init__(self) -> None:
         self.ids: set[str] = set()
+        self._empty = asyncio.Event()  # both events are emitted on the server's loop
+        self._empty.set()
 
     def started(self, _event: str, payload: dict[str, Any]) -> None:
         self.ids.add(payload["request_id"])
+        self._empty.clear()
 
     def finished(self, _event: str, payload: dict[str, Any]) -> None:
         self.ids.discard(payload["request_id"])
+        if not self.ids:
+            self._empty.set()
 
     async def wait_empty(self, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while self.ids and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)  # the settles run on this loop: give them turns
+        try:
+            await asyncio.wait_for(self._empty.wait(), timeout_s)
+        except TimeoutError:
+            pass
         return not self.ids
 
 

@@ -294,8 +294,7 @@ async def test_a_key_removed_during_a_pure_python_search_is_not_served(monkeypat
 
     monkeypatch.setattr(semantic, "_best_python", slow_best)
     task = asyncio.create_task(index.lookup(PROJECT_A, GROUP, "alpha beta", FP))
-    while not started.is_set():
-        await asyncio.sleep(0.005)
+    assert await asyncio.to_thread(started.wait, 30)  # the search is under way
     assert index.remove("k")
     assert await task is None
 

@@ -303,6 +303,7 @@ async def test_litellm_ignores_a_malformed_stream_line(sim: OllamaSim, litellm) 
     stream = await litellm.acompletion(**kwargs(sim, stream=True))
     chunks = [chunk async for chunk in stream]
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ""
-    raw = httpx.post(sim.base_url + "/api/chat", json={**BODY, "stream": True}).text
+    async with httpx.AsyncClient() as client:
+        raw = (await client.post(sim.base_url + "/api/chat", json={**BODY, "stream": True})).text
     with pytest.raises(ValueError):
         json.loads(raw.splitlines()[0])
