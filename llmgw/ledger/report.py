@@ -156,7 +156,7 @@ def _report(engine: Engine, by: str | None, project: str | None, agent: str | No
     span = _cut(since, until)
     scope = (project, agent)
     dialect = engine.dialect.name
-    queries: list[tuple[Select, Callable[[Any], dict[str, int]]]] = []  # type: ignore[type-arg]
+    queries: list[tuple[Select[Any], Callable[[Any], dict[str, int]]]] = []
     if span.whole_days:
         queries.append((_rollup_query(by, scope, span), _measures_of))
     if span.edges:
@@ -175,7 +175,7 @@ def _report(engine: Engine, by: str | None, project: str | None, agent: str | No
 
 
 def _rollup_query(by: str | None, scope: tuple[str | None, str | None],
-                  span: _Range) -> Select:  # type: ignore[type-arg]
+                  span: _Range) -> Select[Any]:
     u = UsageRollup.__table__.c
     key = _rollup_key(by)
     credit = u[_CREDIT[by]]
@@ -195,7 +195,7 @@ def _rollup_query(by: str | None, scope: tuple[str | None, str | None],
 
 
 def _edges_query(by: str | None, dialect: str, scope: tuple[str | None, str | None],
-                 span: _Range) -> Select:  # type: ignore[type-arg]
+                 span: _Range) -> Select[Any]:
     """Partial days from usage_events; split requests are left to _split_query."""
     t, s = UsageEvent.__table__, UsageSplitRequest.__table__
     key = _key_expr(by, dialect) if by else null()
@@ -207,7 +207,7 @@ def _edges_query(by: str | None, dialect: str, scope: tuple[str | None, str | No
 
 
 def _split_query(by: str | None, dialect: str, scope: tuple[str | None, str | None],
-                 span: _Range) -> Select:  # type: ignore[type-arg]
+                 span: _Range) -> Select[Any]:
     """Split requests: their distinct count in range, and the credits the rollup gave them."""
     t, s = UsageEvent.__table__, UsageSplitRequest.__table__
     key = _key_expr(by, dialect) if by else null()
@@ -230,7 +230,7 @@ def _split_query(by: str | None, dialect: str, scope: tuple[str | None, str | No
     return _grouped(_filtered(stmt, *scope, span.since, span.until), key, by)
 
 
-def _grouped(stmt: Select, key: ColumnElement[Any], by: str | None) -> Select:  # type: ignore[type-arg]
+def _grouped(stmt: Select[Any], key: ColumnElement[Any], by: str | None) -> Select[Any]:
     return stmt.group_by(key) if by else stmt
 
 
@@ -316,8 +316,8 @@ def _key_expr(by: str, dialect: str) -> ColumnElement[Any]:
     return column
 
 
-def _filtered(stmt: Select, project: str | None, agent: str | None,  # type: ignore[type-arg]
-              since: datetime | None, until: datetime | None) -> Select:  # type: ignore[type-arg]
+def _filtered(stmt: Select[Any], project: str | None, agent: str | None,
+              since: datetime | None, until: datetime | None) -> Select[Any]:
     t = UsageEvent.__table__.c
     if project is not None:
         stmt = stmt.where(t.project_id == project)
