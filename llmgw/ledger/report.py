@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeGuard, get_args
 
 from pydantic import BaseModel, ConfigDict, computed_field
 from sqlalchemy import (
@@ -36,6 +36,11 @@ GroupBy = Literal[
     "project", "agent", "agent-type", "model", "provider", "day", "model-group", "deployment"
 ]
 GROUP_BY_VALUES: tuple[str, ...] = get_args(GroupBy)
+
+
+def is_group_by(value: str) -> TypeGuard[GroupBy]:
+    """Whether a `--by` or `by=` a user gave is one of GROUP_BY_VALUES."""
+    return value in GROUP_BY_VALUES
 NULL_KEY = "-"
 TOTAL_KEY = "TOTAL"
 ATTEMPT_STATUSES = ("ok", "error", "partial")  # real provider calls
