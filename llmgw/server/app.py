@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive
 
 from llmgw.config import Config, load_config
 from llmgw.errors import LLMGatewayError
@@ -66,6 +67,8 @@ def create_app(config: Config | str | None = None, settings: ServerSettings | No
     settings = settings or ServerSettings.from_env()
     from llmgw.server.mcp import McpHttp
     from llmgw.server.mcp_identity import key_authenticator
+
+    app: FastAPI  # made below; the closures here run once it is
 
     async def mcp_authenticate(secret: str) -> Any:
         return await app.state.mcp_auth(secret)  # the key store is made in the lifespan
@@ -226,7 +229,7 @@ class ClientGone(Exception):
     """The client disconnected before its answer; nobody is left to answer."""
 
 
-async def _disconnected(receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+async def _disconnected(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any
 
 import anyio
@@ -96,7 +96,7 @@ def _usage(c: Completion) -> dict[str, int]:
             "total_tokens": c.usage.total_tokens}
 
 
-async def _sse(first: StreamEvent, events: AsyncIterator[StreamEvent], *, model: str,
+async def _sse(first: StreamEvent, events: AsyncGenerator[StreamEvent, None], *, model: str,
                include_usage: bool) -> AsyncIterator[str]:
     """OpenAI's chunk sequence: deltas, a finish chunk, the usage chunk when asked for,
     `[DONE]`. The last chunk before `[DONE]` carries the facts as `llmgw`."""
@@ -145,7 +145,7 @@ async def _sse(first: StreamEvent, events: AsyncIterator[StreamEvent], *, model:
             event = await anext(events, None)
     finally:  # a hang-up cancels us here: the gateway settles what was generated
         with anyio.CancelScope(shield=True):
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()
 
 
 @router.get("/v1/models", response_model=ModelList, tags=["openai"],
