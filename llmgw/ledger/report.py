@@ -79,12 +79,12 @@ class ReportRow(BaseModel):
     cost_micros: int = 0
     saved_micros: int = 0
 
-    @computed_field  # type: ignore[prop-decorator]
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented pattern
     @property
     def cost_usd(self) -> Decimal:
         return micros_to_usd(self.cost_micros)
 
-    @computed_field  # type: ignore[prop-decorator]
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented pattern
     @property
     def saved_usd(self) -> Decimal:
         return micros_to_usd(self.saved_micros)
