@@ -45,7 +45,11 @@ chromium:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo 'chromium is not installed: run `make test` as root or `apt-get install chromium`' >&2; exit 1; fi; }
 
-test: install redis chromium model
+lint: install
+	$(BIN)/ruff check llmgw migrations tests bench
+	$(BIN)/mypy
+
+test: install lint redis chromium model
 	$(BIN)/python -m pytest -q --durations=25
 
 bench: install redis

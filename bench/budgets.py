@@ -13,15 +13,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from overhead import KEY, MESSAGES, SIM_SCRIPT, pct
+from overhead import KEY, MESSAGES, SIM_SCRIPT, pct, start_sim, stop_sim
 
 from llmgw._litellm import set_offline_env
 
@@ -86,9 +84,7 @@ def check_latency(url: str, n: int = 2000) -> tuple[list[float], list[float]]:
 async def gateway_on_off(requests: int) -> dict[str, list[float]]:
     from llmgw.gateway import LLMGateway
 
-    sim = subprocess.Popen([sys.executable, "-c", SIM_SCRIPT, KEY], stdin=subprocess.PIPE,
-                           stdout=subprocess.PIPE, text=True)
-    base = sim.stdout.readline().strip()  # type: ignore[union-attr]
+    sim, base = await start_sim(SIM_SCRIPT, KEY)
     tmp = Path(tempfile.mkdtemp(prefix="llmgw-bench-"))
     out: dict[str, list[float]] = {"budgets off": [], "budgets on": []}
     gws = {}
@@ -120,8 +116,7 @@ async def gateway_on_off(requests: int) -> dict[str, list[float]]:
     finally:
         for gw in gws.values():
             gw.close()
-        sim.stdin.close()  # type: ignore[union-attr]
-        sim.wait(timeout=10)
+        await stop_sim(sim)
     return out
 
 

@@ -16,13 +16,12 @@ import asyncio
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
-from overhead import KEY, SIM_SCRIPT, pct
+from overhead import KEY, SIM_SCRIPT, pct, start_sim, stop_sim
 
 from llmgw._litellm import set_offline_env
 
@@ -92,9 +91,7 @@ async def layer(redis_url: str, n: int = 5000) -> None:
 async def gateway(redis_url: str, requests: int) -> None:
     from llmgw.gateway import LLMGateway
 
-    sim = subprocess.Popen([sys.executable, "-c", SIM_SCRIPT, KEY], stdin=subprocess.PIPE,
-                           stdout=subprocess.PIPE, text=True)
-    base = sim.stdout.readline().strip()  # type: ignore[union-attr]
+    sim, base = await start_sim(SIM_SCRIPT, KEY)
     tmp = Path(tempfile.mkdtemp(prefix="llmgw-bench-"))
     results: dict[str, list[float]] = {}
     try:
@@ -121,8 +118,7 @@ async def gateway(redis_url: str, requests: int) -> None:
             results[name] = t
             await gw.aclose()
     finally:
-        sim.stdin.close()  # type: ignore[union-attr]
-        sim.wait(timeout=10)
+        await stop_sim(sim)
     print("\n2. LLMGateway.complete (SQLite ledger, the hit's `cached` row included)\n")
     for name, t in results.items():
         print(f"{name:22} p50 {pct(t, 50):7.3f} ms  p99 {pct(t, 99):7.3f} ms")

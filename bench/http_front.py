@@ -27,7 +27,6 @@ import asyncio
 import os
 import socket
 import statistics
-import subprocess
 import tempfile
 import time
 
@@ -97,6 +96,21 @@ async def load(call, clients: int, requests: int) -> tuple[float, list[float]]:
     return len(latencies) / (time.perf_counter() - t0), latencies
 
 
+async def wait_ready(url: str, server: asyncio.subprocess.Process) -> None:
+    """Polls the server's readiness until it answers 200, it exits, or a deadline passes."""
+    deadline = time.monotonic() + 120
+    async with httpx.AsyncClient(timeout=2) as client:
+        while True:
+            try:
+                if (await client.get(url)).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or server.returncode is not None:
+                raise SystemExit("llmgw serve did not start")
+            await asyncio.sleep(0.2)
+
+
 async def main(clients: int, requests: int, rounds: int) -> None:
     import openai
 
@@ -104,12 +118,13 @@ async def main(clients: int, requests: int, rounds: int) -> None:
     from llmgw.ledger.api_keys import ApiKeyStore
     from llmgw.ledger.engine import make_engine
 
-    sim = subprocess.Popen([sys.executable, "-c", SIM_SCRIPT, KEY], stdin=subprocess.PIPE,
-                           stdout=subprocess.PIPE, text=True)
+    sim = await asyncio.create_subprocess_exec(sys.executable, "-c", SIM_SCRIPT, KEY,
+                                               stdin=asyncio.subprocess.PIPE,
+                                               stdout=asyncio.subprocess.PIPE)
     tmp = Path(tempfile.mkdtemp(prefix="llmgw-bench-http-"))
     server = None
     try:
-        base = sim.stdout.readline().strip()  # type: ignore[union-attr]
+        base = (await sim.stdout.readline()).decode().strip()  # type: ignore[union-attr]
         local_ledger, http_ledger = (f"sqlite:///{tmp / name}" for name in ("a.db", "b.db"))
         for ledger in (local_ledger, http_ledger):
             upgrade(ledger)
@@ -123,20 +138,11 @@ async def main(clients: int, requests: int, rounds: int) -> None:
         port = free_port()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-        server = subprocess.Popen([sys.executable, "-m", "llmgw.cli", "serve", "--port",
-                                   str(port), "--config", str(config), "--no-access-log"],
-                                  env=env, cwd=tmp)
+        server = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "llmgw.cli", "serve", "--port", str(port), "--config",
+            str(config), "--no-access-log", env=env, cwd=tmp)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("llmgw serve did not start")
-            await asyncio.sleep(0.2)
+        await wait_ready(url + "/readyz", server)
 
         gw = LLMGateway(config_from_dict(config_dict(base, local_ledger)))
         sdk = [openai.AsyncOpenAI(base_url=url + "/v1", api_key=k, max_retries=0)
@@ -189,7 +195,7 @@ async def main(clients: int, requests: int, rounds: int) -> None:
         print(f"         (b) {b[0]:.1f} req/s, p50 {b[1]:.2f} ms, p99 {b[2]:.2f} ms")
         ratio = b[0] / a[0]
         ratios = [rb[0] / ra[0] for ra, rb in zip(results["(a) in-process complete"],
-                                                    results["(b) HTTP, openai SDK"])]
+                                                    results["(b) HTTP, openai SDK"], strict=True)]
         delta = b[1] - a[1]
         print(f"throughput (b)/(a): {ratio:.2f} (rounds {min(ratios):.2f}-{max(ratios):.2f}; "
               f"target >= 0.85: {'met' if ratio >= 0.85 else 'NOT met'})")
@@ -204,9 +210,9 @@ async def main(clients: int, requests: int, rounds: int) -> None:
     finally:
         if server is not None:
             server.terminate()
-            server.wait(timeout=60)
+            await asyncio.wait_for(server.wait(), 60)
         sim.stdin.close()  # type: ignore[union-attr]
-        sim.wait(timeout=10)
+        await asyncio.wait_for(sim.wait(), 10)
 
 
 if __name__ == "__main__":

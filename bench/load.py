@@ -146,13 +146,13 @@ def messages(tag: str, n: int, project: str, history: int = 0) -> list[dict[str,
                                         f"{project} stands and what blocks it."}]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _history(project: str, turns: int) -> tuple[dict[str, str], ...]:
     """~300 tokens a turn: what an agent's context looks like after a while."""
     return tuple({"role": "user" if i % 2 == 0 else "assistant",
-                  "content": f"Turn {i} on {project}: " + "the build of module %d failed in "
-                             "step %d; the fix moves the retry loop out of the handler. " % (i, i)
-                             * 12} for i in range(turns))
+                  "content": f"Turn {i} on {project}: " + f"the build of module {i} failed in "
+                             f"step {i}; the fix moves the retry loop out of the handler. " * 12}
+                 for i in range(turns))
 
 
 def hit_messages(n: int, project: str) -> list[dict[str, str]]:
@@ -412,7 +412,7 @@ class Figures:
         return 1000 * sum(self.server_cpus) / sum(self.counts)
 
     def round_rps(self) -> list[float]:
-        return [c / w for c, w in zip(self.counts, self.walls)]
+        return [c / w for c, w in zip(self.counts, self.walls, strict=True)]
 
 
 def report(figs: dict[tuple[str, str], Figures], agents: int, rounds: int,
@@ -442,7 +442,7 @@ def report(figs: dict[tuple[str, str], Figures], agents: int, rounds: int,
         ratio = g.rps / b.rps
         # The verdict uses the median of the per-round ratios: a burst of other work on the
         # machine during one round moves the totals but not the median.
-        ratios = [x / y for x, y in zip(g.round_rps(), b.round_rps())]
+        ratios = [x / y for x, y in zip(g.round_rps(), b.round_rps(), strict=True)]
         per_round = statistics.median(ratios)
         verdict = ("PASS" if per_round >= 0.95 else "FAIL") if (
             gw_key[1] == "gateway" and base_key[1] == "router") else "info"

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,15 +41,29 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
+async def start_sim(script: str, *args: str) -> tuple[asyncio.subprocess.Process, str]:
+    """A simulator in its own process (so the bench's loop runs only the client side) and
+    the base URL it printed; `stop_sim` ends it."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script, *args,
+                                                stdin=asyncio.subprocess.PIPE,
+                                                stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    return proc, (await proc.stdout.readline()).decode().strip()
+
+
+async def stop_sim(proc: asyncio.subprocess.Process) -> None:
+    """The simulator's script exits when its stdin closes."""
+    assert proc.stdin is not None
+    proc.stdin.close()
+    await asyncio.wait_for(proc.wait(), 10)
+
+
 async def main(requests: int, rounds: int) -> None:
-    sim = subprocess.Popen([sys.executable, "-c", SIM_SCRIPT, KEY], stdin=subprocess.PIPE,
-                           stdout=subprocess.PIPE, text=True)
+    sim, base = await start_sim(SIM_SCRIPT, KEY)
     try:
-        base = sim.stdout.readline().strip()  # type: ignore[union-attr]
         await run(base, requests, rounds)
     finally:
-        sim.stdin.close()  # type: ignore[union-attr]
-        sim.wait(timeout=10)
+        await stop_sim(sim)
 
 
 async def run(base: str, requests: int, rounds: int) -> None:

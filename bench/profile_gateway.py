@@ -3,9 +3,10 @@
 Builds one configuration of bench/load.py (`sqlite`: SQLite ledger + memory cache, or
 `pg-redis`: PostgreSQL ledger + Redis cache and Router state) in this process, pinned as
 load.py pins (servers and py-spy on the last core), warms it up, then samples it with py-spy
-(every thread, CPU only: idle waits are not counted) while 100 agents send unique prompts. py-spy counts a thread that is runnable but waiting for the core
-(or the GIL) as busy, so lines right after a system call collect samples they did not spend:
-trust process CPU (load.py's `CPU ms`) for totals. Each sample is attributed to:
+(every thread, CPU only: idle waits are not counted) while 100 agents send unique prompts.
+py-spy counts a thread that is runnable but waiting for the core (or the GIL) as busy, so
+lines right after a system call collect samples they did not spend: trust process CPU
+(load.py's `CPU ms`) for totals. Each sample is attributed to:
   llmgw   a frame of llmgw is on the stack and it is not inside `Router.acompletion`
           (or it is an llmgw callback LiteLLM calls from there);
   litellm inside `Router.acompletion` or LiteLLM's own background work;
@@ -25,7 +26,6 @@ import asyncio
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -103,10 +103,10 @@ def analyse(samples: list[tuple[list[str], int]], top: int, requests: int, wall:
           f"{total} CPU samples (all threads)")
     for kind in ("llmgw", "litellm", "other"):
         print(f"  {kind:8} {split[kind]:7d}  {100 * split[kind] / total:5.1f} %")
-    print(f"\ntop llmgw endings (deepest llmgw frame -> what it was calling), % of all samples")
+    print("\ntop llmgw endings (deepest llmgw frame -> what it was calling), % of all samples")
     for key, n in where.most_common(top):
         print(f"  {100 * n / total:5.1f} %  {key}")
-    print(f"\ntop llmgw functions, inclusive (% of all samples)")
+    print("\ntop llmgw functions, inclusive (% of all samples)")
     for key, n in inclusive.most_common(top):
         print(f"  {100 * n / total:5.1f} %  {key}")
 
@@ -131,21 +131,22 @@ async def profile(config: str, path: str, requests: int, agents: int, tool: str,
             await load(call, requests, agents, make)
             profiler.stop()
             wall = time.perf_counter() - t0
-            out.write_text(profiler.output_text(unicode=False, color=False, show_all=False))
+            text = profiler.output_text(unicode=False, color=False, show_all=False)
+            await asyncio.to_thread(out.write_text, text)
             print(f"{requests} requests in {wall:.1f} s; pyinstrument report: {out}")
             return
         raw = out.with_suffix(".raw")
-        spy = subprocess.Popen([PY_SPY, "record", "--pid", str(os.getpid()), "--rate", "250",
-                                "--format", "raw", "--output", str(raw),
-                                *(["--native"] if native else ["--nonblocking"])],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spy = await asyncio.create_subprocess_exec(
+            PY_SPY, "record", "--pid", str(os.getpid()), "--rate", "250", "--format", "raw",
+            "--output", str(raw), *(["--native"] if native else ["--nonblocking"]),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         os.sched_setaffinity(spy.pid, {servers_core})  # the sampler off the bench's core
         await asyncio.sleep(1.0)  # py-spy attached
         t0 = time.perf_counter()
         await load(call, requests, agents, make)
         wall = time.perf_counter() - t0
         spy.send_signal(signal.SIGINT)
-        spy.wait(timeout=30)
+        await asyncio.wait_for(spy.wait(), 30)
         analyse(parse_raw(raw), top, requests, wall)
         print(f"\nraw py-spy stacks: {raw}")
     finally:

@@ -19,6 +19,7 @@ in interleaved rounds, on the loaded ledger.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import random
@@ -43,7 +44,7 @@ from llmgw.ledger import sqlfiles  # noqa: E402
 from llmgw.ledger.engine import make_engine  # noqa: E402
 from llmgw.ledger.migrate import upgrade  # noqa: E402
 from llmgw.ledger.models import USAGE_COLUMNS as COLUMNS  # noqa: E402
-from llmgw.ledger.report import GROUP_BY_VALUES, usage_report, usage_totals  # noqa: E402
+from llmgw.ledger.report import GROUP_BY_VALUES  # noqa: E402
 from llmgw.ledger.store import LedgerStore  # noqa: E402
 
 TARGET_S = 1.0
@@ -231,9 +232,9 @@ def time_reports(url: str, warm_runs: int, impl: Any) -> list[tuple[str, str, fl
         for by in GROUP_BY_VALUES:
             engine = make_engine(url)  # cold: a new connection, an empty SQLite page cache
             try:
-                cold = timed(lambda: cli_report(impl, engine, by, filters))
-                warm = statistics.median(timed(lambda: cli_report(impl, engine, by, filters))
-                                         for _ in range(warm_runs))
+                report = functools.partial(cli_report, impl, engine, by, filters)
+                cold = timed(report)
+                warm = statistics.median(timed(report) for _ in range(warm_runs))
             finally:
                 engine.dispose()
             out.append((by, name, cold, warm))
@@ -293,7 +294,7 @@ def write_cost(url: str, requests: int, rounds: int) -> None:
             batch = [_as_dicts(gen._request(0)) for _ in range(requests // rounds)]
             name = "triggers on" if on else "triggers dropped"
             for rows in batch:
-                samples[name].append(timed(lambda: store.write_sync(rows)) * 1000)
+                samples[name].append(timed(functools.partial(store.write_sync, rows)) * 1000)
     finally:
         store.dispose()
     print(f"\n{dialect}: LedgerStore.write_sync, one request (1-3 rows) per call, "
@@ -306,7 +307,7 @@ def write_cost(url: str, requests: int, rounds: int) -> None:
 
 
 def _as_dicts(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
-    return [{**dict(zip(COLUMNS, r)), "metadata": json.loads(r[20])} for r in rows]
+    return [{**dict(zip(COLUMNS, r, strict=True)), "metadata": json.loads(r[20])} for r in rows]
 
 
 # --- main -------------------------------------------------------------------------------------

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 __all__ = [
     "AllDeploymentsFailed", "Attempt", "AuthenticationFailed", "BudgetExceeded", "Completion",
     "Config", "ConfigError", "ContextWindowExceeded", "InvalidRequest", "LLMGateway",
-    "LLMGatewayError", "LedgerError", "PrometheusMetrics", "ProviderError", "ProviderRejected", "ProviderUnavailable",
+    "LLMGatewayError", "LedgerError", "PrometheusMetrics", "ProviderError", "ProviderRejected",
+    "ProviderUnavailable",
     "RateLimited", "UnknownModelGroup", "Usage", "errors", "load_config",
 ]
 

@@ -9,8 +9,10 @@ Rules set with `llmgw budgets set` (the `budgets` table) win over the config fil
 from __future__ import annotations
 
 import calendar
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from llmgw.config import BudgetLimits, BudgetSettings
@@ -196,30 +198,46 @@ class BudgetStatus:
 def limit_for(policy: BudgetPolicy, scope: str, scope_id: str, period: str,
               rules: list[Rule]) -> Limit | None:
     """The limit a counter of (scope, scope_id, period) is held against, if any."""
-    ids = {"agent_id": "-", "agent_type": None, "project_id": "-"}
-    ids[{"agent": "agent_id", "agent_type": "agent_type", "project": "project_id"}.get(
-        scope, "project_id")] = scope_id
-    for limit in policy.limits(rules=rules, **ids):  # type: ignore[arg-type]
+    own = scope in ("agent", "agent_type")  # else the id is a project's
+    for limit in policy.limits(agent_id=scope_id if scope == "agent" else "-",
+                               agent_type=scope_id if scope == "agent_type" else None,
+                               project_id="-" if own else scope_id, rules=rules):
         if (limit.scope, limit.scope_id, limit.period) == (scope, scope_id, period):
             return limit
     return None
 
 
-def statuses(policy: BudgetPolicy, rules: list[Rule], counters: list[object],
+class CounterRow(Protocol):
+    """A `budget_counters` row, as `BudgetStore.all_counters` reads it."""
+
+    @property
+    def scope(self) -> str: ...
+    @property
+    def scope_id(self) -> str: ...
+    @property
+    def period(self) -> str: ...
+    @property
+    def period_start(self) -> datetime: ...
+    @property
+    def spent_micros(self) -> int: ...
+    @property
+    def reserved_micros(self) -> int: ...
+
+
+def statuses(policy: BudgetPolicy, rules: list[Rule], counters: Sequence[CounterRow],
              now: datetime) -> list[BudgetStatus]:
     """Every budget that has a counter in its current window or a limit of its own."""
     seen: dict[tuple[str, str, str], BudgetStatus] = {}
     for c in counters:
-        scope, scope_id, period = c.scope, c.scope_id, c.period  # type: ignore[attr-defined]
-        if c.period_start != policy.period_start(now, period):  # type: ignore[attr-defined]
+        scope, scope_id, period = c.scope, c.scope_id, c.period
+        if c.period_start != policy.period_start(now, period):
             continue
         limit = limit_for(policy, scope, scope_id, period, rules)
         if limit is None:
             continue
         seen[(scope, scope_id, period)] = BudgetStatus(
-            scope, scope_id, period, limit.limit_micros, c.spent_micros,  # type: ignore[attr-defined]
-            c.reserved_micros, limit.warn_ratio,  # type: ignore[attr-defined]
-            policy.period_end(c.period_start, period))  # type: ignore[attr-defined]
+            scope, scope_id, period, limit.limit_micros, c.spent_micros,
+            c.reserved_micros, limit.warn_ratio, policy.period_end(c.period_start, period))
     named = [(r.scope, r.scope_id, r.period) for r in rules if r.scope_id != ANY]
     named += [(scope, sid, period) for scope, sid, cfg in policy.config_limits()
               if sid != ANY for period in PERIODS

@@ -44,7 +44,7 @@ def simulated_config(cfg: Config, openai_url: str, anthropic_url: str,
     simulators unless their API key is set in the environment, the local model's
     deployments on the running local server."""
     data: dict[str, Any] = cfg.model_dump(mode="json", exclude_none=True)
-    for dep, original in zip(data["model_list"], cfg.model_list):
+    for dep, original in zip(data["model_list"], cfg.model_list, strict=True):
         params = dep["litellm_params"]
         provider, _, model = params["model"].partition("/")
         if local_api_base and model == MODEL_ALIAS:

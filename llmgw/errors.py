@@ -7,7 +7,7 @@ No message ever contains an API key: provider text is passed through `llmgw.reda
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from llmgw.types import Attempt
@@ -105,11 +105,11 @@ class ProviderError(LLMGatewayError):
 class RateLimited(ProviderError):
     """The provider rate-limited the request; `retry_after` says when to try again (seconds)."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
         self.retry_after = retry_after
         kw.setdefault("hint", f"Retry after {retry_after:g} s." if retry_after is not None
                       else "Retry later or add a fallback group in router_settings.fallbacks.")
-        super().__init__(message, **kw)  # type: ignore[arg-type]
+        super().__init__(message, **kw)  # ProviderError's keywords
 
 
 class AuthenticationFailed(ProviderError):

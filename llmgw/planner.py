@@ -19,8 +19,8 @@ from llmgw.config import Config
 from llmgw.constraints import CallConstraints, RoutePlan, plan_route, take_constraints
 from llmgw.ledger.budget_store import BudgetStore
 from llmgw.ledger.store import LedgerStore, RequestContext
-from llmgw.tokens import PromptTokenCounter
 from llmgw.pricing import token_cost_micros
+from llmgw.tokens import PromptTokenCounter
 from llmgw.types import (
     BudgetImpact,
     CompletionRequest,
@@ -170,7 +170,7 @@ class BudgetPlanner:
                                             limit_micros=plan.cap.limit_micros, spent_micros=0,
                                             reserved_micros=0, would_exceed=over))
             counters = await self.ledger.run(self.store.counters, plan.keys)
-            for key, limit in zip(plan.keys, plan.limits):
+            for key, limit in zip(plan.keys, plan.limits, strict=True):
                 spent, held = counters.get(key, (0, 0))
                 over = spent + held + amount > limit.limit_micros
                 refused |= over

@@ -78,7 +78,7 @@ def _scrubbed(value: Any, redactor: Redactor) -> Any:
         return value if all(items[k] is v for k, v in value.items()) else items
     if type(value) in (list, tuple):
         parts = [_scrubbed(v, redactor) for v in value]
-        return value if all(p is v for p, v in zip(parts, value)) else type(value)(parts)
+        return value if all(p is v for p, v in zip(parts, value, strict=True)) else type(value)(parts)
     if isinstance(value, httpx.Request):
         return httpx.Request(value.method, redactor.scrub(str(value.url)) or "")
     if isinstance(value, httpx.Response):

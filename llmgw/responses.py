@@ -15,7 +15,15 @@ from llmgw.pricing import to_micros, token_cost_micros
 from llmgw.providers.ruvector import HIDDEN_KEY as RUVECTOR_DETAILS
 from llmgw.redact import Redactor
 from llmgw.router import RequestTrace, classify, provider_message
-from llmgw.types import Attempt, Completion, ContentDelta, StreamEvent, ToolCallDelta, Usage
+from llmgw.types import (
+    Attempt,
+    AttemptStatus,
+    Completion,
+    ContentDelta,
+    StreamEvent,
+    ToolCallDelta,
+    Usage,
+)
 
 
 def since_ms(started: float) -> float:
@@ -58,7 +66,7 @@ def completion_of(response: Any, trace: RequestTrace, route: Resolution, request
 
 def stream_completion(response: Any, acc: StreamAccumulator, trace: RequestTrace,
                       route: Resolution, ctx: RequestContext, msgs: list[dict[str, Any]],
-                      started: float, config: Config, redactor: Redactor, *, status: str,
+                      started: float, config: Config, redactor: Redactor, *, status: AttemptStatus,
                       error: BaseException | None) -> Completion:
     """The Completion of a stream, from its chunks: provider usage when it sent one
     (`include_usage`), else tokens counted by LiteLLM's tokenizer; cost from the serving
@@ -85,7 +93,7 @@ def stream_completion(response: Any, acc: StreamAccumulator, trace: RequestTrace
     final = Attempt(
         attempt=len(trace.failures) + 1, model_group=served_group, deployment=deployment_id,
         provider=dep.provider if dep else hidden.get("custom_llm_provider"),
-        model=dep.litellm_params.model if dep else None, status=status,  # type: ignore[arg-type]
+        model=dep.litellm_params.model if dep else None, status=status,
         error_class=(classify(error).__name__ if error is not None else
                      "StreamClosed" if status == "partial" else None),
         error_message=(provider_message(error, redactor) if error is not None else
@@ -158,7 +166,7 @@ class StreamAccumulator:
     def add(self, chunk: Any) -> list[ContentDelta | ToolCallDelta]:
         events: list[ContentDelta | ToolCallDelta] = []
         u = getattr(chunk, "usage", None)
-        if u is not None and (getattr(u, "prompt_tokens", 0) or getattr(u, "completion_tokens", 0)):
+        if u is not None and (getattr(u, "prompt_tokens", None) or getattr(u, "completion_tokens", None)):
             self.usage = usage_of(chunk)
         for choice in getattr(chunk, "choices", None) or []:
             if choice.finish_reason:

@@ -163,7 +163,7 @@ class RouterSettings(BaseModel):
     @classmethod
     def _not_from_yaml(cls, v: Any, info: ValidationInfo) -> Any:
         if v is not None:
-            raise ValueError(f"not accepted here: {_NOT_FROM_YAML[info.field_name]}")
+            raise ValueError(f"not accepted here: {_NOT_FROM_YAML.get(info.field_name or '')}")
         return v
 
     @field_validator("cooldown_time")

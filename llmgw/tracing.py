@@ -50,7 +50,7 @@ class Tracing:
         self._waiter: asyncio.Future[None] | None = None  # flush's, on the loop it runs on
         tracing = self
 
-        class LiteLLMSpans(OpenTelemetry):  # type: ignore[misc,valid-type]
+        class LiteLLMSpans(OpenTelemetry):
             async def async_log_success_event(self, kwargs: Any, response_obj: Any,
                                               start_time: Any, end_time: Any) -> None:
                 try:

@@ -186,7 +186,7 @@ class Completion(BaseModel):
     attempts: list[Attempt] = Field(default_factory=list)
     raw: Any = Field(default=None, exclude=True, repr=False)
 
-    @computed_field  # type: ignore[prop-decorator]
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented pattern
     @property
     def cost_usd(self) -> float:
         """The cost in dollars, for display; `cost_micros` is the exact figure."""

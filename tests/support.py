@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -76,3 +79,13 @@ def expected_cost_micros(dep_id: str, prompt_tokens: int, completion_tokens: int
     inp, out = PRICES[dep_id]
     exact = (prompt_tokens * inp + completion_tokens * out) * 1_000_000
     return int(exact.quantize(Decimal(1)))
+
+
+async def eventually(condition: Callable[[], object], what: str, timeout_s: float = 30.0) -> None:
+    """Await a condition the system under test makes true on this loop or another thread:
+    polled with a deadline, so a test never stands a fixed sleep in for synchronization."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
-from redis.backoff import NoBackoff
 from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from llmgw.cache import KEY_PREFIX, Cache, CachedAnswer, CacheStats, in_scope, scope_prefix

@@ -56,7 +56,7 @@ class Coalesce(Generic[A, R]):
             if not isinstance(exc, Exception):
                 raise
         else:
-            for (_, future), result in zip(batch, results):
+            for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():  # its caller was cancelled; the call was made
                     future.set_result(result)
         finally:

@@ -79,8 +79,11 @@ class CacheStep:
             requested_group=completion.requested_group, deployment=completion.deployment,
             provider=completion.provider, model=completion.model,
             request_id=completion.request_id, created_at=now)
-        key = (lookup.key if completion.model_group == completion.requested_group else
-               cache_key(lookup.scope, completion.model_group, lookup.msgs, lookup.params))
+        if completion.model_group == completion.requested_group:
+            key = lookup.key
+        else:  # a lookup with a key has its messages and params
+            assert lookup.msgs is not None and lookup.params is not None
+            key = cache_key(lookup.scope, completion.model_group, lookup.msgs, lookup.params)
         await self.cache.set(key, answer, self.config.llmgw.cache.ttl_s)
         if (self.semantic is not None and lookup.text
                 and completion.model_group == completion.requested_group):

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 try:  # numpy comes with the extra; the index also works without it (pure Python, small)
     import numpy as np
 except ImportError:  # pragma: no cover - exercised by forcing use_numpy=False in the tests
-    np = None  # type: ignore[assignment]
+    np = None  # type: ignore[assignment]  # the module or None: each use checks
 
 Embed = Callable[[list[str]], Sequence[Sequence[float]]]
 

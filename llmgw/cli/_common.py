@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from typing import NoReturn
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
 
 from llmgw.errors import InvalidRequest, LLMGatewayError
@@ -42,7 +42,7 @@ def errors_as_exit() -> Iterator[None]:
         fail(exc.message, hint=exc.hint, code=code)
 
 
-def print_wide(renderable: object) -> None:
+def print_wide(renderable: RenderableType) -> None:
     """Print a table at the width it needs, even past the terminal's (or a pipe's 80):
     a truncated name or amount is a wrong one."""
     needed = console.measure(renderable, options=console.options.update_width(10_000)).maximum

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 import typer
 from rich import box
@@ -165,6 +165,19 @@ def list_(output: Format = "table", ledger_url: LedgerUrl = None) -> None:
     print_wide(table)
 
 
+class _StatusRow(TypedDict):
+    """One budget's current window as `--format json` prints it."""
+    scope: str
+    id: str
+    period: str
+    spent_usd: str
+    reserved_usd: str
+    limit_usd: str
+    used: float
+    resets_at: str | None
+    over_warn: bool
+
+
 @app.command()
 def status(
     project: Annotated[str | None, typer.Option(help="Only this project.")] = None,
@@ -184,7 +197,7 @@ def status(
             engine.dispose()
     if project is not None:
         items = [s for s in items if s.scope == "project" and s.scope_id == project]
-    rows = [{"scope": s.scope, "id": s.scope_id, "period": s.period,
+    rows: list[_StatusRow] = [{"scope": s.scope, "id": s.scope_id, "period": s.period,
              "spent_usd": str(micros_to_usd(s.spent_micros)),
              "reserved_usd": str(micros_to_usd(s.reserved_micros)),
              "limit_usd": str(micros_to_usd(s.limit_micros)),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from sqlalchemy import func, select
@@ -15,12 +15,15 @@ from llmgw.ledger.migrate import ensure_current
 from llmgw.ledger.models import UsageEvent
 from llmgw.pricing import micros_to_usd
 
+if TYPE_CHECKING:  # the cache modules load only for the commands that use them
+    from llmgw.cache import Cache, CacheStats
+
 app = typer.Typer(help="The answer cache: hits, savings, clearing.", no_args_is_help=True)
 Config = Annotated[str | None, typer.Option("--config", help="Config file (default: "
                                             "LLMGW_CONFIG, then ./model_list.yaml).")]
 
 
-def _backend(config: str | None):  # type: ignore[no-untyped-def]
+def _backend(config: str | None) -> tuple[Cache | None, str]:
     """The configured cache backend (None when off) and `llmgw.cache.scope`."""
     from llmgw.cache.backends import make_cache
     from llmgw.config import load_config
@@ -88,7 +91,7 @@ def stats(
              f"{backend.hits:,} hits / {backend.misses:,} misses in all processes")
 
 
-async def _stats(cache, scope):  # type: ignore[no-untyped-def]
+async def _stats(cache: Cache, scope: str | None) -> CacheStats:
     try:
         return await cache.stats(scope)
     finally:
@@ -118,7 +121,7 @@ def clear(
     _say(f"Deleted {deleted:,} cached answer(s)" + (f" of project {project}." if project else "."))
 
 
-async def _clear(cache, scope):  # type: ignore[no-untyped-def]
+async def _clear(cache: Cache, scope: str | None) -> int:
     try:
         return await cache.clear(scope)
     finally:

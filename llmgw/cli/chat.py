@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -39,9 +39,9 @@ async def _chat(prompt: str, agent: str, project: str, agent_type: str | None,
 
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": prompt}]
-    kwargs = {"agent_type": agent_type, "model_group": model_group}
+    kwargs: dict[str, Any] = {"agent_type": agent_type, "model_group": model_group}
     if max_tokens is not None:
-        kwargs["max_tokens"] = max_tokens  # type: ignore[assignment]
+        kwargs["max_tokens"] = max_tokens
     gw = LLMGateway(config)
     try:
         if not stream:

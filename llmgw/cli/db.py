@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -122,7 +122,7 @@ def longest_request_s() -> float:
         return default
     config = load_config()
     router = config.router_settings.router_kwargs()
-    timeouts = [_seconds(router.get("timeout"), "router_settings.timeout")
+    timeouts: list[float | None] = [_seconds(router.get("timeout"), "router_settings.timeout")
                 or config.llmgw.request_timeout_s]
     streams = [_seconds(router.get("stream_timeout"), "router_settings.stream_timeout")]
     for i, deployment in enumerate(config.model_list):
@@ -132,11 +132,11 @@ def longest_request_s() -> float:
     return max(t for t in timeouts if t) + max((t for t in streams if t), default=0.0)
 
 
-def _seconds(value: object, where: str) -> float | None:
+def _seconds(value: Any, where: str) -> float | None:  # a config value as written
     if value is None:
         return None
     try:
-        seconds = float(value)  # type: ignore[arg-type]
+        seconds = float(value)
     except (TypeError, ValueError):
         fail(f"{where} must be a number of seconds, got {value!r}.",
              hint="Fix the config file, or pass --force.", code=2)

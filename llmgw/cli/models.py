@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, TypedDict
 
 import typer
 from rich import box
@@ -14,6 +14,19 @@ from llmgw.cli._common import EXIT_USAGE, errors_as_exit, fail, print_wide
 from llmgw.config import load_config
 
 app = typer.Typer(help="The model groups and deployments of the config.", invoke_without_command=True)
+
+
+class _Row(TypedDict):
+    """One deployment as `--format json` prints it."""
+    group: str
+    deployment: str
+    provider: str
+    model: str
+    input_usd_per_mtok: str
+    output_usd_per_mtok: str
+    fallbacks: list[str]
+    agent_types: list[str]
+    default: bool
 
 
 def _per_million(price: Decimal) -> str:
@@ -35,7 +48,7 @@ def models(
     with errors_as_exit():
         cfg = load_config(config)
     agent_types = cfg.llmgw.agent_type_groups()
-    rows = [{
+    rows: list[_Row] = [{
         "group": d.model_name, "deployment": d.id, "provider": d.provider,
         "model": d.litellm_params.model,
         "input_usd_per_mtok": _per_million(d.input_price),

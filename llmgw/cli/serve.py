@@ -61,10 +61,12 @@ def serve(
     os.environ.setdefault("LLMGW_UI_SECRET", secrets.token_urlsafe(32))
     import uvicorn
 
+    grace = settings.grace_s  # uvicorn annotates this int, then waits with asyncio.wait_for
     uvicorn.run("llmgw.server.app:app_from_env", factory=True, host=host, port=port,
                 # httptools when installed (`uvicorn[standard]`), else h11; the app checks the
                 # header size itself (llmgw.server.limits) whichever parses.
                 workers=workers, lifespan="on", http="auto",
                 h11_max_incomplete_event_size=settings.max_header_bytes,
-                timeout_graceful_shutdown=settings.grace_s, access_log=access_log,
+                timeout_graceful_shutdown=grace,  # type: ignore[arg-type]  # a wait_for timeout: floats do
+                access_log=access_log,
                 proxy_headers=False, server_header=False)

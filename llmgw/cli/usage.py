@@ -10,7 +10,7 @@ import typer
 from llmgw.cli._common import EXIT_USAGE, LEDGER_URL_HELP, console, errors_as_exit, fail
 from llmgw.ledger.engine import make_engine, resolve_ledger_url
 from llmgw.ledger.migrate import ensure_current
-from llmgw.ledger.report import GROUP_BY_VALUES, usage_report, usage_totals
+from llmgw.ledger.report import GROUP_BY_VALUES, is_group_by, usage_report, usage_totals
 from llmgw.ledger.report_output import print_table, row_dict, rows_csv
 from llmgw.ledger.timespec import FORMS, parse_time
 
@@ -38,7 +38,7 @@ def report(
     ledger_url: Annotated[str | None, typer.Option("--ledger-url", help=LEDGER_URL_HELP)] = None,
 ) -> None:
     """Requests, attempts, tokens and cost, grouped by project, agent, model, day, ..."""
-    if by not in GROUP_BY_VALUES:
+    if not is_group_by(by):
         fail(f"Unknown --by {by!r}.", hint=f"Use one of: {', '.join(GROUP_BY_VALUES)}.",
              code=EXIT_USAGE)
     if output not in FORMATS:
@@ -52,9 +52,10 @@ def report(
         engine = make_engine(resolve_ledger_url(ledger_url))
         try:
             ensure_current(engine)
-            filters = dict(project=project, agent=agent, since=start, until=end)
-            rows = usage_report(engine, by=by, **filters)  # type: ignore[arg-type]
-            total = usage_totals(engine, **filters) if output == "table" else None
+            rows = usage_report(engine, by=by, project=project, agent=agent, since=start,
+                                until=end)
+            total = (usage_totals(engine, project=project, agent=agent, since=start, until=end)
+                     if output == "table" else None)
         finally:
             engine.dispose()
     if output == "json":

@@ -107,7 +107,9 @@ class ApiKeyStore:
             result = conn.execute(ApiKey.__table__.insert().values(
                 {c.name: getattr(row, c.key) for c in ApiKey.__table__.columns
                  if c.name != "id"}))
-            row.id = int(result.inserted_primary_key[0])  # type: ignore[index]
+            inserted = result.inserted_primary_key
+            assert inserted is not None  # a one-row INSERT with an autoincrement key
+            row.id = int(inserted[0])
         return IssuedKey(info=_info(row), secret=secret)
 
     def list(self, *, project_id: str | None = None) -> list[KeyInfo]:

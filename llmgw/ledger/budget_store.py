@@ -125,7 +125,7 @@ class BudgetStore:
                    keys: list[CounterKey], created_at: datetime, agent_id: str,
                    agent_type: str | None, project_id: str, model_group: str) -> Op[Hold]:
         """`reserve` as an `Op`, for `LedgerStore.transact`."""
-        pairs = sorted(zip(keys, limits), key=lambda p: p[0].listed)
+        pairs = sorted(zip(keys, limits, strict=True), key=lambda p: p[0].listed)
 
         def held(row: Any) -> Hold:
             if row[0] is not None:
@@ -151,7 +151,7 @@ class BudgetStore:
             new = [key for key in keys if key not in self._known]
             if new:  # made by another writer meanwhile: a no-op
                 cur.executemany(_SQL["ensure_counter"], new)
-            for i, (key, (_, limit)) in enumerate(zip(keys, pairs), 1):
+            for i, (key, (_, limit)) in enumerate(zip(keys, pairs, strict=True), 1):
                 if not self._hold(cur, key, amount_micros, limit.limit_micros):
                     return held((i, *cur.execute(_SQL["read_counter"], key).fetchone()))
             self._remember(keys)
@@ -207,7 +207,7 @@ class BudgetStore:
 
         def crossed(row: Any) -> SettleResult:
             pairs = [hold.counters[i - 1] for i in row[0]]
-            return SettleResult([Crossing(k, limit, s) for (k, limit), s in zip(pairs, row[1])])
+            return SettleResult([Crossing(k, limit, s) for (k, limit), s in zip(pairs, row[1], strict=True)])
 
         if self._dialect == "postgresql":  # llmgw_settle_many (0006, 0008)
             item = {"request_id": hold.request_id, "state": state, "spent": spent,
@@ -226,7 +226,7 @@ class BudgetStore:
             booked = None if still_open else self._take_back(cur, hold.request_id, state, spent)
             if still_open or booked is not None:
                 held = hold.amount_micros if still_open else 0  # else released by reconcile
-                for i, ((key, _), threshold) in enumerate(zip(hold.counters, thresholds), 1):
+                for i, ((key, _), threshold) in enumerate(zip(hold.counters, thresholds, strict=True), 1):
                     crossing = self._settle_counter(cur, self._row_key(key), held,
                                                     spent - (booked or 0), threshold)
                     if crossing is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
@@ -81,7 +82,7 @@ def _sqlite_engine(url: URL, *, echo: bool) -> Engine:
     file_backed = path is not None
 
     @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:  # a DB-API connection: untyped
         cur = dbapi_conn.cursor()
         try:
             if file_backed:
@@ -113,7 +114,7 @@ def resolve_ledger_url(cli_value: str | None = None) -> str:
 def _url_from_config() -> str | None:
     # Imported lazily and optionally: the CLI must work before/without llmgw.config.
     try:
-        from llmgw.config import load_config  # type: ignore[attr-defined]
+        from llmgw.config import load_config
     except ImportError as exc:
         if exc.name == "llmgw.config":  # no such module or no load_config in it
             return None

@@ -18,6 +18,7 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
@@ -98,7 +99,7 @@ class GroupCommit:
             for _, future in batch:
                 future.set_exception(exc)
             return
-        for (_, future), (result, error) in zip(batch, outcomes):
+        for (_, future), (result, error) in zip(batch, outcomes, strict=True):
             if error is not None:
                 future.set_exception(error)
             else:
@@ -147,7 +148,7 @@ class LoopCommit:
             result, error = outcomes[0]
             if error is not None:
                 raise error
-            return result  # type: ignore[no-any-return]
+            return result
         future: asyncio.Future[T] = loop.create_future()
         if not self._pending:
             loop.call_soon(self._flush)
@@ -183,7 +184,7 @@ class LoopCommit:
         if outcomes is None:
             self._to_thread(batch)
             return
-        for (_, future), (result, error) in zip(batch, outcomes):
+        for (_, future), (result, error) in zip(batch, outcomes, strict=True):
             if future.done():  # its caller was cancelled; the work stands, as in a thread
                 continue
             if error is not None:
@@ -216,7 +217,7 @@ class LoopCommit:
     def _to_thread(self, batch: list[tuple[Operation, asyncio.Future[Any]]]) -> None:
         for op, future in batch:
             done = asyncio.wrap_future(self._fallback.submit(op))
-            done.add_done_callback(lambda d, f=future: _copy(d, f))
+            done.add_done_callback(partial(_copy, target=future))
 
     def _checkpoint(self) -> None:
         with driver_transaction(self.engine) as cur:
@@ -226,7 +227,8 @@ class LoopCommit:
 def _copy(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
     if target.done():
         return
-    if source.exception() is not None:
-        target.set_exception(source.exception())  # type: ignore[arg-type]
+    error = source.exception()
+    if error is not None:
+        target.set_exception(error)
     else:
         target.set_result(source.result())

@@ -29,7 +29,7 @@ def migrations_dir() -> Path:
     if (source_tree / "env.py").is_file():
         return source_tree
     try:
-        import llmgw_migrations  # type: ignore[import-not-found]  # shipped in wheels
+        import llmgw_migrations  # shipped in wheels
     except ImportError:
         raise LedgerError(
             "The ledger migrations are not installed (no migrations/ folder or llmgw_migrations).",

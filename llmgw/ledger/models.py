@@ -6,7 +6,7 @@ Money is integer micro-dollars (`*_micros`); times are naive UTC.
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -20,6 +20,7 @@ from sqlalchemy import (
     Integer,
     SmallInteger,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -32,7 +33,8 @@ STATUSES = ("ok", "error", "cached", "refused", "partial")
 
 
 class Base(DeclarativeBase):
-    pass
+    if TYPE_CHECKING:  # each model maps one Table (SQLAlchemy types it as any FromClause)
+        __table__: ClassVar[Table]
 
 
 class UsageEvent(Base):

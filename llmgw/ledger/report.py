@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeGuard, get_args
 
 from pydantic import BaseModel, ConfigDict, computed_field
 from sqlalchemy import (
@@ -36,6 +36,11 @@ GroupBy = Literal[
     "project", "agent", "agent-type", "model", "provider", "day", "model-group", "deployment"
 ]
 GROUP_BY_VALUES: tuple[str, ...] = get_args(GroupBy)
+
+
+def is_group_by(value: str) -> TypeGuard[GroupBy]:
+    """Whether a `--by` or `by=` a user gave is one of GROUP_BY_VALUES."""
+    return value in GROUP_BY_VALUES
 NULL_KEY = "-"
 TOTAL_KEY = "TOTAL"
 ATTEMPT_STATUSES = ("ok", "error", "partial")  # real provider calls
@@ -74,12 +79,12 @@ class ReportRow(BaseModel):
     cost_micros: int = 0
     saved_micros: int = 0
 
-    @computed_field  # type: ignore[prop-decorator]
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented pattern
     @property
     def cost_usd(self) -> Decimal:
         return micros_to_usd(self.cost_micros)
 
-    @computed_field  # type: ignore[prop-decorator]
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented pattern
     @property
     def saved_usd(self) -> Decimal:
         return micros_to_usd(self.saved_micros)
@@ -156,7 +161,7 @@ def _report(engine: Engine, by: str | None, project: str | None, agent: str | No
     span = _cut(since, until)
     scope = (project, agent)
     dialect = engine.dialect.name
-    queries: list[tuple[Select, Callable[[Any], dict[str, int]]]] = []  # type: ignore[type-arg]
+    queries: list[tuple[Select[Any], Callable[[Any], dict[str, int]]]] = []
     if span.whole_days:
         queries.append((_rollup_query(by, scope, span), _measures_of))
     if span.edges:
@@ -175,7 +180,7 @@ def _report(engine: Engine, by: str | None, project: str | None, agent: str | No
 
 
 def _rollup_query(by: str | None, scope: tuple[str | None, str | None],
-                  span: _Range) -> Select:  # type: ignore[type-arg]
+                  span: _Range) -> Select[Any]:
     u = UsageRollup.__table__.c
     key = _rollup_key(by)
     credit = u[_CREDIT[by]]
@@ -195,7 +200,7 @@ def _rollup_query(by: str | None, scope: tuple[str | None, str | None],
 
 
 def _edges_query(by: str | None, dialect: str, scope: tuple[str | None, str | None],
-                 span: _Range) -> Select:  # type: ignore[type-arg]
+                 span: _Range) -> Select[Any]:
     """Partial days from usage_events; split requests are left to _split_query."""
     t, s = UsageEvent.__table__, UsageSplitRequest.__table__
     key = _key_expr(by, dialect) if by else null()
@@ -207,7 +212,7 @@ def _edges_query(by: str | None, dialect: str, scope: tuple[str | None, str | No
 
 
 def _split_query(by: str | None, dialect: str, scope: tuple[str | None, str | None],
-                 span: _Range) -> Select:  # type: ignore[type-arg]
+                 span: _Range) -> Select[Any]:
     """Split requests: their distinct count in range, and the credits the rollup gave them."""
     t, s = UsageEvent.__table__, UsageSplitRequest.__table__
     key = _key_expr(by, dialect) if by else null()
@@ -230,7 +235,7 @@ def _split_query(by: str | None, dialect: str, scope: tuple[str | None, str | No
     return _grouped(_filtered(stmt, *scope, span.since, span.until), key, by)
 
 
-def _grouped(stmt: Select, key: ColumnElement[Any], by: str | None) -> Select:  # type: ignore[type-arg]
+def _grouped(stmt: Select[Any], key: ColumnElement[Any], by: str | None) -> Select[Any]:
     return stmt.group_by(key) if by else stmt
 
 
@@ -316,8 +321,8 @@ def _key_expr(by: str, dialect: str) -> ColumnElement[Any]:
     return column
 
 
-def _filtered(stmt: Select, project: str | None, agent: str | None,  # type: ignore[type-arg]
-              since: datetime | None, until: datetime | None) -> Select:  # type: ignore[type-arg]
+def _filtered(stmt: Select[Any], project: str | None, agent: str | None,
+              since: datetime | None, until: datetime | None) -> Select[Any]:
     t = UsageEvent.__table__.c
     if project is not None:
         stmt = stmt.where(t.project_id == project)
@@ -334,7 +339,7 @@ def naive_utc(moment: datetime) -> datetime:
     """The ledger's time form: naive UTC (aware datetimes are converted, naive taken as UTC)."""
     if moment.tzinfo is None:
         return moment
-    return moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment.astimezone(UTC).replace(tzinfo=None)
 
 
 def _row(key: object, values: dict[str, int]) -> ReportRow:

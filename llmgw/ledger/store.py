@@ -195,6 +195,7 @@ class LedgerStore:
     def dispose(self) -> None:
         if self._loop_commit is not None:
             self._loop_commit.close()
+        if self._thread_commit is not None:
             self._thread_commit.close()
         if self._pg is not None:
             self._pg.forget()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from llmgw.errors import InvalidRequest
 
@@ -20,7 +20,7 @@ class TimeSpecError(InvalidRequest):
 
 def utcnow() -> datetime:
     """Now as naive UTC, the ledger's form."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def read_duration(value: str) -> timedelta | None:
@@ -70,7 +70,7 @@ def parse_time(value: str, *, now: datetime | None = None) -> datetime:
             raise ValueError(text)
         moment = datetime.fromisoformat(text)
         if moment.tzinfo is not None:
-            moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+            moment = moment.astimezone(UTC).replace(tzinfo=None)
     except ValueError:
         raise TimeSpecError(f"Cannot read the time {value!r}.", hint=f"Use {FORMS}.") from None
     except OverflowError:  # an offset that moves year 1 or 9999 out of range

@@ -43,8 +43,10 @@ import httpx
 
 from llmgw._litellm import import_litellm
 
-litellm = import_litellm()
+import_litellm()  # its offline settings before LiteLLM loads
+import litellm  # noqa: E402
 from litellm.llms.custom_llm import CustomLLM, CustomLLMError  # noqa: E402  (not exported at top level)
+from litellm.types.llms.openai import ChatCompletionUsageBlock  # noqa: E402
 from litellm.types.utils import GenericStreamingChunk, ModelResponse  # noqa: E402
 
 PROVIDER = "ruvector"
@@ -60,7 +62,7 @@ RECENT_EXCHANGES = 512  # request ids remembered for feedback (each holds its qu
 _UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout)
 
 
-class RuVectorError(CustomLLMError):  # type: ignore[misc]
+class RuVectorError(CustomLLMError):
     """A failed ruvLLM (or Ollama fallback) call. ``status_code`` drives LiteLLM's mapping:
     401 AuthenticationError, 408 Timeout, 429 RateLimitError, 500 InternalServerError,
     503 ServiceUnavailableError, other 4xx their own classes. ``headers`` (Retry-After)
@@ -248,7 +250,7 @@ def _ollama_options(params: Mapping[str, Any]) -> dict[str, Any]:
 
 # -- the handler ----------------------------------------------------------------------------
 
-class RuVectorLLM(CustomLLM):  # type: ignore[misc]
+class RuVectorLLM(CustomLLM):
     """The ``ruvector`` provider. One instance per process (see `register`); its state is
     the session ids, the cool-downs of unreachable servers and recent exchanges.
 
@@ -273,38 +275,42 @@ class RuVectorLLM(CustomLLM):  # type: ignore[misc]
 
     # -- LiteLLM's entry points ---------------------------------------------------------
 
-    async def acompletion(self, model: str, messages: list[Any], api_base: str | None = None,
-                          model_response: ModelResponse | None = None,
-                          optional_params: dict[str, Any] | None = None,
-                          litellm_params: dict[str, Any] | None = None, timeout: Any = None,
-                          **_: Any) -> ModelResponse:
+    async def acompletion(  # type: ignore[override]  # LiteLLM passes keywords only
+            self, model: str, messages: list[Any], api_base: str | None = None,
+            model_response: ModelResponse | None = None,
+            optional_params: dict[str, Any] | None = None,
+            litellm_params: dict[str, Any] | None = None, timeout: Any = None,
+            **_: Any) -> ModelResponse:
         answer = await self._run_async(self._flow(model, messages, api_base, optional_params,
                                                   litellm_params, timeout))
         return _model_response(model_response, model, answer)
 
-    def completion(self, model: str, messages: list[Any], api_base: str | None = None,
-                   model_response: ModelResponse | None = None,
-                   optional_params: dict[str, Any] | None = None,
-                   litellm_params: dict[str, Any] | None = None, timeout: Any = None,
-                   **_: Any) -> ModelResponse:
+    def completion(  # type: ignore[override]  # LiteLLM passes keywords only
+            self, model: str, messages: list[Any], api_base: str | None = None,
+            model_response: ModelResponse | None = None,
+            optional_params: dict[str, Any] | None = None,
+            litellm_params: dict[str, Any] | None = None, timeout: Any = None,
+            **_: Any) -> ModelResponse:
         answer = self._run_sync(self._flow(model, messages, api_base, optional_params,
                                            litellm_params, timeout))
         return _model_response(model_response, model, answer)
 
-    async def astreaming(self, model: str, messages: list[Any], api_base: str | None = None,
-                         optional_params: dict[str, Any] | None = None,
-                         litellm_params: dict[str, Any] | None = None, timeout: Any = None,
-                         **_: Any) -> AsyncIterator[GenericStreamingChunk]:
+    async def astreaming(  # type: ignore[override]  # LiteLLM passes keywords only
+            self, model: str, messages: list[Any], api_base: str | None = None,
+            optional_params: dict[str, Any] | None = None,
+            litellm_params: dict[str, Any] | None = None, timeout: Any = None,
+            **_: Any) -> AsyncIterator[GenericStreamingChunk]:
         # ruvLLM does not stream: the whole answer is one chunk, then usage.
         answer = await self._run_async(self._flow(model, messages, api_base, optional_params,
                                                   litellm_params, timeout))
         for chunk in _chunks(answer):
             yield chunk
 
-    def streaming(self, model: str, messages: list[Any], api_base: str | None = None,
-                  optional_params: dict[str, Any] | None = None,
-                  litellm_params: dict[str, Any] | None = None, timeout: Any = None,
-                  **_: Any) -> Iterator[GenericStreamingChunk]:
+    def streaming(  # type: ignore[override]  # LiteLLM passes keywords only
+            self, model: str, messages: list[Any], api_base: str | None = None,
+            optional_params: dict[str, Any] | None = None,
+            litellm_params: dict[str, Any] | None = None, timeout: Any = None,
+            **_: Any) -> Iterator[GenericStreamingChunk]:
         answer = self._run_sync(self._flow(model, messages, api_base, optional_params,
                                            litellm_params, timeout))
         yield from _chunks(answer)
@@ -607,7 +613,7 @@ def _model_response(model_response: ModelResponse | None, model: str, answer: An
     response.choices[0].finish_reason = "stop"
     response.created = int(time.time())
     response.model = f"{PROVIDER}/{model}"
-    response.usage = litellm.Usage(  # type: ignore[attr-defined]
+    response.usage = litellm.Usage(  # type: ignore[attr-defined]  # set in __init__, undeclared
         prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
         total_tokens=answer.prompt_tokens + answer.completion_tokens)
     response._hidden_params[HIDDEN_KEY] = dict(answer.info)
@@ -620,12 +626,13 @@ def _chunks(answer: Answer) -> list[GenericStreamingChunk]:
     ``provider_specific_fields`` become attributes of the last streamed chunk, so a
     streaming caller can read ``chunk.ruvector`` (the same dict as ``_hidden_params``).
     """
-    usage = {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
-             "total_tokens": answer.prompt_tokens + answer.completion_tokens}
+    usage: ChatCompletionUsageBlock = {
+        "prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+        "total_tokens": answer.prompt_tokens + answer.completion_tokens}
     return [
         GenericStreamingChunk(text=answer.text, is_finished=False, finish_reason="", usage=None,
                               index=0, tool_use=None),
-        GenericStreamingChunk(text="", is_finished=True, finish_reason="stop", usage=usage,  # type: ignore[typeddict-item]
+        GenericStreamingChunk(text="", is_finished=True, finish_reason="stop", usage=usage,
                               index=0, tool_use=None,
                               provider_specific_fields={HIDDEN_KEY: dict(answer.info)}),
     ]

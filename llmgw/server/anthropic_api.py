@@ -7,7 +7,7 @@ chunks back. Errors use Anthropic's shape (llmgw.server.errors)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from functools import cache
 from typing import Annotated, Any, Literal
 
@@ -212,7 +212,7 @@ class _Broken(Exception):
         self.event = event
 
 
-async def _sse(first: StreamEvent, events: AsyncIterator[StreamEvent], *, model: str,
+async def _sse(first: StreamEvent, events: AsyncGenerator[StreamEvent, None], *, model: str,
                tool_names: dict[str, str]) -> AsyncIterator[str]:
     """Our stream events as OpenAI-shaped LiteLLM chunks, through LiteLLM's Anthropic stream
     wrapper: message_start, content blocks, message_delta (stop reason, usage),
@@ -258,7 +258,8 @@ async def _sse(first: StreamEvent, events: AsyncIterator[StreamEvent], *, model:
                     function=Function(name=event.name, arguments=event.arguments))]))
             event = await anext(events, None)
 
-    wrapper = AnthropicStreamWrapper(completion_stream=chunks(), model=model,
+    wrapper = AnthropicStreamWrapper(completion_stream=chunks(),  # type: ignore[arg-type]  # async use only
+                                     model=model,
                                      tool_name_mapping=tool_names)
     try:
         async for item in wrapper:
@@ -272,4 +273,4 @@ async def _sse(first: StreamEvent, events: AsyncIterator[StreamEvent], *, model:
         yield f"event: error\ndata: {dumps(payload)}\n\n"
     finally:  # a hang-up cancels us here: the gateway settles what was generated
         with anyio.CancelScope(shield=True):
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()

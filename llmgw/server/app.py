@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -16,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive
 
 from llmgw.config import Config, load_config
 from llmgw.errors import LLMGatewayError
@@ -41,17 +41,23 @@ class InFlight:
 
     def __init__(self) -> None:
         self.ids: set[str] = set()
+        self._empty = asyncio.Event()  # both events are emitted on the server's loop
+        self._empty.set()
 
     def started(self, _event: str, payload: dict[str, Any]) -> None:
         self.ids.add(payload["request_id"])
+        self._empty.clear()
 
     def finished(self, _event: str, payload: dict[str, Any]) -> None:
         self.ids.discard(payload["request_id"])
+        if not self.ids:
+            self._empty.set()
 
     async def wait_empty(self, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while self.ids and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)  # the settles run on this loop: give them turns
+        try:
+            await asyncio.wait_for(self._empty.wait(), timeout_s)
+        except TimeoutError:
+            pass
         return not self.ids
 
 
@@ -61,6 +67,8 @@ def create_app(config: Config | str | None = None, settings: ServerSettings | No
     settings = settings or ServerSettings.from_env()
     from llmgw.server.mcp import McpHttp
     from llmgw.server.mcp_identity import key_authenticator
+
+    app: FastAPI  # made below; the closures here run once it is
 
     async def mcp_authenticate(secret: str) -> Any:
         return await app.state.mcp_auth(secret)  # the key store is made in the lifespan
@@ -224,7 +232,7 @@ class ClientGone(Exception):
     """The client disconnected before its answer; nobody is left to answer."""
 
 
-async def _disconnected(receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+async def _disconnected(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 
 from fastapi.responses import JSONResponse
@@ -103,8 +103,8 @@ def retry_after_s(exc: LLMGatewayError, now: datetime | None = None) -> int | No
             return None
         resets = exc.resets_at
         if resets.tzinfo is None:
-            resets = resets.replace(tzinfo=timezone.utc)
-        now = now or datetime.now(timezone.utc)
+            resets = resets.replace(tzinfo=UTC)
+        now = now or datetime.now(UTC)
         return max(1, math.ceil((resets - now).total_seconds()))
     if isinstance(exc, RateLimited) and exc.retry_after is not None:
         return max(1, math.ceil(exc.retry_after))

@@ -4,7 +4,6 @@ Content-Length when sent, else by counting what arrives."""
 
 from __future__ import annotations
 
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmgw.server.errors import FrontError, api_of, front_error_response

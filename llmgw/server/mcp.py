@@ -313,7 +313,7 @@ def _message_dicts(messages: list[Message]) -> list[dict[str, Any]]:
 
 def _progress_token(ctx: Context) -> Any:
     meta = ctx.request_context.meta or {}
-    return meta.get("progress_token", meta.get("progressToken"))  # type: ignore[call-overload]
+    return meta.get("progress_token", meta.get("progressToken"))
 
 
 def _version() -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any
 
 import anyio
@@ -14,7 +14,13 @@ from fastapi.responses import JSONResponse
 
 from llmgw.errors import InvalidRequest
 from llmgw.ledger.api_keys import KeyInfo
-from llmgw.ledger.report import GROUP_BY_VALUES, ReportRow, usage_report, usage_totals
+from llmgw.ledger.report import (
+    GROUP_BY_VALUES,
+    ReportRow,
+    is_group_by,
+    usage_report,
+    usage_totals,
+)
 from llmgw.ledger.timespec import parse_time
 from llmgw.server.app import call_gateway
 from llmgw.server.auth import caller_of, usage_project
@@ -90,7 +96,7 @@ def _usage(c: Completion) -> dict[str, int]:
             "total_tokens": c.usage.total_tokens}
 
 
-async def _sse(first: StreamEvent, events: AsyncIterator[StreamEvent], *, model: str,
+async def _sse(first: StreamEvent, events: AsyncGenerator[StreamEvent, None], *, model: str,
                include_usage: bool) -> AsyncIterator[str]:
     """OpenAI's chunk sequence: deltas, a finish chunk, the usage chunk when asked for,
     `[DONE]`. The last chunk before `[DONE]` carries the facts as `llmgw`."""
@@ -139,7 +145,7 @@ async def _sse(first: StreamEvent, events: AsyncIterator[StreamEvent], *, model:
             event = await anext(events, None)
     finally:  # a hang-up cancels us here: the gateway settles what was generated
         with anyio.CancelScope(shield=True):
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()
 
 
 @router.get("/v1/models", response_model=ModelList, tags=["openai"],
@@ -174,7 +180,7 @@ async def usage(request: Request, key: Key,
                 agent: Annotated[str | None, Query()] = None) -> Any:
     """`llmgw usage report` as JSON, scoped to the key's project (an admin key: any)."""
     scope = usage_project(key, project)
-    if by not in GROUP_BY_VALUES:
+    if not is_group_by(by):
         raise FrontError(400, "invalid_request", f"Unknown by={by!r}; use one of "
                          f"{', '.join(GROUP_BY_VALUES)}.", param="by")
     try:
@@ -185,10 +191,11 @@ async def usage(request: Request, key: Key,
     if start is not None and end is not None and start >= end:
         raise FrontError(400, "invalid_request", "since is not before until.", param="since")
     engine = request.app.state.gateway.ledger.engine
-    filters = dict(project=scope, agent=agent, since=start, until=end)
     rows, total = await asyncio.gather(
-        asyncio.to_thread(lambda: usage_report(engine, by=by, **filters)),  # type: ignore[arg-type]
-        asyncio.to_thread(lambda: usage_totals(engine, **filters)))  # type: ignore[arg-type]
+        asyncio.to_thread(usage_report, engine, by=by, project=scope, agent=agent, since=start,
+                          until=end),
+        asyncio.to_thread(usage_totals, engine, project=scope, agent=agent, since=start,
+                          until=end))
     return UsageReport(by=by, project=scope, agent=agent,
                        since=start.isoformat() if start else None,
                        until=end.isoformat() if end else None,

@@ -76,7 +76,7 @@ def _sessions(request: Request) -> Sessions:
     if found is None:
         found = state.ui_sessions = Sessions(state.gateway.ledger.engine,
                                              cache_s=state.settings.key_cache_s)
-    return found  # type: ignore[no-any-return]
+    return found
 
 
 def _html(name: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -183,7 +183,7 @@ async def _projects(request: Request) -> list[str]:
     state = request.app.state
     cached = getattr(state, "ui_projects", None)
     if cached is not None and time.monotonic() - cached[0] < 60:
-        return cached[1]  # type: ignore[no-any-return]
+        return cached[1]
     found = await asyncio.to_thread(ui_data.projects, state.gateway.ledger.engine)
     state.ui_projects = (time.monotonic(), found)
     return found

@@ -9,7 +9,7 @@ from datetime import datetime
 import pytest
 
 from llmgw.config import config_from_dict
-from llmgw.errors import BudgetExceeded
+from llmgw.errors import BudgetExceeded, ProviderUnavailable
 from llmgw.sim import FaultPlan
 from tests.budgets.conftest import ANSWER_USAGE, budget_config, sums
 from tests.support import expected_cost_micros, ledger_rows
@@ -167,7 +167,7 @@ async def test_failures_release_the_hold(sims, migrated_ledger_url):
     gw = gateway_for(sims, migrated_ledger_url, {"projects": {"*": {"daily_usd": 1}}})
     try:
         for _ in range(3):
-            with pytest.raises(Exception):
+            with pytest.raises(ProviderUnavailable):
                 await gw.complete("a", "p", ASK, model_group="solo", max_tokens=100)
     finally:
         await gw.aclose()

@@ -17,8 +17,7 @@ from typer.testing import CliRunner
 from llmgw.cli import app
 from llmgw.config import config_from_dict
 from llmgw.sim import FaultPlan
-from tests.budgets.conftest import (ANSWER_USAGE, assert_counters_match_ledger, budget_config,
-                                    sums)
+from tests.budgets.conftest import ANSWER_USAGE, assert_counters_match_ledger, budget_config, sums
 from tests.support import expected_cost_micros, ledger_rows
 
 REPO = Path(__file__).resolve().parents[2]

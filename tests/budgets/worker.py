@@ -31,7 +31,7 @@ def hold_settles(gw: Any, marker: Path) -> None:
 
     async def held_transact(op: Any, **kwargs: Any) -> Any:
         if id(op) in settles:
-            marker.write_text("answered, not settled")
+            await asyncio.to_thread(marker.write_text, "answered, not settled")
             await asyncio.Event().wait()
         return await transact(op, **kwargs)
 
@@ -44,8 +44,8 @@ async def main(path: str, count: int, agent: str, marker: str | None = None) -> 
     from llmgw.errors import BudgetExceeded
     from llmgw.gateway import LLMGateway
 
-    with open(path) as f:
-        gw = LLMGateway(config_from_dict(json.load(f)))
+    config = json.loads(await asyncio.to_thread(Path(path).read_text))
+    gw = LLMGateway(config_from_dict(config))
     if marker is not None:
         hold_settles(gw, Path(marker))
     ask = [{"role": "user", "content": "Estimate the migration effort."}]

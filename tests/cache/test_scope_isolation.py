@@ -127,7 +127,7 @@ async def test_stats_and_clear_touch_exactly_one_project(cache: Cache) -> None:
         stats = await cache.stats(scope)
         assert (stats.entries, stats.scope) == (0 if scope == project("a") else n, scope), scope
     assert await cache.get(key(project("a"), "q0")) is None
-    for scope, n in counts.items():
+    for scope in counts:
         if scope != project("a"):
             assert (await cache.get(key(scope, "q0"))).content == f"{scope}/0"  # type: ignore[union-attr]
     left = total - counts[project("a")]

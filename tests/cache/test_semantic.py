@@ -17,8 +17,6 @@ import time
 import pytest
 
 from llmgw.cache import semantic
-from llmgw.config import SemanticSettings
-from llmgw.errors import ConfigError
 from llmgw.cache.semantic import (
     INSTALL_HINT,
     SemanticIndex,
@@ -27,6 +25,8 @@ from llmgw.cache.semantic import (
     params_fingerprint,
     semantic_text,
 )
+from llmgw.config import SemanticSettings
+from llmgw.errors import ConfigError
 
 THRESHOLD = SemanticSettings().threshold  # the shipped default: 0.92
 GROUP = "fast-response"
@@ -57,7 +57,7 @@ def real_index(minilm) -> SemanticIndex:
 
 def cosine(minilm, a: str, b: str) -> float:
     va, vb = minilm([a, b])
-    return sum(x * y for x, y in zip(va, vb))
+    return sum(x * y for x, y in zip(va, vb, strict=True))
 
 
 def test_minilm_embeds_offline_as_normalised_384_vectors(minilm):
@@ -294,8 +294,7 @@ async def test_a_key_removed_during_a_pure_python_search_is_not_served(monkeypat
 
     monkeypatch.setattr(semantic, "_best_python", slow_best)
     task = asyncio.create_task(index.lookup(PROJECT_A, GROUP, "alpha beta", FP))
-    while not started.is_set():
-        await asyncio.sleep(0.005)
+    assert await asyncio.to_thread(started.wait, 30)  # the search is under way
     assert index.remove("k")
     assert await task is None
 

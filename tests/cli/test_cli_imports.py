@@ -22,7 +22,8 @@ SCRIPT = textwrap.dedent("""
                  ["usage", "report", "--ledger-url", url, "--format", "json"],
                  ["budgets", "set", "--project", "p", "--daily", "5", "--ledger-url", url],
                  ["budgets", "list", "--ledger-url", url], ["budgets", "status", "--ledger-url", url],
-                 ["db", "reconcile", "--older-than", "0", "--force", "--ledger-url", url], ["models", "--help"], ["mcp", "--help"],
+                 ["db", "reconcile", "--older-than", "0", "--force", "--ledger-url", url],
+                 ["models", "--help"], ["mcp", "--help"],
                  ["cache", "--help"], ["chat", "--help"], ["sim", "--help"], ["health", "--help"],
                  ["local", "--help"]):
         result = runner.invoke(app, args)

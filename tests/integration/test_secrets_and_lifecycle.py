@@ -43,7 +43,7 @@ async def test_no_api_key_in_ledger_logs_or_errors(sims, migrated_ledger_url, mo
             await gw.complete("a", "p", HELLO, model_group="authg")          # wrong key
         errors += [e1.value, e2.value]
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.removeHandler(handler)
             lg.setLevel(level)
         await gw.aclose()

@@ -25,13 +25,6 @@ BOTH = pytest.mark.parametrize("ledger_url", ["sqlite", "postgresql"], indirect=
 SQLITE = pytest.mark.parametrize("ledger_url", ["sqlite"], indirect=True)
 
 
-@pytest.fixture
-async def stores(migrated_ledger_url: str):
-    ledger = LedgerStore(migrated_ledger_url)
-    yield ledger, BudgetStore(ledger.engine)
-    ledger.dispose()
-
-
 def reserve_op(budgets: BudgetStore, amount: int, lims, keys, request_id: str | None = None):
     return budgets.reserve_op(
         request_id=request_id or uuid.uuid4().hex, amount_micros=amount, limits=lims,

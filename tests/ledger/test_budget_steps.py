@@ -48,7 +48,8 @@ def limits(agent_micros: int = 10_000, project_micros: int = 10_000,
             Limit("project", "p1", "day", project_micros, 0.8),
             Limit("project", "p1", "month", month_micros, 0.8)]
     starts = [DAY, DAY, datetime(2026, 11, 1)]
-    return lims, [CounterKey(l.scope, l.scope_id, l.period, s) for l, s in zip(lims, starts)]
+    return lims, [CounterKey(lim.scope, lim.scope_id, lim.period, start)
+                  for lim, start in zip(lims, starts, strict=True)]
 
 
 def row(request_id: str, cost: int) -> dict:

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from llmgw.budgets import CounterKey, Limit
-from tests.ledger.test_budget_batches import reserve_op, stores, transactions  # noqa: F401
+from tests.ledger.test_budget_batches import reserve_op, transactions
 from tests.ledger.test_budget_steps import DAY, limits, row
 
 pytestmark = pytest.mark.parametrize("ledger_url", ["postgresql"], indirect=True)

@@ -13,8 +13,7 @@ import pytest
 from aiohttp import web
 
 from llmgw._litellm import import_litellm
-from llmgw.providers import register
-from llmgw.providers import ruvector
+from llmgw.providers import register, ruvector
 from llmgw.providers.ruvector import HIDDEN_KEY, RuVectorLLM, flatten_messages
 from llmgw.sim.faults import FaultPlan
 from llmgw.sim.ollama import OllamaSim
@@ -351,10 +350,12 @@ async def test_stream_is_one_content_chunk_then_usage(router, ruv) -> None:
     assert contents == [ANSWER]
     usage = chunks[-1].usage
     assert (usage.prompt_tokens, usage.completion_tokens) == (
-        litellm.token_counter(messages=MESSAGES), litellm.token_counter(text=ANSWER, count_response_tokens=True))
+        litellm.token_counter(messages=MESSAGES),
+        litellm.token_counter(text=ANSWER, count_response_tokens=True))
     [facts] = [c.ruvector for c in chunks if getattr(c, "ruvector", None)]
     assert facts["served_by"] == "ruvllm" and facts["model_used"] == "B1_2"
-    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["stop"]
 
 
 async def test_feedback_for_a_recent_request(router, ruv, provider) -> None:
@@ -405,7 +406,8 @@ def test_sync_completion_and_stream(ruv) -> None:
     assert resp._hidden_params[HIDDEN_KEY]["served_by"] == "ruvllm"
     chunks = list(litellm.completion(model="ruvector/fast", api_base=ruv.base_url, messages=MESSAGES,
                                      metadata=meta(), stream=True))
-    assert [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content] == [ANSWER]
+    texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert texts == [ANSWER]
     assert len({q["session_id"] for q in queries(ruv)}) == 1
 
 

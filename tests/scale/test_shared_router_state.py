@@ -12,7 +12,6 @@ from sqlalchemy import create_engine, select
 from typer.testing import CliRunner
 
 from llmgw.cli import app as cli
-
 from llmgw.ledger.models import UsageEvent
 from llmgw.sim import FaultPlan
 from tests.support import sim_config_dict

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from pathlib import Path
 
 from llmgw._litellm import set_offline_env
 
@@ -18,8 +19,8 @@ async def main(path: str, agent_type: str, count: int) -> None:
     from llmgw.config import config_from_dict
     from llmgw.gateway import LLMGateway
 
-    with open(path) as f:
-        gw = LLMGateway(config_from_dict(json.load(f)))
+    config = json.loads(await asyncio.to_thread(Path(path).read_text))
+    gw = LLMGateway(config_from_dict(config))
     ask = [{"role": "user", "content": "Review the service boundaries."}]
     for i in range(count):
         done = await gw.complete(f"agent-{agent_type}", "proj-scale", ask, agent_type=agent_type,

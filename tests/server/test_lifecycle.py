@@ -26,7 +26,7 @@ from llmgw.ledger.engine import make_engine
 from llmgw.ledger.timespec import utcnow
 from llmgw.sim import Fault, FaultPlan
 from tests.server.conftest import open_reservations
-from tests.support import ledger_rows, sim_config_dict
+from tests.support import eventually, ledger_rows, sim_config_dict
 
 pytestmark = pytest.mark.parametrize("ledger_url", ["sqlite"], indirect=True)
 
@@ -93,8 +93,7 @@ async def test_client_hanging_up_before_the_answer_cancels_the_call(running, sim
         call = asyncio.ensure_future(client.post(
             running.base_url + "/v1/chat/completions", json={"model": "solo", "messages": HI},
             headers={"authorization": f"Bearer {running.key()}"}))
-        while not openai_sim.requests:  # in flight at the provider
-            await asyncio.sleep(0.02)
+        await asyncio.to_thread(openai_sim.wait_for_requests, 1, 30)  # in flight there
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
@@ -174,9 +173,8 @@ def test_sigterm_drains_in_flight_requests_then_cancels_the_rest(tmp_path, sims,
                                 results["stalled_first"] = True
 
                 tasks = [asyncio.ensure_future(slow()), asyncio.ensure_future(stalled())]
-                while not (results.get("stalled_first") and any(
-                        r.model == "solo-sim" for r in openai_sim.requests)):
-                    await asyncio.sleep(0.02)  # both are in flight now
+                await eventually(lambda: results.get("stalled_first") and any(
+                    r.model == "solo-sim" for r in openai_sim.requests), "both calls in flight")
                 process.send_signal(signal.SIGTERM)
                 await asyncio.gather(*tasks, return_exceptions=True)
 

@@ -19,10 +19,9 @@ from anthropic.types import (
 )
 from anthropic.types.shared import ErrorResponse
 
-from llmgw._litellm import import_litellm
 from llmgw.sim import AnthropicSim, FaultPlan, ToolCall
-from tests.sim.conftest import fresh
 from tests.sim import sse_json, strict
+from tests.sim.conftest import fresh
 
 KEY = "sk-ant-sim-test"
 HEADERS = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}

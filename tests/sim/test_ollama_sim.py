@@ -8,14 +8,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import ollama  # the official client (dev extra): its types are the schema
 import pytest
 from pydantic import BaseModel
 
 from llmgw.sim.faults import FaultPlan, ToolCall
 from llmgw.sim.ollama import OllamaSim
 from tests.sim.conftest import fresh
-
-import ollama  # the official client (dev extra): its types are the schema
 
 MESSAGES = [
     {"role": "system", "content": "Be brief."},
@@ -158,7 +157,8 @@ def test_tags_version_show_and_root(sim: OllamaSim) -> None:
 def test_official_client_round_trip(sim: OllamaSim) -> None:
     client = ollama.Client(host=sim.base_url)
     assert client.chat(model="llama3.2", messages=MESSAGES).message.content == ANSWER
-    streamed = "".join(p.message.content or "" for p in client.chat(model="llama3.2", messages=MESSAGES, stream=True))
+    parts = client.chat(model="llama3.2", messages=MESSAGES, stream=True)
+    streamed = "".join(p.message.content or "" for p in parts)
     assert streamed == ANSWER
     assert [m.model for m in client.list().models] == ["llama3.2:latest", "qwen2.5-coder:0.5b"]
     sim.plan = FaultPlan.error(404, message='model "nope" not found, try pulling it first')
@@ -181,7 +181,8 @@ def test_no_auth_by_default_but_an_api_key_can_be_required(sim: OllamaSim) -> No
     with OllamaSim(api_key="sk-proxy") as guarded:
         refused = httpx.post(guarded.base_url + "/api/chat", json=BODY)
         assert refused.status_code == 401 and refused.json() == {"error": "unauthorized"}
-        ok = httpx.post(guarded.base_url + "/api/chat", json=BODY, headers={"Authorization": "Bearer sk-proxy"})
+        ok = httpx.post(guarded.base_url + "/api/chat", json=BODY,
+                        headers={"Authorization": "Bearer sk-proxy"})
         assert ok.status_code == 200
         assert httpx.get(guarded.base_url + "/api/tags").status_code == 401
 
@@ -302,6 +303,7 @@ async def test_litellm_ignores_a_malformed_stream_line(sim: OllamaSim, litellm) 
     stream = await litellm.acompletion(**kwargs(sim, stream=True))
     chunks = [chunk async for chunk in stream]
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ""
-    raw = httpx.post(sim.base_url + "/api/chat", json={**BODY, "stream": True}).text
+    async with httpx.AsyncClient() as client:
+        raw = (await client.post(sim.base_url + "/api/chat", json={**BODY, "stream": True})).text
     with pytest.raises(ValueError):
         json.loads(raw.splitlines()[0])

@@ -10,10 +10,9 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from llmgw._litellm import import_litellm
 from llmgw.sim import FaultPlan, OpenAISim, ToolCall
-from tests.sim.conftest import fresh
 from tests.sim import sse_json, strict
+from tests.sim.conftest import fresh
 
 KEY = "sk-sim-test"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -41,7 +41,8 @@ def test_query_answers_exactly_the_documented_fields(sim: RuvLLMSim) -> None:
     assert isinstance(data["confidence"], float) and 0 <= data["confidence"] <= 1
     assert isinstance(data["latency_ms"], float)
     [request] = sim.requests
-    assert (request.method, request.path, request.json) == ("POST", "/query", {"query": QUERY, "session_id": None})
+    assert (request.method, request.path, request.json) == (
+        "POST", "/query", {"query": QUERY, "session_id": None})
     [record] = sim.wait_for_responses(1)
     assert (record.status, record.answer, record.usage, record.stream) == (200, ANSWER, None, False)
     assert record.prompt_tokens == len(QUERY.split())  # the simulator's own count; never sent
@@ -156,5 +157,6 @@ def test_bad_bodies_are_rejected_like_axum(sim: RuvLLMSim, content: bytes, heade
 async def test_concurrent_queries_are_each_recorded(sim: RuvLLMSim) -> None:
     async with httpx.AsyncClient(base_url=sim.base_url) as client:
         answers = await asyncio.gather(*(client.post("/query", json={"query": f"q{i}"}) for i in range(20)))
-    assert sorted(a.json()["text"] for a in answers) == sorted(f"Simulated answer to: q{i}" for i in range(20))
+    expected = sorted(f"Simulated answer to: q{i}" for i in range(20))
+    assert sorted(a.json()["text"] for a in answers) == expected
     assert len(await asyncio.to_thread(sim.wait_for_responses, 20)) == 20

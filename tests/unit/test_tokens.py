@@ -18,7 +18,8 @@ TURNS = ["You are a careful software architect.", "Split the billing service?",
          "", "Keep it with payments; one transaction boundary.\n\nDone."]
 CONVERSATIONS = [
     [{"role": "user", "content": "Hi"}],
-    [{"role": r, "content": c} for r, c in zip(["system", "user", "assistant", "user"], TURNS)],
+    [{"role": r, "content": c}
+     for r, c in zip(["system", "user", "assistant", "user"], TURNS[:4], strict=True)],
     [{"role": ["user", "assistant"][i % 2], "content": c} for i, c in enumerate(TURNS * 3)],
 ]
 
