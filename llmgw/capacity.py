@@ -385,7 +385,8 @@ class CapacityGate:
             adm.waited_s += time.monotonic() - started
             now = time.time()
             raise NoCapacity(group, {}, 1.0,
-                             fall_back=await self._fallback_has_capacity(group, allowed, now))
+                             fall_back=await self._fallback_has_capacity(group, allowed,
+                                                                         now)) from None
         try:
             while True:
                 now = time.time()

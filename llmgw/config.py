@@ -415,14 +415,14 @@ class Config(BaseModel):
 
     def groups(self) -> dict[str, list[Deployment]]:
         """Model group -> its deployments, in file order (do not mutate)."""
-        groups: dict[str, list[Deployment]] = self.__pydantic_private__["_groups"]
+        groups: dict[str, list[Deployment]] = self.__pydantic_private__["_groups"]  # type: ignore[index]  # set: PrivateAttrs
         if not groups:
             for d in self.model_list:
                 groups.setdefault(d.model_name, []).append(d)
         return groups
 
     def deployment(self, deployment_id: str) -> Deployment | None:
-        by_id: dict[str, Deployment] = self.__pydantic_private__["_by_id"]
+        by_id: dict[str, Deployment] = self.__pydantic_private__["_by_id"]  # type: ignore[index]  # set: PrivateAttrs
         if not by_id:
             by_id.update((d.id, d) for d in self.model_list)
         return by_id.get(deployment_id)
@@ -432,7 +432,7 @@ class Config(BaseModel):
         through `fallbacks` (and `default_fallbacks`), `context_window_fallbacks` and
         `content_policy_fallbacks`, `*` entries included, transitively. A superset of what
         LiteLLM may try for one request, so a worst case priced over it is a bound."""
-        chains: dict[str, list[str]] = self.__pydantic_private__["_chains"]
+        chains: dict[str, list[str]] = self.__pydantic_private__["_chains"]  # type: ignore[index]  # set: PrivateAttrs
         chain = chains.get(group)
         if chain is None:
             chain = chains[group] = self._walk_fallbacks(group)

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from datetime import timedelta
 from typing import Any
 
+from llmgw import heap
 from llmgw.agents import AgentDirectory
 from llmgw.budgets import BudgetPolicy
 from llmgw.cache import Cache
@@ -17,7 +18,6 @@ from llmgw.cache.lookup import CacheLookup, CacheStep
 from llmgw.config import Config, load_config
 from llmgw.events import EventBus, Handler
 from llmgw.health import DeploymentHealth, DeploymentStats, StatsCollector, probe
-from llmgw import heap
 from llmgw.ids import new_request_id
 from llmgw.ledger.budget_store import BudgetStore
 from llmgw.ledger.engine import make_engine
@@ -135,7 +135,7 @@ class LLMGateway:
         return completion
 
     async def stream(self, agent_id: str, project_id: str, messages: list[dict[str, Any]],
-                     **kwargs: Any) -> AsyncIterator[StreamEvent]:
+                     **kwargs: Any) -> AsyncGenerator[StreamEvent, None]:
         """`complete` as a stream of events: `ContentDelta`s, `ToolCallDelta`s, then one
         `StreamDone` (usage, cost, deployment, request_id).
 
@@ -160,7 +160,7 @@ class LLMGateway:
     async def _stream(self, agent_id: str, project_id: str, messages: list[dict[str, Any]], *,
                       agent_type: str | None = None, model_group: str | None = None,
                       metadata: dict[str, Any] | None = None, cache: bool = True,
-                      **params: Any) -> AsyncIterator[StreamEvent]:
+                      **params: Any) -> AsyncGenerator[StreamEvent, None]:
         request, life, call_params = self._begin(agent_id, project_id, messages, agent_type,
                                                  model_group, metadata, params, stream=True)
         async with life:

@@ -9,6 +9,7 @@ cancellation and tracked by the gateway, so `drain()` / `aclose()` wait for them
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Coroutine
@@ -16,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from llmgw.agents import Resolution
 from llmgw.budgets import Limit
+from llmgw.constraints import RoutePlan
 from llmgw.errors import BudgetExceeded, LedgerError, ProviderError
 from llmgw.heap import FIRST_ANSWER, freeze_once
 from llmgw.ledger.budget_store import Hold, RefusedError
 from llmgw.ledger.store import RequestContext, usage_row
-from llmgw.constraints import RoutePlan
 from llmgw.planner import BudgetPlan
 from llmgw.responses import since_ms
 from llmgw.router import (
@@ -285,7 +286,7 @@ class RequestLifecycle:
             freeze_once(FIRST_ANSWER)  # the provider modules LiteLLM imported on first use
         events = gw.events
         if events.wants("fallback"):
-            for failed, then in zip(attempts, attempts[1:]):
+            for failed, then in itertools.pairwise(attempts):
                 events.emit("fallback", {
                     "request_id": ctx.request_id, "project_id": ctx.project_id,
                     "agent_type": ctx.agent_type, "from_group": failed.model_group,

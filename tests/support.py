@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -86,6 +86,16 @@ async def eventually(condition: Callable[[], object], what: str, timeout_s: floa
     polled with a deadline, so a test never stands a fixed sleep in for synchronization."""
     deadline = time.monotonic() + timeout_s
     while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def eventually_async(condition: Callable[[], Awaitable[object]], what: str,
+                           timeout_s: float = 30.0) -> None:
+    """`eventually` for a condition that must be awaited (e.g. a Redis read)."""
+    deadline = time.monotonic() + timeout_s
+    while not await condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)

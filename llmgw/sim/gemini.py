@@ -52,7 +52,8 @@ class _Call:
 
 
 # Per request: aiohttp runs each handler in its own task, so each request sees its own value.
-_CALL: ContextVar[_Call] = ContextVar("gemini_call", default=_Call())
+_CALL: ContextVar[_Call] = ContextVar("gemini_call")
+_NO_CALL = _Call()
 
 
 class GeminiSim(SimServer):
@@ -96,7 +97,7 @@ class GeminiSim(SimServer):
     @property
     def sse_content_type(self) -> str:  # type: ignore[override]
         # The JSON-array stream form is one application/json document that arrives piecewise.
-        return "text/event-stream" if _CALL.get().sse else "application/json; charset=UTF-8"
+        return "text/event-stream" if _CALL.get(_NO_CALL).sse else "application/json; charset=UTF-8"
 
     async def _list_models(self, request: web.Request) -> web.Response:
         await self.receive(request)
@@ -159,7 +160,7 @@ class GeminiSim(SimServer):
         return None
 
     def wants_stream(self, body: dict[str, Any]) -> bool:
-        return _CALL.get().stream
+        return _CALL.get(_NO_CALL).stream
 
     def offered_tools(self, body: dict[str, Any]) -> list[str]:
         names = []
@@ -228,7 +229,7 @@ class GeminiSim(SimServer):
             if last:
                 candidate["finishReason"] = "STOP"
             chunks.append(self._response(reply, [candidate], usage if last else running))
-        if _CALL.get().sse:
+        if _CALL.get(_NO_CALL).sse:
             return [sse(chunk) for chunk in chunks]
         # The JSON-array form: "[", the responses separated by ",\r\n", "]".
         pieces = [("[" if i == 0 else ",\r\n") + json.dumps(chunk) for i, chunk in enumerate(chunks)]

@@ -176,7 +176,7 @@ class OllamaSim(SimServer):
     def json_body(self, reply: Reply, body: dict[str, Any]) -> dict[str, Any]:
         if _ENDPOINT.get() == "generate":
             return {**self._head(reply), "response": reply.answer or "", **self._done(reply, body)}
-        message = {"role": "assistant", "content": reply.answer or ""}
+        message: dict[str, Any] = {"role": "assistant", "content": reply.answer or ""}
         if reply.tool_call is not None:
             message["tool_calls"] = [_tool_call(reply.tool_call)]
         return {**self._head(reply), "message": message, **self._done(reply, body)}

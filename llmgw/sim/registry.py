@@ -70,7 +70,7 @@ class SimProvider:
         if cls is None:
             raise SimUnavailable(f"simulator for {self.name!r} is not available "
                                  f"({module_name} has no {class_name})")
-        return cls  # type: ignore[no-any-return]
+        return cls
 
     def available(self) -> bool:
         try:

@@ -193,7 +193,9 @@ async def test_cooling_down_comes_from_the_router() -> None:
             "router_settings": {"num_retries": 0, "cooldown_time": 300},
             "llmgw": {"default_group": "hot"}})
         router = build_router(config, Redactor(config.secret_values()))
-        with pytest.raises(Exception):
+        from llmgw._litellm import import_litellm
+
+        with pytest.raises(import_litellm().RateLimitError):
             await router.acompletion(model="hot", messages=[{"role": "user", "content": "hi"}])
         hit = {r.model for r in limited.requests}
         results = _by_id(await probe(config, router))

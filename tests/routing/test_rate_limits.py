@@ -17,7 +17,7 @@ import pytest
 from llmgw.errors import RateLimited
 from llmgw.sim import Fault, FaultPlan
 from tests.routing.fleet import dep, fleet, fleet_dict, run_workers
-from tests.support import ledger_rows
+from tests.support import eventually, ledger_rows
 
 pytestmark = pytest.mark.parametrize("ledger_url", ["sqlite"], indirect=True)
 
@@ -119,11 +119,20 @@ async def test_waiters_are_served_first_come_first_served(
                           model_group="one")
         order.append(i)
 
+    def queued() -> int:  # callers waiting behind the one that polls for the slot
+        lock = gw._recorder.gate._locks.get((id(asyncio.get_running_loop()), "one"))
+        return len(lock._waiters or ()) if lock is not None else 0
+
     try:
-        tasks = []
-        for i in range(5):  # each one queued behind the ones before it
+        tasks = [asyncio.create_task(call(0))]
+        await eventually(lambda: len(openai_sim.requests) == 1, "the first call to hold the slot")
+        for i in range(1, 5):  # each one queued behind the ones before it
             tasks.append(asyncio.create_task(call(i)))
-            await asyncio.sleep(0)
+            if i == 1:
+                await eventually(lambda: gw._recorder.gate._lock("one").locked(),
+                                 "the second call to wait for the slot")
+            else:
+                await eventually(lambda i=i: queued() == i - 1, f"call {i} to queue")
         await asyncio.gather(*tasks)
     finally:
         await gw.aclose()

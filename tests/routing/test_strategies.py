@@ -12,6 +12,7 @@ import pytest
 
 from llmgw.sim import Fault, FaultPlan
 from tests.routing.fleet import dep, fleet
+from tests.support import eventually_async
 
 pytestmark = pytest.mark.parametrize("ledger_url", ["sqlite"], indirect=True)
 
@@ -119,8 +120,10 @@ async def test_least_busy_sends_new_calls_to_the_deployment_with_fewer_in_flight
             await asyncio.to_thread(openai_sim.wait_for_requests, n)
         assert Counter(r.model for r in openai_sim.requests) == {"gpt-a": 4, "gpt-b": 4}
         await asyncio.to_thread(openai_sim.wait_for_responses, 4)  # g-b's four are answered
-        while await in_flight("g-b"):  # LiteLLM counts them down in its success callback
-            await asyncio.sleep(0.01)
+        async def g_b_idle() -> bool:  # LiteLLM counts them down in its success callback
+            return not await in_flight("g-b")
+
+        await eventually_async(g_b_idle, "g-b's calls to leave its in-flight count")
         assert await in_flight("g-a") == 4
         seen = await served(gw, 30)
         assert seen == Counter({"g-b": 30})

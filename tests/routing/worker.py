@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from pathlib import Path
 
 from llmgw._litellm import set_offline_env
 
@@ -20,8 +21,8 @@ async def main(path: str, group: str, count: int, concurrency: int, stream: bool
     from llmgw.errors import LLMGatewayError
     from llmgw.gateway import LLMGateway
 
-    with open(path) as f:
-        gw = LLMGateway(config_from_dict(json.load(f)))
+    text = await asyncio.to_thread(Path(path).read_text)
+    gw = LLMGateway(config_from_dict(json.loads(text)))
     gate = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> None:
