@@ -50,7 +50,7 @@ lint: install
 	$(BIN)/mypy
 
 test: install lint redis chromium model
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n 2 --durations=25
 
 bench: install redis
 	$(BIN)/python bench/overhead.py

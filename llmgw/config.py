@@ -411,7 +411,7 @@ class Config(BaseModel):
         return self._source
 
     # These run on every request: they read the private caches from `__pydantic_private__`
-    # directly, as pydantic's own attribute lookup for them costs ~3 us a call.
+    # directly: pydantic's own attribute lookup for them costs more than the work itself.
 
     def groups(self) -> dict[str, list[Deployment]]:
         """Model group -> its deployments, in file order (do not mutate)."""

@@ -2,7 +2,7 @@
 
 The ledger keys `reservations` and `usage_events` by request id. A random id (uuid4) lands
 anywhere in those B-trees, so every insert touches another page and costs more as the ledger
-grows (SQLite, 100,000 rows: ~40 vs ~53 µs per usage row). Ids that start with the time
+grows (figures in bench/README.md). Ids that start with the time
 append at the end instead. The 74 random bits come from a generator of our own, seeded from
 the OS at import and again in every forked child (two gateway processes never share a
 sequence, and an application's `random.seed()` does not touch it); not from `os.urandom`:

@@ -10,7 +10,7 @@ Two halves (DESIGN.md section 6):
 - `LocalServer` runs llama.cpp's OpenAI-compatible server (`xllamacpp`, extra
   `llmgw[local]`) in a child process, `python -m llmgw.local serve ...`, and returns once
   `/health` answers. A child process because `xllamacpp.Server(...)` holds the GIL for the
-  whole model load (seconds: an event loop in the same process would freeze), the ~650 MB
+  whole model load (seconds: an event loop in the same process would freeze), the memory
   it maps are given back when it exits, a crash in native code cannot take the caller
   down, and SIGTERM/cleanup are the operating system's. The child exits by itself when its
   parent goes away (it watches its stdin pipe), so no server outlives its owner.

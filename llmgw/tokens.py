@@ -35,7 +35,7 @@ class PromptTokenCounter:
         self._counter = import_litellm().token_counter
         self._max = max_entries
         # Oldest out first in O(1): a dict's first key after many deletions at its front is
-        # found by skipping them (~4 us a request once the memo is full).
+        # found by skipping them, a cost that grows once the memo is full.
         self._per_message: OrderedDict[tuple[str, str, str], int] = OrderedDict()
         self._overhead: dict[str, int] = {}
         self._text: dict[str, Callable[[str], int] | None] = {}  # None: use token_counter

@@ -51,8 +51,8 @@ if hits > 0 then redis.call('HINCRBY', KEYS[n + 1], 'hits', hits) end
 if hits < n then redis.call('HINCRBY', KEYS[n + 1], 'misses', n - hits) end
 return out
 """
-# Many answers in one call: one command for the client to pack, where a pipeline of SETs
-# cost it ~24 us of CPU per answer (~9 us this way).
+# Many answers in one call: one command for the client to pack, not a pipeline of SETs,
+# each of which the client packs on the event loop.
 _SET_MANY = """
 for i = 1, #KEYS do
   redis.call('SET', KEYS[i], ARGV[2 * i - 1], 'PX', ARGV[2 * i])
@@ -77,9 +77,9 @@ def _matcher(scope: str | None) -> Callable[[str], bool]:
 class MemoryCache:
     """An in-process LRU bounded by entry count, with a TTL per entry.
 
-    Answers are kept as JSON, as Redis keeps them (~2 us to write, ~3 us to read back): a
-    full cache then adds no objects for Python's garbage collector to walk (an answer as
-    objects is ~8 of them, and each pass walked them all), and every hit is a fresh copy.
+    Answers are kept as JSON, as Redis keeps them: a full cache then adds no objects for
+    Python's garbage collector to walk (an answer as objects is several of them, and each
+    pass walked them all), and every hit is a fresh copy.
     Nothing here awaits, so each method is atomic under asyncio.
     """
 

