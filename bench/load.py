@@ -264,10 +264,19 @@ def _worker_main(conn: Any, config: dict[str, Any]) -> None:
             loop.run_until_complete(asyncio.sleep(0.2))  # let LiteLLM's logging tasks finish
             conn.send(("ok", result))
         loop.run_until_complete(gw.aclose())
+        loop.run_until_complete(_drain())
     except BaseException:
         conn.send(("error", traceback.format_exc()))
     finally:
         loop.close()
+
+
+async def _drain() -> None:
+    """Let tasks the gateway's `aclose` started (its PostgreSQL pool closing) finish before
+    the loop closes, so they are not destroyed pending."""
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    if others:
+        await asyncio.wait(others, timeout=10)
 
 
 async def _worker_setup(config: dict[str, Any]) -> tuple[Any, dict[str, Call]]:
