@@ -85,6 +85,9 @@ class BudgetExceeded(LLMGatewayError):
 class LedgerError(LLMGatewayError):
     """The cost ledger could not be read or written."""
 
+    # The answer a provider was paid for, when only its ledger write failed: kept, not lost.
+    completion: Any = None
+
 
 class ProviderError(LLMGatewayError):
     """A provider call failed; carries every attempt that was made for the request."""

@@ -217,8 +217,8 @@ class RequestLifecycle:
                 attempt=len(trace.failures) + 1, model_group=self.route.model_group,
                 status="error",
                 error_class="Cancelled" if cancelled else type(exc).__name__,
-                error_message=("the caller cancelled the request" if cancelled else
-                               provider_message(exc, self.gw.redactor)),  # type: ignore[arg-type]
+                error_message=("the caller cancelled the request" if cancelled or exc is None
+                               else provider_message(exc, self.gw.redactor)),
                 latency_ms=since_ms(self.started))]
         error_class = None if exc is None else (
             "Cancelled" if isinstance(exc, (asyncio.CancelledError, GeneratorExit))
@@ -251,7 +251,7 @@ class RequestLifecycle:
                     hold, spent_micros=sum(a.cost_micros for a in attempts), rows=rows,
                     state="settled" if completion else "released"), alone=alone)
         except LedgerError as exc:
-            exc.completion = completion  # type: ignore[attr-defined]  # paid for: keep it
+            exc.completion = completion  # paid for: keep it
             exc.request_id = ctx.request_id
             self._finished(attempts, completion, saved_micros, error_class, written=False)
             raise
@@ -261,7 +261,7 @@ class RequestLifecycle:
                                 f"{str(exc).splitlines()[0][:300] if str(exc) else ''}",
                                 hint="Check the ledger database; `llmgw db reconcile` settles "
                                      "what was left open.")
-            error.completion = completion  # type: ignore[attr-defined]
+            error.completion = completion
             error.request_id = ctx.request_id
             self._finished(attempts, completion, saved_micros, error_class, written=False)
             raise error from exc

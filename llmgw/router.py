@@ -43,7 +43,8 @@ from llmgw.redact import Redactor, scrub_exception
 from llmgw.routing import retry_floors, siblings_first
 from llmgw.types import Attempt
 
-litellm = import_litellm()
+import_litellm()  # offline switches first
+import litellm  # noqa: E402
 from litellm.integrations.custom_logger import CustomLogger  # noqa: E402
 from litellm.types.router import RouterRateLimitError  # noqa: E402
 
@@ -186,7 +187,7 @@ class RequestTrace:
         return any(a.error_class == AuthenticationFailed.__name__ for a in self.failures)
 
 
-class _NotSent(litellm.AuthenticationError):  # type: ignore[misc]
+class _NotSent(litellm.AuthenticationError):
     """Raised inside the Router instead of picking a deployment: the request already saw its
     key refused, or its group has a deployment known to be bad. An AuthenticationError, so
     the retry policy does not retry it; `map_exception` turns it into AuthenticationFailed."""
@@ -199,11 +200,11 @@ class _NoCapacity(_NotSent):
 
     def __init__(self, cause: NoCapacity) -> None:
         super().__init__(str(cause), llm_provider="", model=cause.group)
-        self.status_code = 429
+        self.status_code = 429  # type: ignore[assignment]  # LiteLLM types it as 401 only
         self.cause = cause
 
 
-class AttemptRecorder(CustomLogger):  # type: ignore[misc]
+class AttemptRecorder(CustomLogger):
     """Collects failed attempts per request id; the gateway writes them to the ledger. Also
     the Router's deployment filter that keeps bad credentials from being routed around."""
 
@@ -370,7 +371,7 @@ def _quiet_litellm_logs() -> None:
     level = os.environ.get("LLMGW_LITELLM_LOG_LEVEL", "CRITICAL").upper()
     for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
         logging.getLogger(name).setLevel(level)
-    if hasattr(litellm, "expose_router_debug_in_errors"):
+    if hasattr(litellm, "expose_router_debug_in_errors"):  # not in every release
         litellm.expose_router_debug_in_errors = False
 
 

@@ -64,7 +64,7 @@ class CohereSim(SimServer):
         return await super().receive(request)
 
     @property
-    def sse_content_type(self) -> str:  # type: ignore[override]
+    def sse_content_type(self) -> str:  # type: ignore[override]  # per request, not per class
         # v1 streams newline-delimited JSON, v2 server-sent events.
         return "application/stream+json" if _V1.get() else "text/event-stream"
 

@@ -95,7 +95,7 @@ class GeminiSim(SimServer):
         return started, body
 
     @property
-    def sse_content_type(self) -> str:  # type: ignore[override]
+    def sse_content_type(self) -> str:  # type: ignore[override]  # per request, not per class
         # The JSON-array stream form is one application/json document that arrives piecewise.
         return "text/event-stream" if _CALL.get(_NO_CALL).sse else "application/json; charset=UTF-8"
 

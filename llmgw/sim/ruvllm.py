@@ -176,7 +176,7 @@ class RuvLLMSim(SimServer):
     def last_user_text(self, body: dict[str, Any]) -> str:
         return str(body["query"])
 
-    def usage(self, reply: Reply, body: dict[str, Any]) -> dict[str, Any] | None:  # type: ignore[override]
+    def usage(self, reply: Reply, body: dict[str, Any]) -> dict[str, Any] | None:  # type: ignore[override]  # no usage on the wire
         return None  # ruvLLM reports no usage
 
     def json_body(self, reply: Reply, body: dict[str, Any]) -> dict[str, Any]:
