@@ -41,7 +41,6 @@ _NOT_FROM_YAML = {
     "fallback_access_check": "llmgw sets it (no failover after an authentication failure)",
     "fallback_budget_check": "llmgw sets it (budgets are llmgw's, see llmgw.budgets)",
     "plugins": "it takes Python objects, which a YAML file cannot give",
-    "router_general_settings": "it takes a Python object, which a YAML file cannot give",
     "alerting_config": "it takes a Python object, which a YAML file cannot give",
     "auto_router_capability_limit": "it takes a Python object, which a YAML file cannot give",
     "assistants_config": "LiteLLM's proxy feature; llmgw routes chat completions only",
@@ -73,6 +72,16 @@ class RetryPolicy(BaseModel):
             raise ValueError("must be 0: llmgw never retries bad credentials or a request the "
                              "provider refused as sent (it would be a silent failover)")
         return v
+
+
+class GeneralSettings(BaseModel):
+    """`router_general_settings` (litellm.types.router.RouterGeneralSettings). llmgw turns
+    `async_only_mode` on unless this says otherwise (llmgw.router.LEAN_GENERAL_SETTINGS)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    async_only_mode: bool | None = None
+    pass_through_all_models: bool | None = None
 
 
 class AllowedFailsPolicy(BaseModel):
@@ -146,7 +155,7 @@ class RouterSettings(BaseModel):
     routing_groups: list[dict[str, Any]] | None = None
     provider_budget_config: dict[str, Any] | None = None
     alerting_config: Any = None
-    router_general_settings: Any = None
+    router_general_settings: GeneralSettings | None = None
     deployment_affinity_ttl_seconds: PositiveInt | None = None
     model_group_affinity_config: dict[str, list[str]] | None = None
     ignore_invalid_deployments: Any = None

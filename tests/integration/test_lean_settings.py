@@ -31,12 +31,11 @@ def _same(value: Any) -> Any:
 
 def _config(sims: Any, ledger_url: str, general: dict[str, Any] | None = None) -> Any:
     openai_sim, anthropic_sim = sims
-    cfg = sim_config(openai_sim.base_url, anthropic_sim.base_url, ledger_url)
     if general is None:
-        return cfg
-    # router_settings.router_general_settings as a user's value (a mapping of its fields)
-    settings = cfg.router_settings.model_copy(update={"router_general_settings": general})
-    return cfg.model_copy(update={"router_settings": settings})
+        return sim_config(openai_sim.base_url, anthropic_sim.base_url, ledger_url)
+    # router_settings.router_general_settings as a user's model_list.yaml gives it
+    return sim_config(openai_sim.base_url, anthropic_sim.base_url, ledger_url,
+                      router_general_settings=general)
 
 
 async def test_lean_defaults_are_applied_and_no_global_moves(sims, migrated_ledger_url):

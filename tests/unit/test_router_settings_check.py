@@ -20,6 +20,7 @@ from llmgw.config import config_from_dict, load_config
 from llmgw.errors import ConfigError
 from llmgw.router_settings import (
     AllowedFailsPolicy,
+    GeneralSettings,
     PreCallCheck,
     RetryPolicy,
     RouterSettings,
@@ -52,12 +53,14 @@ def test_value_domains_equal_litellms():
     from litellm.types.router import AllowedFailsPolicy as LiteLLMAllowedFails
     from litellm.types.router import OptionalPreCallChecks
     from litellm.types.router import RetryPolicy as LiteLLMRetryPolicy
+    from litellm.types.router import RouterGeneralSettings as LiteLLMGeneralSettings
 
     assert set(typing.get_args(RoutingStrategy)) == set(VALID_ROUTING_STRATEGIES)
     assert set(typing.get_args(PreCallCheck)) == set(
         typing.get_args(typing.get_args(OptionalPreCallChecks)[0]))
     assert list(RetryPolicy.model_fields) == list(LiteLLMRetryPolicy.model_fields)
     assert list(AllowedFailsPolicy.model_fields) == list(LiteLLMAllowedFails.model_fields)
+    assert list(GeneralSettings.model_fields) == list(LiteLLMGeneralSettings.model_fields)
 
 
 def test_settings_that_pass_the_check_build_litellms_router():
