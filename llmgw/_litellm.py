@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 _OFFLINE_ENV = {
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",
@@ -67,3 +68,68 @@ async def cooldown_statuses(router: object, deployment_ids: list[str]) -> dict[s
         ends = float(value.get("timestamp") or 0) + float(value.get("cooldown_time") or 0)
         found[dep_id] = CooldownEntry(status=status, remaining_s=max(0.0, ends - time.time()))
     return found
+
+
+# -- LiteLLM's private names: llmgw reaches them only through the functions below, so a
+# LiteLLM upgrade is audited here.
+
+# The Router's callback lists; a second Router must not inherit the first one's handlers.
+CALLBACK_LISTS = ("callbacks", "success_callback", "failure_callback", "_async_success_callback",
+                  "_async_failure_callback", "input_callback", "service_callback")
+
+# Per-call flag: plain function tools never need LiteLLM's MCP gateway (nor its import).
+SKIP_MCP_HANDLER = "_skip_mcp_handler"
+
+
+def hidden_params(response: object) -> dict[str, Any]:
+    """What LiteLLM tells about an answer beyond it (`_hidden_params`: the serving
+    deployment's id, its response cost, headers...)."""
+    return getattr(response, "_hidden_params", None) or {}
+
+
+def add_callback(handler: object) -> None:
+    """Register a logger with LiteLLM, appended: assigning the list would drop the Router's
+    own handlers."""
+    callbacks = import_litellm().callbacks
+    if handler not in callbacks:
+        callbacks.append(handler)
+
+
+def remove_callback(handler: object) -> None:
+    litellm = import_litellm()
+    for name in CALLBACK_LISTS:
+        handlers = getattr(litellm, name, None)
+        if isinstance(handlers, list) and handler in handlers:
+            handlers.remove(handler)
+
+
+def registered_callbacks() -> list[object]:
+    """Every handler in LiteLLM's callback lists."""
+    litellm = import_litellm()
+    return [cb for name in CALLBACK_LISTS for cb in (getattr(litellm, name, None) or [])]
+
+
+def text_count_function(model: str) -> object:  # Callable[[str], int] in LiteLLM 1.106.2
+    """LiteLLM's own text tokenizer for `model` (the one `token_counter` uses)."""
+    import_litellm()
+    from litellm.litellm_core_utils.token_counter import _get_count_function
+
+    return _get_count_function(model)
+
+
+def cost_usd(model: str, deployment_id: str, prompt_tokens: int, completion_tokens: int,
+             cached_tokens: int = 0) -> float:
+    """LiteLLM's price of a usage at a Router deployment's configured prices (the Router
+    registered them under the deployment's id): the computation that gives a non-streamed
+    answer its `response_cost`, cached-token prices included."""
+    litellm = import_litellm()
+    from litellm.types.utils import ModelResponse, Usage
+
+    details = {"cached_tokens": cached_tokens} if cached_tokens else None
+    usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                  total_tokens=prompt_tokens + completion_tokens,
+                  prompt_tokens_details=details)
+    return float(litellm.completion_cost(completion_response=ModelResponse(model=model,
+                                                                           usage=usage),
+                                         model=model, custom_pricing=True,
+                                         router_model_id=deployment_id))

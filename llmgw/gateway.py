@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from llmgw import heap
+from llmgw._litellm import SKIP_MCP_HANDLER
 from llmgw.agents import AgentDirectory
 from llmgw.budgets import BudgetPolicy
 from llmgw.cache import Cache
@@ -338,7 +339,7 @@ class LLMGateway:
         if call_params.get("tools"):
             # LiteLLM imports its MCP gateway (and the `mcp` package) whenever tools are
             # passed; plain function tools never need it.
-            call_params["_skip_mcp_handler"] = True
+            call_params[SKIP_MCP_HANDLER] = True
         return request, RequestLifecycle(self, ctx, route, request.metadata,
                                          self.clock()), call_params
 

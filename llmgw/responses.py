@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from llmgw._litellm import import_litellm
+from llmgw._litellm import cost_usd, hidden_params, import_litellm
 from llmgw.agents import Resolution
 from llmgw.cache import CachedAnswer
 from llmgw.config import Config
@@ -35,7 +35,7 @@ def completion_of(response: Any, trace: RequestTrace, route: Resolution, request
                   started: float, config: Config) -> Completion:
     """The Completion of an answered call: the serving attempt after the failed hops, priced
     by LiteLLM from the serving deployment's configured prices."""
-    hidden = getattr(response, "_hidden_params", None) or {}
+    hidden = hidden_params(response)
     headers = hidden.get("additional_headers") or {}
     deployment_id = hidden.get("model_id")
     dep = config.deployment(deployment_id) if deployment_id else None
@@ -72,7 +72,7 @@ def stream_completion(response: Any, acc: StreamAccumulator, trace: RequestTrace
     (`include_usage`), else tokens counted by LiteLLM's tokenizer; cost from the serving
     deployment's prices, exactly. `partial`: the stream was cut off (by the provider, with
     `error`, or by the caller)."""
-    hidden = getattr(response, "_hidden_params", None) or {}
+    hidden = hidden_params(response)
     deployment_id = hidden.get("model_id")
     dep = config.deployment(deployment_id) if deployment_id else None
     usage = acc.usage
@@ -85,8 +85,9 @@ def stream_completion(response: Any, acc: StreamAccumulator, trace: RequestTrace
                                            count_response_tokens=True) if (
             acc.text or acc.tool_calls) else 0
         usage = Usage(prompt_tokens=prompt, completion_tokens=completion)
-    cost = (token_cost_micros(usage.prompt_tokens, usage.completion_tokens, dep.input_price,
-                              dep.output_price) if dep else 0)
+    # Priced as a non-streamed answer is: by LiteLLM, at the deployment's prices.
+    cost = to_micros(cost_usd(dep.litellm_params.model, dep.id, usage.prompt_tokens,
+                              usage.completion_tokens, usage.cached_tokens)) if dep else 0
     headers = hidden.get("additional_headers") or {}
     served_group = headers.get("x-litellm-model-group") or (dep.model_name if dep else
                                                             route.model_group)

@@ -25,7 +25,12 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from llmgw import providers
-from llmgw._litellm import import_litellm
+from llmgw._litellm import (
+    CALLBACK_LISTS,
+    add_callback,
+    import_litellm,
+    registered_callbacks,
+)
 from llmgw.capacity import Admission, CapacityGate, NoCapacity
 from llmgw.config import Config
 from llmgw.constraints import RoutePlan
@@ -328,8 +333,7 @@ def recorder() -> AttemptRecorder:
     global RECORDER
     if RECORDER is None:
         RECORDER = AttemptRecorder()
-    if RECORDER not in litellm.callbacks:
-        litellm.callbacks.append(RECORDER)
+    add_callback(RECORDER)
     return RECORDER
 
 
@@ -345,8 +349,6 @@ async def _no_failover_after_auth_failure(*, model: str, request_kwargs: Mapping
 # routing handlers by class name, so a second Router's latency tracker would never register
 # unless the first one's are taken out.
 _previous_router_callbacks: list[object] = []
-CALLBACK_LISTS = ("callbacks", "success_callback", "failure_callback", "_async_success_callback",
-                  "_async_failure_callback", "input_callback", "service_callback")
 
 # LiteLLM's Router default when num_retries is unset (openai.DEFAULT_MAX_RETRIES).
 DEFAULT_NUM_RETRIES = 2
@@ -355,12 +357,12 @@ _FORCED_RETRY_POLICY = {"AuthenticationErrorRetries": 0, "BadRequestErrorRetries
 
 
 def _snapshot() -> list[object]:
-    return [cb for name in CALLBACK_LISTS for cb in getattr(litellm, name, [])]
+    return registered_callbacks()
 
 
 def _release_previous_router() -> None:
     stale = {id(cb) for cb in _previous_router_callbacks}
-    for name in CALLBACK_LISTS:
+    for name in CALLBACK_LISTS:  # one pass over every list, not one per handler
         current = getattr(litellm, name, None)
         if isinstance(current, list):
             current[:] = [cb for cb in current if id(cb) not in stale]

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from llmgw._litellm import import_litellm
+from llmgw._litellm import import_litellm, text_count_function
 from llmgw.errors import InvalidRequest
 
 _PLAIN = frozenset({"role", "content"})
@@ -104,8 +104,6 @@ class PromptTokenCounter:
 def litellm_text_counter(model: str) -> Callable[[str], int] | None:
     """The function `token_counter` counts a string with for `model`, or None."""
     try:
-        from litellm.litellm_core_utils.token_counter import _get_count_function
-
-        return _get_count_function(model)
+        return text_count_function(model)  # type: ignore[return-value]  # LiteLLM: untyped
     except Exception:  # renamed or failing in another litellm: the public call instead
         return None

@@ -15,10 +15,10 @@ import logging
 import sys
 from typing import Any
 
-from llmgw._litellm import import_litellm
+from llmgw._litellm import add_callback, import_litellm, remove_callback
 from llmgw.config import OtelSettings
 from llmgw.errors import ConfigError
-from llmgw.router import CALLBACK_LISTS, REQUEST_ID_KEY
+from llmgw.router import REQUEST_ID_KEY
 
 log = logging.getLogger("llmgw.tracing")
 
@@ -36,7 +36,7 @@ class Tracing:
 
     def __init__(self, tracer_provider: Any, *, capture_content: bool = False,
                  owns_provider: bool = False) -> None:
-        litellm = import_litellm()
+        import_litellm()
         from litellm.integrations.opentelemetry import OpenTelemetry, OpenTelemetryConfig
 
         self.provider = tracer_provider
@@ -70,7 +70,7 @@ class Tracing:
                 tracer_provider=tracer_provider)
         finally:
             quiet.setLevel(level)
-        litellm.callbacks.append(self.litellm_logger)
+        add_callback(self.litellm_logger)
 
     def start(self, request: dict[str, Any]) -> None:
         """Open the request's span (the `request.started` payload)."""
@@ -138,11 +138,7 @@ class Tracing:
 
     def close(self) -> None:
         """Stop LiteLLM's logger; flush and shut down the provider if it was made here."""
-        litellm = import_litellm()
-        for name in CALLBACK_LISTS:  # LiteLLM copies it from `callbacks` on first use
-            hooked = getattr(litellm, name, None)
-            if isinstance(hooked, list):
-                hooked[:] = [cb for cb in hooked if cb is not self.litellm_logger]
+        remove_callback(self.litellm_logger)  # from every list LiteLLM copied it to
         for span in self._spans.values():
             span.end()
         self._spans.clear()

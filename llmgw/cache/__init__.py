@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, Field
 
+from llmgw._litellm import SKIP_MCP_HANDLER
 from llmgw.types import Usage
 
 KEY_PREFIX = "llmgw:cache:"
@@ -38,7 +39,7 @@ _SCOPE = re.compile(rf"global|project:{_ENCODED}+|agent_type:{_ENCODED}*")
 # provider-specific extra the gateway has never heard of still separates two entries.
 _NOT_IN_KEY = frozenset({
     "timeout", "request_timeout", "metadata", "user", "stream", "stream_options",
-    "num_retries", "max_retries", "_skip_mcp_handler", "mock_response", "cache",
+    "num_retries", "max_retries", SKIP_MCP_HANDLER, "mock_response", "cache",
 })
 
 

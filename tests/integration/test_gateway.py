@@ -209,3 +209,38 @@ async def test_errors_and_stream_events_carry_the_request_id(gateway, sims, migr
         await gateway.complete("dev-1", "proj-a", HELLO, model_group="solo")
     rows = ledger_rows(migrated_ledger_url)
     assert failed.value.request_id == rows[-1]["request_id"] != done.completion.request_id
+
+
+async def test_streams_and_answers_are_priced_alike_cached_tokens_included(
+        sims, migrated_ledger_url):
+    """A stream is priced as a non-streamed answer is, by LiteLLM at the deployment's
+    configured prices: cached prompt tokens at the cache-read price, in both."""
+    from decimal import Decimal
+
+    from llmgw.config import config_from_dict
+    from llmgw.gateway import LLMGateway
+    from llmgw.pricing import to_micros
+    from llmgw.types import StreamDone
+    from tests.support import PRICES, sim_config_dict
+
+    openai_sim, anthropic_sim = sims
+    data = sim_config_dict(openai_sim.base_url, anthropic_sim.base_url, migrated_ledger_url)
+    cache_read = Decimal("0.0000001")
+    for dep in data["model_list"]:
+        if dep["model_info"]["id"] == "backup-openai":
+            dep["model_info"]["cache_read_input_token_cost"] = float(cache_read)
+    openai_sim.set_plan(FaultPlan(prompt_tokens=1000, completion_tokens=100, cached_tokens=800))
+    gw = LLMGateway(config_from_dict(data))
+    try:
+        answer = await gw.complete("dev-1", "proj-a", HELLO, model_group="backup", cache=False)
+        events = [e async for e in gw.stream("dev-1", "proj-a", HELLO, model_group="backup",
+                                             cache=False)]
+    finally:
+        await gw.aclose()
+    streamed = events[-1]
+    assert isinstance(streamed, StreamDone)
+    inp, out = PRICES["backup-openai"]
+    expected = to_micros(200 * inp + 800 * cache_read + 100 * out)
+    assert streamed.completion.usage.cached_tokens == answer.usage.cached_tokens == 800
+    assert answer.cost_micros == streamed.completion.cost_micros == expected
+    assert expected < expected_cost_micros("backup-openai", 1000, 100)  # the cache is cheaper
