@@ -32,7 +32,7 @@ from llmgw.types import Attempt, Completion, Usage
 
 if TYPE_CHECKING:
     from llmgw.gateway import LLMGateway
-    from llmgw.metrics import PrometheusMetrics
+    from llmgw.observe.metrics import PrometheusMetrics
 
 __all__ = [
     "AllDeploymentsFailed", "Attempt", "AuthenticationFailed", "BudgetExceeded", "Completion",
@@ -49,7 +49,7 @@ def __getattr__(name: str) -> Any:
 
         return LLMGateway
     if name == "PrometheusMetrics":
-        from llmgw.metrics import PrometheusMetrics
+        from llmgw.observe.metrics import PrometheusMetrics
 
         return PrometheusMetrics
     raise AttributeError(f"module 'llmgw' has no attribute {name!r}")

@@ -17,14 +17,15 @@ from llmgw.budgets import BudgetPolicy
 from llmgw.cache import Cache
 from llmgw.cache.lookup import CacheLookup, CacheStep
 from llmgw.config import Config, load_config
-from llmgw.events import EventBus, Handler
-from llmgw.health import DeploymentHealth, DeploymentStats, StatsCollector, probe
 from llmgw.ids import new_request_id
 from llmgw.ledger.budget_store import BudgetStore
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.migrate import ensure_current
 from llmgw.ledger.store import LedgerStore, RequestContext, utcnow
 from llmgw.lifecycle import RequestLifecycle
+from llmgw.observe.events import EventBus, Handler
+from llmgw.observe.health import DeploymentHealth, DeploymentStats, StatsCollector, probe
+from llmgw.observe.tracing import PARENT_SPAN_KEY, make_tracing
 from llmgw.planner import BudgetPlanner
 from llmgw.redact import Redactor, install_log_filter
 from llmgw.responses import (
@@ -36,7 +37,6 @@ from llmgw.responses import (
 )
 from llmgw.router import REQUEST_ID_KEY, build_router, classify, map_exception, provider_message
 from llmgw.router import recorder as attempt_recorder
-from llmgw.tracing import PARENT_SPAN_KEY, make_tracing
 from llmgw.types import (
     Completion,
     CompletionRequest,
@@ -81,7 +81,7 @@ class LLMGateway:
         self._finishing: set[asyncio.Future[Any]] = set()  # lifecycle writes in flight
         self._idle_waiters: list[asyncio.Future[None]] = []  # drain(): until _started empties
         self.metrics = _make_metrics(self)
-        # OpenTelemetry: `llmgw.otel`, or the caller's own provider (llmgw.tracing)
+        # OpenTelemetry: `llmgw.otel`, or the caller's own provider (llmgw.observe.tracing)
         self.tracing = make_tracing(self.config.llmgw.otel, tracer_provider)
         self.reconcile()
         self._freeze_at_first_answer = heap.wanted(self.config.llmgw.gc_freeze)
@@ -97,7 +97,7 @@ class LLMGateway:
 
     def on(self, event: str, handler: Handler) -> None:
         """Subscribe to an event: request.started / request.finished, fallback, cache.hit,
-        budget.warning, budget.refused (payloads: `llmgw.events`)."""
+        budget.warning, budget.refused (payloads: `llmgw.observe.events`)."""
         self.events.on(event, handler)
 
     def reconcile(self, older_than_s: float | None = None) -> list[str]:
@@ -416,10 +416,10 @@ def _make_metrics(gateway: LLMGateway) -> Any:
     settings = gateway.config.llmgw.metrics
     if not settings.enabled:
         return None
-    from llmgw.metrics import PrometheusMetrics
+    from llmgw.observe.metrics import PrometheusMetrics
 
     metrics = PrometheusMetrics()
-    metrics.attach(gateway)
+    metrics.attach(gateway.events)
     metrics.serve(settings.host, settings.port)
     return metrics
 

@@ -23,7 +23,7 @@ from llmgw.cli._common import (
 from llmgw.config import load_config
 
 if TYPE_CHECKING:
-    from llmgw.health import DeploymentHealth
+    from llmgw.observe.health import DeploymentHealth
 
 FORMATS = ("table", "json")
 
@@ -46,7 +46,7 @@ def health(
     with errors_as_exit():
         cfg = load_config(config)
     # Heavy imports only now: `llmgw --help` must not pay for LiteLLM.
-    from llmgw.health import probe
+    from llmgw.observe.health import probe
     from llmgw.redact import Redactor, install_log_filter
 
     redactor = Redactor(cfg.secret_values())

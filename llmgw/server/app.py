@@ -80,7 +80,7 @@ def create_app(config: Config | str | None = None, settings: ServerSettings | No
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from llmgw.gateway import LLMGateway  # imports LiteLLM: seconds, once per worker
         from llmgw.ledger.engine import make_engine
-        from llmgw.metrics import PrometheusMetrics
+        from llmgw.observe.metrics import PrometheusMetrics
 
         cfg = config if isinstance(config, Config) else load_config(config)
         gateway = LLMGateway(cfg, ledger_url=ledger_url)
@@ -89,7 +89,7 @@ def create_app(config: Config | str | None = None, settings: ServerSettings | No
         gateway.on("request.finished", inflight.finished)
         metrics = gateway.metrics
         if metrics is None:  # not serving its own port: /metrics here shows it
-            metrics = PrometheusMetrics().attach(gateway)
+            metrics = PrometheusMetrics().attach(gateway.events)
         key_engine = make_engine(ledger_url or cfg.llmgw.ledger.url, pool_size=2, max_overflow=4)
         app.state.gateway = gateway
         app.state.config = cfg

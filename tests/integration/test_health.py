@@ -1,4 +1,4 @@
-"""`llmgw.health`: probes against every simulator present, LiteLLM's cooldowns, the stats
+"""`llmgw.observe.health`: probes against every simulator present, LiteLLM's cooldowns, the stats
 collector, and `llmgw health` end to end."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import yaml
 from aiohttp import web
 
 from llmgw.config import Config, config_from_dict
-from llmgw.health import DeploymentHealth, StatsCollector, probe
+from llmgw.observe.health import DeploymentHealth, StatsCollector, probe
 from llmgw.sim import FaultPlan, OpenAISim, SimServer, registry
 
 GOOD_KEY = "sk-health-GOOD-0123456789abcdef"

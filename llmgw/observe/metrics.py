@@ -18,13 +18,12 @@ Costs and tokens are labelled by the attempt's own group and deployment, as the 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import start_http_server
 
-if TYPE_CHECKING:
-    from llmgw.gateway import LLMGateway
+from llmgw.observe.events import EventBus
 
 _WHO = ("project", "agent_type", "model_group", "deployment")
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -62,12 +61,13 @@ class PrometheusMetrics:
                                        registry=r)
         self._server: Any = None
 
-    def attach(self, gateway: LLMGateway) -> PrometheusMetrics:
-        gateway.on("request.started", self._started)
-        gateway.on("request.finished", self._finished)
-        gateway.on("fallback", self._fallback)
-        gateway.on("budget.warning", self._budget_warning)
-        gateway.on("budget.refused", self._budget_refused)
+    def attach(self, events: EventBus) -> PrometheusMetrics:
+        """Count what a gateway's event bus (`gw.events`) reports."""
+        events.on("request.started", self._started)
+        events.on("request.finished", self._finished)
+        events.on("fallback", self._fallback)
+        events.on("budget.warning", self._budget_warning)
+        events.on("budget.refused", self._budget_refused)
         return self
 
     def serve(self, host: str = "127.0.0.1", port: int = 9464) -> int:
