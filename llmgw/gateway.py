@@ -25,6 +25,7 @@ from llmgw.ledger.store import LedgerStore, RequestContext, utcnow
 from llmgw.lifecycle import RequestLifecycle
 from llmgw.observe.events import EventBus, Handler
 from llmgw.observe.health import DeploymentHealth, DeploymentStats, StatsCollector, probe
+from llmgw.observe.metrics import PrometheusMetrics
 from llmgw.observe.tracing import PARENT_SPAN_KEY, make_tracing
 from llmgw.planner import BudgetPlanner
 from llmgw.redact import Redactor, install_log_filter
@@ -75,12 +76,12 @@ class LLMGateway:
         self.router = build_router(self.config, self.redactor)
         self._recorder = attempt_recorder()
         self.stats_collector = StatsCollector()
-        self._cache = CacheStep(self.config, *_make_caches(self.config))
+        self._cache = CacheStep.from_config(self.config)
         self._open_streams: set[asyncio.Event] = set()
         self._started: dict[str, float] = {}  # request_id -> perf_counter, until finished
         self._finishing: set[asyncio.Future[Any]] = set()  # lifecycle writes in flight
         self._idle_waiters: list[asyncio.Future[None]] = []  # drain(): until _started empties
-        self.metrics = _make_metrics(self)
+        self.metrics = PrometheusMetrics.from_settings(self.config.llmgw.metrics, self.events)
         # OpenTelemetry: `llmgw.otel`, or the caller's own provider (llmgw.observe.tracing)
         self.tracing = make_tracing(self.config.llmgw.otel, tracer_provider)
         self.reconcile()
@@ -409,28 +410,3 @@ def _untrack(tasks: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]],
 def _provider_copy(request: CompletionRequest) -> list[dict[str, Any]]:
     """The messages for LiteLLM, a copy of their own (providers may change what they get)."""
     return [m.model_dump(exclude_none=True) for m in request.messages]
-
-
-def _make_metrics(gateway: LLMGateway) -> Any:
-    """The Prometheus exporter when `llmgw.metrics` (or LLMGW_METRICS_PORT) turns it on."""
-    settings = gateway.config.llmgw.metrics
-    if not settings.enabled:
-        return None
-    from llmgw.observe.metrics import PrometheusMetrics
-
-    metrics = PrometheusMetrics()
-    metrics.attach(gateway.events)
-    metrics.serve(settings.host, settings.port)
-    return metrics
-
-
-def _make_caches(config: Config) -> tuple[Cache | None, Any]:
-    from llmgw.cache.backends import make_cache
-
-    settings = config.llmgw.cache
-    semantic = None
-    if settings.semantic is not None and settings.semantic.enabled:
-        from llmgw.cache.semantic import SemanticIndex  # the model itself loads on first use
-
-        semantic = SemanticIndex.from_settings(settings.semantic)
-    return make_cache(settings, config.router_settings.router_kwargs().get("redis_url")), semantic

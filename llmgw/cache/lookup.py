@@ -35,6 +35,21 @@ class CacheStep:
         self.cache = cache
         self.semantic = semantic
 
+    @classmethod
+    def from_config(cls, config: Config) -> CacheStep:
+        """The cache `llmgw.cache` configures (memory, Redis or none), and its semantic index
+        when turned on (the model itself loads on first use)."""
+        from llmgw.cache.backends import make_cache
+
+        settings = config.llmgw.cache
+        semantic = None
+        if settings.semantic is not None and settings.semantic.enabled:
+            from llmgw.cache.semantic import SemanticIndex
+
+            semantic = SemanticIndex.from_settings(settings.semantic)
+        redis_url = config.router_settings.router_kwargs().get("redis_url")
+        return cls(config, make_cache(settings, redis_url), semantic)
+
     async def lookup(self, request: CompletionRequest, route: Resolution, project_id: str,
                      params: dict[str, Any], *, use: bool, stream: bool) -> CacheLookup:
         """The cache key of a cacheable call, and its hit if there is one."""

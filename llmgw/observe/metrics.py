@@ -70,6 +70,16 @@ class PrometheusMetrics:
         events.on("budget.refused", self._budget_refused)
         return self
 
+    @classmethod
+    def from_settings(cls, settings: Any, events: EventBus) -> PrometheusMetrics | None:
+        """The exporter when `llmgw.metrics` (or LLMGW_METRICS_PORT) turns it on, counting
+        `events` and serving its port; None when off."""
+        if not settings.enabled:
+            return None
+        metrics = cls().attach(events)
+        metrics.serve(settings.host, settings.port)
+        return metrics
+
     def serve(self, host: str = "127.0.0.1", port: int = 9464) -> int:
         """Expose /metrics over HTTP in a daemon thread; returns the bound port."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
