@@ -131,6 +131,12 @@ class CompletionRequest(BaseModel):
                 raise ValueError(f"messages[{i}] ({m.role}) has no content")
             if m.role == "tool" and not m.tool_call_id:
                 raise ValueError(f"messages[{i}] (tool) needs tool_call_id")
+            for j, call in enumerate(m.tool_calls or ()):
+                fn = call.get("function") if isinstance(call, dict) else None
+                if not (isinstance(fn, dict) and isinstance(fn.get("name"), str) and fn["name"]
+                        and isinstance(fn.get("arguments", ""), str)):
+                    raise ValueError(f"messages[{i}].tool_calls[{j}] needs a function with a "
+                                     "name and its arguments as a JSON string")
         return v
 
 

@@ -151,6 +151,14 @@ BAD_CALLS: list[tuple[dict[str, Any], str]] = [
     ({"metadata": {"llmgw": "mine"}}, "metadata"),
     ({"metadata": ["not", "a", "dict"]}, "metadata"),
     ({"messages": [{"role": "user", "content": "a\x00b"}]}, "messages"),
+    # an assistant turn's tool calls must say which function, with string arguments
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"arguments": "{}"}}]}]}, "messages"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"a": 1}}}]}]},
+     "messages"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant",
+                                                      "tool_calls": ["f()"]}]}, "messages"),
     ({"messages": [{"role": "user", "content": "a\udfffb"}]}, "messages"),
     ({"messages": [{"role": "user", "content": [{"type": "text", "text": "a\x00"}]}]},
      "messages"),
