@@ -57,8 +57,10 @@ def validate_call(agent_id: Any, project_id: Any, messages: Any, agent_type: Any
         first = str(errors[0]["loc"][0]) if errors and errors[0]["loc"] else ""
         raise InvalidRequest(f"Invalid request: {problems}.",
                              hint=_FIELD_HINTS.get(first, _MESSAGES_HINT)) from None
-    _check_metadata(request.metadata)
-    check_params(params)
+    if request.metadata:  # most calls pass none: nothing to check
+        _check_metadata(request.metadata)
+    if params:
+        check_params(params)
     return request
 
 
