@@ -28,12 +28,12 @@ import asyncio
 import random
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from llmgw.config import Config
+from llmgw.ids import new_request_id
 
 POLL_S = 0.02  # how often a waiting call looks for capacity again
 _WINDOW_S = 60  # rpm and tpm are per wall-clock minute, as LiteLLM counts them
@@ -324,7 +324,8 @@ class MemoryStore:
 class Admission:
     """One request's state at the gate, kept on its trace."""
 
-    waiter: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Unique across processes sharing the Redis queue; llmgw's ids need no syscall (ids.py).
+    waiter: str = field(default_factory=new_request_id)
     deadline: float | None = None  # monotonic; set at its first wait
     waited_s: float = 0.0
     leases: list[Lease] = field(default_factory=list)
@@ -369,7 +370,7 @@ class CapacityGate:
             random.shuffle(order)  # ties between equally loaded deployments: any of them
         pairs = [(ids[i], self.limits.get(ids[i], Limits())) for i in order]
         mode = "first" if ordered else "least"
-        lease_id = uuid.uuid4().hex
+        lease_id = new_request_id()
         started = time.monotonic()
         if adm.deadline is None:
             adm.deadline = started + self.max_wait_s
