@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from llmgw.config import Config
 from llmgw.ledger.report import ReportRow
 from llmgw.pricing import micros_to_usd
+from llmgw.server.schemas import UsageRow
 from llmgw.types import Completion, CostEstimate
 
 
@@ -117,24 +118,9 @@ def models_result(config: Config) -> ModelsResult:
         for name, deployments in config.groups().items()])
 
 
-class UsageRow(BaseModel):
-    key: str
-    requests: int
-    attempts: int
-    errors: int
-    cached: int
-    refused: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost_micros: int
-    cost_usd: str
-    saved_micros: int
-    saved_usd: str
-
-
 def usage_row(row: ReportRow) -> UsageRow:
-    return UsageRow(**row.model_dump(exclude={"cost_usd", "saved_usd"}),
-                    cost_usd=usd(row.cost_micros), saved_usd=usd(row.saved_micros))
+    """As `llmgw usage report --format json` and `GET /v1/usage` write it."""
+    return UsageRow.of(row)
 
 
 class UsageResult(BaseModel):

@@ -16,7 +16,6 @@ from llmgw.errors import InvalidRequest
 from llmgw.ledger.api_keys import KeyInfo
 from llmgw.ledger.report import (
     GROUP_BY_VALUES,
-    ReportRow,
     is_group_by,
     usage_report,
     usage_totals,
@@ -199,11 +198,4 @@ async def usage(request: Request, key: Key,
     return UsageReport(by=by, project=scope, agent=agent,
                        since=start.isoformat() if start else None,
                        until=end.isoformat() if end else None,
-                       rows=[_row(r) for r in rows], total=_row(total))
-
-
-def _row(r: ReportRow) -> UsageRow:
-    data = r.model_dump()
-    data["cost_usd"] = format(r.cost_usd, "f")
-    data["saved_usd"] = format(r.saved_usd, "f")
-    return UsageRow.model_validate(data)
+                       rows=[UsageRow.of(r) for r in rows], total=UsageRow.of(total))

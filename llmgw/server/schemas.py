@@ -6,6 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmgw.ledger.report import ReportRow
+from llmgw.ledger.report_output import row_dict
+
 
 class ErrorDetail(BaseModel):
     message: str
@@ -243,6 +246,8 @@ class ModelList(BaseModel):
 
 
 class UsageRow(BaseModel):
+    """One line of a usage report, as `llmgw usage report --format json` writes it."""
+
     key: str
     requests: int
     attempts: int
@@ -255,6 +260,10 @@ class UsageRow(BaseModel):
     cost_usd: str
     saved_micros: int
     saved_usd: str
+
+    @classmethod
+    def of(cls, row: ReportRow) -> UsageRow:
+        return cls.model_validate(row_dict(row))
 
 
 class UsageReport(BaseModel):
