@@ -29,7 +29,18 @@ _ANTHROPIC_VERSION = "2023-06-01"
 _ERROR_LIMIT = 300
 
 
-class DeploymentHealth(BaseModel):
+class DeploymentUse(BaseModel):
+    """A deployment's limits and its use right now (`current_use`)."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    max_parallel_requests: int | None = None
+    requests_this_minute: int = 0
+    tokens_this_minute: int = 0
+    in_flight: int = 0
+
+
+class DeploymentHealth(DeploymentUse):
     """One deployment's probe result. ``error`` is scrubbed of credentials."""
 
     deployment_id: str
@@ -43,24 +54,7 @@ class DeploymentHealth(BaseModel):
     cooldown_status: int | None = None  # the HTTP status LiteLLM cooled it down for
     cooldown_remaining_s: float | None = None
     checked: str  # what was asked: "GET <url>" or "completion"
-    # its limits (model_list.yaml; max_parallel_requests as LiteLLM derives it) and its use
-    rpm: int | None = None
-    tpm: int | None = None
-    max_parallel_requests: int | None = None
-    requests_this_minute: int = 0
-    tokens_this_minute: int = 0
-    in_flight: int = 0
-
-
-class DeploymentUse(BaseModel):
-    """A deployment's limits and its use right now (`current_use`)."""
-
-    rpm: int | None = None
-    tpm: int | None = None
-    max_parallel_requests: int | None = None
-    requests_this_minute: int = 0
-    tokens_this_minute: int = 0
-    in_flight: int = 0
+    # and, from DeploymentUse, its limits (max_parallel_requests as LiteLLM derives it) and use
 
 
 class _Unresolved(Exception):
