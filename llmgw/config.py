@@ -319,6 +319,10 @@ class GatewaySettings(BaseModel):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     otel: OtelSettings = Field(default_factory=OtelSettings)
     request_timeout_s: float = Field(default=600.0, gt=0, le=MAX_TIMEOUT_S)
+    lean_litellm: bool = Field(default=True, description=(
+        "LiteLLM's Router without per-call work that changes nothing a user sees "
+        "(llmgw.router.LEAN_GENERAL_SETTINGS, llmgw._litellm.lean_router_class); false: the "
+        "Router exactly as LiteLLM ships it"))
     gc_freeze: bool | None = Field(default=None, description=(
         "freeze start-up's objects out of Python's cyclic GC (llmgw.heap); None: only in "
         "llmgw's own processes (serve, mcp, the CLI), never in a host application's"))

@@ -29,6 +29,7 @@ from llmgw._litellm import (
     CALLBACK_LISTS,
     add_callback,
     import_litellm,
+    lean_router_class,
     registered_callbacks,
 )
 from llmgw.capacity import Admission, CapacityGate, NoCapacity
@@ -386,16 +387,16 @@ def _quiet_litellm_logs() -> None:
 LEAN_GENERAL_SETTINGS: Mapping[str, Any] = {"async_only_mode": True}
 
 
-def lean_general_settings(configured: Any) -> Any:
-    """The Router's `router_general_settings`: llmgw's lean defaults, then each field the
-    user set (a mapping or LiteLLM's `RouterGeneralSettings`) over them."""
+def lean_general_settings(configured: Any, lean: bool = True) -> Any:
+    """The Router's `router_general_settings`: llmgw's lean defaults (unless `lean` is off),
+    then each field the user set (a mapping or LiteLLM's `RouterGeneralSettings`) over them."""
     from litellm.types.router import RouterGeneralSettings
 
     if isinstance(configured, RouterGeneralSettings):
         mine = configured.model_dump(exclude_unset=True)
     else:
         mine = dict(configured or {})
-    return RouterGeneralSettings(**{**LEAN_GENERAL_SETTINGS, **mine})
+    return RouterGeneralSettings(**{**(LEAN_GENERAL_SETTINGS if lean else {}), **mine})
 
 
 def build_router(config: Config, redactor: Redactor) -> Any:
@@ -416,8 +417,9 @@ def build_router(config: Config, redactor: Redactor) -> Any:
     if settings.pop("cache_responses", False):
         log.warning("router_settings.cache_responses is ignored: llmgw caches answers itself")
     settings.setdefault("timeout", config.llmgw.request_timeout_s)
+    lean = config.llmgw.lean_litellm
     settings["router_general_settings"] = lean_general_settings(
-        settings.get("router_general_settings"))
+        settings.get("router_general_settings"), lean)
 
     providers.register()  # `ruvector/...` deployments need their handler before the Router
     _release_previous_router()
@@ -430,7 +432,7 @@ def build_router(config: Config, redactor: Redactor) -> Any:
             info = entry["model_info"]
             entry["litellm_params"].update(input_cost_per_token=info["input_cost_per_token"],
                                            output_cost_per_token=info["output_cost_per_token"])
-    router = litellm.Router(
+    router = (lean_router_class() if lean else litellm.Router)(
         model_list=model_list,
         retry_policy=policy,
         fallback_access_check=_no_failover_after_auth_failure,

@@ -6,8 +6,9 @@ concurrency on SQLite (one writer) and on PostgreSQL across processes (row locks
 deadlock). Settle moves the hold to spend in the same transaction that writes the request's
 ledger rows, so counters and ledger always agree. Checks read counter rows, never the ledger.
 Each rule has one home per dialect: SQLite's statements here (`reserve_op`, `settle_op`),
-PostgreSQL's functions in `llmgw/ledger/sql/` (`llmgw_reserve`, `llmgw_settle` and their
-batch forms, which `pg_async` sends for many requests at once: one round trip each).
+PostgreSQL's functions in `llmgw/ledger/sql/` (`llmgw_reserve`, which `llmgw_reserve_many`
+runs per request, and `llmgw_settle_many`; `pg_async` sends the calls of many requests as one
+statement: one round trip each).
 Every writer locks reservations, then counters (one global order), then rollup rows, so none
 waits for another in a cycle. `tests/ledger/test_budget_steps.py` holds both databases to
 the same behaviour, `test_budget_batches.py` the batches to the lone calls'.
@@ -396,7 +397,7 @@ _SQL = {
     "settle_counter_returning": _SETTLE + " RETURNING spent_micros, warned",
     "mark_warned": (f"UPDATE budget_counters SET warned = TRUE WHERE {_WHERE_KEY} "
                     "AND warned = FALSE AND spent_micros >= ?"),
-    # A late settle after a reconcile (SQLite; PostgreSQL: `llmgw_settle`, migration 0008).
+    # A late settle after a reconcile (SQLite; PostgreSQL: `llmgw_take_back`, migration 0008).
     "read_reconciled": ("SELECT settled_micros FROM reservations "
                         "WHERE request_id = ? AND state = 'reconciled'"),
     "take_back": ("UPDATE reservations SET state = ?, settled_micros = ? "

@@ -29,13 +29,14 @@ def _same(value: Any) -> Any:
     return PROVIDER_ID.sub("req_*", value) if isinstance(value, str) else value
 
 
-def _config(sims: Any, ledger_url: str, general: dict[str, Any] | None = None) -> Any:
+def _config(sims: Any, ledger_url: str, general: dict[str, Any] | None = None,
+            lean: bool = True) -> Any:
     openai_sim, anthropic_sim = sims
-    if general is None:
-        return sim_config(openai_sim.base_url, anthropic_sim.base_url, ledger_url)
     # router_settings.router_general_settings as a user's model_list.yaml gives it
-    return sim_config(openai_sim.base_url, anthropic_sim.base_url, ledger_url,
-                      router_general_settings=general)
+    extra = {} if general is None else {"router_general_settings": general}
+    cfg = sim_config(openai_sim.base_url, anthropic_sim.base_url, ledger_url, **extra)
+    cfg.llmgw.lean_litellm = lean
+    return cfg
 
 
 async def test_lean_defaults_are_applied_and_no_global_moves(sims, migrated_ledger_url):
@@ -95,13 +96,15 @@ async def _scenario(gw: Any, sims: Any) -> list[Any]:
     return seen
 
 
-@pytest.mark.parametrize("general", [{"async_only_mode": False}], ids=["litellm-default"])
+@pytest.mark.parametrize("general, lean", [({"async_only_mode": False}, True), (None, False)],
+                         ids=["async_only_mode-off", "litellm-as-shipped"])
 async def test_what_a_user_sees_is_the_same_with_lean_settings(sims, migrated_ledger_url,
-                                                                general):
+                                                                general, lean):
     from llmgw.gateway import LLMGateway
 
     results, rows = [], []
-    for cfg in (_config(sims, migrated_ledger_url), _config(sims, migrated_ledger_url, general)):
+    for cfg in (_config(sims, migrated_ledger_url),
+                _config(sims, migrated_ledger_url, general, lean)):
         for sim in sims:
             sim.reset()
         done_before = len(ledger_rows(migrated_ledger_url))
@@ -120,3 +123,70 @@ async def test_what_a_user_sees_is_the_same_with_lean_settings(sims, migrated_le
     assert ("primary-anthropic", "error") in statuses
     assert ("auth-anthropic", "error") in statuses
     assert all(r["cost_micros"] > 0 for r in rows[0] if r["status"] == "ok")
+
+
+def _limited_config(sims: Any, ledger_url: str, lean: bool) -> Any:
+    """One group of three deployments: an rpm limit, a tpm limit in model_info, none. Each
+    its own model name: LiteLLM shares a model_info limit among deployments of one model."""
+    from llmgw.config import config_from_dict
+    from tests.support import sim_config_dict
+
+    openai_sim, anthropic_sim = sims
+    data = sim_config_dict(openai_sim.base_url, anthropic_sim.base_url, ledger_url)
+    backup = next(d for d in data["model_list"] if d["model_name"] == "backup")
+    data["model_list"] = [
+        {**backup, "model_info": {**backup["model_info"], "id": f"dep-{name}", **info},
+         "litellm_params": {**backup["litellm_params"], "model": f"openai/gpt-{name}", **params}}
+        for name, params, info in (("rpm", {"rpm": 600}, {}), ("tpm", {}, {"tpm": 100_000}),
+                                   ("free", {}, {}))]
+    data["llmgw"].update(default_group="backup", lean_litellm=lean, agent_types={})
+    data.get("router_settings", {}).pop("fallbacks", None)
+    return config_from_dict(data)
+
+
+async def test_lean_router_counts_usage_exactly_where_litellm_does(sims, migrated_ledger_url):
+    """The LeanRouter skips LiteLLM's per-answer usage count only for a deployment with no
+    limit; a deployment with an rpm or tpm limit is counted as LiteLLM counts it."""
+    from litellm import Router
+
+    from llmgw._litellm import lean_router_class
+    from llmgw.gateway import LLMGateway
+
+    seen = {}
+    for lean in (True, False):
+        gw = LLMGateway(_limited_config(sims, migrated_ledger_url, lean))
+        try:
+            router = gw.router
+            assert isinstance(router, lean_router_class()) is lean
+            assert isinstance(router, Router)
+            keys = {}
+            for dep in ("dep-rpm", "dep-tpm", "dep-free"):
+                keys[dep] = await router._increment_deployment_usage(
+                    deployment_id=dep, deployment_name=None, model_group="backup",
+                    total_tokens=42, rpm_increment=1, parent_otel_span=None)
+            counted = {dep: key is not None and await router.cache.async_get_cache(key) == 42
+                       for dep, key in keys.items()}
+            seen[lean] = counted
+            if lean:
+                assert {d: router.tracks_usage(d, "backup") for d in keys} == {
+                    "dep-rpm": True, "dep-tpm": True, "dep-free": False}
+        finally:
+            await gw.aclose()
+    assert seen[True] == seen[False] == {"dep-rpm": True, "dep-tpm": True, "dep-free": False}
+
+
+async def test_lean_router_asks_again_when_a_deployment_is_replaced(sims, migrated_ledger_url):
+    from llmgw.gateway import LLMGateway
+
+    gw = LLMGateway(_limited_config(sims, migrated_ledger_url, True))
+    try:
+        router = gw.router
+        assert router.tracks_usage("dep-free", "backup") is False
+        free = next(d for d in router.model_list if d["model_info"]["id"] == "dep-free")
+        router.set_model_list([{**free, "litellm_params": {**free["litellm_params"], "rpm": 5}}])
+        assert router.tracks_usage("dep-free", "backup") is True
+        # Served through the Router, the limited deployment's answer is counted.
+        done = await gw.complete("a", "p", HELLO, model_group="backup")
+        assert done.deployment == "dep-free"
+    finally:
+        await gw.aclose()

@@ -147,7 +147,7 @@ def test_0008_steps_back_to_the_settles_of_0006(ledger_url: str) -> None:
             engine.dispose()
 
     late = {"llmgw_take_back", "llmgw_drop_reconciled"}
-    upgrade(ledger_url)
+    upgrade(ledger_url, "0010")
     found = functions()
     assert late <= found.keys()
     assert all("llmgw_take_back" in found[f] for f in ("llmgw_settle", "llmgw_settle_many"))

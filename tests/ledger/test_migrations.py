@@ -57,8 +57,8 @@ LEDGER_TABLES = {"usage_events", "budgets", "budget_counters", "reservations", "
                  "usage_split_requests", "api_keys"}
 
 
-def test_head_is_0010_and_folder_found() -> None:
-    assert head() == "0010"
+def test_head_is_0011_and_folder_found() -> None:
+    assert head() == "0011"
     assert (migrations_dir() / "versions" / "0001_usage_events.py").is_file()
     assert (migrations_dir() / "versions" / "0002_budgets.py").is_file()
     assert (migrations_dir() / "versions" / "0003_usage_rollup.py").is_file()
@@ -70,7 +70,7 @@ def test_head_is_0010_and_folder_found() -> None:
 def test_upgrade_downgrade_upgrade(ledger_url: str) -> None:
     assert current(ledger_url) is None
     upgrade(ledger_url)
-    assert current(ledger_url) == "0010"
+    assert current(ledger_url) == "0011"
     schema = _schema(ledger_url)
     assert LEDGER_TABLES | {"alembic_version"} <= schema["tables"]  # type: ignore[operator]
     model_columns = {c.name: c.nullable for c in UsageEvent.__table__.columns}
@@ -87,7 +87,7 @@ def test_upgrade_downgrade_upgrade(ledger_url: str) -> None:
     assert not LEDGER_TABLES & _schema(ledger_url)["tables"]  # type: ignore[operator]
 
     upgrade(ledger_url)
-    assert current(ledger_url) == "0010"
+    assert current(ledger_url) == "0011"
     assert _schema(ledger_url)["indexes"] == INDEXES
 
 
@@ -103,11 +103,11 @@ def _functions(url: str) -> set[str]:
 
 @pytest.mark.parametrize("ledger_url", ["postgresql"], indirect=True)
 def test_0004_adds_the_budget_functions_and_steps_back(ledger_url: str) -> None:
-    upgrade(ledger_url)
+    upgrade(ledger_url, "0004")
     assert {"llmgw_reserve", "llmgw_settle"} <= _functions(ledger_url)
     downgrade(ledger_url, "0003")
     assert not {"llmgw_reserve", "llmgw_settle"} & _functions(ledger_url)
-    upgrade(ledger_url)
+    upgrade(ledger_url, "0004")
     assert {"llmgw_reserve", "llmgw_settle"} <= _functions(ledger_url)
 
 
@@ -140,7 +140,7 @@ def test_0006_batches_settles_orders_locks_and_steps_back(ledger_url: str) -> No
     def rows_last(body: str) -> bool:
         return body.index("INSERT INTO usage_events") > body.index("UPDATE budget_counters")
 
-    upgrade(ledger_url)
+    upgrade(ledger_url, "0010")
     assert {"llmgw_settle_many", "llmgw_make_batch_counters"} <= _functions(ledger_url)
     assert rows_last(_settle_body(ledger_url))
     downgrade(ledger_url, "0005")
@@ -367,6 +367,7 @@ def test_each_functions_latest_file_is_the_one_installed_after_upgrade(ledger_ur
     assert {"llmgw_reserve", "llmgw_settle", "llmgw_reserve_many", "llmgw_settle_many",
             "llmgw_take_back", "llmgw_drop_reconciled", "llmgw_lock_batch_counters",
             "llmgw_make_batch_counters", "usage_events_rollup"} <= latest.keys()
+    retired = latest.pop("llmgw_settle")  # 0011: llmgw_settle_many is the one settle
     upgrade(ledger_url)
     engine = make_engine(ledger_url)
     try:
@@ -378,6 +379,10 @@ def test_each_functions_latest_file_is_the_one_installed_after_upgrade(ledger_ur
         engine.dispose()
     for name, version in latest.items():
         assert installed.get(name) == _body(load(name, version)), f"{name}.v{version}.sql"
+    assert "llmgw_settle" not in installed
+    downgrade(ledger_url, "0010")  # and back: the body 0008 installed
+    assert _functions(ledger_url) >= {"llmgw_settle"}
+    assert _settle_body(ledger_url) == _body(load("llmgw_settle", retired))
 
 
 def test_sql_files_load_by_name_and_version() -> None:
