@@ -644,7 +644,7 @@ def run(requests: int, agents: int, rounds: int, hit_requests: int, history: int
         for r in range(rounds):
             for name, path in (order if r % 2 == 0 else order[::-1]):
                 before = servers_cpu_s()
-                result = workers[name].run(path, per_round, agents, f"r{r}", history)
+                result = workers[name].run(path, per_round, agents, f"r{r}-{name}-{path}", history)
                 result["servers_cpu_s"] = servers_cpu_s() - before
                 figs[(name, path)].add(result)
                 print(f"  round {r + 1}: {figs[(name, path)].label:40} "
