@@ -552,10 +552,11 @@ def print_table(figs: dict[tuple[str, str], Figures]) -> None:
     print()
 
 
-def goal_a(g: Figures, y: Figures, r: Figures) -> list[float]:
-    """Per round: (gateway loop CPU - yielding Router loop CPU) / Router CPU, per request."""
-    return [(gl - yl) / rc for gl, yl, rc in zip(g.round_loop_ms(), y.round_loop_ms(),
-                                                  r.round_cpu_ms(), strict=True)]
+def goal_a(g: Figures, y: Figures, d: Figures) -> list[float]:
+    """Per round: (gateway loop CPU - yielding Router loop CPU) / default bare Router CPU,
+    per request: llmgw's own work in units of what LiteLLM as shipped costs."""
+    return [(gl - yl) / dc for gl, yl, dc in zip(g.round_loop_ms(), y.round_loop_ms(),
+                                                  d.round_cpu_ms(), strict=True)]
 
 
 def goal_b(g: Figures, d: Figures) -> list[float]:
@@ -581,11 +582,14 @@ def report_goals(figs: dict[tuple[str, str], Figures], lean: bool) -> None:
             d = figs[(f"{base}-default", "router")] if lean else r
             if not (g.counts and r.counts and y.counts and d.counts):
                 continue
-            a, b = goal_a(g, y, r), goal_b(g, d)
+            a, b = goal_a(g, y, d), goal_b(g, d)
             print(f"{text}, {how}:")
-            print(f"  Goal A  gateway's own loop CPU / bare Router CPU: {spread(a)}  "
+            print(f"  Goal A  gateway's own loop CPU / default bare Router CPU: {spread(a)}  "
                   f"{'PASS' if statistics.median(a) <= 0.10 else 'FAIL'} (target <= 0.10; "
-                  f"{g.loop_cpu_ms - y.loop_cpu_ms:+.2f} ms of {r.cpu_ms:.2f} ms)")
+                  f"{g.loop_cpu_ms - y.loop_cpu_ms:+.2f} ms of {d.cpu_ms:.2f} ms)")
+            if lean:
+                print(f"          the same over its own (lean) bare Router's CPU: "
+                      f"{spread(goal_a(g, y, r))}  info")
             print(f"  Goal B  gateway CPU / default bare Router CPU: "
                   f"{spread(b)}  {'PASS' if statistics.median(b) <= 1.0 else 'FAIL'} "
                   f"(target <= 1.00; {g.cpu_ms:.2f} ms vs {d.cpu_ms:.2f} ms)")
@@ -671,9 +675,9 @@ def run(requests: int, agents: int, rounds: int, hit_requests: int, history: int
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--requests", type=int, default=3000, help="per path, over all rounds")
+    ap.add_argument("--requests", type=int, default=4000, help="per path, over all rounds")
     ap.add_argument("--agents", type=int, default=100)
-    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--hit-requests", type=int, default=600, help="0: skip the hit path")
     ap.add_argument("--history", type=int, default=0,
                     help="earlier conversation turns sent with every prompt (~300 tokens each)")
