@@ -178,15 +178,24 @@ async def test_lean_router_counts_usage_exactly_where_litellm_does(sims, migrate
 async def test_lean_router_asks_again_when_a_deployment_is_replaced(sims, migrated_ledger_url):
     from llmgw.gateway import LLMGateway
 
+    def rpm_counted(router: Any, dep: str) -> int:
+        """This minute's (or the last's) rpm count LiteLLM keeps for `dep`, in memory."""
+        found = router.cache.in_memory_cache.cache_dict
+        return sum(int(v) for k, v in found.items()
+                   if k.startswith(f"global_router:{dep}:") and ":rpm:" in k)
+
     gw = LLMGateway(_limited_config(sims, migrated_ledger_url, True))
     try:
         router = gw.router
-        assert router.tracks_usage("dep-free", "backup") is False
         free = next(d for d in router.model_list if d["model_info"]["id"] == "dep-free")
+        router.set_model_list([free])
+        done = await gw.complete("a", "p", HELLO, model_group="backup")
+        assert (done.deployment, router.tracks_usage("dep-free", "backup")) == ("dep-free", False)
+        assert rpm_counted(router, "dep-free") == 0  # no limit: nothing to count
         router.set_model_list([{**free, "litellm_params": {**free["litellm_params"], "rpm": 5}}])
         assert router.tracks_usage("dep-free", "backup") is True
-        # Served through the Router, the limited deployment's answer is counted.
-        done = await gw.complete("a", "p", HELLO, model_group="backup")
-        assert done.deployment == "dep-free"
+        # LiteLLM counts an answer before the Router returns it (`make_call`).
+        await gw.complete("a", "p", HELLO, model_group="backup")
+        assert rpm_counted(router, "dep-free") == 1
     finally:
         await gw.aclose()
