@@ -156,6 +156,13 @@ def lean_router_class() -> type:
     )
 
     class LeanRouter(litellm.Router):  # type: ignore[name-defined]  # a module attribute mypy cannot see
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            # deployment id, group -> (its model-list entry when asked, the answer); valid for
+            # one model list of one size
+            self._usage_tracked: dict[tuple[str, str], tuple[Any, bool]] = {}
+            self._usage_list: tuple[int, int] = (0, -1)
+            super().__init__(*args, **kwargs)
+
         def tracks_usage(self, deployment_id: str, model_group: str) -> bool:
             """Whether LiteLLM counts this deployment's rpm/tpm use (it has a limit). Asked
             again when its model-list entry is replaced or the list changes size (a deployment
@@ -165,13 +172,11 @@ def lean_router_class() -> type:
                 return True  # unknown here: LiteLLM's own code decides
             entry = self.model_list[index]
             state = (id(self.model_list), len(self.model_list))
-            memo: tuple[tuple[int, int], dict[tuple[str, str], tuple[Any, bool]]] | None = (
-                self.__dict__.get("_llmgw_usage_tracked"))
-            if memo is None or memo[0] != state:
-                memo = self.__dict__["_llmgw_usage_tracked"] = (state, {})
-            known = memo[1].get((deployment_id, model_group))
+            if state != self._usage_list:
+                self._usage_tracked, self._usage_list = {}, state
+            known = self._usage_tracked.get((deployment_id, model_group))
             if known is not None and known[0] is entry:
-                return bool(known[1])
+                return known[1]
             deployment = self.get_deployment(model_id=deployment_id)
             info = self.get_router_model_info(deployment=deployment,
                                               received_model_name=model_group)
@@ -180,7 +185,7 @@ def lean_router_class() -> type:
                       info.get("tpm"), info.get("rpm"))
             tracked = any(limit is not None for limit in limits) or bool(
                 deployment_has_io_token_limits(deployment.model_dump()))
-            memo[1][(deployment_id, model_group)] = (entry, tracked)
+            self._usage_tracked[(deployment_id, model_group)] = (entry, tracked)
             return tracked
 
         async def _increment_deployment_usage(self, *, deployment_id: str, model_group: str,

@@ -47,27 +47,27 @@ import litellm  # noqa: E402
 from litellm.llms.custom_llm import CustomLLM  # noqa: E402  (not exported at top level)
 from litellm.types.utils import GenericStreamingChunk, ModelResponse  # noqa: E402
 
+from llmgw.providers.ruvector_wire import (  # noqa: E402  (re-exported: _hidden_params' key)
+    HIDDEN_KEY as HIDDEN_KEY,
+)
 from llmgw.providers.ruvector_wire import (  # noqa: E402
-    _UNREACHABLE,
     PROVIDER,
+    UNREACHABLE,
     Answer,
     HttpCall,
     RuVectorError,
-    _checked,
-    _chunks,
-    _json_answer,
-    _model_response,
-    _ollama_messages,
-    _ollama_options,
-    _positive,
-    _prompt_tokens,
-    _ruvllm_answer,
-    _str,
-    _text_tokens,
+    checked,
+    count_prompt_tokens,
+    count_text_tokens,
     flatten_messages,
-)
-from llmgw.providers.ruvector_wire import (  # noqa: E402  (re-exported: _hidden_params' key)
-    HIDDEN_KEY as HIDDEN_KEY,
+    json_answer,
+    ollama_messages,
+    ollama_options,
+    positive,
+    ruvllm_answer,
+    str_or_none,
+    stream_chunks,
+    to_model_response,
 )
 
 MODELS = ("auto", "fast", "quality", "balanced")
@@ -104,9 +104,9 @@ class Settings:
             api_base=(api_base or DEFAULT_API_BASE).rstrip("/"),
             ollama_api_base=str(ollama_base).rstrip("/") if ollama_base else None,
             ollama_model=str(ollama_model) if ollama_model else None,
-            retry_after_s=_positive(params.get("retry_after_s"), DEFAULT_RETRY_AFTER_S),
-            connect_timeout_s=_positive(params.get("connect_timeout_s"), DEFAULT_CONNECT_TIMEOUT_S),
-            read_timeout_s=_positive(timeout, DEFAULT_TIMEOUT_S),
+            retry_after_s=positive(params.get("retry_after_s"), DEFAULT_RETRY_AFTER_S),
+            connect_timeout_s=positive(params.get("connect_timeout_s"), DEFAULT_CONNECT_TIMEOUT_S),
+            read_timeout_s=positive(timeout, DEFAULT_TIMEOUT_S),
         )
 
     def timeout(self, read_s: float | None = None) -> httpx.Timeout:
@@ -130,8 +130,8 @@ class Caller:
         for key in ("metadata", "litellm_metadata"):
             md = params.get(key)
             if isinstance(md, Mapping) and any(k in md for k in _CALLER_KEYS):
-                return cls(_str(md.get("project_id")), _str(md.get("agent_id")),
-                           _str(md.get("llmgw_request_id")))
+                return cls(str_or_none(md.get("project_id")), str_or_none(md.get("agent_id")),
+                           str_or_none(md.get("llmgw_request_id")))
         return cls()
 
 
@@ -187,7 +187,7 @@ class RuVectorLLM(CustomLLM):
             **_: Any) -> ModelResponse:
         answer = await self._run_async(self._flow(model, messages, api_base, optional_params,
                                                   litellm_params, timeout))
-        return _model_response(model_response, model, answer)
+        return to_model_response(model_response, model, answer)
 
     def completion(  # type: ignore[override]  # LiteLLM passes keywords only
             self, model: str, messages: list[Any], api_base: str | None = None,
@@ -197,7 +197,7 @@ class RuVectorLLM(CustomLLM):
             **_: Any) -> ModelResponse:
         answer = self._run_sync(self._flow(model, messages, api_base, optional_params,
                                            litellm_params, timeout))
-        return _model_response(model_response, model, answer)
+        return to_model_response(model_response, model, answer)
 
     async def astreaming(  # type: ignore[override]  # LiteLLM passes keywords only
             self, model: str, messages: list[Any], api_base: str | None = None,
@@ -207,7 +207,7 @@ class RuVectorLLM(CustomLLM):
         # ruvLLM does not stream: the whole answer is one chunk, then usage.
         answer = await self._run_async(self._flow(model, messages, api_base, optional_params,
                                                   litellm_params, timeout))
-        for chunk in _chunks(answer):
+        for chunk in stream_chunks(answer):
             yield chunk
 
     def streaming(  # type: ignore[override]  # LiteLLM passes keywords only
@@ -217,7 +217,7 @@ class RuVectorLLM(CustomLLM):
             **_: Any) -> Iterator[GenericStreamingChunk]:
         answer = self._run_sync(self._flow(model, messages, api_base, optional_params,
                                            litellm_params, timeout))
-        yield from _chunks(answer)
+        yield from stream_chunks(answer)
 
     # -- feedback -----------------------------------------------------------------------
 
@@ -236,7 +236,7 @@ class RuVectorLLM(CustomLLM):
         body = {"query": query, "response": response, "quality": float(quality)}
         call = HttpCall("POST", f"{base}/feedback", body,
                         httpx.Timeout(timeout_s, connect=DEFAULT_CONNECT_TIMEOUT_S))
-        await self._run_async(_checked(call, f"ruvLLM at {base}"))
+        await self._run_async(checked(call, f"ruvLLM at {base}"))
 
     async def feedback_for(self, request_id: str, quality: float) -> bool:
         """Send feedback for a recent request. False if Ollama served it (ruvLLM never saw it);
@@ -296,7 +296,7 @@ class RuVectorLLM(CustomLLM):
                 response = yield HttpCall("POST", f"{settings.api_base}/query",
                                           {"query": query, "session_id": session_id},
                                           settings.timeout())
-            except _UNREACHABLE as exc:
+            except UNREACHABLE as exc:
                 answer = yield from self._unreachable(settings, messages, params, exc)
             except httpx.TimeoutException as exc:
                 raise RuVectorError(408, f"ruvLLM at {settings.api_base}: Request timed out "
@@ -307,7 +307,7 @@ class RuVectorLLM(CustomLLM):
             else:
                 with self._lock:
                     self._down_until.pop(settings.api_base, None)
-                answer = _ruvllm_answer(response, settings, session_id, messages, model)
+                answer = ruvllm_answer(response, settings, session_id, messages, model)
         if caller.request_id:
             self._remember(Exchange(caller.request_id, settings.api_base, query, answer.text,
                                     answer.info["served_by"]))
@@ -327,7 +327,7 @@ class RuVectorLLM(CustomLLM):
             response = yield HttpCall("POST", f"{settings.api_base}/session", None,
                                       settings.timeout(SESSION_TIMEOUT_S))
             session_id = response.json().get("session_id") if response.status_code == 200 else None
-        except _UNREACHABLE:
+        except UNREACHABLE:
             raise  # the server is down: the caller falls back, nothing to cache
         except (httpx.HTTPError, ValueError, AttributeError):
             session_id = None
@@ -353,20 +353,20 @@ class RuVectorLLM(CustomLLM):
                     reason: str) -> Flow:
         base, model = settings.ollama_api_base, settings.ollama_model
         assert base is not None and model is not None
-        body: dict[str, Any] = {"model": model, "messages": _ollama_messages(messages),
+        body: dict[str, Any] = {"model": model, "messages": ollama_messages(messages),
                                 "stream": False}
-        if options := _ollama_options(params):
+        if options := ollama_options(params):
             body["options"] = options
         who = f"Ollama fallback at {base} ({reason})"
         try:
             response = yield HttpCall("POST", f"{base}/api/chat", body, settings.timeout())
-        except _UNREACHABLE as exc:
+        except UNREACHABLE as exc:
             raise RuVectorError(503, f"{who} is unreachable too ({type(exc).__name__})") from None
         except httpx.TimeoutException:
             raise RuVectorError(408, f"{who}: Request timed out") from None
         except httpx.HTTPError as exc:
             raise RuVectorError(500, f"{who}: connection failed ({type(exc).__name__})") from None
-        data = _json_answer(response, who)
+        data = json_answer(response, who)
         message = data.get("message")
         text = message.get("content") if isinstance(message, dict) else None
         if not isinstance(text, str):
@@ -376,8 +376,8 @@ class RuVectorLLM(CustomLLM):
         duration = data.get("total_duration")
         return Answer(
             text=text,
-            prompt_tokens=prompt if isinstance(prompt, int) else _prompt_tokens(messages),
-            completion_tokens=completion if isinstance(completion, int) else _text_tokens(text),
+            prompt_tokens=prompt if isinstance(prompt, int) else count_prompt_tokens(messages),
+            completion_tokens=completion if isinstance(completion, int) else count_text_tokens(text),
             info={"served_by": "ollama", "model_used": data.get("model") or model,
                   "ollama_model": model, "api_base": base, "ruvllm_api_base": settings.api_base,
                   "fallback_reason": reason, "session_id": None, "confidence": None,

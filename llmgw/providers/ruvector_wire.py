@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 PROVIDER = "ruvector"
 HIDDEN_KEY = "ruvector"  # response._hidden_params[HIDDEN_KEY]
 
-_UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout)
+UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout)
 
 
 class RuVectorError(CustomLLMError):
@@ -75,7 +75,7 @@ def flatten_messages(messages: list[Any]) -> str:
     """
     lines: list[str] = []
     call_names: dict[str, str] = {}
-    for message in map(_as_dict, messages):
+    for message in map(as_dict, messages):
         role = str(message.get("role") or "user")
         label = _LABELS.get(role, role.capitalize())
         if label == "Tool":
@@ -83,8 +83,8 @@ def flatten_messages(messages: list[Any]) -> str:
             label = f"Tool ({name})" if name else "Tool"
         parts = [text] if (text := content_text(message.get("content"))) else []
         for call in message.get("tool_calls") or []:
-            call = _as_dict(call)
-            function = _as_dict(call.get("function") or {})
+            call = as_dict(call)
+            function = as_dict(call.get("function") or {})
             name = str(function.get("name") or "")
             if call.get("id"):
                 call_names[str(call["id"])] = name
@@ -101,7 +101,7 @@ def content_text(content: Any) -> str:
         return content
     if isinstance(content, list):
         texts = []
-        for part in map(_as_dict, content):
+        for part in map(as_dict, content):
             kind = part.get("type", "text")
             texts.append(str(part.get("text", "")) if kind == "text" else f"[{kind.removesuffix('_url')}]")
         return "\n".join(t for t in texts if t)
@@ -114,16 +114,16 @@ def _arguments_text(arguments: Any) -> str:
     return json.dumps(arguments, sort_keys=True, separators=(", ", ": "))
 
 
-def _ollama_messages(messages: list[Any]) -> list[dict[str, Any]]:
+def ollama_messages(messages: list[Any]) -> list[dict[str, Any]]:
     """OpenAI-style messages in Ollama's shape: text content, tool-call arguments as objects."""
     out = []
-    for message in map(_as_dict, messages):
+    for message in map(as_dict, messages):
         role = {"developer": "system", "function": "tool"}.get(str(message.get("role")),
                                                               str(message.get("role") or "user"))
         item: dict[str, Any] = {"role": role, "content": content_text(message.get("content"))}
         calls = []
         for call in message.get("tool_calls") or []:
-            function = _as_dict(_as_dict(call).get("function") or {})
+            function = as_dict(as_dict(call).get("function") or {})
             arguments = function.get("arguments")
             if isinstance(arguments, str):
                 try:
@@ -137,7 +137,7 @@ def _ollama_messages(messages: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _ollama_options(params: Mapping[str, Any]) -> dict[str, Any]:
+def ollama_options(params: Mapping[str, Any]) -> dict[str, Any]:
     """The OpenAI sampling parameters Ollama understands, in its names."""
     names = {"temperature": "temperature", "top_p": "top_p", "seed": "seed", "stop": "stop",
              "max_tokens": "num_predict", "max_completion_tokens": "num_predict"}
@@ -146,16 +146,16 @@ def _ollama_options(params: Mapping[str, Any]) -> dict[str, Any]:
 
 # -- responses ------------------------------------------------------------------------------
 
-def _ruvllm_answer(response: httpx.Response, settings: Settings, session_id: str | None,
+def ruvllm_answer(response: httpx.Response, settings: Settings, session_id: str | None,
                    messages: list[Any], model: str) -> Answer:
-    data = _json_answer(response, f"ruvLLM at {settings.api_base}")
+    data = json_answer(response, f"ruvLLM at {settings.api_base}")
     text = data.get("text")
     if not isinstance(text, str):
         raise RuVectorError(500, f"ruvLLM at {settings.api_base}: answer without a text field")
     return Answer(
         text=text,
-        prompt_tokens=_prompt_tokens(messages),
-        completion_tokens=_text_tokens(text),
+        prompt_tokens=count_prompt_tokens(messages),
+        completion_tokens=count_text_tokens(text),
         info={"served_by": "ruvllm", "model": model, "model_used": data.get("model_used"),
               "confidence": data.get("confidence"), "context_size": data.get("context_size"),
               "latency_ms": data.get("latency_ms"), "session_id": session_id,
@@ -163,7 +163,7 @@ def _ruvllm_answer(response: httpx.Response, settings: Settings, session_id: str
     )
 
 
-def _json_answer(response: httpx.Response, who: str) -> dict[str, Any]:
+def json_answer(response: httpx.Response, who: str) -> dict[str, Any]:
     if not 200 <= response.status_code < 300:
         raise _http_error(response, who)
     try:
@@ -175,11 +175,11 @@ def _json_answer(response: httpx.Response, who: str) -> dict[str, Any]:
     return data
 
 
-def _checked(call: HttpCall, who: str) -> Generator[HttpCall, httpx.Response, None]:
+def checked(call: HttpCall, who: str) -> Generator[HttpCall, httpx.Response, None]:
     """A one-call flow that only checks the status (feedback)."""
     try:
         response = yield call
-    except _UNREACHABLE as exc:
+    except UNREACHABLE as exc:
         raise RuVectorError(503, f"{who} is unreachable ({type(exc).__name__})") from None
     except httpx.TimeoutException:
         raise RuVectorError(408, f"{who}: Request timed out") from None
@@ -208,7 +208,7 @@ def _http_error(response: httpx.Response, who: str) -> RuVectorError:
                          headers=headers)
 
 
-def _model_response(model_response: ModelResponse | None, model: str, answer: Answer) -> ModelResponse:
+def to_model_response(model_response: ModelResponse | None, model: str, answer: Answer) -> ModelResponse:
     response = model_response if model_response is not None else ModelResponse()
     response.choices[0].message.content = answer.text
     response.choices[0].finish_reason = "stop"
@@ -221,7 +221,7 @@ def _model_response(model_response: ModelResponse | None, model: str, answer: An
     return response
 
 
-def _chunks(answer: Answer) -> list[GenericStreamingChunk]:
+def stream_chunks(answer: Answer) -> list[GenericStreamingChunk]:
     """LiteLLM's CustomLLM stream contract: the text, then a finished chunk with usage.
 
     ``provider_specific_fields`` become attributes of the last streamed chunk, so a
@@ -241,26 +241,26 @@ def _chunks(answer: Answer) -> list[GenericStreamingChunk]:
 
 # -- helpers --------------------------------------------------------------------------------
 
-def _prompt_tokens(messages: list[Any]) -> int:
-    return int(litellm.token_counter(messages=[_as_dict(m) for m in messages]))
+def count_prompt_tokens(messages: list[Any]) -> int:
+    return int(litellm.token_counter(messages=[as_dict(m) for m in messages]))
 
 
-def _text_tokens(text: str) -> int:
+def count_text_tokens(text: str) -> int:
     return int(litellm.token_counter(text=text, count_response_tokens=True)) if text else 0
 
 
-def _as_dict(value: Any) -> dict[str, Any]:
+def as_dict(value: Any) -> dict[str, Any]:
     if isinstance(value, Mapping):
         return dict(value)
     dump = getattr(value, "model_dump", None)
     return dump(exclude_none=True) if callable(dump) else {}
 
 
-def _str(value: Any) -> str | None:
+def str_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _positive(value: Any, default: float) -> float:
+def positive(value: Any, default: float) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
