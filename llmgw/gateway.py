@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 from collections.abc import AsyncGenerator, Callable
 from datetime import timedelta
 from typing import Any
@@ -408,5 +409,7 @@ def _untrack(tasks: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]],
 
 
 def _provider_copy(request: CompletionRequest) -> list[dict[str, Any]]:
-    """The messages for LiteLLM, a copy of their own (providers may change what they get)."""
-    return [m.model_dump(exclude_none=True) for m in request.messages]
+    """The messages for LiteLLM, a copy of their own (providers may change what they get):
+    a message of plain strings as a new dict, anything nested copied whole."""
+    return [dict(m) if all(type(v) is str for v in m.values()) else copy.deepcopy(m)
+            for m in request.message_dicts]

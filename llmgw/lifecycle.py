@@ -103,13 +103,13 @@ class RequestLifecycle:
         if not plan.limits and plan.cap is None:
             return  # constraints only: nothing to hold
         gw, ctx = self.gw, self.ctx
-        self._reserving = asyncio.ensure_future(gw.ledger.transact(
+        self._reserving = gw.ledger.start(
             gw.budget_store.reserve_op(
                 request_id=ctx.request_id, amount_micros=plan.amount, limits=plan.limits,
                 keys=plan.keys, created_at=self.now, agent_id=ctx.agent_id,
                 agent_type=ctx.agent_type, project_id=ctx.project_id,
                 model_group=plan.route.model_group),
-            alone=len(gw._started) <= 1))
+            alone=len(gw._started) <= 1)
         try:
             self.hold = await asyncio.shield(self._reserving)
         except RefusedError as exc:

@@ -10,11 +10,12 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from llmgw.agents import Resolution
-from llmgw.budgets import BudgetPolicy, Limit, Rule
+from llmgw.budgets import BudgetPolicy, CounterKey, Limit, Rule
 from llmgw.config import Config
 from llmgw.constraints import CallConstraints, RoutePlan, plan_route, take_constraints
 from llmgw.ledger.budget_store import BudgetStore
@@ -39,7 +40,7 @@ class BudgetPlan:
     amount: int  # worst case, micro-dollars
     max_tokens: int
     limits: list[Limit]
-    keys: list[Any]
+    keys: tuple[CounterKey, ...]
     cap: Limit | None
     routing: RoutePlan | None = None  # per-call constraints (max_cost_usd, prefer)
 
@@ -61,6 +62,8 @@ class BudgetPlanner:
         # (agent, agent type, project) -> its limits and request cap, under `_limits_of`
         self._limits: dict[tuple[str, str | None, str], tuple[list[Limit], Limit | None]] = {}
         self._limits_of: list[Rule] | None = None
+        # id(limits) -> (limits, window start, window end, counter keys): `_counter_keys`
+        self._keys: dict[int, tuple[list[Limit], datetime, datetime, tuple[CounterKey, ...]]] = {}
 
     async def rules(self) -> list[Rule]:
         """The database's budget rules, re-read at most every `RULES_TTL_S`, by one worker
@@ -99,7 +102,7 @@ class BudgetPlanner:
             max_tokens = self.config.llmgw.budgets.default_max_tokens
             if limits or cap is not None or constraints.max_cost_micros is not None:
                 params["max_tokens"] = max_tokens  # so the hold (or the ceiling) bounds the call
-        keys = [self.policy.counter_key(limit, now) for limit in limits]
+        keys = self._counter_keys(limits, now)
         if constraints.any:
             routing = self.route_plan(route.model_group, request, params, int(max_tokens),
                                       constraints)
@@ -202,6 +205,22 @@ class BudgetPlanner:
                                    project_id=project_id, rules=rules),
                 self.policy.request_cap(rules))
         return found
+
+    def _counter_keys(self, limits: list[Limit], now: datetime) -> tuple[CounterKey, ...]:
+        """The counters of `limits` in the windows containing `now`: the same tuple for as
+        long as those windows last (the budget store works a tuple's counters out once)."""
+        found = self._keys.get(id(limits))
+        if (found is not None and found[0] is limits and now.tzinfo is None
+                and found[1] <= now < found[2]):
+            return found[3]
+        keys = tuple(self.policy.counter_key(limit, now) for limit in limits)
+        if keys and now.tzinfo is None:
+            if len(self._keys) >= _MEMO_MAX:
+                self._keys.clear()
+            starts = [key.period_start for key in keys]
+            ends = [self.policy.period_end(key.period_start, key.period) for key in keys]
+            self._keys[id(limits)] = (limits, max(starts), min(ends), keys)  # holds `limits`
+        return keys
 
     async def _maybe_downgrade(self, route: Resolution, limits: list[Limit],
                                now: Any) -> Resolution:

@@ -17,6 +17,7 @@ the same behaviour, `test_budget_batches.py` the batches to the lone calls'.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,6 +43,8 @@ class Hold:
     request_id: str
     amount_micros: int
     counters: tuple[tuple[CounterKey, Limit], ...]
+    # SQLite: each counter's key as driver parameters, made once at reserve for the settle
+    rows: tuple[tuple[Any, ...], ...] = field(default=(), repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,18 @@ class SettleResult:
     crossings: list[Crossing] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class _Counters:
+    """A reserve's counters, worked out once per `keys` object (`BudgetStore._counters`)."""
+
+    keys: Sequence[CounterKey]
+    limits: Sequence[Limit]
+    pairs: tuple[tuple[CounterKey, Limit], ...]  # in lock order
+    caps: tuple[int, ...]  # each counter's limit, in that order
+    rows: tuple[tuple[Any, ...], ...]  # SQLite: each key as driver parameters
+    listed: Any  # SQLite: `reservations.counters` as the driver takes it
+
+
 class RefusedError(Exception):
     def __init__(self, refusal: Refusal) -> None:
         self.refusal = refusal
@@ -91,7 +106,7 @@ class BudgetStore:
         # creating them; a missing one is made again on the spot.
         self._known: set[tuple[Any, ...]] = set()
         self._row_keys: dict[CounterKey, tuple[Any, ...]] = {}
-        self._listed: dict[tuple[Any, ...], Any] = {}  # counters -> reservations.counters
+        self._prepared: dict[int, _Counters] = {}  # id(keys) -> its counters (`_counters`)
         self._dt = bind_processor(DateTime(), engine) or (lambda v: v)
         self._json = bind_processor(JSON(), engine) or (lambda v: v)
         self._usage = UsageInsert(engine)
@@ -122,42 +137,57 @@ class BudgetStore:
 
     # -- reserve -------------------------------------------------------------------------
 
-    def reserve_op(self, *, request_id: str, amount_micros: int, limits: list[Limit],
-                   keys: list[CounterKey], created_at: datetime, agent_id: str,
+    def reserve_op(self, *, request_id: str, amount_micros: int, limits: Sequence[Limit],
+                   keys: Sequence[CounterKey], created_at: datetime, agent_id: str,
                    agent_type: str | None, project_id: str, model_group: str) -> Op[Hold]:
         """`reserve` as an `Op`, for `LedgerStore.transact`."""
-        pairs = sorted(zip(keys, limits, strict=True), key=lambda p: p[0].listed)
+        counters = self._counters(keys, limits)
+        pairs = counters.pairs
 
-        def held(row: Any) -> Hold:
+        def held(row: Any, rows: tuple[tuple[Any, ...], ...] = ()) -> Hold:
             if row[0] is not None:
                 counter, limit = pairs[row[0] - 1]
                 raise RefusedError(Refusal(limit, row[1], row[2], counter.period_start))
-            return Hold(request_id, amount_micros, tuple(pairs))
+            return Hold(request_id, amount_micros, pairs, rows)
 
         if self._dialect == "postgresql":  # llmgw_reserve_many (0005, 0006)
             return Op.of_call(Call(_PG_RESERVE, {
                 "request_id": request_id, "created_at": created_at, "amount": amount_micros,
                 "agent_id": agent_id, "agent_type": agent_type, "project_id": project_id,
                 "model_group": model_group, "counters": [k.listed for k, _ in pairs],
-                "amounts": [limit.limit_micros for _, limit in pairs]}, "reserve_many"), held)
+                "amounts": list(counters.caps)}, "reserve_many"), held)
 
         def run(cur: Any) -> Hold:
-            keys = tuple(self._row_key(key) for key, _ in pairs)
-            listed = self._listed.get(keys)
-            if listed is None:  # the same agent and project in the same windows: same text
-                listed = self._listed[keys] = self._json([key.as_list() for key, _ in pairs])
+            rows = counters.rows
             cur.execute(_SQL["insert_reservation"], (
                 request_id, self._dt(created_at), amount_micros, agent_id, agent_type,
-                project_id, model_group, listed))
-            new = [key for key in keys if key not in self._known]
+                project_id, model_group, counters.listed))
+            new = [key for key in rows if key not in self._known]
             if new:  # made by another writer meanwhile: a no-op
                 cur.executemany(_SQL["ensure_counter"], new)
-            for i, (key, (_, limit)) in enumerate(zip(keys, pairs, strict=True), 1):
-                if not self._hold(cur, key, amount_micros, limit.limit_micros):
+            for i, (key, cap) in enumerate(zip(rows, counters.caps, strict=True), 1):
+                if not self._hold(cur, key, amount_micros, cap):
                     return held((i, *cur.execute(_SQL["read_counter"], key).fetchone()))
-            self._remember(keys)
-            return held((None,))
+            self._remember(rows)
+            return held((None,), rows)
         return Op(run)
+
+    def _counters(self, keys: Sequence[CounterKey], limits: Sequence[Limit]) -> _Counters:
+        """The counters of a reserve in lock order, with their driver parameters. The planner
+        hands every request of an agent the same `keys` and `limits` objects while their
+        windows last, so they are worked out once per agent and window, not per request."""
+        found = self._prepared.get(id(keys))
+        if found is not None and found.keys is keys and found.limits is limits:
+            return found
+        pairs = tuple(sorted(zip(keys, limits, strict=True), key=lambda p: p[0].listed))
+        counters = _Counters(keys, limits, pairs,
+                             tuple(limit.limit_micros for _, limit in pairs),
+                             tuple(self._row_key(key) for key, _ in pairs),
+                             self._json([key.as_list() for key, _ in pairs]))
+        if len(self._prepared) >= 10_000:  # old windows' and agents': forget them all
+            self._prepared.clear()
+        self._prepared[id(keys)] = counters  # holds `keys`: its id is not reused meanwhile
+        return counters
 
     def reserve(self, **kwargs: Any) -> Hold:
         """Hold `amount_micros` on every counter, or raise `RefusedError` holding nothing."""
@@ -179,7 +209,6 @@ class BudgetStore:
         if len(self._known) > 100_000:  # old windows' keys: forget them all, cheaply
             self._known.clear()
             self._row_keys.clear()
-            self._listed.clear()
         self._known.update(keys)
 
     def _row_key(self, key: CounterKey) -> tuple[Any, ...]:
@@ -227,9 +256,10 @@ class BudgetStore:
             booked = None if still_open else self._take_back(cur, hold.request_id, state, spent)
             if still_open or booked is not None:
                 held = hold.amount_micros if still_open else 0  # else released by reconcile
-                for i, ((key, _), threshold) in enumerate(zip(hold.counters, thresholds, strict=True), 1):
-                    crossing = self._settle_counter(cur, self._row_key(key), held,
-                                                    spent - (booked or 0), threshold)
+                keys = hold.rows or [self._row_key(key) for key, _ in hold.counters]
+                for i, (key, threshold) in enumerate(zip(keys, thresholds, strict=True), 1):
+                    crossing = self._settle_counter(cur, key, held, spent - (booked or 0),
+                                                    threshold)
                     if crossing is not None:
                         moved[0].append(i)
                         moved[1].append(crossing)
@@ -237,7 +267,7 @@ class BudgetStore:
                 self._drop_reconciled_rows(cur, hold.request_id)
             if rows:
                 cur.executemany(self._usage.sql, self._usage.each(rows))
-            return crossed(moved)
+            return crossed(moved) if moved[0] else SettleResult()
         return Op(run)
 
     def _take_back(self, cur: Any, request_id: str, state: str, spent: int) -> int | None:
@@ -277,7 +307,7 @@ class BudgetStore:
 
     # -- reads ---------------------------------------------------------------------------
 
-    def counters(self, keys: list[CounterKey]) -> dict[CounterKey, tuple[int, int]]:
+    def counters(self, keys: Sequence[CounterKey]) -> dict[CounterKey, tuple[int, int]]:
         """(spent, reserved) of each existing counter."""
         if not keys:
             return {}

@@ -131,29 +131,36 @@ class LoopCommit:
         self._lock = threading.Lock()  # binding to a loop; only its thread touches the rest
 
     async def submit(self, op: Callable[[Any], T], *, alone: bool = False) -> T:
-        """`op`'s result once its batch committed. `alone`: the caller is the only request
-        in flight, so `op` runs now, in the caller's turn (waiting a loop pass would let other
-        work on the loop, such as LiteLLM's logging, run first and delay it)."""
+        """`op`'s result once its batch committed (`start`)."""
+        return await self.start(op, alone=alone)
+
+    def start(self, op: Callable[[Any], T], *, alone: bool = False) -> asyncio.Future[T]:
+        """Queue `op`; the future holds its result once its batch committed. The batch runs
+        whether or not anyone still waits. `alone`: the caller is the only request in flight,
+        so `op` runs now, in the caller's turn (waiting a loop pass would let other work on
+        the loop, such as LiteLLM's logging, run first and delay it)."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             with self._lock:
                 if self._loop is None or self._loop.is_closed():
                     self._loop = loop  # the last loop ended (asyncio.run, complete_sync)
             if loop is not self._loop:  # two live loops: this one uses the thread
-                return await asyncio.wrap_future(self._fallback.submit(op))
+                return asyncio.wrap_future(self._fallback.submit(op))
+        future: asyncio.Future[T] = loop.create_future()
         if alone and not self._pending:
             outcomes = self._commit([op])
             if outcomes is None:
-                return await asyncio.wrap_future(self._fallback.submit(op))
+                return asyncio.wrap_future(self._fallback.submit(op))
             result, error = outcomes[0]
             if error is not None:
-                raise error
-            return result
-        future: asyncio.Future[T] = loop.create_future()
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+            return future
         if not self._pending:
             loop.call_soon(self._flush)
         self._pending.append((op, future))
-        return await future
+        return future
 
     def close(self) -> None:
         with self._lock:

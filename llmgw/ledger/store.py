@@ -161,6 +161,14 @@ class LedgerStore:
             return run_sync(self.engine, op)
         return await self._loop_commit.submit(op.run, alone=alone)
 
+    def start(self, op: Op[T], *, alone: bool = False) -> asyncio.Future[T]:
+        """`transact` already under way: the future holds its result once committed, and
+        the transaction runs to its end whether or not anyone still waits for it (SQLite
+        file: no task of its own, the committer's future)."""
+        if self._loop_commit is not None:
+            return self._loop_commit.start(op.run, alone=alone)
+        return asyncio.ensure_future(self.transact(op, alone=alone))
+
     def transact_sync(self, op: Op[T]) -> T:
         return run_sync(self.engine, op)
 
