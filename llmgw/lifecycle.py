@@ -9,6 +9,7 @@ cancellation and tracked by the gateway, so `drain()` / `aclose()` wait for them
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
@@ -20,8 +21,9 @@ from llmgw.budgets import Limit
 from llmgw.constraints import RoutePlan
 from llmgw.errors import BudgetExceeded, LedgerError, ProviderError
 from llmgw.heap import FIRST_ANSWER, freeze_once
-from llmgw.ledger.budget_store import Hold, RefusedError
-from llmgw.ledger.store import RequestContext, usage_row
+from llmgw.ledger.budget_store import Hold, RefusedError, SettleResult
+from llmgw.ledger.ops import Op
+from llmgw.ledger.store import RequestContext, usage_row, write_failed
 from llmgw.planner import BudgetPlan
 from llmgw.responses import since_ms
 from llmgw.router import (
@@ -199,7 +201,9 @@ class RequestLifecycle:
         for a in attempts:  # a provider that broke a stream mid-way failed, for cooldowns too
             if a.status == "partial" and a.error_class not in _NOT_PROVIDER_FAILURES:
                 count_stream_failure(self.gw.router, a)
-        await self._shielded(self._record(attempts, completion, saved_micros, extra))
+        recorded = self._record(attempts, completion, saved_micros, extra)
+        self.gw._track(recorded)
+        await asyncio.shield(recorded)
 
     # -- how it ends -------------------------------------------------------------------------
 
@@ -225,9 +229,12 @@ class RequestLifecycle:
             else type(exc).__name__)
         await self._record(attempts, None, 0, None, error_class=error_class)
 
-    async def _record(self, attempts: list[Attempt], completion: Completion | None,
-                      saved_micros: int, extra: dict[str, Any] | None, *,
-                      error_class: str | None = None) -> None:
+    def _record(self, attempts: list[Attempt], completion: Completion | None,
+                saved_micros: int, extra: dict[str, Any] | None, *,
+                error_class: str | None = None) -> asyncio.Future[None]:
+        """Start writing the request's rows, settling its hold in the same transaction. The
+        future is done once they are committed and `request.finished` is out (`_recorded`);
+        the write runs to its end if the caller is cancelled meanwhile."""
         gw, ctx, route, hold = self.gw, self.ctx, self.route, self.hold
         for a in attempts:
             if a.deployment and a.status in ("ok", "error"):
@@ -241,36 +248,57 @@ class RequestLifecycle:
             meta["llmgw"].setdefault("routing", {})["waited_ms"] = self.waited_ms
         rows = [usage_row(ctx, a, ts=self.now, metadata=meta, saved_micros=saved_micros)
                 for a in attempts]
-        alone = len(gw._started) <= 1
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if hold is None and not rows:  # nothing held, nothing tried: nothing to write
+            self._finished(attempts, completion, saved_micros, error_class)
+            done.set_result(None)
+            return done
+        op: Op[Any] = (gw.ledger.write_op(rows) if hold is None else gw.budget_store.settle_op(
+            hold, spent_micros=sum(a.cost_micros for a in attempts), rows=rows,
+            state="settled" if completion else "released"))
+        written = gw.ledger.start(op, alone=len(gw._started) <= 1)
+        written.add_done_callback(functools.partial(
+            self._recorded, done, attempts, completion, saved_micros, error_class, len(rows)))
+        return done
+
+    def _recorded(self, done: asyncio.Future[None], attempts: list[Attempt],
+                  completion: Completion | None, saved_micros: int, error_class: str | None,
+                  row_count: int, written: asyncio.Future[Any]) -> None:
+        """`_record`'s end: `request.finished` and budget warnings, or the typed error (a
+        completion paid for stays on it)."""
+        gw, ctx = self.gw, self.ctx
         try:
-            if hold is None:
-                await gw.ledger.write(rows, alone=alone)
-                result = None
-            else:
-                result = await gw.ledger.transact(gw.budget_store.settle_op(
-                    hold, spent_micros=sum(a.cost_micros for a in attempts), rows=rows,
-                    state="settled" if completion else "released"), alone=alone)
-        except LedgerError as exc:
-            exc.completion = completion  # paid for: keep it
-            exc.request_id = ctx.request_id
-            self._finished(attempts, completion, saved_micros, error_class, written=False)
-            raise
-        except BaseException as exc:
-            error = LedgerError(f"Could not settle the budget and write the ledger rows of "
-                                f"request {ctx.request_id}: {type(exc).__name__}: "
-                                f"{str(exc).splitlines()[0][:300] if str(exc) else ''}",
-                                hint="Check the ledger database; `llmgw db reconcile` settles "
-                                     "what was left open.")
-            error.completion = completion
-            error.request_id = ctx.request_id
-            self._finished(attempts, completion, saved_micros, error_class, written=False)
-            raise error from exc
-        self._finished(attempts, completion, saved_micros, error_class)
-        for c in result.crossings if result is not None else ():
-            gw.events.emit("budget.warning", {
-                "scope": c.limit.scope, "scope_id": c.limit.scope_id, "period": c.limit.period,
-                "period_start": c.key.period_start.isoformat(), "spent_micros": c.spent_micros,
-                "limit_micros": c.limit.limit_micros, "warn_ratio": c.limit.warn_ratio})
+            try:
+                result = written.result()
+            except BaseException as exc:
+                if isinstance(exc, LedgerError):
+                    error = exc
+                elif self.hold is None:
+                    error = write_failed(row_count, exc)
+                else:
+                    error = LedgerError(
+                        f"Could not settle the budget and write the ledger rows of request "
+                        f"{ctx.request_id}: {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:300] if str(exc) else ''}",
+                        hint="Check the ledger database; `llmgw db reconcile` settles what "
+                             "was left open.")
+                error.completion = completion  # paid for: keep it
+                error.request_id = ctx.request_id
+                self._finished(attempts, completion, saved_micros, error_class, written=False)
+                done.set_exception(error)
+                return
+            self._finished(attempts, completion, saved_micros, error_class)
+            for c in result.crossings if isinstance(result, SettleResult) else ():
+                gw.events.emit("budget.warning", {
+                    "scope": c.limit.scope, "scope_id": c.limit.scope_id,
+                    "period": c.limit.period, "period_start": c.key.period_start.isoformat(),
+                    "spent_micros": c.spent_micros, "limit_micros": c.limit.limit_micros,
+                    "warn_ratio": c.limit.warn_ratio})
+        except BaseException as exc:  # a subscriber failed: its caller hears it, as before
+            if not done.done():
+                done.set_exception(exc)
+            return
+        done.set_result(None)
 
     def _finished(self, attempts: list[Attempt], completion: Completion | None = None,
                   saved_micros: int = 0, error_class: str | None = None, *,

@@ -18,8 +18,8 @@ import asyncio
 import contextlib
 import time
 import weakref
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -29,6 +29,8 @@ from llmgw.cache.coalesce import Coalesce
 from llmgw.errors import LedgerError
 from llmgw.ledger.fallbacks import fell_back
 from llmgw.ledger.ops import Call, json_text
+
+T = TypeVar("T")
 
 IDLE_CHECK_AFTER_S = 5.0  # a connection idle this long is pinged before use
 
@@ -44,37 +46,65 @@ class AsyncPostgres:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: AsyncConnectionPool[Any] | None = None
         self._opened: asyncio.Task[None] | None = None
-        # By batch statement: the calls of this loop pass, the task that sends them, and the
-        # `Coalesce` that keeps one round trip out at a time.
-        self._passing: dict[str, tuple[list[Call], asyncio.Task[list[Any]]]] = {}
+        # By batch statement: the calls of this loop pass with what each result means and
+        # who waits for it, and the `Coalesce` that keeps one round trip out at a time.
+        self._passing: dict[str, list[tuple[Call, Callable[[Any], Any], asyncio.Future[Any]]]] = {}
+        self._sending: set[asyncio.Task[None]] = set()
         self._calls: dict[str, Coalesce[list[Call], list[Any]]] = {}
         # When each connection was last used, so that only one that sat idle is pinged.
         self._used: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
         self._closing: set[asyncio.Task[None]] = set()
 
     async def call(self, call: Call, *, alone: bool = False) -> Any:
-        """`call`'s result row (without its index). A caller `alone` (the only request in
+        """`call`'s result row (without its index): `start`, awaited."""
+        return await self.start(call, _row, alone=alone)
+
+    def start(self, call: Call, then: Callable[[Any], T], *,
+              alone: bool = False) -> asyncio.Future[T]:
+        """`then(call's result row)`, as a future. A caller `alone` (the only request in
         flight) sends it at once. Others wait for the end of the loop pass and go with the
         calls made in it; `Coalesce` sends the passes made while the last batch's round trip
-        is out together, next. A caller cancelled meanwhile: its call stands."""
+        is out together, next. The call stands if its waiter is cancelled."""
         loop = self._bind()
         if alone:
-            result = (await self.send([call]))[0]
-        else:
-            passing = self._passing.get(call.sql)
-            if passing is None:
-                passing = self._passing[call.sql] = ([], loop.create_task(
-                    self._send_pass(call.sql)))
-            index = len(passing[0])
-            passing[0].append(call)
-            result = (await asyncio.shield(passing[1]))[index]
+            return loop.create_task(self._alone(call, then))
+        passing = self._passing.get(call.sql)
+        if passing is None:
+            passing = self._passing[call.sql] = []
+            task = loop.create_task(self._send_pass(call.sql))
+            self._sending.add(task)  # a reference until it has run
+            task.add_done_callback(self._sending.discard)
+        future: asyncio.Future[T] = loop.create_future()
+        passing.append((call, then, future))
+        return future
+
+    async def _alone(self, call: Call, then: Callable[[Any], T]) -> T:
+        result = (await self.send([call]))[0]
         if isinstance(result, Exception):
             raise result
-        return result
+        return then(result)
 
-    async def _send_pass(self, sql: str) -> list[Any]:
-        calls, _ = self._passing.pop(sql)  # a task's first step: the loop pass has ended
-        return await self._coalesce(sql)(calls)
+    async def _send_pass(self, sql: str) -> None:
+        waiting = self._passing.pop(sql)  # a task's first step: the loop pass has ended
+        try:
+            results = await self._coalesce(sql)([call for call, _, _ in waiting])
+        except BaseException as exc:
+            for _, _, future in waiting:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, then, future), result in zip(waiting, results, strict=True):
+            if future.done():  # its waiter was cancelled; the call was made
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+                continue
+            try:
+                future.set_result(then(result))
+            except Exception as exc:  # what the row means: a refusal, say
+                future.set_exception(exc)
 
     def _coalesce(self, sql: str) -> Coalesce[list[Call], list[Any]]:
         coalesce = self._calls.get(sql)
@@ -161,3 +191,7 @@ class AsyncPostgres:
                 task = loop.create_task(pool.close())
                 self._closing.add(task)  # a reference until it has run
                 task.add_done_callback(self._closing.discard)
+
+
+def _row(row: Any) -> Any:
+    return row

@@ -156,7 +156,7 @@ class LedgerStore:
         if self._pg is not None:
             if op.call is None or op.then is None:  # not a call: a worker thread
                 return await self.run(run_sync, self.engine, op)
-            return op.then(await self._pg.call(op.call, alone=alone))
+            return await self._pg.start(op.call, op.then, alone=alone)
         if self._loop_commit is None:  # in-memory SQLite
             return run_sync(self.engine, op)
         return await self._loop_commit.submit(op.run, alone=alone)
@@ -164,9 +164,11 @@ class LedgerStore:
     def start(self, op: Op[T], *, alone: bool = False) -> asyncio.Future[T]:
         """`transact` already under way: the future holds its result once committed, and
         the transaction runs to its end whether or not anyone still waits for it (SQLite
-        file: no task of its own, the committer's future)."""
+        file and PostgreSQL: no task of its own, its batch's future)."""
         if self._loop_commit is not None:
             return self._loop_commit.start(op.run, alone=alone)
+        if self._pg is not None and op.call is not None and op.then is not None:
+            return self._pg.start(op.call, op.then, alone=alone)
         return asyncio.ensure_future(self.transact(op, alone=alone))
 
     def transact_sync(self, op: Op[T]) -> T:
@@ -190,7 +192,7 @@ class LedgerStore:
         try:
             self.transact_sync(self.write_op(rows))
         except Exception as exc:
-            raise _write_failed(len(rows), exc) from exc
+            raise write_failed(len(rows), exc) from exc
 
     async def write(self, rows: list[dict[str, Any]], *, alone: bool = False) -> None:
         if not rows:
@@ -198,7 +200,7 @@ class LedgerStore:
         try:
             await self.transact(self.write_op(rows), alone=alone)
         except Exception as exc:
-            raise _write_failed(len(rows), exc) from exc
+            raise write_failed(len(rows), exc) from exc
 
     def dispose(self) -> None:
         if self._loop_commit is not None:
@@ -211,7 +213,7 @@ class LedgerStore:
         self.engine.dispose()
 
 
-def _write_failed(count: int, exc: BaseException) -> LedgerError:
+def write_failed(count: int, exc: BaseException) -> LedgerError:
     return LedgerError(
         f"Could not write {count} usage row(s) to the ledger: {type(exc).__name__}: "
         f"{str(exc).splitlines()[0][:300]}",

@@ -22,8 +22,8 @@ BUDGETS = {"projects": {"*": {"daily_usd": 1}}, "agents": {"*": {"daily_usd": 1}
 
 
 class SettleGate:
-    """Holds every settle the gateway submits to its ledger (our code: `settle_op` and
-    `LedgerStore.transact`) after the provider answered, until released."""
+    """Holds every settle the gateway starts on its ledger (our code: `settle_op` and
+    `LedgerStore.start`) after the provider answered, until released."""
 
     def __init__(self, gw: Any, expected: int) -> None:
         self.expected = expected
@@ -31,23 +31,27 @@ class SettleGate:
         self.all_waiting = asyncio.Event()
         self.release = asyncio.Event()
         self._ops: set[int] = set()
-        settle_op, transact = gw.budget_store.settle_op, gw.ledger.transact
+        settle_op, start = gw.budget_store.settle_op, gw.ledger.start
 
         def gated_settle_op(*args: Any, **kwargs: Any) -> Any:
             op = settle_op(*args, **kwargs)
             self._ops.add(id(op))
             return op
 
-        async def gated_transact(op: Any, **kwargs: Any) -> Any:
+        async def released(op: Any, **kwargs: Any) -> Any:
+            self.waiting += 1
+            if self.waiting == self.expected:
+                self.all_waiting.set()
+            await self.release.wait()
+            return await start(op, **kwargs)
+
+        def gated_start(op: Any, **kwargs: Any) -> Any:
             if id(op) in self._ops:
-                self.waiting += 1
-                if self.waiting == self.expected:
-                    self.all_waiting.set()
-                await self.release.wait()
-            return await transact(op, **kwargs)
+                return asyncio.ensure_future(released(op, **kwargs))
+            return start(op, **kwargs)
 
         gw.budget_store.settle_op = gated_settle_op
-        gw.ledger.transact = gated_transact
+        gw.ledger.start = gated_start
 
 
 @pytest.mark.parametrize("in_flight", [1, 3], ids=["alone", "batched"])

@@ -19,9 +19,9 @@ set_offline_env()
 
 
 def hold_settles(gw: Any, marker: Path) -> None:
-    """Every settle the gateway submits waits forever, after writing `marker`: the process
+    """Every settle the gateway starts waits forever, after writing `marker`: the process
     is between the provider's answer and the ledger's settle."""
-    settle_op, transact = gw.budget_store.settle_op, gw.ledger.transact
+    settle_op, start = gw.budget_store.settle_op, gw.ledger.start
     settles: set[int] = set()
 
     def held_settle_op(*args: Any, **kwargs: Any) -> Any:
@@ -29,14 +29,17 @@ def hold_settles(gw: Any, marker: Path) -> None:
         settles.add(id(op))
         return op
 
-    async def held_transact(op: Any, **kwargs: Any) -> Any:
+    async def never_settled() -> None:
+        await asyncio.to_thread(marker.write_text, "answered, not settled")
+        await asyncio.Event().wait()
+
+    def held_start(op: Any, **kwargs: Any) -> Any:
         if id(op) in settles:
-            await asyncio.to_thread(marker.write_text, "answered, not settled")
-            await asyncio.Event().wait()
-        return await transact(op, **kwargs)
+            return asyncio.ensure_future(never_settled())
+        return start(op, **kwargs)
 
     gw.budget_store.settle_op = held_settle_op
-    gw.ledger.transact = held_transact
+    gw.ledger.start = held_start
 
 
 async def main(path: str, count: int, agent: str, marker: str | None = None) -> None:

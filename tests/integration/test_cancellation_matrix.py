@@ -39,6 +39,23 @@ class Gate:
             return await fn(*args, **kwargs)
         return gated
 
+    def wrap_start(self, fn: Callable[..., Awaitable[Any]], nth: int = 1) -> Callable[..., Any]:
+        """`wrap` for `LedgerStore.start`, which returns its transaction's future."""
+        calls = 0
+
+        def gated(*args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls != nth:
+                return fn(*args, **kwargs)
+
+            async def later() -> Any:
+                self.entered.set()
+                await self.opened.wait()
+                return await fn(*args, **kwargs)
+            return asyncio.ensure_future(later())
+        return gated
+
 
 def _plan(point: str) -> FaultPlan:
     if point in ("provider", "wait_for"):
@@ -65,9 +82,9 @@ async def test_a_cancelled_request_holds_nothing(sims, migrated_ledger_url, op, 
     openai_sim.set_plan(_plan(point))
     gate = Gate()
     if point == "reserve":
-        gw.ledger.transact = gate.wrap(gw.ledger.transact, nth=1)  # type: ignore[method-assign]
+        gw.ledger.start = gate.wrap_start(gw.ledger.start, nth=1)  # type: ignore[method-assign]
     elif point == "settle":
-        gw.ledger.transact = gate.wrap(gw.ledger.transact, nth=2)  # type: ignore[method-assign]
+        gw.ledger.start = gate.wrap_start(gw.ledger.start, nth=2)  # type: ignore[method-assign]
     elif point == "cache":
         gw.cache.get = gate.wrap(gw.cache.get)  # type: ignore[union-attr,method-assign]
     shown = asyncio.Event()
