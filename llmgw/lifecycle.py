@@ -3,8 +3,9 @@
 A `RequestLifecycle` owns a request's budget hold, its attempt trace and its started entry.
 Every request ends in exactly one settle or release, one set of ledger rows and one
 `request.finished`, whatever ends it: a return, an error, a cancellation, a stream its caller
-closed, a timeout. Its writes run as tasks of their own, shielded from the caller's
-cancellation and tracked by the gateway, so `drain()` / `aclose()` wait for them."""
+closed, a timeout. Its writes run to their end whatever happens to the caller: the ledger's
+own futures (or, on the rare paths, a task), shielded from the caller's cancellation and
+tracked by the gateway, so `drain()` / `aclose()` wait for them."""
 
 from __future__ import annotations
 

@@ -187,6 +187,8 @@ _PARAM_CHECKS: dict[str, Callable[[str, Any], None]] = {
     "tool_choice": _check_tool_choice,
     "tools": _check_tools,
 }
+# The parameters checked by name above (`llmgw.validation` lets them past its name checks).
+CHECKED_PARAMS = frozenset(_PARAM_CHECKS)
 
 
 def _check_token_limits(params: dict[str, Any]) -> None:

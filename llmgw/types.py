@@ -76,6 +76,12 @@ class Message(BaseModel):
 
     @model_validator(mode="after")
     def _storable(self) -> Message:
+        if (type(self.content) is str and self.name is None and self.tool_calls is None
+                and self.tool_call_id is None and not self.model_extra):
+            why = text_problem(self.content)  # most messages: one string to check
+            if why:
+                raise ValueError(f"content {why}")
+            return self
         fields = {"content": self.content, "name": self.name, "tool_calls": self.tool_calls,
                   "tool_call_id": self.tool_call_id, **(self.model_extra or {})}
         for field, value in fields.items():

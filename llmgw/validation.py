@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from llmgw.errors import InvalidRequest
-from llmgw.params import INT64, check_params, refuse, shown
+from llmgw.params import CHECKED_PARAMS, INT64, check_params, refuse, shown
 from llmgw.types import (
     MAX_NESTING,
     CompletionRequest,
@@ -36,6 +36,11 @@ _PRICE_MARKERS = ("_cost", "cost_")
 # LiteLLM's test hooks answer without the provider; the answer would then be cached and
 # served to the project as a real one (mock_response is not part of the cache key).
 _MOCK_PREFIX = "mock_"
+
+# The parameters `llmgw.params` checks by name: none is a test hook, a price or reserved.
+_CHECKED_PARAMS = frozenset(
+    name for name in CHECKED_PARAMS if name not in _RESERVED_PARAMS
+    and not name.startswith(_MOCK_PREFIX) and not any(m in name for m in _PRICE_MARKERS))
 
 # A ledger row's metadata, as JSON text: tags and ids, not documents.
 MAX_METADATA_CHARS = 16_384
@@ -87,6 +92,8 @@ _FIELD_HINTS = {"agent_id": _ID_HINT, "project_id": _ID_HINT, "agent_type": _ID_
 
 
 def _check_param_names(params: dict[str, Any]) -> None:
+    if params.keys() <= _CHECKED_PARAMS:  # the parameters llmgw checks: none is refused here
+        return
     names = sorted(params)
     mocks = [k for k in names if k.startswith(_MOCK_PREFIX)]
     if mocks:
