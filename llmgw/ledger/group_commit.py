@@ -1,8 +1,8 @@
 """SQLite's writes under concurrency: many requests' transactions in one commit.
 
 SQLite has one writer, and a commit costs more than a request's statements, so both
-committers run the operations queued meanwhile in one transaction (a failing or refused one
-undoes only itself: `run_batch`), and commit once. A caller hears its result only
+committers run the operations queued meanwhile in one transaction, each in a savepoint (a
+failing or refused one undoes only itself), and commit once. A caller hears its result only
 after its batch has committed.
 
 - `LoopCommit` runs a batch on the event loop, at the end of the loop pass that queued it:
@@ -30,25 +30,17 @@ Operation = Callable[[Any], Any]  # runs its statements on a DBAPI cursor, retur
 
 
 def run_batch(cur: Any, batch: list[Operation]) -> list[tuple[Any, Exception | None]]:
-    """Each operation in the cursor's open transaction: (result, error) each; a failing one
-    undoes only itself. They run one after another; only if one fails (a refused reserve, a
-    bad row) is the batch undone and run again, each operation in a savepoint of its own: a
-    savepoint per operation costs two statements on every request."""
-    cur.execute("SAVEPOINT batch")
-    try:
-        outcomes: list[tuple[Any, Exception | None]] = [(op(cur), None) for op in batch]
-    except Exception:
-        cur.execute("ROLLBACK TO batch")
-        outcomes = []
-        for op in batch:
-            cur.execute("SAVEPOINT op")
-            try:
-                outcomes.append((op(cur), None))
-            except Exception as exc:
-                cur.execute("ROLLBACK TO op")
-                outcomes.append((None, exc))
-            cur.execute("RELEASE op")
-    cur.execute("RELEASE batch")
+    """Each operation in a savepoint of the cursor's open transaction: (result, error) each;
+    a failing one undoes only itself."""
+    outcomes: list[tuple[Any, Exception | None]] = []
+    for op in batch:
+        cur.execute("SAVEPOINT op")
+        try:
+            outcomes.append((op(cur), None))
+        except Exception as exc:
+            cur.execute("ROLLBACK TO op")
+            outcomes.append((None, exc))
+        cur.execute("RELEASE op")
     return outcomes
 
 
