@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -191,7 +192,9 @@ class Reservation(Base):
         CheckConstraint("state IN ('open', 'settled', 'released', 'reconciled')",
                         name="ck_reservations_state"),
         CheckConstraint("amount_micros >= 0", name="ck_reservations_amount_nonneg"),
-        Index("ix_reservations_state_created", "state", "created_at"),
+        # Only the open ones (what a reconcile looks for): a settle writes no index entry.
+        Index("ix_reservations_open_created", "created_at",
+              postgresql_where=text("state = 'open'"), sqlite_where=text("state = 'open'")),
     )
 
 

@@ -57,8 +57,8 @@ LEDGER_TABLES = {"usage_events", "budgets", "budget_counters", "reservations", "
                  "usage_split_requests", "api_keys"}
 
 
-def test_head_is_0011_and_folder_found() -> None:
-    assert head() == "0011"
+def test_head_is_0012_and_folder_found() -> None:
+    assert head() == "0012"
     assert (migrations_dir() / "versions" / "0001_usage_events.py").is_file()
     assert (migrations_dir() / "versions" / "0002_budgets.py").is_file()
     assert (migrations_dir() / "versions" / "0003_usage_rollup.py").is_file()
@@ -70,7 +70,7 @@ def test_head_is_0011_and_folder_found() -> None:
 def test_upgrade_downgrade_upgrade(ledger_url: str) -> None:
     assert current(ledger_url) is None
     upgrade(ledger_url)
-    assert current(ledger_url) == "0011"
+    assert current(ledger_url) == "0012"
     schema = _schema(ledger_url)
     assert LEDGER_TABLES | {"alembic_version"} <= schema["tables"]  # type: ignore[operator]
     model_columns = {c.name: c.nullable for c in UsageEvent.__table__.columns}
@@ -87,8 +87,37 @@ def test_upgrade_downgrade_upgrade(ledger_url: str) -> None:
     assert not LEDGER_TABLES & _schema(ledger_url)["tables"]  # type: ignore[operator]
 
     upgrade(ledger_url)
-    assert current(ledger_url) == "0011"
+    assert current(ledger_url) == "0012"
     assert _schema(ledger_url)["indexes"] == INDEXES
+
+
+def _reservation_indexes(url: str) -> dict[str, str]:
+    """The reservations table's indexes: name -> definition."""
+    engine = make_engine(url)
+    sql = ("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'reservations'"
+           if engine.dialect.name == "postgresql" else
+           "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'reservations'")
+    try:
+        with engine.connect() as conn:
+            return {r[0]: r[1] or "" for r in conn.execute(text(sql))}
+    finally:
+        engine.dispose()
+
+
+def test_0012_indexes_only_the_open_reservations_and_steps_back(ledger_url: str) -> None:
+    upgrade(ledger_url)
+    indexes = _reservation_indexes(ledger_url)
+    assert "ix_reservations_state_created" not in indexes
+    assert "created_at" in indexes["ix_reservations_open_created"]
+    assert "WHERE" in indexes["ix_reservations_open_created"].upper()
+    assert "'open'" in indexes["ix_reservations_open_created"]
+    assert _model_diff(ledger_url) == []
+    downgrade(ledger_url, "0011")
+    indexes = _reservation_indexes(ledger_url)
+    assert "ix_reservations_open_created" not in indexes
+    assert "ix_reservations_state_created" in indexes
+    upgrade(ledger_url)
+    assert "ix_reservations_open_created" in _reservation_indexes(ledger_url)
 
 
 def _functions(url: str) -> set[str]:
