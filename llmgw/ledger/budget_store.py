@@ -43,8 +43,10 @@ class Hold:
     request_id: str
     amount_micros: int
     counters: tuple[tuple[CounterKey, Limit], ...]
-    # SQLite: each counter's key as driver parameters, made once at reserve for the settle
+    # SQLite: each counter's key as driver parameters, made once at reserve for the settle,
+    # and each counter's rowid (counters are never deleted: the settle finds them by it)
     rows: tuple[tuple[Any, ...], ...] = field(default=(), repr=False, compare=False)
+    rowids: tuple[int, ...] = field(default=(), repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,11 +146,12 @@ class BudgetStore:
         counters = self._counters(keys, limits)
         pairs = counters.pairs
 
-        def held(row: Any, rows: tuple[tuple[Any, ...], ...] = ()) -> Hold:
+        def held(row: Any, rows: tuple[tuple[Any, ...], ...] = (),
+                 rowids: tuple[int, ...] = ()) -> Hold:
             if row[0] is not None:
                 counter, limit = pairs[row[0] - 1]
                 raise RefusedError(Refusal(limit, row[1], row[2], counter.period_start))
-            return Hold(request_id, amount_micros, pairs, rows)
+            return Hold(request_id, amount_micros, pairs, rows, rowids)
 
         if self._dialect == "postgresql":  # llmgw_reserve_many (0005, 0006)
             return Op.of_call(Call(_PG_RESERVE, {
@@ -165,11 +168,14 @@ class BudgetStore:
             new = [key for key in rows if key not in self._known]
             if new:  # made by another writer meanwhile: a no-op
                 cur.executemany(_SQL["ensure_counter"], new)
+            rowids = []
             for i, (key, cap) in enumerate(zip(rows, counters.caps, strict=True), 1):
-                if not self._hold(cur, key, amount_micros, cap):
+                rowid = self._hold(cur, key, amount_micros, cap)
+                if rowid is None:
                     return held((i, *cur.execute(_SQL["read_counter"], key).fetchone()))
+                rowids.append(rowid)
             self._remember(rows)
-            return held((None,), rows)
+            return held((None,), rows, tuple(rowids) if self._returning else ())
         return Op(run)
 
     def _counters(self, keys: Sequence[CounterKey], limits: Sequence[Limit]) -> _Counters:
@@ -193,16 +199,23 @@ class BudgetStore:
         """Hold `amount_micros` on every counter, or raise `RefusedError` holding nothing."""
         return run_sync(self.engine, self.reserve_op(**kwargs))
 
-    def _hold(self, cur: Any, key: tuple[Any, ...], amount: int, limit: int) -> bool:
-        """Hold `amount` on a counter if it has room; a counter thought known but gone (its
-        batch rolled back) is made again."""
+    def _hold(self, cur: Any, key: tuple[Any, ...], amount: int, limit: int) -> int | None:
+        """Hold `amount` on a counter if it has room: its rowid (0 without RETURNING), else
+        None. A counter thought known but gone (its batch rolled back) is made again."""
         hold = (amount, *key, amount, limit)
-        if cur.execute(_SQL["hold"], hold).rowcount == 1:
-            return True
+        held = self._held(cur, hold)
+        if held is not None:
+            return held
         if cur.execute(_SQL["read_counter"], key).fetchone() is not None:
-            return False
+            return None
         cur.execute(_SQL["ensure_counter"], key)
-        return bool(cur.execute(_SQL["hold"], hold).rowcount == 1)
+        return self._held(cur, hold)
+
+    def _held(self, cur: Any, hold: tuple[Any, ...]) -> int | None:
+        if self._returning:
+            row = cur.execute(_SQL["hold_returning"], hold).fetchone()
+            return None if row is None else int(row[0])
+        return 0 if cur.execute(_SQL["hold"], hold).rowcount == 1 else None
 
     def _remember(self, keys: tuple[tuple[Any, ...], ...]) -> None:
         """Counters that exist now (a rolled-back batch may undo one: it is made again)."""
@@ -257,12 +270,23 @@ class BudgetStore:
             if still_open or booked is not None:
                 held = hold.amount_micros if still_open else 0  # else released by reconcile
                 keys = hold.rows or [self._row_key(key) for key, _ in hold.counters]
-                for i, (key, threshold) in enumerate(zip(keys, thresholds, strict=True), 1):
-                    crossing = self._settle_counter(cur, key, held, spent - (booked or 0),
-                                                    threshold)
-                    if crossing is not None:
-                        moved[0].append(i)
-                        moved[1].append(crossing)
+                if hold.rowids:  # one statement for every counter
+                    after = self._settle_counters(cur, hold.rowids, held, spent - (booked or 0))
+                    for i, (key, threshold) in enumerate(zip(keys, thresholds, strict=True), 1):
+                        row = after.get(hold.rowids[i - 1])
+                        if spent - (booked or 0) <= 0 or row is None or row[1] or row[0] < threshold:
+                            continue  # only a counter at its threshold, not yet warned, crosses
+                        crossing = self._mark_warned(cur, key, threshold)
+                        if crossing is not None:
+                            moved[0].append(i)
+                            moved[1].append(crossing)
+                else:
+                    for i, (key, threshold) in enumerate(zip(keys, thresholds, strict=True), 1):
+                        crossing = self._settle_counter(cur, key, held, spent - (booked or 0),
+                                                        threshold)
+                        if crossing is not None:
+                            moved[0].append(i)
+                            moved[1].append(crossing)
             if booked is not None:
                 self._drop_reconciled_rows(cur, hold.request_id)
             if rows:
@@ -288,6 +312,23 @@ class BudgetStore:
         cur.executemany(_SQL["unroll"], [(*r[_ROLLUP_KEYS:], *r[:_ROLLUP_KEYS]) for r in gone])
         cur.execute(_SQL["drop_reconciled"], (request_id,))
 
+    def _settle_counters(self, cur: Any, rowids: tuple[int, ...], held: int,
+                         spent: int) -> dict[int, tuple[int, bool]]:
+        """Move `held` to `spent` on counters by rowid: rowid -> (spend, warned) after."""
+        sql = _SETTLE_BY_ROWID.get(len(rowids))
+        if sql is None:
+            sql = _SETTLE_BY_ROWID[len(rowids)] = (
+                "UPDATE budget_counters SET reserved_micros = reserved_micros - ?, "
+                f"spent_micros = spent_micros + ? WHERE rowid IN ({', '.join('?' * len(rowids))}) "
+                "RETURNING rowid, spent_micros, warned")
+        return {r[0]: (r[1], r[2]) for r in cur.execute(sql, (held, spent, *rowids)).fetchall()}
+
+    def _mark_warned(self, cur: Any, key: tuple[Any, ...], threshold: int) -> int | None:
+        """The counter's spend if this settle is the one that warns of it (once per window)."""
+        if cur.execute(_SQL["mark_warned"], (*key, threshold)).rowcount != 1:
+            return None
+        return int(cur.execute(_SQL["read_counter"], key).fetchone()[0])
+
     def _settle_counter(self, cur: Any, key: tuple[Any, ...], held: int, spent: int,
                         threshold: int) -> int | None:
         """Move `held` to `spent` on a counter; its spend if it crossed its warn threshold
@@ -301,9 +342,7 @@ class BudgetStore:
             cur.execute(_SQL["settle_counter"], (held, spent, *key))
             if spent <= 0:
                 return None
-        if cur.execute(_SQL["mark_warned"], (*key, threshold)).rowcount != 1:
-            return None
-        return int(cur.execute(_SQL["read_counter"], key).fetchone()[0])
+        return self._mark_warned(cur, key, threshold)
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -411,6 +450,8 @@ def _reconciled_rollup() -> str:
             f"WHERE {_RECONCILED_ROWS.format(n='n.')}")
 
 
+_SETTLE_BY_ROWID: dict[int, str] = {}  # number of counters -> its statement
+
 _SQL = {
     "insert_reservation": (
         "INSERT INTO reservations (request_id, created_at, state, amount_micros, agent_id, "
@@ -420,6 +461,8 @@ _SQL = {
         "reserved_micros, warned) VALUES (?, ?, ?, ?, 0, 0, FALSE) ON CONFLICT DO NOTHING"),
     "hold": (f"UPDATE budget_counters SET reserved_micros = reserved_micros + ? WHERE "
              f"{_WHERE_KEY} AND spent_micros + reserved_micros + ? <= ?"),
+    "hold_returning": (f"UPDATE budget_counters SET reserved_micros = reserved_micros + ? WHERE "
+                       f"{_WHERE_KEY} AND spent_micros + reserved_micros + ? <= ? RETURNING rowid"),
     "read_counter": f"SELECT spent_micros, reserved_micros FROM budget_counters WHERE {_WHERE_KEY}",
     "close_reservation": ("UPDATE reservations SET state = ?, settled_micros = ? "
                           "WHERE request_id = ? AND state = 'open'"),
