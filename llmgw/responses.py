@@ -200,9 +200,10 @@ def usage_of(response: Any) -> Usage:
         return Usage()
     details = getattr(u, "prompt_tokens_details", None)
     cached = getattr(details, "cached_tokens", None) if details is not None else None
-    return Usage(prompt_tokens=int(getattr(u, "prompt_tokens", 0) or 0),
-                 completion_tokens=int(getattr(u, "completion_tokens", 0) or 0),
-                 cached_tokens=int(cached or 0))
+    return Usage.model_construct(  # ints already: nothing for pydantic to check
+        prompt_tokens=int(getattr(u, "prompt_tokens", 0) or 0),
+        completion_tokens=int(getattr(u, "completion_tokens", 0) or 0),
+        cached_tokens=int(cached or 0))
 
 
 def _pieces(text: str, size: int = 24) -> list[str]:

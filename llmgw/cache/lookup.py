@@ -87,7 +87,8 @@ class CacheStep:
         if lookup.key is None or self.cache is None or not (completion.content
                                                             or completion.tool_calls):
             return
-        answer = CachedAnswer(
+        # Every value comes from a validated Completion: built as it is, not checked again.
+        answer = CachedAnswer.model_construct(
             content=completion.content, tool_calls=completion.tool_calls,
             finish_reason=completion.finish_reason, usage=completion.usage,
             cost_micros=completion.cost_micros, model_group=completion.model_group,
