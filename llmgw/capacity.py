@@ -324,8 +324,9 @@ class MemoryStore:
 class Admission:
     """One request's state at the gate, kept on its trace."""
 
-    # Unique across processes sharing the Redis queue; llmgw's ids need no syscall (ids.py).
-    waiter: str = field(default_factory=new_request_id)
+    # Unique across processes sharing the Redis queue (ids.py); made at the request's first
+    # admission: most requests never meet a limited deployment.
+    waiter: str = ""
     deadline: float | None = None  # monotonic; set at its first wait
     waited_s: float = 0.0
     leases: list[Lease] = field(default_factory=list)
@@ -371,6 +372,8 @@ class CapacityGate:
         pairs = [(ids[i], self.limits.get(ids[i], Limits())) for i in order]
         mode = "first" if ordered else "least"
         lease_id = new_request_id()
+        if not adm.waiter:
+            adm.waiter = new_request_id()
         started = time.monotonic()
         if adm.deadline is None:
             adm.deadline = started + self.max_wait_s
