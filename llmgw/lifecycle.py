@@ -283,6 +283,8 @@ class RequestLifecycle:
                         f"{str(exc).splitlines()[0][:300] if str(exc) else ''}",
                         hint="Check the ledger database; `llmgw db reconcile` settles what "
                              "was left open.")
+                if error is not exc:
+                    error.__cause__ = exc
                 error.completion = completion  # paid for: keep it
                 error.request_id = ctx.request_id
                 self._finished(attempts, completion, saved_micros, error_class, written=False)
