@@ -270,23 +270,23 @@ class BudgetStore:
             if still_open or booked is not None:
                 held = hold.amount_micros if still_open else 0  # else released by reconcile
                 keys = hold.rows or [self._row_key(key) for key, _ in hold.counters]
-                if hold.rowids:  # one statement for every counter
-                    after = self._settle_counters(cur, hold.rowids, held, spent - (booked or 0))
-                    for i, (key, threshold) in enumerate(zip(keys, thresholds, strict=True), 1):
-                        row = after.get(hold.rowids[i - 1])
-                        if spent - (booked or 0) <= 0 or row is None or row[1] or row[0] < threshold:
-                            continue  # only a counter at its threshold, not yet warned, crosses
-                        crossing = self._mark_warned(cur, key, threshold)
-                        if crossing is not None:
-                            moved[0].append(i)
-                            moved[1].append(crossing)
-                else:
-                    for i, (key, threshold) in enumerate(zip(keys, thresholds, strict=True), 1):
-                        crossing = self._settle_counter(cur, key, held, spent - (booked or 0),
-                                                        threshold)
-                        if crossing is not None:
-                            moved[0].append(i)
-                            moved[1].append(crossing)
+                net = spent - (booked or 0)
+                if hold.rowids:  # one statement for every counter; what each reads after
+                    after = self._settle_counters(cur, hold.rowids, held, net)
+                    now = [after.get(rowid) for rowid in hold.rowids]
+                else:  # SQLite before 3.35 (no RETURNING): one statement a counter
+                    for key in keys:
+                        cur.execute(_SQL["settle_counter"], (held, net, *key))
+                    now = [None] * len(keys)
+                for i, (key, threshold, row) in enumerate(zip(keys, thresholds, now, strict=True), 1):
+                    # Only a counter at its threshold and not yet warned can cross; without
+                    # RETURNING the mark's own condition decides.
+                    if net <= 0 or (row is not None and (row[1] or row[0] < threshold)):
+                        continue
+                    crossing = self._mark_warned(cur, key, threshold)
+                    if crossing is not None:
+                        moved[0].append(i)
+                        moved[1].append(crossing)
             if booked is not None:
                 self._drop_reconciled_rows(cur, hold.request_id)
             if rows:
@@ -328,21 +328,6 @@ class BudgetStore:
         if cur.execute(_SQL["mark_warned"], (*key, threshold)).rowcount != 1:
             return None
         return int(cur.execute(_SQL["read_counter"], key).fetchone()[0])
-
-    def _settle_counter(self, cur: Any, key: tuple[Any, ...], held: int, spent: int,
-                        threshold: int) -> int | None:
-        """Move `held` to `spent` on a counter; its spend if it crossed its warn threshold
-        now (exactly one process sees that: once per window), else None."""
-        if self._returning:
-            row = cur.execute(_SQL["settle_counter_returning"], (held, spent, *key)).fetchone()
-            # Only a counter at its threshold and not yet warned can cross.
-            if spent <= 0 or row is None or row[1] or row[0] < threshold:
-                return None
-        else:
-            cur.execute(_SQL["settle_counter"], (held, spent, *key))
-            if spent <= 0:
-                return None
-        return self._mark_warned(cur, key, threshold)
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -414,8 +399,6 @@ _PG_RESERVE = "SELECT o_index, o_refused, o_spent, o_reserved FROM llmgw_reserve
 _PG_SETTLE = "SELECT o_index, o_crossed, o_crossed_spent FROM llmgw_settle_many(%s::json)"
 # SQLite's reserve and settle.
 _WHERE_KEY = "scope = ? AND scope_id = ? AND period = ? AND period_start = ?"
-_SETTLE = ("UPDATE budget_counters SET reserved_micros = reserved_micros - ?, "
-           f"spent_micros = spent_micros + ? WHERE {_WHERE_KEY}")
 # The rollup (migration 0003) as its SQLite trigger adds a row: these are its key, measures
 # and request credits (1 for the first row of its request, or the first with that column's
 # value, counted over the rows with a lower id). Taking a row out subtracts the same.
@@ -466,8 +449,8 @@ _SQL = {
     "read_counter": f"SELECT spent_micros, reserved_micros FROM budget_counters WHERE {_WHERE_KEY}",
     "close_reservation": ("UPDATE reservations SET state = ?, settled_micros = ? "
                           "WHERE request_id = ? AND state = 'open'"),
-    "settle_counter": _SETTLE,
-    "settle_counter_returning": _SETTLE + " RETURNING spent_micros, warned",
+    "settle_counter": ("UPDATE budget_counters SET reserved_micros = reserved_micros - ?, "
+                       f"spent_micros = spent_micros + ? WHERE {_WHERE_KEY}"),
     "mark_warned": (f"UPDATE budget_counters SET warned = TRUE WHERE {_WHERE_KEY} "
                     "AND warned = FALSE AND spent_micros >= ?"),
     # A late settle after a reconcile (SQLite; PostgreSQL: `llmgw_take_back`, migration 0008).

@@ -55,10 +55,6 @@ class AsyncPostgres:
         self._used: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
         self._closing: set[asyncio.Task[None]] = set()
 
-    async def call(self, call: Call, *, alone: bool = False) -> Any:
-        """`call`'s result row (without its index): `start`, awaited."""
-        return await self.start(call, _row, alone=alone)
-
     def start(self, call: Call, then: Callable[[Any], T], *,
               alone: bool = False) -> asyncio.Future[T]:
         """`then(call's result row)`, as a future. A caller `alone` (the only request in
@@ -191,7 +187,3 @@ class AsyncPostgres:
                 task = loop.create_task(pool.close())
                 self._closing.add(task)  # a reference until it has run
                 task.add_done_callback(self._closing.discard)
-
-
-def _row(row: Any) -> Any:
-    return row

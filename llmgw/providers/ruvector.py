@@ -68,6 +68,7 @@ from llmgw.providers.ruvector_wire import (  # noqa: E402
     str_or_none,
     stream_chunks,
     to_model_response,
+    transport_error,
 )
 
 MODELS = ("auto", "fast", "quality", "balanced")
@@ -360,12 +361,8 @@ class RuVectorLLM(CustomLLM):
         who = f"Ollama fallback at {base} ({reason})"
         try:
             response = yield HttpCall("POST", f"{base}/api/chat", body, settings.timeout())
-        except UNREACHABLE as exc:
-            raise RuVectorError(503, f"{who} is unreachable too ({type(exc).__name__})") from None
-        except httpx.TimeoutException:
-            raise RuVectorError(408, f"{who}: Request timed out") from None
         except httpx.HTTPError as exc:
-            raise RuVectorError(500, f"{who}: connection failed ({type(exc).__name__})") from None
+            raise transport_error(exc, who, again=True) from None
         data = json_answer(response, who)
         message = data.get("message")
         text = message.get("content") if isinstance(message, dict) else None

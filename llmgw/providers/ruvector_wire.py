@@ -175,16 +175,23 @@ def json_answer(response: httpx.Response, who: str) -> dict[str, Any]:
     return data
 
 
+def transport_error(exc: httpx.HTTPError, who: str, *, again: bool = False) -> RuVectorError:
+    """A call that got no answer, as the status the Router acts on: unreachable 503, timed
+    out 408, cut off 500. `again`: an earlier server was unreachable as well."""
+    if isinstance(exc, UNREACHABLE):
+        return RuVectorError(503, f"{who} is unreachable{' too' if again else ''} "
+                                  f"({type(exc).__name__})")
+    if isinstance(exc, httpx.TimeoutException):
+        return RuVectorError(408, f"{who}: Request timed out")
+    return RuVectorError(500, f"{who}: connection failed ({type(exc).__name__})")
+
+
 def checked(call: HttpCall, who: str) -> Generator[HttpCall, httpx.Response, None]:
     """A one-call flow that only checks the status (feedback)."""
     try:
         response = yield call
-    except UNREACHABLE as exc:
-        raise RuVectorError(503, f"{who} is unreachable ({type(exc).__name__})") from None
-    except httpx.TimeoutException:
-        raise RuVectorError(408, f"{who}: Request timed out") from None
     except httpx.HTTPError as exc:
-        raise RuVectorError(500, f"{who}: connection failed ({type(exc).__name__})") from None
+        raise transport_error(exc, who) from None
     if not 200 <= response.status_code < 300:
         raise _http_error(response, who)
 
