@@ -147,11 +147,19 @@ class CompletionRequest(BaseModel):
 
 
 class Usage(BaseModel):
-    """Token counts as the serving provider reported them."""
+    """Token counts as the serving provider reported them, in one shape for every dialect.
+
+    `prompt_tokens` is every input token, cache reads and writes included (OpenAI's sense;
+    Anthropic's `input_tokens` excludes both). `cached_tokens` are cache reads;
+    `cache_write_tokens` are cache writes, of which `cache_write_1h_tokens` at the 1-hour TTL;
+    `reasoning_tokens` are inside `completion_tokens` (OpenAI's and Anthropic's sense)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

@@ -1,0 +1,1 @@
+"""Wire dialects: what each API the gateway speaks brings to the one pipeline."""
