@@ -45,6 +45,10 @@ class RequestContext:
     agent_type: str | None
     project_id: str
     stream: bool = False
+    session_id: str | None = None  # the agent run (Claude Code's session, X-LLMGW-Session)
+    end_user: str | None = None  # who the caller says it acts for (`user`, metadata.user_id)
+    requested_model: str | None = None  # the model name the client asked for (an alias)
+    dialect: str = "chat"  # the wire dialect: chat, anthropic, responses
 
 
 def usage_row(ctx: RequestContext, attempt: Attempt, *, ts: datetime, saved_micros: int = 0,
