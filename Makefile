@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test install redis chromium model migrate bench lint clean
+.PHONY: demo test install redis chromium model migrate bench lint clean clients
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "llmgw needs Python >= 3.11; set PYTHON=python3.11")'
@@ -45,11 +45,27 @@ chromium:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo 'chromium is not installed: run `make test` as root or `apt-get install chromium`' >&2; exit 1; fi; }
 
+# Real clients for tests/e2e (Claude Code, the Anthropic TypeScript SDK): pinned by
+# tests/clients/package-lock.json, installed once per machine into .cache/clients with npm ci.
+# The stamp holds the lockfile's sha256: a changed lockfile reinstalls, an unchanged one does nothing.
+CLIENTS     := .cache/clients
+CLIENTS_SRC := tests/clients
+
+clients:
+	@command -v npm >/dev/null 2>&1 || { echo 'npm is not installed: install Node.js 20+ with npm (`apt-get install nodejs npm`)' >&2; exit 1; }
+	@sha=$$(sha256sum $(CLIENTS_SRC)/package-lock.json | cut -d' ' -f1); \
+	if [ "$$(cat $(CLIENTS)/.lock-sha256 2>/dev/null)" = "$$sha" ] && [ -x $(CLIENTS)/node_modules/.bin/claude ]; then exit 0; fi; \
+	echo "Installing the test clients into $(CLIENTS) (npm ci, pinned by $(CLIENTS_SRC)/package-lock.json)"; \
+	rm -rf $(CLIENTS) && mkdir -p $(CLIENTS) \
+	  && cp $(CLIENTS_SRC)/package.json $(CLIENTS_SRC)/package-lock.json $(CLIENTS_SRC)/.npmrc $(CLIENTS)/ \
+	  && (cd $(CLIENTS) && npm ci --no-audit --no-fund --loglevel=error) \
+	  && echo "$$sha" > $(CLIENTS)/.lock-sha256
+
 lint: install
 	$(BIN)/ruff check llmgw migrations tests bench
 	$(BIN)/mypy
 
-test: install lint redis chromium model
+test: install lint redis chromium model clients
 	$(BIN)/python -m pytest -q -n 2 --durations=25
 
 bench: install redis
