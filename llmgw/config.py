@@ -313,6 +313,9 @@ class GatewaySettings(BaseModel):
     agent_types: dict[str, str | AgentTypeRouting] = Field(default_factory=dict)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     agents: dict[str, str] = Field(default_factory=dict, description="agent_id -> agent type")
+    model_aliases: dict[str, str] = Field(default_factory=dict, description=(
+        "client model name or fnmatch pattern (claude-*haiku*) -> model group; an exact group "
+        "name always wins, then the patterns in file order (llmgw.aliases)"))
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
@@ -399,6 +402,13 @@ class Config(BaseModel):
             if group not in groups:
                 raise ValueError(f"llmgw.agent_types.{agent_type} -> {group!r} is not a model "
                                  f"group (known: {known})")
+        for alias, group in s.model_aliases.items():
+            if group not in groups:
+                raise ValueError(f"llmgw.model_aliases.{alias} -> {group!r} is not a model "
+                                 f"group (known: {known})")
+            if alias in groups:
+                raise ValueError(f"llmgw.model_aliases.{alias}: {alias!r} is a model group "
+                                 "itself, and a group's own name always wins: remove the alias")
         for agent_type, limits in s.budgets.agent_types.items():
             if limits.downgrade_to and limits.downgrade_to not in groups:
                 raise ValueError(f"llmgw.budgets.agent_types.{agent_type}.downgrade_to -> "
