@@ -6,11 +6,14 @@ a YAML file or a compact CLI string such as ``"429:retry_after=2,times=1"``.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Self
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 FaultKind = Literal["http_error", "latency", "timeout", "drop", "malformed"]
@@ -83,9 +86,41 @@ class ToolCall(BaseModel):
     name: str | None = None
     arguments: dict[str, Any] = Field(default_factory=dict)
 
+    @classmethod
+    def parse(cls, spec: str) -> ToolCall:
+        """Parse a CLI tool call: ``NAME=JSON-OBJECT`` (``Bash={"command":"ls"}``) or ``NAME``."""
+        name, sep, arguments = spec.partition("=")
+        name = name.strip()
+        if not name:
+            raise ValueError(f"expected NAME=JSON, got {spec!r}")
+        if not sep or not arguments.strip():
+            return cls(name=name)
+        try:
+            parsed = json.loads(arguments)
+        except ValueError as exc:
+            raise ValueError(f"the arguments of {name!r} are not JSON ({exc}) in {spec!r}") from None
+        if not isinstance(parsed, dict):
+            raise ValueError(f"the arguments of {name!r} must be a JSON object, got {arguments!r}")
+        return cls(name=name, arguments=parsed)
+
 
 class FaultPlan(BaseModel):
-    """Faults plus the answer and usage a simulator gives when no fault decides."""
+    """Faults plus the answer and usage a simulator gives when no fault decides.
+
+    ``tool_call`` answers every request that offers tools with that call. ``tool_loop`` is
+    a scripted agent: a request offering one of its tools (the first that matches) gets that
+    call, unless the last turn holds tool results; then the answer is text quoting them
+    (``"The tool returned: <text>"``), so a real agent's tool loop ends after one round.
+    Requests offering none of the tools get plain text.
+
+    Usage: ``cached_tokens`` are prompt tokens read from the cache, ``cache_write_5m_tokens``
+    and ``cache_write_1h_tokens`` prompt tokens written to it at each TTL (providers that
+    report writes; Anthropic's ``input_tokens`` excludes reads and writes).
+
+    Thinking (Anthropic, when the request asks for it): ``thinking`` is the text of the
+    thinking block (default: generated), ``redact_thinking`` sends a ``redacted_thinking``
+    block instead.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -95,7 +130,12 @@ class FaultPlan(BaseModel):
     prompt_tokens: int | None = Field(default=None, ge=0)
     completion_tokens: int | None = Field(default=None, ge=0)
     cached_tokens: int = Field(default=0, ge=0)
+    cache_write_5m_tokens: int = Field(default=0, ge=0)
+    cache_write_1h_tokens: int = Field(default=0, ge=0)
     tool_call: ToolCall | None = None
+    tool_loop: list[ToolCall] = Field(default_factory=list)
+    thinking: str | None = None
+    redact_thinking: bool = False
     # A wrong key's 401 quotes the key, as OpenAI's does (simulators that model it).
     echo_key: bool = False
 
@@ -105,6 +145,24 @@ class FaultPlan(BaseModel):
         items = [specs] if isinstance(specs, str) else list(specs)
         faults = [Fault.parse(s) for item in items for s in item.split(";") if s.strip()]
         return cls(faults=faults, **plan)
+
+    @classmethod
+    def load(cls, path: str | Path) -> FaultPlan:
+        """A plan from a YAML (or JSON) file holding this model's fields.
+
+        Faults may be given as CLI strings too (``faults: ["429:times=1"]``), tool-loop
+        entries as ``NAME=JSON`` strings (``tool_loop: ['Bash={"command": "ls"}']``).
+        """
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of plan fields, got {type(data).__name__}")
+        if isinstance(data.get("faults"), list):
+            data["faults"] = [Fault.parse(f) if isinstance(f, str) else f for f in data["faults"]]
+        if isinstance(data.get("tool_loop"), list):
+            data["tool_loop"] = [ToolCall.parse(t) if isinstance(t, str) else t for t in data["tool_loop"]]
+        return cls.model_validate(data)
 
     @classmethod
     def error(

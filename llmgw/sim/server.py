@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Self
 
 from aiohttp import web
 
-from llmgw.sim.faults import Decision, FaultPlan, FaultState
+from llmgw.sim.faults import Decision, FaultPlan, FaultState, ToolCall
 from llmgw.sim.load import LoadMeter, ModelLoad
 
 _START_TIMEOUT_S = 10.0
@@ -49,9 +49,11 @@ class RecordedResponse:
     """What a simulator answered (or how it failed) for one request.
 
     ``usage`` is the provider-native usage object exactly as sent; the token fields are
-    the same numbers in provider-neutral form (prompt tokens include cached ones).
-    ``status`` 0 means no HTTP response was sent (dropped, or the client gave up first);
-    ``fault`` names the fault that decided, if any. ``elapsed_s`` runs from receipt to the
+    the same numbers in provider-neutral form (prompt tokens include cache reads and
+    writes). ``thinking`` is the thinking text sent (``redacted_thinking``: a redacted block
+    was sent instead). ``status`` 0 means no HTTP response was sent (dropped, or the client
+    gave up first); ``fault`` names the fault that decided, if any, or the check that
+    refused the request (``"invalid_thinking"``). ``elapsed_s`` runs from receipt to the
     last byte, the drop or the give-up.
     """
 
@@ -65,10 +67,21 @@ class RecordedResponse:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cached_tokens: int | None = None
+    cache_write_5m_tokens: int | None = None
+    cache_write_1h_tokens: int | None = None
+    thinking: str | None = None
+    redacted_thinking: bool = False
     fault: str | None = None
     delay_s: float = 0.0
     chunks: int = 0
     elapsed_s: float = 0.0
+
+    @property
+    def cache_write_tokens(self) -> int | None:
+        """Prompt tokens written to the cache, both TTLs."""
+        if self.cache_write_5m_tokens is None or self.cache_write_1h_tokens is None:
+            return None
+        return self.cache_write_5m_tokens + self.cache_write_1h_tokens
 
 
 @dataclass
@@ -80,7 +93,11 @@ class Reply:
     tool_call: dict[str, Any] | None  # {"id", "name", "arguments": dict}
     prompt_tokens: int
     completion_tokens: int
-    cached_tokens: int
+    cached_tokens: int  # cache reads
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    thinking: str | None = None  # the thinking text, when the request asked for thinking
+    redacted_thinking: bool = False  # send the thinking as a redacted block
     id: str = field(default_factory=lambda: secrets.token_hex(12))
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -106,6 +123,11 @@ def collect_text(value: Any) -> list[str]:
             return [value["text"]]
         return collect_text(value.get("content"))
     return []
+
+
+def tool_result_answer(results: list[str]) -> str:
+    """The tool loop's answer to a turn holding tool results: they are quoted verbatim."""
+    return "The tool returned: " + "\n".join(results)
 
 
 def count_tokens(text: str) -> int:
@@ -366,6 +388,28 @@ class SimServer:
                 return " ".join(collect_text(message.get("content")))
         return ""
 
+    def tool_results(self, body: dict[str, Any]) -> list[str] | None:
+        """The texts of the tool results closing the conversation, None if it ends otherwise.
+
+        OpenAI's shape (trailing ``role: tool`` messages), shared by others that use it.
+        """
+        messages = body.get("messages")
+        results: list[str] = []
+        for message in reversed(messages if isinstance(messages, list) else []):
+            if not isinstance(message, dict) or message.get("role") != "tool":
+                break
+            results.insert(0, "\n".join(collect_text(message.get("content"))))
+        return results or None
+
+    def wants_thinking(self, body: dict[str, Any]) -> bool:
+        """Whether the request asks for a thinking block (providers that have them)."""
+        return False
+
+    def thinking_error(self, body: dict[str, Any]) -> str | None:
+        """A 400 message when the conversation's thinking blocks break the provider's rules
+        (not issued by this server, edited, missing before a tool use), else None."""
+        return None
+
     def json_body(self, reply: Reply, body: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -411,31 +455,57 @@ class SimServer:
         tool_call = None
         answer: str | None = None
         offered = self.offered_tools(body)
-        if plan.tool_call is not None and offered:
-            name = plan.tool_call.name or offered[0]
-            tool_call = {"id": self.tool_call_id(), "name": name, "arguments": dict(plan.tool_call.arguments)}
+        call = self._pick_tool_call(body, plan, offered)
+        if call is not None:
+            name = call.name or offered[0]
+            tool_call = {"id": self.tool_call_id(), "name": name, "arguments": dict(call.arguments)}
             generated = json.dumps(tool_call["arguments"])
         else:
-            answer = (
-                plan.answer
-                if plan.answer is not None
-                else f"Simulated answer to: {self.last_user_text(body)[:60]}"
-            )
+            results = self.tool_results(body) if plan.tool_loop else None
+            if results is not None:
+                answer = tool_result_answer(results)
+            elif plan.answer is not None:
+                answer = plan.answer
+            else:
+                answer = f"Simulated answer to: {self.last_user_text(body)[:60]}"
             generated = answer
+        thinking = None
+        if self.wants_thinking(body):
+            thinking = plan.thinking or f"Simulated thinking about: {self.last_user_text(body)[:60]}"
+            if not plan.redact_thinking:  # a redacted block's tokens are not shown, nor counted here
+                generated = f"{thinking} {generated}"
         prompt = (
             plan.prompt_tokens
             if plan.prompt_tokens is not None
             else count_tokens(" ".join(self.prompt_texts(body)))
         )
         completion = plan.completion_tokens if plan.completion_tokens is not None else count_tokens(generated)
+        # Reads, then writes, never more than the prompt holds.
+        cached = min(plan.cached_tokens, prompt)
+        write_5m = min(plan.cache_write_5m_tokens, prompt - cached)
+        write_1h = min(plan.cache_write_1h_tokens, prompt - cached - write_5m)
         return Reply(
             model=model if isinstance(model, str) else "",
             answer=answer,
             tool_call=tool_call,
             prompt_tokens=prompt,
             completion_tokens=completion,
-            cached_tokens=min(plan.cached_tokens, prompt),
+            cached_tokens=cached,
+            cache_write_5m_tokens=write_5m,
+            cache_write_1h_tokens=write_1h,
+            thinking=thinking,
+            redacted_thinking=thinking is not None and plan.redact_thinking,
         )
+
+    def _pick_tool_call(self, body: dict[str, Any], plan: FaultPlan, offered: list[str]) -> ToolCall | None:
+        """The tool call to answer with: the plan's ``tool_call``, else the tool loop's."""
+        if not offered:
+            return None
+        if plan.tool_call is not None:
+            return plan.tool_call
+        if not plan.tool_loop or self.tool_results(body) is not None:
+            return None
+        return next((c for c in plan.tool_loop if c.name is None or c.name in offered), None)
 
     async def handle_generation(self, request: web.Request) -> web.StreamResponse:
         """The shared request pipeline: record, auth, validate, faults, answer."""
@@ -450,9 +520,13 @@ class SimServer:
         problem = self.validate(request, body)
         if problem is not None:
             return self._error(rec, started, 400, self.error_body(400, problem))
+        rec.update(model=body.get("model"), stream=self.wants_stream(body))
+        problem = self.thinking_error(body)
+        if problem is not None:
+            rec["fault"] = "invalid_thinking"
+            return self._error(rec, started, 400, self.error_body(400, problem))
 
         state = self._state  # one plan for the whole request even if set_plan runs meanwhile
-        rec.update(model=body.get("model"), stream=self.wants_stream(body))
         decision = state.decide(rec["model"])
         rec.update(fault=decision.kind, delay_s=decision.delay_s)
         try:
@@ -504,6 +578,10 @@ class SimServer:
             prompt_tokens=reply.prompt_tokens,
             completion_tokens=reply.completion_tokens,
             cached_tokens=reply.cached_tokens,
+            cache_write_5m_tokens=reply.cache_write_5m_tokens,
+            cache_write_1h_tokens=reply.cache_write_1h_tokens,
+            thinking=None if reply.redacted_thinking else reply.thinking,
+            redacted_thinking=reply.redacted_thinking,
         )
         headers = self.response_headers(reply)
         if not rec["stream"]:
