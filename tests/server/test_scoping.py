@@ -27,18 +27,18 @@ def test_agent_key_cannot_name_another_agent_or_project(running):
     key = running.key(project="proj-a", agent="dev-1")
     for headers, kwargs, code in (
             ({"X-LLMGW-Agent": "dev-2"}, {}, "agent_not_allowed"),
-            ({}, {"user": "dev-2"}, "agent_not_allowed"),
             ({"X-LLMGW-Project": "proj-b"}, {}, "project_not_allowed")):
         with pytest.raises(openai.PermissionDeniedError) as info:
             client(running, key, **headers).chat.completions.create(model="backup",
                                                                     messages=HI, **kwargs)
         assert info.value.code == code
     assert ledger_rows(running.ledger_url) == []
-    # naming itself is fine
+    # naming itself is fine; the body's `user` is the end user, never another agent
     client(running, key, **{"X-LLMGW-Agent": "dev-1"}).chat.completions.create(
         model="backup", messages=HI, user="dev-1")
-    (row,) = ledger_rows(running.ledger_url)
-    assert (row["project_id"], row["agent_id"]) == ("proj-a", "dev-1")
+    client(running, key).chat.completions.create(model="backup", messages=HI, user="dev-2")
+    rows = ledger_rows(running.ledger_url)
+    assert [(r["project_id"], r["agent_id"]) for r in rows] == [("proj-a", "dev-1")] * 2
 
 
 def test_any_agent_key_needs_an_agent_from_user_or_header(running):
