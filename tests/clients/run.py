@@ -1,0 +1,127 @@
+"""Run the real clients that `make clients` installs into .cache/clients: Claude Code headless and
+the Anthropic TypeScript SDK scripts beside this file.
+
+Claude Code is set up the way its own LLM-gateway docs set up a gateway: `ANTHROPIC_BASE_URL`,
+an ordinary key in `ANTHROPIC_API_KEY` (sent as `x-api-key`), and
+`CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1` (its docs: the same as `DISABLE_AUTOUPDATER`,
+`DISABLE_BUG_COMMAND`, `DISABLE_ERROR_REPORTING` and `DISABLE_TELEMETRY` together). Without it,
+2.1.332 sends `HEAD /api/hello` to the base URL and looks up api.anthropic.com for telemetry,
+whatever `DISABLE_TELEMETRY` says. Nothing else: the environment is built from scratch (the
+caller's `ANTHROPIC_*` or `CLAUDE*` variables never leak in) and HOME is a fresh directory,
+which is all `claude -p` needs (it writes its own ~/.claude.json; an API key needs no approval
+there in print mode).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+CLIENTS_SRC = Path(__file__).resolve().parent
+CLIENTS_DIR = REPO / ".cache" / "clients"
+CLAUDE = CLIENTS_DIR / "node_modules" / ".bin" / "claude"
+STAMP = CLIENTS_DIR / ".lock-sha256"
+
+# Claude Code's switch for "no traffic but the model's": no telemetry, error reports, update checks.
+QUIET_ENV = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+# `--dangerously-skip-permissions` and `--permission-mode bypassPermissions` refuse to run as root;
+# naming the tool is enough for -p to run it without asking, as root or not.
+BASH_ALLOWED = ("--allowedTools", "Bash")
+
+
+class ClientsMissing(RuntimeError):
+    """The pinned clients are not installed (or not the lockfile's versions)."""
+
+
+def clients_problem() -> str | None:
+    """Why the clients cannot run, as what to do next; None when they are installed as pinned."""
+    lock = hashlib.sha256((CLIENTS_SRC / "package-lock.json").read_bytes()).hexdigest()
+    if not CLAUDE.exists():
+        return f"the test clients are not installed in {CLIENTS_DIR}: run `make clients`"
+    if not STAMP.exists() or STAMP.read_text().strip() != lock:
+        return (f"the test clients in {CLIENTS_DIR} are not tests/clients/package-lock.json's versions: "
+                "run `make clients`")
+    if shutil.which("node") is None:
+        return "node is not on PATH: install Node.js 20+ (`apt-get install nodejs npm`), then `make clients`"
+    return None
+
+
+def require_clients() -> None:
+    problem = clients_problem()
+    if problem is not None:
+        raise ClientsMissing(problem)
+
+
+@dataclass
+class ClaudeResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    home: Path
+
+    @property
+    def json(self) -> dict[str, Any]:
+        """`--output-format json`'s result object (`result`, `session_id`, `usage`, `is_error`...)."""
+        try:
+            data = json.loads(self.stdout)
+        except ValueError as exc:
+            raise AssertionError(f"claude printed no JSON (exit {self.returncode}): {self.stdout!r} "
+                                 f"stderr: {self.stderr!r}") from exc
+        assert isinstance(data, dict), data
+        return data
+
+
+def claude_env(*, base_url: str, api_key: str, home: Path,
+               env_extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The whole environment Claude Code runs with: a gateway, a key, nonessential traffic off."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LANG": "C.UTF-8",
+           "SHELL": shutil.which("bash") or "/bin/sh", "ANTHROPIC_BASE_URL": base_url,
+           "ANTHROPIC_API_KEY": api_key, **QUIET_ENV}
+    env.update(env_extra or {})
+    return env
+
+
+def claude_code(prompt: str, *, base_url: str, api_key: str, cwd: Path, args: tuple[str, ...] = (),
+                env_extra: dict[str, str] | None = None, home: Path | None = None,
+                timeout: float = 180.0) -> ClaudeResult:
+    """`claude -p PROMPT --output-format json [args]` in `cwd`, HOME a fresh temp dir unless given."""
+    require_clients()
+    home = home or Path(tempfile.mkdtemp(prefix="claude-home-"))
+    proc = subprocess.run([str(CLAUDE), "-p", prompt, "--output-format", "json", *args],
+                          env=claude_env(base_url=base_url, api_key=api_key, home=home, env_extra=env_extra),
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return ClaudeResult(proc.returncode, proc.stdout, proc.stderr, home)
+
+
+def node_script(name: str, env: dict[str, str], timeout: float = 120.0) -> dict[str, Any]:
+    """Run tests/clients/NAME.mjs with node and return the one JSON object it prints.
+
+    The script is copied into .cache/clients first, so its bare `@anthropic-ai/sdk` import resolves
+    to the pinned install (ES modules resolve from the importing file, not NODE_PATH)."""
+    require_clients()
+    source = CLIENTS_SRC / f"{name}.mjs"
+    scripts = CLIENTS_DIR / "scripts"
+    scripts.mkdir(exist_ok=True)
+    target = scripts / source.name
+    shutil.copyfile(source, target)
+    node = shutil.which("node")
+    assert node is not None
+    proc = subprocess.run([node, str(target)], env={"PATH": os.environ.get("PATH", ""), **env},
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise AssertionError(f"{name}.mjs exited {proc.returncode}: stdout {proc.stdout!r} "
+                             f"stderr {proc.stderr!r}")
+    try:
+        data = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError) as exc:
+        raise AssertionError(f"{name}.mjs printed no JSON object: {proc.stdout!r} {proc.stderr!r}") from exc
+    assert isinstance(data, dict), data
+    return data
