@@ -107,11 +107,11 @@ def node_script(name: str, env: dict[str, str], timeout: float = 120.0) -> dict[
     The script is copied into .cache/clients first, so its bare `@anthropic-ai/sdk` import resolves
     to the pinned install (ES modules resolve from the importing file, not NODE_PATH)."""
     require_clients()
-    source = CLIENTS_SRC / f"{name}.mjs"
     scripts = CLIENTS_DIR / "scripts"
     scripts.mkdir(exist_ok=True)
-    target = scripts / source.name
-    shutil.copyfile(source, target)
+    for source in CLIENTS_SRC.glob("*.mjs"):  # the script and the module it shares with the others
+        shutil.copyfile(source, scripts / source.name)
+    target = scripts / f"{name}.mjs"
     node = shutil.which("node")
     assert node is not None
     proc = subprocess.run([node, str(target)], env={"PATH": os.environ.get("PATH", ""), **env},
