@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -18,37 +18,34 @@ from llmgw.budgets import BudgetPolicy
 from llmgw.cache import Cache
 from llmgw.cache.lookup import CacheLookup, CacheStep
 from llmgw.config import Config, load_config
+from llmgw.dialects.anthropic import MESSAGES, messages_call
+from llmgw.dialects.base import Call, Dialect, Served
+from llmgw.dialects.chat import CHAT, chat_call
+from llmgw.errors import InvalidRequest
 from llmgw.ids import new_request_id
 from llmgw.ledger.budget_store import BudgetStore
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.migrate import ensure_current
 from llmgw.ledger.store import LedgerStore, RequestContext, utcnow
-from llmgw.lifecycle import RequestLifecycle
+from llmgw.lifecycle import FirstAnswerFreeze, PipelineServices, RequestLifecycle
 from llmgw.observe.events import EventBus, Handler
 from llmgw.observe.health import DeploymentHealth, DeploymentStats, StatsCollector, probe
 from llmgw.observe.metrics import PrometheusMetrics
 from llmgw.observe.tracing import PARENT_SPAN_KEY, make_tracing
 from llmgw.planner import BudgetPlanner
 from llmgw.redact import Redactor, install_log_filter
-from llmgw.responses import (
-    StreamAccumulator,
-    cached_completion,
-    completion_of,
-    replay,
-    stream_completion,
-)
+from llmgw.responses import cached_completion
 from llmgw.router import REQUEST_ID_KEY, build_router, classify, map_exception, provider_message
 from llmgw.router import recorder as attempt_recorder
 from llmgw.types import (
     Completion,
-    CompletionRequest,
     CostEstimate,
     Message,
     StreamDone,
     StreamError,
     StreamEvent,
 )
-from llmgw.validation import validate_call, validate_id
+from llmgw.validation import group_of, validate_call, validate_id, validate_optional_id
 
 
 class LLMGateway:
@@ -79,16 +76,18 @@ class LLMGateway:
         self.stats_collector = StatsCollector()
         self._cache = CacheStep.from_config(self.config)
         self._open_streams: set[asyncio.Event] = set()
-        self._started: dict[str, float] = {}  # request_id -> perf_counter, until finished
-        self._finishing: set[asyncio.Future[Any]] = set()  # lifecycle writes in flight
-        self._idle_waiters: list[asyncio.Future[None]] = []  # drain(): until _started empties
         self.metrics = PrometheusMetrics.from_settings(self.config.llmgw.metrics, self.events)
         # OpenTelemetry: `llmgw.otel`, or the caller's own provider (llmgw.observe.tracing)
         self.tracing = make_tracing(self.config.llmgw.otel, tracer_provider)
         self.reconcile()
-        self._freeze_at_first_answer = heap.wanted(self.config.llmgw.gc_freeze)
-        if self._freeze_at_first_answer:
+        freeze = FirstAnswerFreeze(heap.wanted(self.config.llmgw.gc_freeze))
+        if freeze.due:
             heap.freeze_once(heap.STARTUP)
+        self._services = PipelineServices(
+            config=self.config, events=self.events, ledger=self.ledger,
+            budget_store=self.budget_store, budget_policy=self.budget_policy,
+            recorder=self._recorder, stats=self.stats_collector, router=self.router,
+            redactor=self.redactor, tracing=self.tracing, freeze=freeze)
 
     # -- public API --------------------------------------------------------------------------
 
@@ -110,35 +109,58 @@ class LLMGateway:
     async def complete(self, agent_id: str, project_id: str, messages: list[dict[str, Any]], *,
                        agent_type: str | None = None, model_group: str | None = None,
                        metadata: dict[str, Any] | None = None, cache: bool = True,
+                       session_id: str | None = None, end_user: str | None = None,
                        **params: Any) -> Completion:
         """Answer `messages` for an agent of a project through its model group.
 
-        `cache=False` skips the answer cache for this call. Raises `InvalidRequest`
+        `cache=False` skips the answer cache for this call; `session_id` names the agent run
+        (its rows carry it), `end_user` whom the agent acts for. Raises `InvalidRequest`
         (nothing recorded), `UnknownModelGroup`, `BudgetExceeded` (a `refused` row, no
         provider called), or a `ProviderError` subclass after every attempt was recorded."""
-        request, life, call_params = self._begin(agent_id, project_id, messages, agent_type,
-                                                 model_group, metadata, params, stream=False)
-        async with life:
-            await self._reserve(life, request, call_params)
-            lookup = await self._cache.lookup(request, life.route, life.ctx.project_id,
-                                              call_params, use=cache, stream=False)
-            if lookup.hit is not None:
-                return await self._serve_cached(life, lookup)
-            life.open_trace()
-            try:
-                response = await self.router.acompletion(
-                    model=life.route.model_group, messages=_provider_copy(request),
-                    metadata=self._litellm_metadata(life.ctx), **call_params)
-            except Exception as exc:
-                raise await life.fail(exc) from None
-            completion = completion_of(response, life.close_trace(), life.route,
-                                       life.ctx.request_id, life.started, self.config)
-            await life.finish(completion.attempts, completion=completion)
-        await self._cache.store(lookup, completion, life.now)
-        return completion
+        call = chat_call(validate_call(agent_id, project_id, messages, agent_type, model_group,
+                                       metadata, params))
+        return await self._answer(CHAT, call, _who(session_id, end_user), cache=cache)
 
-    async def stream(self, agent_id: str, project_id: str, messages: list[dict[str, Any]],
-                     **kwargs: Any) -> AsyncGenerator[StreamEvent, None]:
+    async def anthropic_messages(self, agent_id: str, project_id: str, body: dict[str, Any], *,
+                                 agent_type: str | None = None, model_group: str | None = None,
+                                 metadata: dict[str, Any] | None = None, cache: bool = True,
+                                 session_id: str | None = None, end_user: str | None = None,
+                                 headers: dict[str, str] | None = None,
+                                 **llmgw_params: Any) -> Completion:
+        """An Anthropic Messages request (`body` as the Messages API takes it: model, messages,
+        max_tokens, system, tools, thinking, ...) through `Router.aanthropic_messages`: a
+        native pass-through to Anthropic deployments, LiteLLM's translation for the others.
+        The answer's `body` is the Anthropic message. `body["model"]` is a group, an alias or
+        `auto` (the agent type's group) unless `model_group` names one; `headers` may carry
+        `anthropic-beta`. Budgets, cache, rows and errors as for `complete`."""
+        call, stream = self._messages_call(agent_id, project_id, body, agent_type, model_group,
+                                           metadata, headers, llmgw_params)
+        if stream:
+            raise InvalidRequest("`stream: true` is for anthropic_messages_stream().",
+                                 hint="Call anthropic_messages_stream() to stream.")
+        return await self._answer(MESSAGES, call, _who(session_id, end_user), cache=cache)
+
+    async def anthropic_messages_stream(
+            self, agent_id: str, project_id: str, body: dict[str, Any], *,
+            agent_type: str | None = None, model_group: str | None = None,
+            metadata: dict[str, Any] | None = None, cache: bool = True,
+            session_id: str | None = None, end_user: str | None = None,
+            headers: dict[str, str] | None = None,
+            **llmgw_params: Any) -> AsyncGenerator[StreamEvent, None]:
+        """`anthropic_messages` as a stream: every server-sent event as a `WireEvent` (on an
+        Anthropic deployment, the bytes Anthropic sent), then one `StreamDone`; a stream that
+        breaks after its first event ends with a `StreamError`, as `stream()` does."""
+        call, _ = self._messages_call(agent_id, project_id, {**body, "stream": True},
+                                      agent_type, model_group, metadata, headers, llmgw_params)
+        async for event in self._tracked_stream(MESSAGES, call, _who(session_id, end_user),
+                                                cache=cache):
+            yield event
+
+    async def stream(self, agent_id: str, project_id: str, messages: list[dict[str, Any]], *,
+                     agent_type: str | None = None, model_group: str | None = None,
+                     metadata: dict[str, Any] | None = None, cache: bool = True,
+                     session_id: str | None = None, end_user: str | None = None,
+                     **params: Any) -> AsyncGenerator[StreamEvent, None]:
         """`complete` as a stream of events: `ContentDelta`s, `ToolCallDelta`s, then one
         `StreamDone` (usage, cost, deployment, request_id).
 
@@ -147,91 +169,23 @@ class LLMGateway:
         cut off (the provider drops it, or the caller stops iterating or is cancelled) is
         recorded as a `partial` row with the tokens generated so far, and settled;
         `drain()` / `aclose()` wait for that."""
-        finished = asyncio.Event()
-        self._open_streams.add(finished)
-        inner = self._stream(agent_id, project_id, messages, **kwargs)
-        try:
-            async for event in inner:
-                yield event
-        finally:
-            try:
-                await inner.aclose()
-            finally:
-                finished.set()
-                self._open_streams.discard(finished)
-
-    async def _stream(self, agent_id: str, project_id: str, messages: list[dict[str, Any]], *,
-                      agent_type: str | None = None, model_group: str | None = None,
-                      metadata: dict[str, Any] | None = None, cache: bool = True,
-                      **params: Any) -> AsyncGenerator[StreamEvent, None]:
-        request, life, call_params = self._begin(agent_id, project_id, messages, agent_type,
-                                                 model_group, metadata, params, stream=True)
-        async with life:
-            await self._reserve(life, request, call_params)
-            lookup = await self._cache.lookup(request, life.route, life.ctx.project_id,
-                                              call_params, use=cache, stream=True)
-            if lookup.hit is not None:  # replay the cached answer as a stream
-                cached = await self._serve_cached(life, lookup)
-                for event in replay(cached):
-                    yield event
-                yield StreamDone(completion=cached)
-                return
-            life.open_trace()
-            msgs = _provider_copy(request)
-            try:
-                response = await self.router.acompletion(
-                    model=life.route.model_group, messages=msgs, stream=True,
-                    stream_options={"include_usage": True},
-                    metadata=self._litellm_metadata(life.ctx), **call_params)
-            except Exception as exc:
-                raise await life.fail(exc) from None
-            acc = StreamAccumulator(life.ctx.request_id)
-            try:
-                async for chunk in response:
-                    for event in acc.add(chunk):
-                        yield event
-            except Exception as exc:
-                if acc.empty:  # nothing shown yet: a plain failure
-                    raise await life.fail(exc) from None
-                trace = life.close_trace()
-                partial = stream_completion(response, acc, trace, life.route, life.ctx, msgs,
-                                            life.started, self.config, self.redactor,
-                                            status="partial", error=exc)
-                await life.finish(partial.attempts, completion=partial)
-                yield StreamError(
-                    error_class=classify(exc).__name__,
-                    message=provider_message(exc, self.redactor), partial=partial,
-                    error=map_exception(exc, trace=trace, model_group=life.route.model_group,
-                                        redactor=self.redactor, config=self.config))
-                return
-            except BaseException:  # the caller stopped reading, or was cancelled
-                partial = stream_completion(response, acc, life.close_trace(), life.route,
-                                            life.ctx, msgs, life.started, self.config,
-                                            self.redactor, status="partial", error=None)
-                try:
-                    await life.finish(partial.attempts, completion=partial)
-                finally:
-                    with contextlib.suppress(Exception):
-                        await response.aclose()
-                raise
-            done = stream_completion(response, acc, life.close_trace(), life.route, life.ctx,
-                                     msgs, life.started, self.config, self.redactor,
-                                     status="ok", error=None)
-            await life.finish(done.attempts, completion=done)
-        await self._cache.store(lookup, done, life.now)
-        yield StreamDone(completion=done)
+        call = chat_call(validate_call(agent_id, project_id, messages, agent_type, model_group,
+                                       metadata, params))
+        async for event in self._tracked_stream(CHAT, call, _who(session_id, end_user),
+                                                cache=cache):
+            yield event
 
     async def estimate(self, agent_id: str, project_id: str, messages: list[dict[str, Any]], *,
                        agent_type: str | None = None, model_group: str | None = None,
                        **params: Any) -> CostEstimate:
         """What `complete` would cost and which budgets it would hit; reserves nothing and
         calls no provider. `worst_case_micros` is exactly what `complete` would reserve."""
-        request = validate_call(agent_id, project_id, messages, agent_type, model_group, None,
-                                params)
-        route = self.agents.resolve(request.agent_id, agent_type=request.agent_type,
-                                    model_group=request.model_group)
-        ctx = RequestContext("estimate", request.agent_id, route.agent_type, request.project_id)
-        return await self.planner.estimate(ctx, route, request, dict(request.params),
+        call = chat_call(validate_call(agent_id, project_id, messages, agent_type, model_group,
+                                       None, params))
+        route = self.agents.resolve(call.agent_id, agent_type=call.agent_type,
+                                    model_group=call.model_group)
+        ctx = RequestContext("estimate", call.agent_id, route.agent_type, call.project_id)
+        return await self.planner.estimate(ctx, route, call, {**call.params, **call.constraints},
                                            self.clock())
 
     def complete_sync(self, agent_id: str, project_id: str, messages: list[dict[str, Any]],
@@ -272,15 +226,14 @@ class LLMGateway:
         """Wait until every request in flight has ended, and its rows are written and its hold
         settled (streams their callers abandoned included): for a graceful shutdown."""
         loop = asyncio.get_running_loop()
+        inflight = self._services.inflight
         while True:
             if self._open_streams:
                 await next(iter(self._open_streams)).wait()
-            elif pending := [t for t in self._finishing if t.get_loop() is loop]:
+            elif pending := [t for t in inflight.finishing if t.get_loop() is loop]:
                 await asyncio.wait(pending)
-            elif self._started:
-                idle = loop.create_future()
-                self._idle_waiters.append(idle)
-                await idle
+            elif inflight.started:
+                await inflight.wait_idle()
             else:
                 return
 
@@ -326,34 +279,139 @@ class LLMGateway:
 
     # -- the pipeline's steps ----------------------------------------------------------------
 
-    def _begin(self, agent_id: Any, project_id: Any, messages: Any, agent_type: Any,
-               model_group: Any, metadata: Any, params: dict[str, Any], *,
-               stream: bool) -> tuple[CompletionRequest, RequestLifecycle, dict[str, Any]]:
-        """Steps 1-2: validate (nothing is written for bad input) and resolve the group;
-        the request's lifecycle starts here."""
-        request = validate_call(agent_id, project_id, messages, agent_type, model_group,
-                                metadata, params)
-        route = self.agents.resolve(request.agent_id, agent_type=request.agent_type,
-                                    model_group=request.model_group)
-        ctx = RequestContext(new_request_id(), request.agent_id, route.agent_type,
-                             request.project_id, stream=stream)
-        call_params = dict(request.params)
-        if call_params.get("tools"):
+    def _messages_call(self, agent_id: Any, project_id: Any, body: Any, agent_type: Any,
+                       model_group: Any, metadata: Any, headers: Any,
+                       llmgw_params: dict[str, Any]) -> tuple[Call, bool]:
+        if not isinstance(body, dict):
+            raise InvalidRequest("The Messages request must be a JSON object (a dict).")
+        base = validate_call(agent_id, project_id, [{"role": "user", "content": "-"}],
+                             agent_type, model_group, metadata, dict(llmgw_params))
+        return messages_call(base.agent_id, base.project_id, body, agent_type=base.agent_type,
+                             model_group=base.model_group or group_of(body.get("model")),
+                             metadata=base.metadata, headers=headers,
+                             llmgw_params=base.params)
+
+    def _begin(self, dialect: Dialect, call: Call, who: _Who, *,
+               stream: bool) -> tuple[RequestLifecycle, dict[str, Any]]:
+        """Step 2: resolve the group (validation was step 1: nothing is written for bad
+        input); the request's lifecycle starts here. Returns it with what the Router call
+        carries besides the request itself."""
+        route = self.agents.resolve(call.agent_id, agent_type=call.agent_type,
+                                    model_group=call.model_group)
+        ctx = RequestContext(new_request_id(), call.agent_id, route.agent_type, call.project_id,
+                             stream=stream, session_id=who.session_id, end_user=who.end_user,
+                             requested_model=route.requested_model, dialect=dialect.name)
+        extras: dict[str, Any] = {}
+        if call.params.get("tools"):
             # LiteLLM imports its MCP gateway (and the `mcp` package) whenever tools are
             # passed; plain function tools never need it.
-            call_params[SKIP_MCP_HANDLER] = True
-        return request, RequestLifecycle(self, ctx, route, request.metadata,
-                                         self.clock()), call_params
+            extras[SKIP_MCP_HANDLER] = True
+        return RequestLifecycle(self._services, ctx, route, call.metadata, self.clock()), extras
 
-    async def _reserve(self, life: RequestLifecycle, request: CompletionRequest,
-                       params: dict[str, Any]) -> None:
-        """Step 3: hold the worst case against every budget that applies (or refuse)."""
-        plan = await self.planner.plan(life.ctx, life.route, request, params, life.now)
+    async def _answer(self, dialect: Dialect, call: Call, who: _Who, *, cache: bool) -> Completion:
+        """Steps 2-8 of one request that is answered whole."""
+        life, extras = self._begin(dialect, call, who, stream=False)
+        async with life:
+            lookup = await self._cache.lookup(call, life.route, life.ctx.project_id,
+                                              dialect.name, use=cache, stream=False)
+            if lookup.hit is not None:  # free: served before any budget is asked
+                return await self._serve_cached(life, lookup)
+            await self._reserve(life, call, extras)
+            life.open_trace()
+            try:
+                response = await dialect.send(self.router, life.route.model_group, call, extras,
+                                              self._litellm_metadata(life.ctx), stream=False)
+            except Exception as exc:
+                raise await life.fail(exc) from None
+            completion = dialect.answer(response, self._served(life))
+            await life.finish(completion.attempts, completion=completion)
+        await self._cache.store(lookup, completion, life.now)
+        return completion
+
+    async def _tracked_stream(self, dialect: Dialect, call: Call, who: _Who, *,
+                              cache: bool) -> AsyncGenerator[StreamEvent, None]:
+        """A stream `drain()` knows of until it has settled, however its caller leaves it."""
+        finished = asyncio.Event()
+        self._open_streams.add(finished)
+        inner = self._stream(dialect, call, who, cache=cache)
+        try:
+            async for event in inner:
+                yield event
+        finally:
+            try:
+                await inner.aclose()
+            finally:
+                finished.set()
+                self._open_streams.discard(finished)
+
+    async def _stream(self, dialect: Dialect, call: Call, who: _Who, *,
+                      cache: bool) -> AsyncGenerator[StreamEvent, None]:
+        """Steps 2-8 of one streamed request."""
+        life, extras = self._begin(dialect, call, who, stream=True)
+        async with life:
+            lookup = await self._cache.lookup(call, life.route, life.ctx.project_id,
+                                              dialect.name, use=cache, stream=True)
+            if lookup.hit is not None:  # replay the cached answer as a stream
+                cached = await self._serve_cached(life, lookup)
+                for event in dialect.replay(cached):
+                    yield event
+                yield StreamDone(completion=cached)
+                return
+            await self._reserve(life, call, extras)
+            life.open_trace()
+            try:
+                response = await dialect.send(self.router, life.route.model_group, call, extras,
+                                              self._litellm_metadata(life.ctx), stream=True)
+            except Exception as exc:
+                raise await life.fail(exc) from None
+            acc = dialect.accumulator(call, life.ctx.request_id)
+            try:
+                async for chunk in response:
+                    for event in acc.add(chunk):
+                        yield event
+            except Exception as exc:
+                if acc.empty:  # nothing shown yet: a plain failure
+                    raise await life.fail(exc) from None
+                served = self._served(life)
+                partial = acc.completion(response, served, self.redactor, status="partial",
+                                         error=exc)
+                await life.finish(partial.attempts, completion=partial)
+                yield StreamError(
+                    error_class=classify(exc).__name__,
+                    message=provider_message(exc, self.redactor), partial=partial,
+                    error=map_exception(exc, trace=served.trace,
+                                        model_group=life.route.model_group,
+                                        redactor=self.redactor, config=self.config))
+                return
+            except BaseException:  # the caller stopped reading, or was cancelled
+                partial = acc.completion(response, self._served(life), self.redactor,
+                                         status="partial", error=None)
+                try:
+                    await life.finish(partial.attempts, completion=partial)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await response.aclose()
+                raise
+            done = acc.completion(response, self._served(life), self.redactor, status="ok",
+                                  error=None)
+            await life.finish(done.attempts, completion=done)
+        await self._cache.store(lookup, done, life.now)
+        yield StreamDone(completion=done)
+
+    def _served(self, life: RequestLifecycle) -> Served:
+        return Served(life.close_trace(), life.route, life.ctx, life.started, self.config)
+
+    async def _reserve(self, life: RequestLifecycle, call: Call, extras: dict[str, Any]) -> None:
+        """Step 3: hold the worst case against every budget that applies (or refuse); what
+        the plan needs the call to carry joins `extras`."""
+        plan = await self.planner.plan(life.ctx, life.route, call,
+                                       {**call.params, **call.constraints}, life.now)
         if plan is not None:
+            extras.update(plan.call_params)
             await life.reserve(plan)
 
     async def _serve_cached(self, life: RequestLifecycle, lookup: CacheLookup) -> Completion:
-        """A hit: a `cached` row at cost 0 saving what the answer first cost; hold released."""
+        """A hit: a `cached` row at cost 0 saving what the answer first cost; nothing held."""
         hit = lookup.hit
         assert hit is not None
         completion = cached_completion(hit, life.route, life.ctx.request_id, life.started)
@@ -380,36 +438,18 @@ class LLMGateway:
             metadata[PARENT_SPAN_KEY] = self.tracing.parent(ctx.request_id)
         return metadata
 
-    def _request_ended(self) -> None:
-        """A lifecycle ended: wake `drain()` once nothing is in flight."""
-        if not self._started and self._idle_waiters:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for waiter in waiters:
-                if not waiter.done():
-                    with contextlib.suppress(RuntimeError):  # its loop has closed
-                        waiter.get_loop().call_soon_threadsafe(_resolve, waiter)
-
-    def _track(self, task: asyncio.Future[Any]) -> None:
-        """Keep a lifecycle write until it is done (`drain` waits for it)."""
-        self._finishing.add(task)
-        task.add_done_callback(_untrack(self._finishing))
+    @property
+    def _started(self) -> dict[str, float]:
+        """The requests in flight (request_id -> perf_counter at start)."""
+        return self._services.inflight.started
 
 
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+@dataclass(frozen=True, slots=True)
+class _Who:
+    session_id: str | None = None
+    end_user: str | None = None
 
 
-def _untrack(tasks: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], None]:
-    def done(task: asyncio.Future[Any]) -> None:
-        tasks.discard(task)
-        if not task.cancelled():
-            task.exception()  # its caller saw it, or was cancelled: either way, no warning
-    return done
-
-
-def _provider_copy(request: CompletionRequest) -> list[dict[str, Any]]:
-    """The messages for LiteLLM, a copy of their own (providers may change what they get):
-    a message of plain strings as a new dict, anything nested copied whole."""
-    return [dict(m) if all(type(v) is str for v in m.values()) else copy.deepcopy(m)
-            for m in request.message_dicts]
+def _who(session_id: Any, end_user: Any) -> _Who:
+    return _Who(validate_optional_id("session_id", session_id),
+                validate_optional_id("end_user", end_user))

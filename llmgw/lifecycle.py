@@ -10,24 +10,31 @@ tracked by the gateway, so `drain()` / `aclose()` wait for them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import logging
 import time
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
 
 from llmgw.agents import Resolution
-from llmgw.budgets import Limit
+from llmgw.budgets import BudgetPolicy, Limit
+from llmgw.config import Config
 from llmgw.constraints import RoutePlan
 from llmgw.errors import BudgetExceeded, LedgerError, ProviderError
 from llmgw.heap import FIRST_ANSWER, freeze_once
-from llmgw.ledger.budget_store import Hold, RefusedError, SettleResult
+from llmgw.ledger.budget_store import BudgetStore, Hold, RefusedError, SettleResult
 from llmgw.ledger.ops import Op
-from llmgw.ledger.store import RequestContext, usage_row, write_failed
+from llmgw.ledger.store import LedgerStore, RequestContext, usage_row, write_failed
+from llmgw.observe.events import EventBus
+from llmgw.observe.health import StatsCollector
 from llmgw.planner import BudgetPlan
+from llmgw.redact import Redactor
 from llmgw.responses import since_ms
 from llmgw.router import (
+    AttemptRecorder,
     RequestTrace,
     classify,
     count_stream_failure,
@@ -37,37 +44,114 @@ from llmgw.router import (
 )
 from llmgw.types import Attempt, Completion
 
-if TYPE_CHECKING:
-    from llmgw.gateway import LLMGateway
-
 log = logging.getLogger("llmgw.lifecycle")
 
 # A partial stream's end that is not the provider's fault
 _NOT_PROVIDER_FAILURES = (None, "StreamClosed", "Cancelled")
 
 
+class InFlight:
+    """The requests a gateway has started and not finished, and the writes they left running:
+    what `LLMGateway.drain()` waits for."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, float] = {}  # request_id -> perf_counter, until finished
+        self.finishing: set[asyncio.Future[Any]] = set()  # lifecycle writes in flight
+        self._idle_waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def alone(self) -> bool:
+        """At most one request in flight (the ledger commits it without waiting for company)."""
+        return len(self.started) <= 1
+
+    def track(self, task: asyncio.Future[Any]) -> None:
+        """Keep a lifecycle write until it is done (`drain` waits for it)."""
+        self.finishing.add(task)
+        task.add_done_callback(_untrack(self.finishing))
+
+    def ended(self, request_id: str) -> float | None:
+        """A request ended: its start time (None if it had already ended); wakes `wait_idle`
+        once nothing is in flight."""
+        started = self.started.pop(request_id, None)
+        if started is not None and not self.started and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    with contextlib.suppress(RuntimeError):  # its loop has closed
+                        waiter.get_loop().call_soon_threadsafe(_resolve, waiter)
+        return started
+
+    async def wait_idle(self) -> None:
+        idle = asyncio.get_running_loop().create_future()
+        self._idle_waiters.append(idle)
+        await idle
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _untrack(tasks: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], None]:
+    def done(task: asyncio.Future[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # its caller saw it, or was cancelled: either way, no warning
+    return done
+
+
+@dataclass
+class FirstAnswerFreeze:
+    """Freeze the heap once, at the first answer (llmgw.heap), when the gateway wants it."""
+
+    due: bool
+
+    def answered(self) -> None:
+        if self.due:
+            self.due = False
+            freeze_once(FIRST_ANSWER)  # the provider modules LiteLLM imported on first use
+
+
+@dataclass
+class PipelineServices:
+    """What a request's lifecycle works with; the gateway makes one and hands it to each."""
+
+    config: Config
+    events: EventBus
+    ledger: LedgerStore
+    budget_store: BudgetStore
+    budget_policy: BudgetPolicy
+    recorder: AttemptRecorder
+    stats: StatsCollector
+    router: Any
+    redactor: Redactor
+    tracing: Any = None
+    freeze: FirstAnswerFreeze = field(default_factory=lambda: FirstAnswerFreeze(False))
+    inflight: InFlight = field(default_factory=InFlight)
+
+
 class RequestLifecycle:
-    """`async with gw._lifecycle(...) as life:` around everything a request does after its
-    validation. Inside, the pipeline calls `reserve`, `open_trace`, then ends the request with
-    `finish`, `fail` or `refuse`; leaving the block any other way abandons it: the hold is
+    """`async with RequestLifecycle(services, ctx, route, metadata, now) as life:` around
+    everything a request does after its validation. Inside, the pipeline calls `reserve`,
+    `open_trace`, then ends the request with `finish`, `fail` or `refuse`; leaving the block any other way abandons it: the hold is
     released (minus nothing: no answer was received), a provider call in flight is recorded
     as a `Cancelled` (or the error's) attempt, and `request.finished` is emitted."""
 
-    def __init__(self, gw: LLMGateway, ctx: RequestContext, route: Resolution,
+    def __init__(self, services: PipelineServices, ctx: RequestContext, route: Resolution,
                  metadata: dict[str, Any], now: Any) -> None:
-        self.gw = gw
+        self.gw = gw = services
         self.ctx = ctx
         self.route = route
         self.metadata = metadata
         self.now = now
         self.hold: Hold | None = None
         self.trace: RequestTrace | None = None
-        self.routing: RoutePlan | None = None  # per-call constraints, when the call has any
+        self.route_plan: RoutePlan | None = None  # per-call constraints, when it has any
         self.waited_ms: float | None = None  # how long it queued for capacity, if it did
         self.started = time.perf_counter()
         self.ended = False
         self._reserving: asyncio.Future[Hold] | None = None
-        gw._started[ctx.request_id] = self.started
+        gw.inflight.started[ctx.request_id] = self.started
         if gw.events.wants("request.started") or gw.tracing is not None:
             payload = {"request_id": ctx.request_id, "agent_id": ctx.agent_id,
                        "project_id": ctx.project_id, "agent_type": ctx.agent_type,
@@ -91,7 +175,7 @@ class RequestLifecycle:
         `BudgetExceeded`). A reserve cancelled in flight may still commit: the exit then
         waits for it and releases what it held."""
         self.route = plan.route
-        self.routing = routing = plan.routing
+        self.route_plan = routing = plan.routing
         if routing is not None and routing.refused:
             ceiling = routing.constraints.max_cost_micros or 0
             await self.refuse(
@@ -112,7 +196,7 @@ class RequestLifecycle:
                 keys=plan.keys, created_at=self.now, agent_id=ctx.agent_id,
                 agent_type=ctx.agent_type, project_id=ctx.project_id,
                 model_group=plan.route.model_group),
-            alone=len(gw._started) <= 1)
+            alone=gw.inflight.alone)
         try:
             self.hold = await asyncio.shield(self._reserving)
         except RefusedError as exc:
@@ -147,7 +231,7 @@ class RequestLifecycle:
         async def write() -> None:
             try:
                 await gw.ledger.transact(gw.ledger.write_op([row]),
-                                         alone=len(gw._started) <= 1)
+                                         alone=gw.inflight.alone)
             except BaseException:
                 self._finished([refused], written=False)
                 raise
@@ -163,14 +247,14 @@ class RequestLifecycle:
 
     def open_trace(self) -> None:
         """From here a provider may be billing: failed hops collect in the trace."""
-        self.trace = self.gw._recorder.open(self.ctx.request_id)
-        if self.routing is not None:
-            self.trace.routing = self.routing
-            self.trace.latency_ms = self.gw.stats_collector.latency_ms
+        self.trace = self.gw.recorder.open(self.ctx.request_id)
+        if self.route_plan is not None:
+            self.trace.routing = self.route_plan
+            self.trace.latency_ms = self.gw.stats.latency_ms
 
     def close_trace(self) -> RequestTrace:
         self.trace = None
-        trace = self.gw._recorder.close(self.ctx.request_id)
+        trace = self.gw.recorder.close(self.ctx.request_id)
         self.waited_ms = trace.admission.waited_ms  # for capacity (llmgw.capacity)
         return trace
 
@@ -203,7 +287,7 @@ class RequestLifecycle:
             if a.status == "partial" and a.error_class not in _NOT_PROVIDER_FAILURES:
                 count_stream_failure(self.gw.router, a)
         recorded = self._record(attempts, completion, saved_micros, extra)
-        self.gw._track(recorded)
+        self.gw.inflight.track(recorded)
         await asyncio.shield(recorded)
 
     # -- how it ends -------------------------------------------------------------------------
@@ -239,11 +323,11 @@ class RequestLifecycle:
         gw, ctx, route, hold = self.gw, self.ctx, self.route, self.hold
         for a in attempts:
             if a.deployment and a.status in ("ok", "error"):
-                gw.stats_collector.record(a.deployment, a.status == "ok", a.latency_ms)
+                gw.stats.record(a.deployment, a.status == "ok", a.latency_ms)
         meta = {**self.metadata, "llmgw": {"requested_group": route.model_group,
                                            "route": route.reason, **(extra or {})}}
-        if self.routing is not None:
-            meta["llmgw"]["routing"] = self.routing.note(
+        if self.route_plan is not None:
+            meta["llmgw"]["routing"] = self.route_plan.note(
                 completion.deployment if completion is not None else None)
         if self.waited_ms is not None:
             meta["llmgw"].setdefault("routing", {})["waited_ms"] = self.waited_ms
@@ -257,7 +341,7 @@ class RequestLifecycle:
         op: Op[Any] = (gw.ledger.write_op(rows) if hold is None else gw.budget_store.settle_op(
             hold, spent_micros=sum(a.cost_micros for a in attempts), rows=rows,
             state="settled" if completion else "released"))
-        written = gw.ledger.start(op, alone=len(gw._started) <= 1)
+        written = gw.ledger.start(op, alone=gw.inflight.alone)
         written.add_done_callback(functools.partial(
             self._recorded, done, attempts, completion, saved_micros, error_class, len(rows)))
         return done
@@ -308,13 +392,11 @@ class RequestLifecycle:
                   written: bool = True) -> None:
         """`fallback` per failed hop, then `request.finished` (once per request)."""
         gw, ctx, route = self.gw, self.ctx, self.route
-        started = gw._started.pop(ctx.request_id, None)
+        started = gw.inflight.ended(ctx.request_id)
         if started is None:
             return  # already finished
-        gw._request_ended()
-        if gw._freeze_at_first_answer and completion is not None:
-            gw._freeze_at_first_answer = False
-            freeze_once(FIRST_ANSWER)  # the provider modules LiteLLM imported on first use
+        if completion is not None:
+            gw.freeze.answered()
         events = gw.events
         if events.wants("fallback"):
             for failed, then in itertools.pairwise(attempts):
@@ -349,5 +431,5 @@ class RequestLifecycle:
         """Run `work` as a task the caller's cancellation cannot stop; the gateway tracks it
         until it is done, so closing the gateway waits for it."""
         task = asyncio.ensure_future(work)
-        self.gw._track(task)
+        self.gw.inflight.track(task)
         await asyncio.shield(task)

@@ -7,9 +7,10 @@ on the event loop."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -43,6 +44,9 @@ class BudgetPlan:
     keys: tuple[CounterKey, ...]
     cap: Limit | None
     routing: RoutePlan | None = None  # per-call constraints (max_cost_usd, prefer)
+    # What the call must carry so the hold bounds it: max_tokens when it gave none, and the
+    # fallbacks its constraints allow. The caller adds them; the planner changes nothing.
+    call_params: dict[str, Any] = field(default_factory=dict)
 
 
 class BudgetPlanner:
@@ -85,7 +89,10 @@ class BudgetPlanner:
     async def plan(self, ctx: RequestContext, route: Resolution, request: CompletionRequest,
                    params: dict[str, Any], now: Any) -> BudgetPlan | None:
         """The limits, counters and worst-case amount of a request; None without budgets.
-        Sets max_tokens in `params` when the caller gave none, so the hold bounds the call."""
+        `params` is left as it is: what the call must add (max_tokens when it gave none, so
+        the hold bounds it; the fallbacks its constraints allow) is the plan's `call_params`."""
+        params = dict(params)
+        added: dict[str, Any] = {}
         constraints = take_constraints(params, self.config.llmgw.agent_type_defaults(
             route.agent_type))
         rules = await self.rules()
@@ -101,24 +108,26 @@ class BudgetPlanner:
         if max_tokens is None:
             max_tokens = self.config.llmgw.budgets.default_max_tokens
             if limits or cap is not None or constraints.max_cost_micros is not None:
-                params["max_tokens"] = max_tokens  # so the hold (or the ceiling) bounds the call
+                params["max_tokens"] = added["max_tokens"] = max_tokens  # the hold bounds it
         keys = self._counter_keys(limits, now)
         if constraints.any:
             routing = self.route_plan(route.model_group, request, params, int(max_tokens),
                                       constraints)
             if routing.refused:
                 return BudgetPlan(route, routing.cheapest, int(max_tokens), limits, keys, cap,
-                                  routing)
+                                  routing, added)
             first = routing.groups[0]
             if first != route.model_group:
-                route = Resolution(first, route.agent_type,
-                                   f"{route.reason}; max_cost_usd skips {route.model_group}")
-            params["fallbacks"] = routing.fallbacks()
-            return BudgetPlan(route, routing.amount, int(max_tokens), limits, keys, cap, routing)
+                route = dataclasses.replace(
+                    route, model_group=first,
+                    reason=f"{route.reason}; max_cost_usd skips {route.model_group}")
+            added["fallbacks"] = routing.fallbacks()
+            return BudgetPlan(route, routing.amount, int(max_tokens), limits, keys, cap, routing,
+                              added)
         amount = self.worst_case_micros(route.model_group, request.message_dicts,
                                         int(max_tokens), tools=params.get("tools"),
                                         tool_choice=params.get("tool_choice"))
-        return BudgetPlan(route, amount, int(max_tokens), limits, keys, cap)
+        return BudgetPlan(route, amount, int(max_tokens), limits, keys, cap, call_params=added)
 
     def route_plan(self, model_group: str, request: CompletionRequest, params: dict[str, Any],
                    max_tokens: int, constraints: CallConstraints) -> RoutePlan:
@@ -234,7 +243,7 @@ class BudgetPlanner:
             if spent + reserved >= limit.limit_micros * limit.warn_ratio:
                 why = (f"downgrade: {limit.scope} {limit.scope_id} {limit.period} budget past "
                        f"{limit.warn_ratio:.0%} ({route.model_group} -> {target})")
-                return Resolution(target, route.agent_type, why)
+                return dataclasses.replace(route, model_group=target, reason=why)
         return route
 
     def prompt_tokens(self, model_group: str, messages: list[Message] | list[dict[str, Any]],

@@ -123,7 +123,8 @@ def cached_completion(hit: CachedAnswer, route: Resolution, request_id: str,
         model_group=hit.model_group, requested_group=route.model_group,
         deployment=hit.deployment, provider=hit.provider, model=hit.model,
         latency_ms=attempt.latency_ms or 0.0, cached=True, saved_micros=hit.cost_micros,
-        attempts=[attempt])
+        attempts=[attempt], dialect=hit.dialect,
+        body=None if hit.body is None else {**hit.body, "id": f"msg_{request_id}"})
 
 
 def replay(completion: Completion) -> list[StreamEvent]:

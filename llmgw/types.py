@@ -204,6 +204,10 @@ class Completion(BaseModel):
     cached: bool = False
     saved_micros: int = 0  # a cache hit: what the answer cost when it was first paid for
     attempts: list[Attempt] = Field(default_factory=list)
+    # The answer in its dialect's own wire shape (an Anthropic message), as the provider sent
+    # it; None for chat completions, whose shape `content` / `tool_calls` already are.
+    body: dict[str, Any] | None = Field(default=None, repr=False)
+    dialect: str = "chat"
     raw: Any = Field(default=None, exclude=True, repr=False)
 
     @computed_field  # type: ignore[prop-decorator]  # pydantic's documented pattern
@@ -232,6 +236,17 @@ class ToolCallDelta(BaseModel):
     request_id: str | None = None
 
 
+class WireEvent(BaseModel):
+    """One event of a stream in its dialect's own wire shape (an Anthropic server-sent
+    event), passed on as the provider sent it: `raw` holds its bytes as text."""
+
+    type: Literal["wire"] = "wire"
+    event: str
+    data: dict[str, Any]
+    raw: str = Field(default="", repr=False)
+    request_id: str | None = None
+
+
 class StreamDone(BaseModel):
     """The last event of a stream that finished: what it said, used and cost."""
 
@@ -254,7 +269,7 @@ class StreamError(BaseModel):
     error: Any = Field(default=None, exclude=True, repr=False)
 
 
-StreamEvent = ContentDelta | ToolCallDelta | StreamDone | StreamError
+StreamEvent = ContentDelta | ToolCallDelta | WireEvent | StreamDone | StreamError
 
 
 class BudgetImpact(BaseModel):

@@ -82,6 +82,16 @@ def validate_id(name: str, value: Any) -> str:
         raise InvalidRequest(f"Invalid request: {name}: {why}.", hint=_ID_HINT) from None
 
 
+def validate_optional_id(name: str, value: Any) -> str | None:
+    """`validate_id` for an id a call may leave out (a session, an end user)."""
+    return None if value is None else validate_id(name, value)
+
+
+def group_of(model: Any) -> str | None:
+    """A client's model name as a group request: `auto` or none is the agent type's group."""
+    return None if model in (None, "", "auto") else model
+
+
 _MESSAGES_HINT = ("Pass a non-empty list of {'role', 'content'} messages whose text has no "
                   "NUL characters and is valid UTF-8.")
 _ID_HINT = ("Ids are 1-200 characters of printable text (no NUL, newline or other control "

@@ -58,6 +58,8 @@ class CachedAnswer(BaseModel):
     model: str | None = None
     request_id: str  # the request that paid for it
     created_at: datetime
+    body: dict[str, Any] | None = None  # the answer in its dialect's wire shape (Completion.body)
+    dialect: str = "chat"
 
 
 class CacheStats(BaseModel):
