@@ -19,7 +19,7 @@ from rich.table import Table
 from llmgw.cli._common import EXIT_USAGE, console, err_console, fail, print_wide
 
 if TYPE_CHECKING:
-    from llmgw.sim.faults import FaultPlan
+    from llmgw.sim.faults import FaultPlan, ToolCall
     from llmgw.sim.registry import SimProvider
     from llmgw.sim.server import SimServer
 
@@ -50,7 +50,22 @@ def sim(
         "--fault-for", metavar="NAME=SPEC", help="Fault for one simulator, e.g. "
                                                  "openai=503:times=2; checked before --fault. "
                                                  "Repeatable.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for probabilistic faults and jitter.")] = 0,
+    tool_call: Annotated[list[str] | None, typer.Option(
+        "--tool-call", metavar="NAME=JSON", help="Scripted agent loop: a request offering tool NAME "
+                                                 "gets a call with these arguments, a turn holding "
+                                                 "its result gets text quoting it, e.g. "
+                                                 "'Bash={\"command\":\"ls\"}'. Repeatable; the "
+                                                 "first offered one is called.")] = None,
+    redact_thinking: Annotated[bool, typer.Option(
+        "--redact-thinking", help="Thinking requests get a redacted_thinking block (Anthropic).")] = False,
+    plan_file: Annotated[Path | None, typer.Option(
+        "--plan", metavar="FILE", help="YAML fault plan for every simulator (faults, answer, usage, "
+                                       "cache writes, tool_loop, thinking); the options above add to "
+                                       "it, their faults and tool calls checked first.",
+        dir_okay=False)] = None,
+    seed: Annotated[int | None, typer.Option(
+        help="Seed for probabilistic faults and jitter (default: the plan's, else 0).",
+        show_default=False)] = None,
     api_key: Annotated[str | None, typer.Option(
         "--api-key", help="Key the simulators require (default: any key is accepted).")] = None,
     snippet_file: Annotated[Path | None, typer.Option(
@@ -64,7 +79,10 @@ def sim(
     names = [p.name for p in chosen]
     ports = _pairs(port or [], "--port", names, _port_number)
     specific = _pairs(fault_for or [], "--fault-for", names, str, many=True)
-    plans = {name: _plan([*specific.get(name, []), *(fault or [])], seed) for name in names}
+    base = _load_plan(plan_file)
+    loop = _tool_calls(tool_call or [])
+    plans = {name: _plan([*specific.get(name, []), *(fault or [])], base, loop, seed, redact_thinking)
+             for name in names}
 
     stop = threading.Event()
     with _stop_on_signals(stop):
@@ -153,20 +171,60 @@ def _pairs(items: list[str], option: str, names: list[str], convert: Any,
     return out
 
 
-def _plan(specs: list[str], seed: int) -> FaultPlan:
+def _problems(exc: Any) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'plan'}: {e['msg']}" for e in exc.errors())
+
+
+def _load_plan(path: Path | None) -> FaultPlan:
+    from pydantic import ValidationError
+
+    from llmgw.sim.faults import FaultPlan
+
+    if path is None:
+        return FaultPlan()
+    try:
+        return FaultPlan.load(path)
+    except OSError as exc:
+        fail(f"--plan {path}: cannot read it: {exc.strerror or exc}.", code=EXIT_USAGE)
+    except ValidationError as exc:
+        fail(f"--plan {path}: {_problems(exc)}.", code=EXIT_USAGE)
+    except ValueError as exc:  # bad YAML, a bad fault or tool-call string
+        reason = " ".join(str(exc).split())
+        where = "--plan" if str(path) in reason else f"--plan {path}"  # say the path once
+        fail(f"{where}: {reason}.", code=EXIT_USAGE)
+
+
+def _tool_calls(specs: list[str]) -> list[ToolCall]:
+    from llmgw.sim.faults import ToolCall
+
+    try:
+        return [ToolCall.parse(spec) for spec in specs]
+    except ValueError as exc:
+        fail(f"Bad --tool-call: {exc}.", hint='Example: --tool-call \'Bash={"command":"ls"}\'',
+             code=EXIT_USAGE)
+
+
+def _plan(specs: list[str], base: FaultPlan, tool_calls: list[ToolCall], seed: int | None,
+          redact_thinking: bool) -> FaultPlan:
+    """The command line's faults and tool calls, then the plan file's, over the file's plan."""
     from pydantic import ValidationError
 
     from llmgw.sim.faults import FaultPlan
 
     try:
-        return FaultPlan.parse(specs, seed=seed)
+        faults = FaultPlan.parse(specs).faults
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'fault'}: {e['msg']}"
-                             for e in exc.errors())
-        fail(f"Bad fault spec in {specs}: {problems}.", code=EXIT_USAGE)
+        fail(f"Bad fault spec in {specs}: {_problems(exc)}.", code=EXIT_USAGE)
     except ValueError as exc:
         fail(f"Bad fault spec: {exc}.", hint="Example: --fault 429:retry_after=2,times=1",
              code=EXIT_USAGE)
+    update: dict[str, Any] = {"faults": [*faults, *base.faults],
+                              "tool_loop": [*tool_calls, *base.tool_loop]}
+    if seed is not None:
+        update["seed"] = seed
+    if redact_thinking:
+        update["redact_thinking"] = True
+    return base.model_copy(update=update)
 
 
 def _start(chosen: list[SimProvider], plans: dict[str, FaultPlan], ports: dict[str, int],
@@ -192,8 +250,9 @@ def _print_table(chosen: list[SimProvider], base_urls: dict[str, str],
     for header in ("provider", "base URL", "api_base", "model", "faults"):
         table.add_column(header, no_wrap=True)
     for p in chosen:
-        faults = ", ".join(f.kind if f.kind != "http_error" else str(f.status)
-                           for f in plans[p.name].faults)
+        plan = plans[p.name]
+        faults = ", ".join([*(f.kind if f.kind != "http_error" else str(f.status) for f in plan.faults),
+                            *(f"tool:{c.name or '*'}" for c in plan.tool_loop)])
         table.add_row(p.name, base_urls[p.name], p.api_base(base_urls[p.name]), p.model,
                       faults or "-")
     print_wide(table)

@@ -153,7 +153,10 @@ class FaultPlan(BaseModel):
         Faults may be given as CLI strings too (``faults: ["429:times=1"]``), tool-loop
         entries as ``NAME=JSON`` strings (``tool_loop: ['Bash={"command": "ls"}']``).
         """
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path} is not valid YAML: {exc}") from None
         if data is None:
             data = {}
         if not isinstance(data, dict):

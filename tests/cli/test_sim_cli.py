@@ -157,12 +157,81 @@ def test_sim_serves_until_sigterm_then_exits_cleanly(sim_process) -> None:
     (["openai", "--fault-for", "openai"], "expected NAME=VALUE"),
     (["openai", "--port", "openai=70000"], "'70000' is not a valid value"),
     (["openai", "--port", "openai=http"], "'http' is not a valid value"),
+    (["openai", "--tool-call", "Bash={nope"], "the arguments of 'Bash' are not JSON"),
+    (["openai", "--tool-call", "Bash=[1]"], "must be a JSON object"),
+    (["openai", "--tool-call", "={}"], "expected NAME=JSON"),
+    (["openai", "--plan", "no-such-plan.yaml"], "cannot read it"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args: list[str], message: str) -> None:
     result = runner.invoke(_local_app(), ["sim", *args])
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert result.output.strip().count("\n") == 0, result.output  # one line, no traceback
+
+
+@pytest.mark.parametrize("text, message", [
+    ("answer: [1, 2\n", "is not valid YAML: while parsing"),
+    ("tool_loops: []\n", "tool_loops: Extra inputs are not permitted"),
+    ("faults: ['nope']\n", "unknown fault kind 'nope'"),
+    ("- 1\n", "expected a mapping"),
+])
+def test_bad_plan_file_exits_2_with_one_line(tmp_path: Path, text: str, message: str) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(text, encoding="utf-8")
+    result = runner.invoke(_local_app(), ["sim", "openai", "--plan", str(plan)])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and str(plan) in result.output
+    assert result.output.strip().count("\n") == 0, result.output
+
+
+def test_tool_loop_and_plan_file_from_the_command_line(tmp_path: Path) -> None:
+    """What lets a real agent run a tool loop offline: no Python, one command."""
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("faults: ['503:times=1']\ncache_write_1h_tokens: 2\n"
+                    "tool_loop: ['Read={\"file_path\": \"/etc/hosts\"}']\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMGW_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, "sim", "anthropic", "openai", "--plan", str(plan),
+         "--tool-call", 'Bash={"command":"ls /tmp/x"}', "--redact-thinking"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = Lines(proc)
+    try:
+        out = "".join(lines.until(sim_cli.READY_MARKER, STARTUP_S))
+        bases = dict(re.findall(r"^\s*(openai|anthropic)\s+(http://127\.0\.0\.1:\d+)\s", out, re.M))
+        assert "503, tool:Bash, tool:Read" in out
+        tools = [{"name": n, "input_schema": {"type": "object"}} for n in ("Read", "Bash")]
+        ask = [{"role": "user", "content": "list /tmp/x"}]
+        body = {"model": "claude-sonnet-4-5", "max_tokens": 2048, "tools": tools, "messages": ask,
+                "thinking": {"type": "enabled", "budget_tokens": 1024}}
+        headers = {"anthropic-version": "2023-06-01"}
+        with httpx.Client(timeout=30) as client:
+            url = f"{bases['anthropic']}/v1/messages"
+            assert client.post(url, json=body, headers=headers).status_code == 503  # the file's fault
+            first = client.post(url, json=body, headers=headers).json()
+            redacted, use = first["content"]
+            assert redacted["type"] == "redacted_thinking"  # --redact-thinking
+            assert (use["name"], use["input"]) == ("Bash", {"command": "ls /tmp/x"})  # the CLI's first
+            assert first["usage"]["cache_creation"]["ephemeral_1h_input_tokens"] == 2
+            result = {"type": "tool_result", "tool_use_id": use["id"], "content": "x.txt"}
+            follow = [*ask, {"role": "assistant", "content": first["content"]},
+                      {"role": "user", "content": [result]}]
+            final = client.post(url, json={**body, "messages": follow}, headers=headers).json()
+            assert final["content"][-1]["text"] == "The tool returned: x.txt"
+            plain = client.post(url, json={k: v for k, v in body.items() if k != "tools"},
+                                headers=headers).json()
+            assert plain["content"][-1]["type"] == "text"
+
+            chat = {"model": "gpt-4o", "messages": ask, "tools": [
+                {"type": "function", "function": {"name": "Read", "parameters": {}}}]}
+            assert client.post(f"{bases['openai']}/v1/chat/completions", json=chat).status_code == 503
+            choice = client.post(f"{bases['openai']}/v1/chat/completions", json=chat).json()["choices"][0]
+            assert choice["message"]["tool_calls"][0]["function"]["name"] == "Read"  # the file's entry
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, lines.rest(5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
 
 
 def test_busy_port_exits_1_and_starts_nothing() -> None:
