@@ -1,9 +1,10 @@
 """LiteLLM's Router, built from our config, and the one table that maps its errors to ours.
 
 LiteLLM does retries, fallbacks, cooldowns and routing. We add these around it:
-- `AttemptRecorder`: a CustomLogger that collects each failed attempt into its request's
-  trace. LiteLLM awaits failure callbacks inline (before it retries, falls back or raises),
-  so the trace is complete when `Router.acompletion` returns or raises.
+- `AttemptCallbacks`: a CustomLogger that collects each failed attempt into its request's
+  trace (opened and closed through its Router's `AttemptRecorder`). LiteLLM awaits failure
+  callbacks inline (before it retries, falls back or raises), so the trace is complete when
+  `Router.acompletion` returns or raises.
 - Bad credentials surface, never hide (DESIGN §11): `_no_failover_after_auth_failure`, the
   Router's `fallback_access_check`, refuses any fallback once the request has seen a
   401/403; the recorder's `async_filter_deployments` refuses any further pick in that
@@ -11,6 +12,11 @@ LiteLLM does retries, fallbacks, cooldowns and routing. We add these around it:
   bad (`llmgw.credentials`: an unset key variable, or cooling down after a 401).
 - `map_exception`: LiteLLM exception -> `llmgw.errors`, in one place; it scrubs the LiteLLM
   exception, which stays reachable as our error's `__context__`.
+
+LiteLLM's callbacks are process-wide, so one `AttemptCallbacks` serves every Router of the
+process; what it acts with (config, credential guard, capacity gate, redactor) is per Router
+(`RouterServices`): a request's trace carries its Router's, and every call a Router makes names
+its Router in its metadata (`ROUTER_KEY`), so a second gateway never takes over the first's.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import uuid
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,12 +33,14 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from llmgw import providers
-from llmgw._litellm import (
-    CALLBACK_LISTS,
-    add_callback,
-    import_litellm,
-    lean_router_class,
-    registered_callbacks,
+from llmgw._litellm import add_callback, registered_callbacks, remove_callbacks
+from llmgw._litellm import errors as litellm_errors
+from llmgw._litellm.errors import RouterRateLimitError
+from llmgw._litellm.logger import CustomLogger
+from llmgw._litellm.router_class import (
+    general_settings_class,
+    hide_router_debug_in_errors,
+    router_class,
 )
 from llmgw.capacity import Admission, CapacityGate, NoCapacity
 from llmgw.config import Config
@@ -49,33 +59,30 @@ from llmgw.redact import Redactor, scrub_exception
 from llmgw.routing import retry_floors, siblings_first
 from llmgw.types import Attempt
 
-import_litellm()  # offline switches first
-import litellm  # noqa: E402
-from litellm.integrations.custom_logger import CustomLogger  # noqa: E402
-from litellm.types.router import RouterRateLimitError  # noqa: E402
-
 log = logging.getLogger("llmgw.router")
 
 REQUEST_ID_KEY = "llmgw_request_id"
+# In every call's metadata (the Router's default_litellm_params): which llmgw Router made it.
+ROUTER_KEY = "llmgw_router"
 
 # -- the error table ------------------------------------------------------------------------
 # Most specific first. Status codes win over classes for auth, because LiteLLM maps some
 # providers' 401 bodies to BadRequestError.
 _BY_CLASS: tuple[tuple[type[BaseException], type[ProviderError]], ...] = (
-    (litellm.ContextWindowExceededError, ContextWindowExceeded),
-    (litellm.AuthenticationError, AuthenticationFailed),
-    (litellm.PermissionDeniedError, AuthenticationFailed),
-    (litellm.RateLimitError, RateLimited),
+    (litellm_errors.ContextWindowExceededError, ContextWindowExceeded),
+    (litellm_errors.AuthenticationError, AuthenticationFailed),
+    (litellm_errors.PermissionDeniedError, AuthenticationFailed),
+    (litellm_errors.RateLimitError, RateLimited),
     (RouterRateLimitError, ProviderUnavailable),
-    (litellm.Timeout, ProviderUnavailable),
-    (litellm.APIConnectionError, ProviderUnavailable),
-    (litellm.ServiceUnavailableError, ProviderUnavailable),
-    (litellm.BadGatewayError, ProviderUnavailable),
-    (litellm.InternalServerError, ProviderUnavailable),
-    (litellm.ContentPolicyViolationError, ProviderRejected),
-    (litellm.NotFoundError, ProviderRejected),
-    (litellm.UnprocessableEntityError, ProviderRejected),
-    (litellm.BadRequestError, ProviderRejected),
+    (litellm_errors.Timeout, ProviderUnavailable),
+    (litellm_errors.APIConnectionError, ProviderUnavailable),
+    (litellm_errors.ServiceUnavailableError, ProviderUnavailable),
+    (litellm_errors.BadGatewayError, ProviderUnavailable),
+    (litellm_errors.InternalServerError, ProviderUnavailable),
+    (litellm_errors.ContentPolicyViolationError, ProviderRejected),
+    (litellm_errors.NotFoundError, ProviderRejected),
+    (litellm_errors.UnprocessableEntityError, ProviderRejected),
+    (litellm_errors.BadRequestError, ProviderRejected),
 )
 _BY_STATUS: Mapping[int, type[ProviderError]] = {
     401: AuthenticationFailed, 403: AuthenticationFailed, 429: RateLimited,
@@ -110,12 +117,12 @@ def classify(exc: BaseException) -> type[ProviderError]:
     """Our error class for one LiteLLM exception."""
     if isinstance(exc, _NoCapacity):
         return RateLimited
-    if isinstance(exc, litellm.ContextWindowExceededError):
+    if isinstance(exc, litellm_errors.ContextWindowExceededError):
         return ContextWindowExceeded
     status = status_code_of(exc)
     if status in (401, 403):
         return AuthenticationFailed
-    if isinstance(exc, litellm.BadRequestError) and _UNPARSABLE_ANSWER.search(str(exc)):
+    if isinstance(exc, litellm_errors.BadRequestError) and _UNPARSABLE_ANSWER.search(str(exc)):
         return ProviderUnavailable
     for cls, ours in _BY_CLASS:
         if isinstance(exc, cls):
@@ -178,6 +185,19 @@ def _no_latency(deployment_id: str) -> float | None:
     return None
 
 
+@dataclass(eq=False)
+class RouterServices:
+    """What the attempt recorder acts with for the calls of one Router (one gateway): the
+    config that names its deployments, its credential guard, its capacity gate and the
+    redactor of its secrets. `key` names the Router in each call's metadata (`ROUTER_KEY`)."""
+
+    config: Config | None = None
+    guard: CredentialGuard | None = None
+    gate: CapacityGate | None = None
+    redactor: Redactor = field(default_factory=Redactor)
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
 @dataclass
 class RequestTrace:
     """The failed attempts of one request, in the order LiteLLM made them."""
@@ -187,13 +207,14 @@ class RequestTrace:
     routing: RoutePlan | None = None  # per-call constraints (llmgw.constraints)
     latency_ms: Callable[[str], float | None] = _no_latency
     admission: Admission = field(default_factory=Admission)  # leases and wait (llmgw.capacity)
+    services: RouterServices | None = None  # those of the Router the request goes through
 
     @property
     def auth_failed(self) -> bool:
         return any(a.error_class == AuthenticationFailed.__name__ for a in self.failures)
 
 
-class _NotSent(litellm.AuthenticationError):
+class _NotSent(litellm_errors.AuthenticationError):
     """Raised inside the Router instead of picking a deployment: the request already saw its
     key refused, or its group has a deployment known to be bad. An AuthenticationError, so
     the retry policy does not retry it; `map_exception` turns it into AuthenticationFailed."""
@@ -210,27 +231,51 @@ class _NoCapacity(_NotSent):
         self.cause = cause
 
 
-class AttemptRecorder(CustomLogger):
+class AttemptCallbacks(CustomLogger):
     """Collects failed attempts per request id; the gateway writes them to the ledger. Also
-    the Router's deployment filter that keeps bad credentials from being routed around."""
+    the Router's deployment filter that keeps bad credentials from being routed around.
+
+    One per process (LiteLLM's callbacks are global), for every Router: each call is handled
+    with the services of its own Router, found through its trace (`open(..., services=)`) or
+    the Router key in its metadata; `latest` (the last Router built) only for a call that
+    names neither."""
 
     def __init__(self) -> None:
         super().__init__()
         self.traces: dict[str, RequestTrace] = {}
-        self.config: Config | None = None
-        self.guard: CredentialGuard | None = None
-        self.gate: CapacityGate | None = None
-        self.redactor = Redactor()
+        self.latest = RouterServices()
+        # Router key -> its services; each Router holds its own, so they go with it.
+        self._services: weakref.WeakValueDictionary[str, RouterServices] = (
+            weakref.WeakValueDictionary())
 
-    def open(self, request_id: str) -> RequestTrace:
-        trace = self.traces[request_id] = RequestTrace(request_id)
+    def register(self, services: RouterServices) -> None:
+        """A new Router's services; the calls that name no Router use them from now on."""
+        self._services[services.key] = services
+        self.latest = services
+
+    def open(self, request_id: str, services: RouterServices | None = None) -> RequestTrace:
+        """Start collecting a request's attempts, acted on with `services` (its Router's;
+        default: the latest Router's)."""
+        trace = self.traces[request_id] = RequestTrace(request_id,
+                                                       services=services or self.latest)
         return trace
 
     def close(self, request_id: str) -> RequestTrace:
         trace = self.traces.pop(request_id, None) or RequestTrace(request_id)
-        if self.gate is not None:
-            self.gate.release_all(trace.admission)
+        gate = trace.services.gate if trace.services is not None else None
+        if gate is not None:
+            gate.release_all(trace.admission)
         return trace
+
+    def services_of(self, trace: RequestTrace | None,
+                    metadata: Mapping[str, object] | None) -> RouterServices:
+        """The services a call is handled with: its trace's, else those of the Router its
+        metadata names, else the latest Router's."""
+        if trace is not None and trace.services is not None:
+            return trace.services
+        key = metadata.get(ROUTER_KEY) if metadata else None
+        found = self._services.get(key) if isinstance(key, str) else None
+        return found or self.latest
 
     async def async_filter_deployments(self, model: str, healthy_deployments: list[Any],
                                        messages: Any = None,
@@ -241,22 +286,24 @@ class AttemptRecorder(CustomLogger):
         if trace is not None and trace.auth_failed:  # a retry (on a sibling) after a 401/403
             raise _NotSent("this request's key was already refused; it is not retried",
                            llm_provider="", model=model)
-        refusal = await self.guard.refusal(model, healthy_deployments) if self.guard else None
+        services = self.services_of(trace, _metadata_of_request(request_kwargs or {}))
+        guard = services.guard
+        refusal = await guard.refusal(model, healthy_deployments) if guard else None
         if refusal is None:
             if trace is None:
                 return healthy_deployments
             fresh = siblings_first(healthy_deployments, (a.deployment for a in trace.failures))
             if trace.routing is not None:
                 fresh = trace.routing.order(model, fresh, trace.latency_ms)
-            return await self._admit(model, fresh, trace)
+            return await self._admit(model, fresh, trace, services.gate)
         if trace is not None:
             trace.failures.append(_refused_attempt(len(trace.failures) + 1, model, refusal))
         raise _NotSent(refusal.reason, llm_provider=refusal.deployment.provider, model=model)
 
-    async def _admit(self, model: str, candidates: list[Any], trace: RequestTrace) -> list[Any]:
+    async def _admit(self, model: str, candidates: list[Any], trace: RequestTrace,
+                     gate: CapacityGate | None) -> list[Any]:
         """The deployment this attempt may use, with a lease on its capacity, when any
         candidate declares rpm/tpm/max_parallel_requests (`llmgw.capacity`); else all."""
-        gate = self.gate
         if gate is None or not candidates or not gate.limited(
                 (d.get("model_info") or {}).get("id") for d in candidates):
             return candidates
@@ -278,24 +325,29 @@ class AttemptRecorder(CustomLogger):
     async def async_log_success_event(self, kwargs: dict[str, Any], response_obj: Any,
                                       start_time: datetime, end_time: datetime) -> None:
         try:  # tokens toward the deployment's tpm, as LiteLLM counts them: after the answer
-            if self.gate is not None:
+            metadata = _metadata_of_call(kwargs)
+            gate = self.services_of(self.traces.get(str(metadata.get(REQUEST_ID_KEY, ""))),
+                                    metadata).gate
+            if gate is not None:
                 slo = kwargs.get("standard_logging_object") or {}
-                self.gate.count_tokens(kwargs.get("model_id") or slo.get("model_id"),
-                                       int(slo.get("total_tokens") or 0))
+                gate.count_tokens(kwargs.get("model_id") or slo.get("model_id"),
+                                  int(slo.get("total_tokens") or 0))
         except Exception:
             log.exception("could not count a deployment's tokens")
 
     def _record_failure(self, kwargs: dict[str, Any], start: datetime, end: datetime) -> None:
-        metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
-        trace = self.traces.get(metadata.get(REQUEST_ID_KEY, ""))
+        metadata = _metadata_of_call(kwargs)
+        trace = self.traces.get(str(metadata.get(REQUEST_ID_KEY, "")))
         exc = kwargs.get("exception") or Exception("unknown error")
         if trace is None or isinstance(exc, _NotSent):  # a refusal is recorded where it is made
             return
+        services = self.services_of(trace, metadata)
         slo = kwargs.get("standard_logging_object") or {}
         deployment_id = kwargs.get("model_id") or slo.get("model_id")
-        if self.gate is not None:  # the failed attempt's capacity is free again
-            self.gate.release(deployment_id, trace.admission)
-        dep = self.config.deployment(deployment_id) if self.config and deployment_id else None
+        if services.gate is not None:  # the failed attempt's capacity is free again
+            services.gate.release(deployment_id, trace.admission)
+        config = services.config
+        dep = config.deployment(deployment_id) if config and deployment_id else None
         trace.failures.append(Attempt(
             attempt=len(trace.failures) + 1,
             model_group=slo.get("model_group") or metadata.get("model_group") or "",
@@ -304,10 +356,48 @@ class AttemptRecorder(CustomLogger):
             model=dep.litellm_params.model if dep else kwargs.get("model"),
             status="error",
             error_class=classify(exc).__name__,
-            error_message=provider_message(exc, self.redactor),
+            error_message=provider_message(exc, services.redactor),
             status_code=status_code_of(exc),
             latency_ms=round((end - start).total_seconds() * 1000, 3),
         ))
+
+
+class AttemptRecorder:
+    """The attempt recorder of one Router (what `recorder(router)` returns): `open` gives each
+    request's trace this Router's services, `gate` is this Router's capacity gate. The traces
+    and LiteLLM's hooks are the process-wide `AttemptCallbacks`'."""
+
+    def __init__(self, callbacks: AttemptCallbacks, services: RouterServices) -> None:
+        self.callbacks = callbacks
+        self.services = services
+
+    @property
+    def traces(self) -> dict[str, RequestTrace]:
+        return self.callbacks.traces
+
+    @property
+    def config(self) -> Config | None:
+        return self.services.config
+
+    @property
+    def guard(self) -> CredentialGuard | None:
+        return self.services.guard
+
+    @property
+    def gate(self) -> CapacityGate | None:
+        return self.services.gate
+
+    @property
+    def redactor(self) -> Redactor:
+        return self.services.redactor
+
+    def open(self, request_id: str, services: RouterServices | None = None) -> RequestTrace:
+        """Start collecting a request's attempts; `services`: another Router's (default:
+        this one's)."""
+        return self.callbacks.open(request_id, services or self.services)
+
+    def close(self, request_id: str) -> RequestTrace:
+        return self.callbacks.close(request_id)
 
 
 def _refused_attempt(number: int, group: str, refusal: Refusal) -> Attempt:
@@ -315,6 +405,22 @@ def _refused_attempt(number: int, group: str, refusal: Refusal) -> Attempt:
     return Attempt(attempt=number, model_group=group, deployment=dep.id, provider=dep.provider,
                    model=dep.litellm_params.model, status="error",
                    error_class=AuthenticationFailed.__name__, error_message=refusal.reason)
+
+
+def _metadata_of_request(request_kwargs: Mapping[str, object]) -> Mapping[str, object] | None:
+    """The metadata a Router call was made with (`litellm_metadata` on the Messages and
+    Responses paths)."""
+    for key in ("metadata", "litellm_metadata"):
+        md = request_kwargs.get(key)
+        if isinstance(md, Mapping):
+            return md
+    return None
+
+
+def _metadata_of_call(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Our metadata, as LiteLLM's logging callbacks get it."""
+    params = kwargs.get("litellm_params") or {}
+    return params.get("metadata") or params.get("litellm_metadata") or {}
 
 
 def _trace_of(request_kwargs: Mapping[str, object],
@@ -326,21 +432,39 @@ def _trace_of(request_kwargs: Mapping[str, object],
     return None
 
 
-RECORDER: AttemptRecorder | None = None
+_CALLBACKS: AttemptCallbacks | None = None
+# Set on each Router build_router makes: its RouterServices (the Router keeps them alive).
+_SERVICES_ATTR = "llmgw_services"
 
 
-def recorder() -> AttemptRecorder:
-    """The process-wide recorder, registered once with LiteLLM (appended, never assigned)."""
-    global RECORDER
-    if RECORDER is None:
-        RECORDER = AttemptRecorder()
-    add_callback(RECORDER)
-    return RECORDER
+def attempt_callbacks() -> AttemptCallbacks:
+    """The process-wide LiteLLM hooks of every llmgw Router, registered once with LiteLLM
+    (appended, never assigned)."""
+    global _CALLBACKS
+    if _CALLBACKS is None:
+        _CALLBACKS = AttemptCallbacks()
+    add_callback(_CALLBACKS)
+    return _CALLBACKS
+
+
+def router_services(router: Any) -> RouterServices | None:
+    """The services of a Router `build_router` made (None for any other Router)."""
+    services = getattr(router, _SERVICES_ATTR, None)
+    return services if isinstance(services, RouterServices) else None
+
+
+def recorder(router: Any = None) -> AttemptRecorder:
+    """The attempt recorder for the requests of `router` (a Router `build_router` made);
+    without one, of the latest Router built (the gateway's own when asked right after
+    building it)."""
+    callbacks = attempt_callbacks()
+    services = router_services(router) if router is not None else None
+    return AttemptRecorder(callbacks, services or callbacks.latest)
 
 
 async def _no_failover_after_auth_failure(*, model: str, request_kwargs: Mapping[str, object],
                                           llm_router: Any) -> bool:
-    trace = _trace_of(request_kwargs, recorder().traces)
+    trace = _trace_of(request_kwargs, attempt_callbacks().traces)
     return not (trace and trace.auth_failed)
 
 
@@ -362,11 +486,7 @@ def _snapshot() -> list[object]:
 
 
 def _release_previous_router() -> None:
-    stale = {id(cb) for cb in _previous_router_callbacks}
-    for name in CALLBACK_LISTS:  # one pass over every list, not one per handler
-        current = getattr(litellm, name, None)
-        if isinstance(current, list):
-            current[:] = [cb for cb in current if id(cb) not in stale]
+    remove_callbacks(_previous_router_callbacks)
     _previous_router_callbacks.clear()
 
 
@@ -374,8 +494,7 @@ def _quiet_litellm_logs() -> None:
     level = os.environ.get("LLMGW_LITELLM_LOG_LEVEL", "CRITICAL").upper()
     for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
         logging.getLogger(name).setLevel(level)
-    if hasattr(litellm, "expose_router_debug_in_errors"):  # not in every release
-        litellm.expose_router_debug_in_errors = False
+    hide_router_debug_in_errors()
 
 
 # LiteLLM's own switches llmgw turns on in the Router it builds, because they change nothing a
@@ -390,8 +509,7 @@ LEAN_GENERAL_SETTINGS: Mapping[str, Any] = {"async_only_mode": True}
 def lean_general_settings(configured: Any, lean: bool = True) -> Any:
     """The Router's `router_general_settings`: llmgw's lean defaults (unless `lean` is off),
     then each field the user set (a mapping or LiteLLM's `RouterGeneralSettings`) over them."""
-    from litellm.types.router import RouterGeneralSettings
-
+    RouterGeneralSettings = general_settings_class()  # noqa: N806  (LiteLLM's class)
     if isinstance(configured, RouterGeneralSettings):
         mine = configured.model_dump(exclude_unset=True)
     else:
@@ -400,7 +518,10 @@ def lean_general_settings(configured: Any, lean: bool = True) -> Any:
 
 
 def build_router(config: Config, redactor: Redactor) -> Any:
-    """A `litellm.Router` for the config; the one Router this process routes with."""
+    """A `litellm.Router` for the config, with its own services (`RouterServices`: guard,
+    capacity gate, redactor) that the attempt recorder uses for its calls. LiteLLM's own
+    callbacks are process-wide: this Router takes over those of the Router built before it
+    (see `_release_previous_router`)."""
     _quiet_litellm_logs()
     settings = config.router_settings.router_kwargs()
     configured = dict(settings.pop("retry_policy", None) or {})
@@ -432,7 +553,12 @@ def build_router(config: Config, redactor: Redactor) -> Any:
             info = entry["model_info"]
             entry["litellm_params"].update(input_cost_per_token=info["input_cost_per_token"],
                                            output_cost_per_token=info["output_cost_per_token"])
-    router = (lean_router_class() if lean else litellm.Router)(
+    services = RouterServices(config=config, redactor=redactor)
+    # Every call of this Router names it, so its callbacks find its services (ROUTER_KEY).
+    defaults = dict(settings.get("default_litellm_params") or {})
+    defaults["metadata"] = {**(defaults.get("metadata") or {}), ROUTER_KEY: services.key}
+    settings["default_litellm_params"] = defaults
+    router = router_class(lean)(
         model_list=model_list,
         retry_policy=policy,
         fallback_access_check=_no_failover_after_auth_failure,
@@ -440,12 +566,11 @@ def build_router(config: Config, redactor: Redactor) -> Any:
     )
     _previous_router_callbacks.extend(cb for cb in _snapshot() if id(cb) not in before)
     _check_shared_state(config, redactor)
-    rec = recorder()
-    rec.config = config
-    rec.guard = CredentialGuard(config, router)
-    rec.guard.warn_unset()
-    rec.gate = CapacityGate(config, config.router_settings.shared_state_url())
-    rec.redactor.add(redactor.secrets)
+    services.guard = CredentialGuard(config, router)
+    services.guard.warn_unset()
+    services.gate = CapacityGate(config, config.router_settings.shared_state_url())
+    setattr(router, _SERVICES_ATTR, services)
+    attempt_callbacks().register(services)
     return router
 
 
@@ -456,7 +581,7 @@ def count_stream_failure(router: Any, attempt: Attempt) -> None:
     calls that failed before streaming). Counted as a server error (InternalServerError)."""
     if not attempt.deployment:
         return
-    exc = litellm.InternalServerError(
+    exc = litellm_errors.InternalServerError(
         message=f"stream failed mid-way: {attempt.error_message or attempt.error_class}",
         llm_provider=attempt.provider or "", model=attempt.model or "")
     now = datetime.now()

@@ -135,9 +135,10 @@ async def probe(config: Config, router: Any = None, *, timeout: float = 5.0,
     import_litellm()
     redactor = redactor or Redactor(config.secret_values())
     if gate is None and router is not None:
-        from llmgw import router as routing
+        from llmgw.router import router_services
 
-        gate = routing.RECORDER.gate if routing.RECORDER is not None else None
+        services = router_services(router)
+        gate = services.gate if services is not None else None
     async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
         cooling, use, results = await asyncio.gather(
             cooldowns(router), current_use(config, router, gate),
@@ -192,14 +193,10 @@ async def _litellm_counts(config: Config, router: Any) -> dict[str, tuple[int, i
     cache = getattr(router, "cache", None)
     if cache is None:
         return {}
-    from litellm.types.router import RouterCacheEnum
-    from litellm.utils import get_utc_datetime
+    from llmgw._litellm.router_state import current_minute, usage_keys
 
-    minute = get_utc_datetime().strftime("%H-%M")
-    keys = []
-    for d in config.model_list:
-        ids = {"id": d.id, "model": d.litellm_params.model, "current_minute": minute}
-        keys += [RouterCacheEnum.RPM.value.format(**ids), RouterCacheEnum.TPM.value.format(**ids)]
+    keys = usage_keys(((d.id, d.litellm_params.model) for d in config.model_list),
+                      current_minute())
     try:
         values = await cache.async_batch_get_cache(keys=keys) or [None] * len(keys)
     except Exception:  # noqa: BLE001  # no shared cache reachable: no counts to show
@@ -209,11 +206,9 @@ async def _litellm_counts(config: Config, router: Any) -> dict[str, tuple[int, i
 
 
 def _litellm_in_flight(router: Any, deployment_id: str) -> int:
-    cache = getattr(router, "cache", None)
-    if cache is None:
-        return 0
-    slot = cache.get_cache(key=f"{deployment_id}_max_parallel_requests_client", local_only=True)
-    return int(getattr(slot, "in_flight", 0) or 0)
+    from llmgw._litellm.router_state import in_flight
+
+    return in_flight(router, deployment_id)
 
 
 async def cooling_down(router: Any) -> dict[str, int | None]:

@@ -15,7 +15,7 @@ import logging
 import sys
 from typing import Any
 
-from llmgw._litellm import add_callback, import_litellm, remove_callback
+from llmgw._litellm import add_callback, remove_callback
 from llmgw.config import OtelSettings
 from llmgw.errors import ConfigError
 from llmgw.router import REQUEST_ID_KEY
@@ -36,8 +36,7 @@ class Tracing:
 
     def __init__(self, tracer_provider: Any, *, capture_content: bool = False,
                  owns_provider: bool = False) -> None:
-        import_litellm()
-        from litellm.integrations.opentelemetry import OpenTelemetry, OpenTelemetryConfig
+        from llmgw._litellm.otel import OpenTelemetry, OpenTelemetryConfig
 
         self.provider = tracer_provider
         self.tracer = tracer_provider.get_tracer("llmgw")

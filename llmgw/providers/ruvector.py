@@ -40,17 +40,19 @@ from typing import Any
 
 import httpx
 
-from llmgw._litellm import import_litellm
-
-import_litellm()  # its offline settings before LiteLLM loads
-import litellm  # noqa: E402
-from litellm.llms.custom_llm import CustomLLM  # noqa: E402  (not exported at top level)
-from litellm.types.utils import GenericStreamingChunk, ModelResponse  # noqa: E402
-
-from llmgw.providers.ruvector_wire import (  # noqa: E402  (re-exported: _hidden_params' key)
+from llmgw._litellm.providers import (
+    CustomLLM,
+    GenericStreamingChunk,
+    ModelResponse,
+    custom_provider_map,
+    register_prices,
+    setup_custom_providers,
+    unpriced,
+)
+from llmgw.providers.ruvector_wire import (  # (re-exported: _hidden_params' key)
     HIDDEN_KEY as HIDDEN_KEY,
 )
-from llmgw.providers.ruvector_wire import (  # noqa: E402
+from llmgw.providers.ruvector_wire import (
     PROVIDER,
     UNREACHABLE,
     Answer,
@@ -463,9 +465,7 @@ def register() -> RuVectorLLM:
     """Make ``ruvector/<model>`` a LiteLLM provider. Idempotent; appends to
     ``litellm.custom_provider_map`` and never replaces another provider's entry."""
     global _HANDLER
-    if litellm.custom_provider_map is None:
-        litellm.custom_provider_map = []
-    entries = litellm.custom_provider_map
+    entries = custom_provider_map()
     ours = [e for e in entries if e.get("provider") == PROVIDER]
     if ours:
         existing = ours[-1].get("custom_handler")  # LiteLLM uses the last match
@@ -476,9 +476,7 @@ def register() -> RuVectorLLM:
             _HANDLER = existing  # adopt it, so state is never split between two instances
     else:
         entries.append({"provider": PROVIDER, "custom_handler": handler()})
-    from litellm.utils import custom_llm_setup
-
-    custom_llm_setup()  # adds the name to litellm.provider_list now, not at the first call
+    setup_custom_providers()  # adds the name to litellm.provider_list now, not at the first call
     _register_free_models()
     return handler()
 
@@ -490,9 +488,9 @@ def _register_free_models() -> None:
     Router whose deployment sets prices logs a "custom pricing but not in built-in cost map"
     warning per deployment. A deployment's own ``model_info`` prices still win.
     """
-    missing = {f"{PROVIDER}/{m}" for m in MODELS} - set(litellm.model_cost)
+    missing = unpriced({f"{PROVIDER}/{m}" for m in MODELS})
     if missing:
-        litellm.register_model({name: {
+        register_prices({name: {
             "input_cost_per_token": 0.0, "output_cost_per_token": 0.0,
             "cache_read_input_token_cost": 0.0, "cache_creation_input_token_cost": 0.0,
             "litellm_provider": PROVIDER, "mode": "chat"} for name in sorted(missing)})

@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from llmgw._litellm import import_litellm
-
-import_litellm()  # its offline settings before LiteLLM loads
-import litellm  # noqa: E402
-from litellm.llms.custom_llm import CustomLLMError  # noqa: E402  (not exported at top level)
-from litellm.types.llms.openai import ChatCompletionUsageBlock  # noqa: E402
-from litellm.types.utils import GenericStreamingChunk, ModelResponse  # noqa: E402
+from llmgw._litellm.providers import (
+    ChatCompletionUsageBlock,
+    CustomLLMError,
+    GenericStreamingChunk,
+    ModelResponse,
+    Usage,
+    token_counter,
+)
 
 if TYPE_CHECKING:
     from llmgw.providers.ruvector import Settings
@@ -221,7 +222,7 @@ def to_model_response(model_response: ModelResponse | None, model: str, answer: 
     response.choices[0].finish_reason = "stop"
     response.created = int(time.time())
     response.model = f"{PROVIDER}/{model}"
-    response.usage = litellm.Usage(  # type: ignore[attr-defined]  # set in __init__, undeclared
+    response.usage = Usage(  # type: ignore[attr-defined]  # set in __init__, undeclared
         prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
         total_tokens=answer.prompt_tokens + answer.completion_tokens)
     response._hidden_params[HIDDEN_KEY] = dict(answer.info)
@@ -249,11 +250,11 @@ def stream_chunks(answer: Answer) -> list[GenericStreamingChunk]:
 # -- helpers --------------------------------------------------------------------------------
 
 def count_prompt_tokens(messages: list[Any]) -> int:
-    return int(litellm.token_counter(messages=[as_dict(m) for m in messages]))
+    return int(token_counter(messages=[as_dict(m) for m in messages]))
 
 
 def count_text_tokens(text: str) -> int:
-    return int(litellm.token_counter(text=text, count_response_tokens=True)) if text else 0
+    return int(token_counter(text=text, count_response_tokens=True)) if text else 0
 
 
 def as_dict(value: Any) -> dict[str, Any]:
