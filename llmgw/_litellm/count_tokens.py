@@ -16,6 +16,8 @@ from llmgw._litellm import import_litellm
 
 # What the handler takes as arguments of their own; every other field is an option it may count.
 _OWN_ARGUMENTS = frozenset({"model", "messages", "system", "tools"})
+# How the handler (1.106.2) words a failure that got no HTTP answer (it reports it as a 500).
+_NO_ANSWER = "CountTokens processing error"
 
 
 class ProviderCountFailed(Exception):
@@ -66,7 +68,9 @@ async def anthropic_count(body: Mapping[str, Any], *, model: str, api_key: str |
             model=model, messages=list(body["messages"]), auth_header=headers,
             api_base=api_base, timeout=timeout_s, tools=body.get("tools"),
             system=body.get("system"), optional_params=options)
-    except AnthropicError as exc:  # the handler wraps every failure in it (500: no answer)
+    except AnthropicError as exc:  # the handler wraps every failure in it
+        if str(exc.message).startswith(_NO_ANSWER):  # its wrap of a transport error
+            raise ProviderCountFailed(None, "no answer from the endpoint") from None
         raise ProviderCountFailed(exc.status_code, f"HTTP {exc.status_code}") from None
     tokens = result.get("input_tokens")
     if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:

@@ -8,7 +8,7 @@ validated (model, messages, system, tools); every other field goes to the counte
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -79,12 +79,13 @@ async def count_tokens(body: CountTokensBody, request: Request, key: Key) -> JSO
     """The request's input tokens, counted by the group's first deployment (Anthropic's own
     endpoint for an Anthropic deployment, else LiteLLM's tokenizer); `x-llmgw-count-source`
     says which (`provider` or `tokenizer`). Free: nothing is charged or recorded."""
-    caller = caller_of(key, request, user=_user_id(body))
+    raw = await request.json()  # the body as sent: what the counter gets
+    caller = caller_of(key, request, anthropic_user_id=_user_id(raw))
     gateway = request.app.state.gateway
     route = gateway.agents.resolve(caller.agent_id, agent_type=caller.agent_type,
                                    model_group=group_of(body.model))
     counted = await until_disconnect(request, count_input_tokens(
-        gateway.config, route.model_group, body.model_dump(exclude_none=True),
+        gateway.config, route.model_group, raw,
         anthropic_beta=request.headers.get("anthropic-beta")))
     return JSONResponse({"input_tokens": counted.input_tokens},
                         headers={SOURCE_HEADER: counted.source,
@@ -92,8 +93,8 @@ async def count_tokens(body: CountTokensBody, request: Request, key: Key) -> JSO
                                  "x-llmgw-deployment": counted.deployment})
 
 
-def _user_id(body: CountTokensBody) -> str | None:
+def _user_id(raw: dict[str, Any]) -> str | None:
     """`metadata.user_id`, if sent (count_tokens has no metadata of its own; it passes through)."""
-    metadata = (body.model_extra or {}).get("metadata")
+    metadata = raw.get("metadata")
     user = metadata.get("user_id") if isinstance(metadata, dict) else None
     return user if isinstance(user, str) else None

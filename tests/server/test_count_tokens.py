@@ -4,6 +4,7 @@ LiteLLM's tokenizer; a count is never charged nor recorded."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -98,6 +99,18 @@ def test_auto_counts_on_the_agent_types_group(running, sims):
     assert raw.parse().input_tokens == answer.prompt_tokens
 
 
+def test_an_any_agent_key_counts_for_the_agent_its_header_names(running, sims):
+    key = running.key(agent=None)
+    ac = anthropic.Anthropic(base_url=running.base_url, api_key=key, max_retries=0,
+                             default_headers={"x-llmgw-agent": "arch-7",
+                                              "x-llmgw-agent-type": "software-architect"})
+    raw = ac.messages.with_raw_response.count_tokens(model="auto", messages=ASK)
+    assert raw.headers["x-llmgw-model-group"] == "primary"
+    assert raw.parse().input_tokens == sim_counts(sims[1])[0].prompt_tokens
+    with pytest.raises(anthropic.BadRequestError):  # no agent named: as for /v1/messages
+        client(running.base_url, key).messages.count_tokens(model="primary", messages=ASK)
+
+
 def test_a_refused_provider_count_falls_back_to_the_tokenizer(running, sims):
     _, anthropic_sim = sims  # group authg's deployment has a key the sim refuses
     raw = client(running.base_url, running.key()).messages.with_raw_response.count_tokens(
@@ -126,6 +139,26 @@ def test_fields_llmgw_does_not_read_pass_through(running, sims):
     (sent,) = [r for r in anthropic_sim.requests if r.path == COUNT_PATH]
     assert sent.json["thinking"] == thinking
     assert counted.input_tokens == sim_counts(anthropic_sim)[0].prompt_tokens
+
+
+def test_content_blocks_go_to_the_provider_as_sent(running, sims):
+    _, anthropic_sim = sims
+    blocks = [{"role": "user", "content": [
+        {"type": "text", "text": "Long context here", "cache_control": {"type": "ephemeral"}},
+        {"type": "text", "text": "and a question?"}]}]
+    client(running.base_url, running.key()).messages.count_tokens(model="primary",
+                                                                  messages=blocks)
+    (sent,) = [r for r in anthropic_sim.requests if r.path == COUNT_PATH]
+    assert sent.json["messages"] == blocks
+
+
+def test_the_callers_betas_go_along_with_the_token_counting_beta(running, sims):
+    _, anthropic_sim = sims
+    client(running.base_url, running.key()).beta.messages.count_tokens(
+        model="primary", messages=ASK, betas=["context-management-2025-06-27"])
+    (sent,) = [r for r in anthropic_sim.requests if r.path == COUNT_PATH]
+    assert set(sent.headers["anthropic-beta"].split(",")) == {
+        "context-management-2025-06-27", "token-counting-2024-11-01"}
 
 
 def test_unknown_model_is_404(running, sims):
@@ -223,4 +256,20 @@ def test_a_client_model_name_resolves_through_the_aliases(sims, migrated_ledger_
     assert raw.headers["x-llmgw-model-group"] == "primary"
     assert raw.headers["x-llmgw-count-source"] == "provider"
     assert raw.parse().input_tokens == sim_counts(anthropic_sim)[0].prompt_tokens
+    assert_nothing_charged(migrated_ledger_url)
+
+
+def test_an_unreachable_endpoint_falls_back_to_the_tokenizer(sims, migrated_ledger_url, caplog):
+    openai_sim, anthropic_sim = sims
+    config = sim_config_dict(openai_sim.base_url, anthropic_sim.base_url, migrated_ledger_url)
+    config["model_list"][0]["litellm_params"]["api_base"] = "http://127.0.0.1:1"  # refused
+    with caplog.at_level(logging.WARNING, logger="llmgw.count_tokens"), \
+            serve(config, migrated_ledger_url) as (base_url, key):
+        raw = client(base_url, key).messages.with_raw_response.count_tokens(model="primary",
+                                                                            messages=ASK)
+    assert raw.headers["x-llmgw-count-source"] == "tokenizer"
+    assert raw.parse().input_tokens == tokenizer_count("anthropic/claude-sim", messages=ASK)
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "llmgw.count_tokens"]
+    assert "primary-anthropic" in warning and "no answer" in warning
+    assert anthropic_sim.api_key not in warning
     assert_nothing_charged(migrated_ledger_url)
