@@ -4,7 +4,9 @@ import { client, main, model } from './sdk_common.mjs';
 await main(async () => {
   const stream = client().messages.stream({
     model, max_tokens: 200,
-    system: [{ type: 'text', text: 'You are terse.', cache_control: { type: 'ephemeral' } }],
+    // Long enough (20 words) for a test to script cache reads and writes within the prompt.
+    system: [{ type: 'text', cache_control: { type: 'ephemeral' },
+      text: 'You are terse. Answer in as few words as you can, and never explain an answer unless asked.' }],
     messages: [{ role: 'user', content: 'Count to three.' }],
   });
   const events = [];
