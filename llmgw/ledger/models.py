@@ -65,6 +65,15 @@ class UsageEvent(Base):
     latency_ms: Mapped[float | None] = mapped_column(Float)
     stream: Mapped[bool] = mapped_column(Boolean, default=False)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    # Migration 0013: who and what the request was for, and every token kind billed.
+    session_id: Mapped[str | None] = mapped_column(String(200))  # the agent run
+    end_user: Mapped[str | None] = mapped_column(String(200))  # `user` / metadata.user_id
+    requested_model: Mapped[str | None] = mapped_column(String(200))  # the alias asked for
+    dialect: Mapped[str | None] = mapped_column(String(16))  # chat, anthropic, responses
+    cache_write_tokens: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    cache_write_1h_tokens: Mapped[int] = mapped_column(Integer,
+                                                       server_default=text("0"))
+    reasoning_tokens: Mapped[int] = mapped_column(Integer, server_default=text("0"))
 
     __table_args__ = (
         UniqueConstraint("request_id", "attempt", name="uq_usage_events_request_attempt"),
@@ -76,6 +85,9 @@ class UsageEvent(Base):
         Index("ix_usage_events_project_ts", "project_id", "ts"),
         Index("ix_usage_events_agent_ts", "agent_id", "ts"),
         Index("ix_usage_events_ts", "ts"),
+        # Reports by session (they read usage_events, the rollup has no sessions): one
+        # session's rows in a window, within a project or not.
+        Index("ix_usage_events_session", "session_id", "project_id", "ts"),
     )
 
 

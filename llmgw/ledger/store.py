@@ -25,12 +25,24 @@ from llmgw.types import Attempt
 
 T = TypeVar("T")
 
+# Columns of migration 0013 that a row may leave out (a writer older than them): written as
+# these values, as the database's defaults would.
+OPTIONAL_USAGE: dict[str, Any] = {
+    "session_id": None, "end_user": None, "requested_model": None, "dialect": None,
+    "cache_write_tokens": 0, "cache_write_1h_tokens": 0, "reasoning_tokens": 0}
+
+
+def _pg_value(column: str) -> str:
+    default = OPTIONAL_USAGE.get(column)
+    return f"COALESCE(u.{column}, {default})" if default is not None else f"u.{column}"
+
+
 # PostgreSQL: the rows of many requests' writes as one statement (one JSON array, an element
 # per request, one result row each), as the budget functions take a batch's settles.
 _PG_INSERT_ROWS = (
     "WITH t AS (SELECT e, n FROM json_array_elements(%s::json) WITH ORDINALITY AS t(e, n)), "
     f"ins AS (INSERT INTO usage_events ({', '.join(USAGE_COLUMNS)}) "
-    f"SELECT {', '.join('u.' + c for c in USAGE_COLUMNS)} FROM t, "
+    f"SELECT {', '.join(_pg_value(c) for c in USAGE_COLUMNS)} FROM t, "
     "json_populate_recordset(NULL::usage_events, t.e->'rows') WITH ORDINALITY AS u "
     "ORDER BY t.n, u.ordinality) "
     "SELECT n FROM t ORDER BY n")
@@ -75,6 +87,13 @@ def usage_row(ctx: RequestContext, attempt: Attempt, *, ts: datetime, saved_micr
         "saved_micros": saved_micros,
         "latency_ms": attempt.latency_ms,
         "stream": ctx.stream,
+        "session_id": ctx.session_id,
+        "end_user": ctx.end_user,
+        "requested_model": ctx.requested_model,
+        "dialect": ctx.dialect,
+        "cache_write_tokens": attempt.usage.cache_write_tokens,
+        "cache_write_1h_tokens": attempt.usage.cache_write_1h_tokens,
+        "reasoning_tokens": attempt.usage.reasoning_tokens,
         "metadata": ({**(metadata or {}), "provider_details": attempt.provider_details}
                      if attempt.provider_details else metadata or None),
     }
@@ -96,14 +115,16 @@ class UsageInsert:
     """`INSERT INTO usage_events` for a driver cursor, values converted exactly as Core
     converts them."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, columns: tuple[str, ...] = USAGE_COLUMNS) -> None:
+        # `columns`: fewer only for a ledger at an older revision (tests of migrations).
+        self._columns = columns
         processors = [bind_processor(UsageEvent.__table__.c[name].type, engine)
-                      for name in USAGE_COLUMNS]
-        self._values = operator.itemgetter(*USAGE_COLUMNS)
+                      for name in columns]
+        self._values = operator.itemgetter(*columns)
         # Only a few columns need converting (times, JSON, flags): the rest go as they are.
         self._convert = [(i, proc) for i, proc in enumerate(processors) if proc]
-        self.sql = driver_sql(f"INSERT INTO usage_events ({', '.join(USAGE_COLUMNS)}) "
-                              f"VALUES ({', '.join('?' for _ in USAGE_COLUMNS)})", engine)
+        self.sql = driver_sql(f"INSERT INTO usage_events ({', '.join(columns)}) "
+                              f"VALUES ({', '.join('?' for _ in columns)})", engine)
 
     def params(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         return list(self.each(rows))
@@ -113,7 +134,11 @@ class UsageInsert:
         requests' rows holds one at a time)."""
         values, convert = self._values, self._convert
         for row in rows:
-            params = list(values(row))
+            try:
+                params = list(values(row))
+            except KeyError:  # a row without 0013's columns; any other key is still required
+                params = [row.get(c, OPTIONAL_USAGE[c]) if c in OPTIONAL_USAGE else row[c]
+                          for c in self._columns]
             for i, proc in convert:
                 params[i] = proc(params[i])
             yield tuple(params)

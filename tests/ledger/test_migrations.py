@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import insert, inspect, text
+from sqlalchemy import insert, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from llmgw.errors import LedgerError
@@ -20,6 +20,7 @@ INDEXES = {
     "ix_usage_events_project_ts": ["project_id", "ts"],
     "ix_usage_events_agent_ts": ["agent_id", "ts"],
     "ix_usage_events_ts": ["ts"],
+    "ix_usage_events_session": ["session_id", "project_id", "ts"],
 }
 
 
@@ -57,8 +58,8 @@ LEDGER_TABLES = {"usage_events", "budgets", "budget_counters", "reservations", "
                  "usage_split_requests", "api_keys"}
 
 
-def test_head_is_0012_and_folder_found() -> None:
-    assert head() == "0012"
+def test_head_is_0013_and_folder_found() -> None:
+    assert head() == "0013"
     assert (migrations_dir() / "versions" / "0001_usage_events.py").is_file()
     assert (migrations_dir() / "versions" / "0002_budgets.py").is_file()
     assert (migrations_dir() / "versions" / "0003_usage_rollup.py").is_file()
@@ -70,7 +71,7 @@ def test_head_is_0012_and_folder_found() -> None:
 def test_upgrade_downgrade_upgrade(ledger_url: str) -> None:
     assert current(ledger_url) is None
     upgrade(ledger_url)
-    assert current(ledger_url) == "0012"
+    assert current(ledger_url) == "0013"
     schema = _schema(ledger_url)
     assert LEDGER_TABLES | {"alembic_version"} <= schema["tables"]  # type: ignore[operator]
     model_columns = {c.name: c.nullable for c in UsageEvent.__table__.columns}
@@ -87,7 +88,7 @@ def test_upgrade_downgrade_upgrade(ledger_url: str) -> None:
     assert not LEDGER_TABLES & _schema(ledger_url)["tables"]  # type: ignore[operator]
 
     upgrade(ledger_url)
-    assert current(ledger_url) == "0012"
+    assert current(ledger_url) == "0013"
     assert _schema(ledger_url)["indexes"] == INDEXES
 
 
@@ -192,7 +193,7 @@ def test_0001_to_0002_keeps_usage_rows_and_steps_back(ledger_url: str) -> None:
         upgrade(ledger_url, "0002")
         assert current(ledger_url) == "0002"
         with engine.connect() as conn:
-            assert conn.execute(UsageEvent.__table__.select()).one().cost_micros == 3
+            assert conn.execute(select(UsageEvent.__table__.c.cost_micros)).scalar_one() == 3
         downgrade(ledger_url, "0001")
         tables = _schema(ledger_url)["tables"]
         assert "usage_events" in tables and "budgets" not in tables  # type: ignore[operator]
