@@ -85,7 +85,7 @@ class AnthropicSim(SimServer):
             return self._error(rec, started, *refused)
         if not isinstance(body, dict):
             return self._error(rec, started, 400, self.error_body(400, "The request body is not valid JSON."))
-        problem = self._validate_common(request, body)
+        problem = self._validate_common(request, body, empty_ok=True)
         if problem is not None:
             return self._error(rec, started, 400, self.error_body(400, problem))
         tokens = count_tokens(" ".join(self.prompt_texts(body)))
@@ -133,12 +133,16 @@ class AnthropicSim(SimServer):
             return "max_tokens: Field required"
         return problem
 
-    def _validate_common(self, request: web.Request, body: dict[str, Any]) -> str | None:
+    def _validate_common(
+        self, request: web.Request, body: dict[str, Any], empty_ok: bool = False
+    ) -> str | None:
         if "anthropic-version" not in request.headers:
             return "anthropic-version: header is required"
         if not isinstance(body.get("model"), str) or not body["model"]:
             return "model: Field required"
         messages = body.get("messages")
+        if empty_ok and isinstance(messages, list):  # count_tokens may count a system prompt alone
+            return None
         if not isinstance(messages, list) or not messages:
             return (
                 "messages: Field required"

@@ -503,3 +503,22 @@ def test_unknown_top_level_fields_are_recorded_as_sent(sim: AnthropicSim) -> Non
 def test_any_model_name_is_served(sim: AnthropicSim, model: str) -> None:
     resp = post(sim, {**BODY, "model": model})
     assert resp.status_code == 200 and resp.json()["model"] == model
+
+
+async def test_litellm_count_tokens_handler_reaches_the_sim(sim: AnthropicSim) -> None:
+    from llmgw._litellm.count_tokens import anthropic_count
+
+    body = {"model": MODEL, "system": "Be brief.", "messages": ASK, "tools": TOOLS, "thinking": THINK}
+    expected = post(sim, body, "/v1/messages/count_tokens").json()["input_tokens"]
+    counted = await anthropic_count(body, model=MODEL, api_key=KEY, api_base=sim.base_url, timeout_s=5)
+    assert counted == expected
+    sent = sim.wait_for_requests(2)[1]
+    assert sent.path == "/v1/messages/count_tokens" and sent.headers["x-api-key"] == KEY
+    alone = await anthropic_count(
+        {"model": MODEL, "system": "Be brief.", "messages": []},
+        model=MODEL,
+        api_key=KEY,
+        api_base=sim.base_url,
+        timeout_s=5,
+    )
+    assert alone == 2
