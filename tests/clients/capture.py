@@ -59,8 +59,9 @@ def capture(name: str, *, env_extra: dict[str, str] | None = None, tool: bool = 
     (work / "beta-notes.md").write_text("b\n")
     args = run.BASH_ALLOWED if tool else ()
     with Recorder(tool_command=f"ls {work}" if tool else None) as recorder:
-        env = run.claude_env(base_url=recorder.base_url, api_key=KEY, home=Path(tempfile.mkdtemp()),
-                             env_extra=env_extra)
+        home = Path(tempfile.mkdtemp(prefix="claude-home-"))
+        (home / "tmp").mkdir()
+        env = run.claude_env(base_url=recorder.base_url, api_key=KEY, home=home, env_extra=env_extra)
         env = {k: v for k, v in env.items() if v != ""}  # an empty value in env_extra unsets
         cmd = [str(run.CLAUDE), "-p", prompt, "--output-format", "json", *args]
         trace_file = work.parent / f"{work.name}.strace"
@@ -75,7 +76,7 @@ def capture(name: str, *, env_extra: dict[str, str] | None = None, tool: bool = 
     sample = {"claude_code_version": claude_version(), "prompt": prompt,
               "args": ["-p", "<prompt>", "--output-format", "json", *args],
               "env": {k: ("<key>" if k == "ANTHROPIC_API_KEY" else v) for k, v in env.items()
-                      if k not in {"PATH", "HOME"}},
+                      if k not in {"PATH", "HOME", "CLAUDE_CODE_TMPDIR"}},
               "exit_code": proc.returncode, "stderr": proc.stderr, "result": result,
               "network": None if trace is None else {"dns_lookups": _dns_names(trace),
                                                      "non_loopback_connects": _outside_connects(trace)},

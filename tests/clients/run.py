@@ -82,7 +82,9 @@ class ClaudeResult:
 def claude_env(*, base_url: str, api_key: str, home: Path,
                env_extra: dict[str, str] | None = None) -> dict[str, str]:
     """The whole environment Claude Code runs with: a gateway, a key, nonessential traffic off."""
+    # CLAUDE_CODE_TMPDIR: its per-run scratch (task files, probes) stays in HOME, not /tmp/claude-<uid>.
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LANG": "C.UTF-8",
+           "CLAUDE_CODE_TMPDIR": str(home / "tmp"),
            "SHELL": shutil.which("bash") or "/bin/sh", "ANTHROPIC_BASE_URL": base_url,
            "ANTHROPIC_API_KEY": api_key, **QUIET_ENV}
     env.update(env_extra or {})
@@ -95,6 +97,7 @@ def claude_code(prompt: str, *, base_url: str, api_key: str, cwd: Path, args: tu
     """`claude -p PROMPT --output-format json [args]` in `cwd`, HOME a fresh temp dir unless given."""
     require_clients()
     home = home or Path(tempfile.mkdtemp(prefix="claude-home-"))
+    (home / "tmp").mkdir(parents=True, exist_ok=True)
     proc = subprocess.run([str(CLAUDE), "-p", prompt, "--output-format", "json", *args],
                           env=claude_env(base_url=base_url, api_key=api_key, home=home, env_extra=env_extra),
                           cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)

@@ -58,7 +58,7 @@ def assert_ledger(gw: Gateway, *, session_id: str, group: str, deployment: str, 
 
 def test_harness_plain_prompt_sends_one_messages_request(recorder: Recorder, tmp_path: Path) -> None:
     result = claude_code("Say hello", base_url=recorder.base_url, api_key="sk-ant-harness-0123456789",
-                         cwd=tmp_path)
+                         cwd=tmp_path, home=tmp_path / "home")
     assert result.returncode == 0, result.stderr
     out = result.json
     assert (out["is_error"], out["result"]) == (False, "Hello from the recorder.")
@@ -78,7 +78,8 @@ def test_harness_bash_loop_runs_ls(recorder: Recorder, tmp_path: Path) -> None:
     work, name = listed_dir(tmp_path)
     recorder.tool_command = f"ls {work}"
     result = claude_code("List this directory with Bash", base_url=recorder.base_url,
-                         api_key="sk-ant-harness-0123456789", cwd=work, args=BASH_ALLOWED)
+                         api_key="sk-ant-harness-0123456789", cwd=work, args=BASH_ALLOWED,
+                         home=tmp_path / "home")
     assert result.returncode == 0, result.stderr
     assert name in result.json["result"]
     first, second = recorder.messages_requests()
@@ -104,7 +105,8 @@ def test_harness_bash_loop_runs_ls(recorder: Recorder, tmp_path: Path) -> None:
 def test_plain_prompt_under_claude_code_model_names(start_gateway: Any, tmp_path: Path, args: tuple[str, ...],
                                                     group: str, deployment: str, sim_model: str) -> None:
     gw = start_gateway("anthropic", FaultPlan(answer=ANSWER))
-    result = claude_code("Say hello", base_url=gw.base_url, api_key=gw.api_key, cwd=tmp_path, args=args)
+    result = claude_code("Say hello", base_url=gw.base_url, api_key=gw.api_key, cwd=tmp_path, args=args,
+                         home=tmp_path / "home")
     assert result.returncode == 0, (result.stdout, result.stderr)
     out = result.json
     assert (out["is_error"], out["result"]) == (False, ANSWER), out
@@ -120,7 +122,7 @@ def test_bash_tool_loop_with_thinking(start_gateway: Any, tmp_path: Path, backen
     work, name = listed_dir(tmp_path)
     gw = start_gateway(backend, bash_loop(work))
     result = claude_code("List this directory with Bash", base_url=gw.base_url, api_key=gw.api_key,
-                         cwd=work, args=BASH_ALLOWED)
+                         cwd=work, args=BASH_ALLOWED, home=tmp_path / "home")
     assert result.returncode == 0, (result.stdout, result.stderr)
     out = result.json
     assert out["is_error"] is False and name in out["result"], out
