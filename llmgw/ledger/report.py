@@ -33,7 +33,8 @@ from llmgw.ledger.models import UsageEvent, UsageRollup, UsageSplitRequest
 from llmgw.pricing import micros_to_usd
 
 GroupBy = Literal[
-    "project", "agent", "agent-type", "model", "provider", "day", "model-group", "deployment"
+    "project", "agent", "agent-type", "model", "provider", "day", "model-group", "deployment",
+    "session",
 ]
 GROUP_BY_VALUES: tuple[str, ...] = get_args(GroupBy)
 
@@ -92,14 +93,15 @@ class ReportRow(BaseModel):
 
 def usage_report(engine: Engine, *, by: GroupBy, project: str | None = None,
                  agent: str | None = None, since: datetime | None = None,
-                 until: datetime | None = None) -> list[ReportRow]:
+                 until: datetime | None = None, session: str | None = None) -> list[ReportRow]:
     """Usage grouped by `by`, filtered in SQL; `since` is inclusive, `until` exclusive.
 
-    Rows come by day for `day`, else by cost (highest first) then key. NULL keys show as "-".
+    Rows come by day for `day`, else by cost (highest first) then key. NULL keys show as "-"
+    (for `session`: requests that named no session).
     """
     if by not in GROUP_BY_VALUES:
         raise ValueError(f"unknown group-by {by!r}; use one of {', '.join(GROUP_BY_VALUES)}")
-    by_key = _report(engine, by, project, agent, since, until)
+    by_key = _report(engine, by, project, agent, since, until, session)
     rows = [_row(key, values) for key, values in by_key.items()]
     if by == "day":
         return sorted(rows, key=lambda r: r.key)
@@ -107,9 +109,10 @@ def usage_report(engine: Engine, *, by: GroupBy, project: str | None = None,
 
 
 def usage_totals(engine: Engine, *, project: str | None = None, agent: str | None = None,
-                 since: datetime | None = None, until: datetime | None = None) -> ReportRow:
+                 since: datetime | None = None, until: datetime | None = None,
+                 session: str | None = None) -> ReportRow:
     """One TOTAL row for the same filters (its own query: a request can span several keys)."""
-    totals = _report(engine, None, project, agent, since, until)
+    totals = _report(engine, None, project, agent, since, until, session)
     return _row(TOTAL_KEY, totals.get(None, {}))
 
 
@@ -156,17 +159,23 @@ def _midnight(moment: datetime, *, up: bool) -> datetime:
 
 
 def _report(engine: Engine, by: str | None, project: str | None, agent: str | None,
-            since: datetime | None, until: datetime | None) -> dict[object, dict[str, int]]:
+            since: datetime | None, until: datetime | None,
+            session: str | None = None) -> dict[object, dict[str, int]]:
     """Key (None for NULL, or for the totals) -> measures, all parts added up."""
     span = _cut(since, until)
     scope = (project, agent)
     dialect = engine.dialect.name
     queries: list[tuple[Select[Any], Callable[[Any], dict[str, int]]]] = []
-    if span.whole_days:
+    if by == "session" or session is not None:
+        # The rollup keeps no sessions: one query over usage_events in the window (the
+        # session index serves a session's rows); a distinct count is exact as it is.
+        queries.append((_session_query(by, dialect, scope, session, span), _measures_of))
+    elif span.whole_days:
         queries.append((_rollup_query(by, scope, span), _measures_of))
-    if span.edges:
-        queries.append((_edges_query(by, dialect, scope, span), _measures_of))
-    queries.append((_split_query(by, dialect, scope, span), _split_requests_of))
+    if session is None and by != "session":
+        if span.edges:
+            queries.append((_edges_query(by, dialect, scope, span), _measures_of))
+        queries.append((_split_query(by, dialect, scope, span), _split_requests_of))
     totals: dict[object, dict[str, int]] = {}
     with _snapshot(engine) as conn:
         for stmt, values_of in queries:
@@ -197,6 +206,17 @@ def _rollup_query(by: str | None, scope: tuple[str | None, str | None],
     if span.end_day is not None:
         stmt = stmt.where(u.day < span.end_day.date())
     return _grouped(stmt, key, by)
+
+
+def _session_query(by: str | None, dialect: str, scope: tuple[str | None, str | None],
+                   session: str | None, span: _Range) -> Select[Any]:
+    """Everything from usage_events: by session, or for one session."""
+    t = UsageEvent.__table__
+    key = _key_expr(by, dialect) if by else null()
+    stmt = select(key.label("key"), *_measures(requests=func.count(distinct(t.c.request_id))))
+    if session is not None:
+        stmt = stmt.where(t.c.session_id == session)
+    return _grouped(_filtered(stmt, *scope, span.since, span.until), key, by)
 
 
 def _edges_query(by: str | None, dialect: str, scope: tuple[str | None, str | None],
@@ -317,6 +337,7 @@ def _key_expr(by: str, dialect: str) -> ColumnElement[Any]:
         "provider": t.provider,
         "model-group": t.model_group,
         "deployment": t.deployment_id,
+        "session": t.session_id,
     }[by]
     return column
 

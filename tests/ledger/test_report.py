@@ -48,9 +48,16 @@ def generate_rows(seed: int = 20261123, requests: int = 2000) -> list[Row]:
     rng = random.Random(seed)
     rows: list[Row] = []
 
+    sessions: dict[str, str | None] = {}
+
     def add(req: str, attempt: int, ts: datetime, agent: str, project: str,
             dep: tuple[str, str | None, str | None, str | None], status: str, **kw: Any) -> None:
+        # A request's rows share its session (an agent run of a few), or have none.
+        if req not in sessions:
+            sessions[req] = (None if rng.random() < 0.2
+                             else f"{agent}-run-{rng.randrange(6)}")
         rows.append(dict(
+            session_id=sessions[req],
             request_id=req, attempt=attempt, ts=ts, agent_id=agent, agent_type=AGENTS[agent],
             project_id=project, model_group=dep[0], deployment_id=dep[1], provider=dep[2],
             model=dep[3], status=status, error_class=kw.get("error_class"),
@@ -110,6 +117,7 @@ KEYS: dict[str, Callable[[Row], str]] = {
     "day": lambda r: f"{r['ts'].year:04d}-{r['ts'].month:02d}-{r['ts'].day:02d}",
     "model-group": lambda r: r["model_group"],
     "deployment": lambda r: r["deployment_id"] or "-",
+    "session": lambda r: r["session_id"] or "-",
 }
 
 FILTERS: dict[str, dict[str, Any]] = {
@@ -122,6 +130,10 @@ FILTERS: dict[str, dict[str, Any]] = {
     "aware-since": {"since": datetime(2026, 11, 1, 1, tzinfo=timezone(timedelta(hours=1)))},
     "combined": {"project": "beta", "agent": "agent-5", "since": datetime(2026, 10, 25)},
     "nothing": {"project": "no-such-project"},
+    # Sessions come from usage_events alone, never the rollup: edges and whole days alike.
+    "session": {"session": "agent-3-run-2"},
+    "session+project+since": {"session": "agent-1-run-4", "project": "gamma",
+                              "since": datetime(2026, 10, 27, 13, 30)},
 }
 
 
@@ -130,9 +142,11 @@ def _naive(moment: datetime) -> datetime:
 
 
 def _selected(project: str | None = None, agent: str | None = None,
-              since: datetime | None = None, until: datetime | None = None) -> list[Row]:
+              since: datetime | None = None, until: datetime | None = None,
+              session: str | None = None) -> list[Row]:
     return [r for r in ROWS
             if (project is None or r["project_id"] == project)
+            and (session is None or r["session_id"] == session)
             and (agent is None or r["agent_id"] == agent)
             and (since is None or r["ts"] >= _naive(since))
             and (until is None or r["ts"] < _naive(until))]

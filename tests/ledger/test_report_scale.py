@@ -29,6 +29,7 @@ from tests.fixtures.databases import fresh_database
 # The columns of the rows made here: those every revision since 0001 has (the tests load
 # ledgers at older revisions too); 0013's columns take their defaults.
 COLUMNS = tuple(c for c in USAGE_COLUMNS if c not in OPTIONAL_USAGE)
+AT_HEAD = (*COLUMNS, "session_id")
 START = datetime(2026, 9, 1)
 DAYS = 40
 # (group, deployment, provider, model); NULL keys too.
@@ -51,6 +52,7 @@ def generate(n_rows: int, seed: int = 2026) -> list[dict[str, Any]]:
         agent, project, agent_type = rng.choice(agents)
         ts = START + timedelta(microseconds=rng.randrange(DAYS * 86_400 * 10**6))
         kind = rng.random()
+        session = None if rng.random() < 0.15 else f"{agent}-s{rng.randrange(8)}"
         attempts = 1 if kind < 0.2 else rng.choice([1, 1, 1, 2, 2, 3, 4])
         for attempt in range(1, attempts + 1):
             group, dep, provider, model = rng.choice(DEPLOYMENTS)
@@ -71,7 +73,7 @@ def generate(n_rows: int, seed: int = 2026) -> list[dict[str, Any]]:
                 prompt_tokens=rng.randint(0, 9000), completion_tokens=rng.randint(0, 3000),
                 cached_tokens=0, cost_micros=0 if status in ("error", "refused") else cost,
                 saved_micros=rng.randint(1, 50_000) if status == "cached" else 0,
-                latency_ms=None, stream=False, metadata=None))
+                latency_ms=None, stream=False, metadata=None, session_id=session))
             # Fallbacks run seconds later; now and then hours later, past midnight.
             ts += timedelta(seconds=rng.choice([0.5, 3, 20, 4 * 3600]))
     return rows
@@ -83,7 +85,8 @@ ROWS = generate(100_000)
 MAX_READS_PER_ROW = 50
 
 
-def load(engine: Engine, rows: list[dict[str, Any]], statements: int = 4) -> list[float]:
+def load(engine: Engine, rows: list[dict[str, Any]], statements: int = 4,
+         columns: tuple[str, ...] = AT_HEAD) -> list[float]:
     """Bulk insert (executemany on SQLite, COPY on PostgreSQL) in several statements; a
     request's last row goes in a later statement than its first ones now and then.
 
@@ -100,11 +103,11 @@ def load(engine: Engine, rows: list[dict[str, Any]], statements: int = 4) -> lis
         try:
             cur = raw.cursor()
             if engine.dialect.name == "sqlite":
-                insert = UsageInsert(engine, COLUMNS)
+                insert = UsageInsert(engine, columns)
                 cur.executemany(insert.sql, insert.params(batch))
             else:
                 with trigger_reads(raw) as read:
-                    copy_rows(cur, batch)
+                    copy_rows(cur, batch, columns)
                 reads.append(read() / len(batch))
             raw.commit()
         finally:
@@ -112,17 +115,17 @@ def load(engine: Engine, rows: list[dict[str, Any]], statements: int = 4) -> lis
     return reads
 
 
-def copy_rows(cur: Any, rows: list[dict[str, Any]]) -> None:
+def copy_rows(cur: Any, rows: list[dict[str, Any]], columns: tuple[str, ...] = AT_HEAD) -> None:
     """One COPY statement (so one run of the PostgreSQL statement trigger)."""
-    with cur.copy(f"COPY usage_events ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+    with cur.copy(f"COPY usage_events ({', '.join(columns)}) FROM STDIN") as copy:
         for row in rows:
-            copy.write_row(tuple(row[c] for c in COLUMNS))
+            copy.write_row(tuple(row[c] for c in columns))
 
 
 def write_before_0013(engine: Engine, rows: list[dict[str, Any]]) -> None:
     raw = engine.raw_connection()
     try:
-        copy_rows(raw.cursor(), rows)
+        copy_rows(raw.cursor(), rows, COLUMNS)
         raw.commit()
     finally:
         raw.close()
@@ -168,7 +171,7 @@ def _reads(node: dict[str, Any]) -> int:
 
 KEY_SQL = {"project": "project_id", "agent": "agent_id", "agent-type": "agent_type",
            "model": "model", "provider": "provider", "model-group": "model_group",
-           "deployment": "deployment_id"}
+           "deployment": "deployment_id", "session": "session_id"}
 DAY_SQL = {"sqlite": "substr(ts, 1, 10)", "postgresql": "to_char(ts, 'YYYY-MM-DD')"}
 MEASURES_SQL = """
     COUNT(DISTINCT request_id),
@@ -183,7 +186,8 @@ def expected(engine: Engine, by: str | None, **filters: Any) -> dict[str, tuple[
     """key -> (requests, attempts, errors, cached, refused, prompt, completion, cost, saved)."""
     where, params = ["1 = 1"], {}
     for name, sql in (("project", "project_id = :project"), ("agent", "agent_id = :agent"),
-                      ("since", "ts >= :since"), ("until", "ts < :until")):
+                      ("since", "ts >= :since"), ("until", "ts < :until"),
+                      ("session", "session_id = :session")):
         if filters.get(name) is not None:
             where.append(sql)
             params[name] = filters[name]
@@ -213,6 +217,9 @@ FILTERS: dict[str, dict[str, Any]] = {
     "project+since": {"project": "p07", "since": START + timedelta(days=25, hours=13)},
     "within one day": {"since": START + timedelta(days=9, hours=1),
                        "until": START + timedelta(days=9, hours=22)},
+    "session": {"session": "a011-s3"},
+    "session+project+since": {"session": "a042-s5", "project": "p06",
+                              "since": START + timedelta(days=7, hours=2.25)},
 }
 
 
@@ -278,7 +285,7 @@ def test_rows_written_one_request_at_a_time_and_before_0003(ledger_url: str) -> 
     upgrade(ledger_url, "0002")
     engine = make_engine(ledger_url)
     try:
-        load(engine, before, statements=1)
+        load(engine, before, statements=1, columns=COLUMNS)
         upgrade(ledger_url)
         store = LedgerStore(ledger_url, engine=engine)  # the gateway's own ledger write
         for request_id in dict.fromkeys(r["request_id"] for r in after):
@@ -337,7 +344,7 @@ def test_the_rollup_is_the_one_0003s_trigger_wrote(ledger_url: str, tmp_path: An
             upgrade(url, revision)
             engine = make_engine(url)
             try:
-                load(engine, bulk)
+                load(engine, bulk, columns=AT_HEAD if revision == "head" else COLUMNS)
                 store = LedgerStore(url, engine=engine)
                 for request_id in dict.fromkeys(r["request_id"] for r in single):
                     one = [r for r in single if r["request_id"] == request_id]
