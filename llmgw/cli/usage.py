@@ -30,6 +30,8 @@ def report(
     )] = "project",
     project: Annotated[str | None, typer.Option(help="Only this project.")] = None,
     agent: Annotated[str | None, typer.Option(help="Only this agent.")] = None,
+    session: Annotated[str | None, typer.Option(
+        help="Only this session (an agent run: X-LLMGW-Session, Claude Code's session).")] = None,
     since: Annotated[str | None, typer.Option(help=f"Start (inclusive): {FORMS}.")] = None,
     until: Annotated[str | None, typer.Option(help="End (exclusive), same forms as --since.")] = None,
     output: Annotated[str, typer.Option(
@@ -37,7 +39,7 @@ def report(
     )] = "table",
     ledger_url: Annotated[str | None, typer.Option("--ledger-url", help=LEDGER_URL_HELP)] = None,
 ) -> None:
-    """Requests, attempts, tokens and cost, grouped by project, agent, model, day, ..."""
+    """Requests, attempts, tokens and cost, grouped by project, agent, model, day, session, ..."""
     if not is_group_by(by):
         fail(f"Unknown --by {by!r}.", hint=f"Use one of: {', '.join(GROUP_BY_VALUES)}.",
              code=EXIT_USAGE)
@@ -53,8 +55,9 @@ def report(
         try:
             ensure_current(engine)
             rows = usage_report(engine, by=by, project=project, agent=agent, since=start,
-                                until=end)
-            total = (usage_totals(engine, project=project, agent=agent, since=start, until=end)
+                                until=end, session=session)
+            total = (usage_totals(engine, project=project, agent=agent, since=start, until=end,
+                                  session=session)
                      if output == "table" else None)
         finally:
             engine.dispose()
@@ -65,4 +68,4 @@ def report(
     else:
         assert total is not None
         print_table(console, rows, total, by=by, start=start, end=end, project=project,
-                    agent=agent)
+                    agent=agent, session=session)

@@ -39,9 +39,11 @@ def rows_csv(rows: list[ReportRow]) -> str:
 
 def print_table(console: Console, rows: list[ReportRow], total: ReportRow, *, by: str,
                 start: datetime | None = None, end: datetime | None = None,
-                project: str | None = None, agent: str | None = None) -> None:
+                project: str | None = None, agent: str | None = None,
+                session: str | None = None) -> None:
     """The report as a table with a TOTAL line, on `console` (wider than it when needed)."""
     scope = [f"project {project}" if project else "", f"agent {agent}" if agent else "",
+             f"session {session}" if session else "",
              f"since {start:%Y-%m-%d %H:%M}" if start else "",
              f"until {end:%Y-%m-%d %H:%M}" if end else ""]
     title = " ".join(["Usage by", by] + [s for s in scope if s]) + (" (UTC)" if start or end else "")

@@ -10,12 +10,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, text
 from typer.testing import CliRunner, Result
 
 from llmgw.cli import app
 from llmgw.errors import ConfigError
-from llmgw.ledger.engine import DEFAULT_LEDGER_URL, resolve_ledger_url
+from llmgw.ledger.engine import DEFAULT_LEDGER_URL, make_engine, resolve_ledger_url
 from llmgw.ledger.migrate import current, head
 from llmgw.ledger.models import UsageEvent
 from llmgw.ledger.timespec import TimeSpecError, parse_duration, parse_time, utcnow
@@ -38,7 +38,8 @@ def _event(request_id: str, attempt: int, project: str, status: str, cost: int,
                 deployment_id="sim-openai", provider="openai", model="gpt-4o-mini",
                 status=status, prompt_tokens=kw.get("prompt", 100),
                 completion_tokens=kw.get("completion", 20), cached_tokens=0,
-                cost_micros=cost, saved_micros=kw.get("saved", 0), stream=False)
+                cost_micros=cost, saved_micros=kw.get("saved", 0), stream=False,
+                session_id=kw.get("session"))
 
 
 @pytest.fixture
@@ -46,10 +47,11 @@ def ledger(ledger_engine: Engine, migrated_ledger_url: str) -> str:
     """A migrated ledger with a few known rows; returns its URL."""
     now = utcnow()
     rows = [
-        _event("r1", 1, "apollo", "error", 0, now - timedelta(hours=1)),
-        _event("r1", 2, "apollo", "ok", 1_234_567, now - timedelta(hours=1)),
-        _event("r2", 1, "apollo", "cached", 0, now - timedelta(minutes=5), saved=1_234_567),
-        _event("r3", 1, "zeus", "ok", 5, now - timedelta(days=10), agent="qa-1"),
+        _event("r1", 1, "apollo", "error", 0, now - timedelta(hours=1), session="run-a"),
+        _event("r1", 2, "apollo", "ok", 1_234_567, now - timedelta(hours=1), session="run-a"),
+        _event("r2", 1, "apollo", "cached", 0, now - timedelta(minutes=5), saved=1_234_567,
+               session="run-a"),
+        _event("r3", 1, "zeus", "ok", 5, now - timedelta(days=10), agent="qa-1", session="run-b"),
         _event("r4", 1, "zeus", "refused", 0, now - timedelta(days=10), agent="qa-1"),
     ]
     with ledger_engine.begin() as conn:
@@ -245,3 +247,50 @@ def test_durations_up_to_a_century_are_read_longer_ones_are_not() -> None:
     assert parse_time("36500d", now=NOW) == NOW - timedelta(days=36500)
     assert parse_duration("36500d") == timedelta(days=36500)
     assert parse_duration("99999999d") is None  # `db reconcile --older-than` says so in one line
+
+
+def _plain_sql(ledger: str, where: str = "1 = 1", **params: object) -> dict[str, tuple[int, ...]]:
+    engine = make_engine(ledger)
+    try:
+        with engine.connect() as conn:
+            return {r[0] or "-": tuple(int(v) for v in r[1:]) for r in conn.execute(text(
+                "SELECT session_id, COUNT(DISTINCT request_id), SUM(cost_micros), "
+                "SUM(saved_micros), SUM(prompt_tokens) FROM usage_events WHERE " + where
+                + " GROUP BY session_id"), params)}
+    finally:
+        engine.dispose()
+
+
+def test_by_session_json_and_csv_equal_plain_sql(ledger: str) -> None:
+    want = _plain_sql(ledger)
+    assert set(want) == {"run-a", "run-b", "-"}
+    result = invoke("usage", "report", "--ledger-url", ledger, "--by", "session", "--format",
+                    "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert {d["key"]: (d["requests"], d["cost_micros"], d["saved_micros"], d["prompt_tokens"])
+            for d in data} == want
+    assert [d["key"] for d in data][0] == "run-a"  # by cost, highest first
+    result = invoke("usage", "report", "--ledger-url", ledger, "--by", "session", "--format",
+                    "csv", "--project", "apollo")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert {r["key"]: (int(r["requests"]), int(r["cost_micros"])) for r in rows} == {
+        k: (v[0], v[1]) for k, v in _plain_sql(ledger, "project_id = :p", p="apollo").items()}
+
+
+def test_session_filter_and_table(ledger: str) -> None:
+    result = invoke("usage", "report", "--ledger-url", ledger, "--by", "agent", "--session",
+                    "run-a", "--format", "json")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert (row["key"], row["requests"], row["cost_micros"], row["cached"]) == (
+        "dev-1", 2, 1_234_567, 1)
+    result = invoke("usage", "report", "--ledger-url", ledger, "--by", "session", "--session",
+                    "run-b")
+    assert result.exit_code == 0, result.output
+    assert "Usage by session session run-b" in result.stdout
+    assert "run-b" in result.stdout and "0.000005" in result.stdout
+    assert "run-a" not in result.stdout
+    result = invoke("usage", "report", "--ledger-url", ledger, "--session", "nobody")
+    assert result.exit_code == 0 and "no usage recorded" in result.stdout
