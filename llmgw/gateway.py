@@ -13,6 +13,11 @@ from typing import Any
 
 from llmgw import heap
 from llmgw._litellm import SKIP_MCP_HANDLER
+from llmgw._litellm.messages import (
+    install_passthrough,
+    install_translation_guard,
+    use_chat_completions_for_translation,
+)
 from llmgw.agents import AgentDirectory
 from llmgw.budgets import BudgetPolicy
 from llmgw.cache import Cache
@@ -72,6 +77,9 @@ class LLMGateway:
         self.planner = BudgetPlanner(self.config, self.budget_policy, self.budget_store,
                                      self.ledger)
         self.router = build_router(self.config, self.redactor)
+        use_chat_completions_for_translation()
+        install_passthrough()
+        install_translation_guard()
         self._recorder = attempt_recorder()
         self.stats_collector = StatsCollector()
         self._cache = CacheStep.from_config(self.config)

@@ -68,3 +68,104 @@ def use_chat_completions_for_translation() -> None:
     its Responses bridge: OpenAI-compatible servers (llama.cpp, vLLM, ruvLLM, Ollama's /v1)
     speak chat completions, and every llmgw provider does."""
     import_litellm().use_chat_completions_url_for_anthropic_messages = True
+
+
+# The kwarg that carries a request's fields LiteLLM 1.106.2 does not know to its Anthropic
+# request builder (llmgw's own name: no provider sees it).
+PASSTHROUGH_KEY = "llmgw_passthrough"
+
+
+@cache
+def known_fields() -> frozenset[str]:
+    """The Messages request fields LiteLLM's native Anthropic path sends on by itself."""
+    import_litellm()
+    from litellm.llms.anthropic.pass_through.messages.utils import (
+        anthropic_messages_optional_param_keys,
+    )
+
+    return frozenset(anthropic_messages_optional_param_keys()) | {"messages", "model", "stream"}
+
+
+def install_passthrough() -> None:
+    """Anthropic deployments get every field of a Messages request, not only those LiteLLM
+    1.106.2 knows (its native path keeps a fixed list, so a new API field would be dropped):
+    LiteLLM builds the request, then the fields it left out are added back as sent. Through
+    `litellm.AnthropicMessagesConfig`, the class its provider table instantiates."""
+    litellm = import_litellm()
+    base = litellm.AnthropicMessagesConfig
+    if getattr(base, "_llmgw_passthrough", False):
+        return
+
+    class PassThroughMessagesConfig(base):  # type: ignore[misc,valid-type]  # LiteLLM's class
+        _llmgw_passthrough = True
+
+        def transform_anthropic_messages_request(self, model: str, messages: list[dict],
+                                                 anthropic_messages_optional_request_params: dict,
+                                                 litellm_params: Any, headers: dict) -> dict:
+            body = super().transform_anthropic_messages_request(
+                model, messages, anthropic_messages_optional_request_params, litellm_params,
+                headers)
+            extra = getattr(litellm_params, PASSTHROUGH_KEY, None)
+            if isinstance(extra, dict):
+                for key, value in extra.items():
+                    body.setdefault(key, value)
+            return body
+
+    litellm.AnthropicMessagesConfig = PassThroughMessagesConfig
+    from litellm.utils import ProviderConfigManager
+
+    ProviderConfigManager._get_provider_anthropic_messages_config_cached.cache_clear()
+
+
+# Fields that only an Anthropic deployment (or a model that reasons) can take: elsewhere
+# LiteLLM's bridge would turn them into OpenAI reasoning parameters the model refuses.
+_THINKING_FIELDS = ("thinking", "output_config")
+
+
+_guard: Any = None
+
+
+def install_translation_guard() -> None:
+    """Register the `translation_guard` once per process (LiteLLM's callbacks are global)."""
+    global _guard
+    from llmgw._litellm import add_callback
+
+    if _guard is None:
+        _guard = translation_guard()
+    add_callback(_guard)
+
+
+def translation_guard() -> Any:
+    """A LiteLLM hook that runs per attempt, once the Router has picked the deployment: on a
+    deployment that is not Anthropic it takes out the fields only Anthropic's own API knows
+    (the pass-through extras, and thinking where the model cannot reason), so a fallback to
+    OpenAI still answers (DESIGN section 3: thinking is dropped where the target cannot
+    take it)."""
+    litellm = import_litellm()
+    from litellm.integrations.custom_logger import CustomLogger
+
+    class TranslationGuard(CustomLogger):  # type: ignore[misc]  # LiteLLM's base class
+        async def async_pre_request_hook(self, model: str, messages: list,
+                                         kwargs: dict) -> dict | None:
+            provider = (kwargs.get("litellm_params") or {}).get("custom_llm_provider")
+            if provider is None:
+                try:
+                    provider = litellm.get_llm_provider(model=model)[1]
+                except Exception:
+                    return None
+            if provider == "anthropic":
+                return None
+            if kwargs.get(PASSTHROUGH_KEY) is not None:
+                kwargs[PASSTHROUGH_KEY] = None
+            try:
+                reasons = bool(litellm.supports_reasoning(model=model,
+                                                          custom_llm_provider=provider))
+            except Exception:
+                reasons = False
+            if not reasons:
+                for name in _THINKING_FIELDS:
+                    if kwargs.get(name) is not None or name == "thinking":
+                        kwargs[name] = None
+            return kwargs
+
+    return TranslationGuard()

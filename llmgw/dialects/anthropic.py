@@ -16,7 +16,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmgw._litellm import hidden_params, text_count_function
-from llmgw._litellm.messages import answer_as_sse, cost_of_usage, litellm_usage, to_openai_request
+from llmgw._litellm.messages import (
+    PASSTHROUGH_KEY,
+    answer_as_sse,
+    cost_of_usage,
+    known_fields,
+    litellm_usage,
+    to_openai_request,
+)
 from llmgw.dialects.base import Call, Served
 from llmgw.errors import InvalidRequest
 from llmgw.pricing import to_micros
@@ -118,7 +125,12 @@ class MessagesDialect:
 
     async def send(self, router: Any, group: str, call: Call, extras: dict[str, Any],
                    metadata: dict[str, Any], *, stream: bool) -> Any:
-        kwargs: dict[str, Any] = {**call.body, **extras}
+        known = known_fields()
+        kwargs: dict[str, Any] = {k: v for k, v in call.body.items() if k in known}
+        unknown = {k: v for k, v in call.body.items() if k not in known}
+        if unknown:  # sent on as they came (llmgw._litellm.messages.install_passthrough)
+            kwargs[PASSTHROUGH_KEY] = unknown
+        kwargs.update(extras)
         if call.headers:
             kwargs["extra_headers"] = dict(call.headers)
         # Anthropic's `metadata` is the provider's (user_id); LiteLLM's is litellm_metadata.

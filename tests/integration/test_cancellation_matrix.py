@@ -12,11 +12,13 @@ import pytest
 
 from llmgw.config import config_from_dict
 from llmgw.sim import Fault, FaultPlan
-from llmgw.types import ContentDelta
+from llmgw.types import ContentDelta, WireEvent
 from tests.budgets.conftest import budget_config, sums
+from tests.support import ANTHROPIC_KEY
 
 ASK = [{"role": "user", "content": "Plan the release."}]
-OPS = ("complete", "stream")
+# Chat completions, and the Anthropic Messages dialect (on a native Anthropic deployment).
+OPS = ("complete", "stream", "messages", "messages_stream")
 POINTS = ("provider", "first_byte", "mid_stream", "wait_for", "reserve", "settle", "cache")
 
 
@@ -57,14 +59,21 @@ class Gate:
         return gated
 
 
-def _plan(point: str) -> FaultPlan:
+def _plan(point: str, op: str) -> FaultPlan:
     if point in ("provider", "wait_for"):
         return FaultPlan(faults=[Fault(kind="latency", delay_s=120)])
     if point == "first_byte":  # headers sent, then nothing
         return FaultPlan(faults=[Fault(kind="timeout", after_chunks=0)])
     if point == "mid_stream":  # a few chunks, then nothing (a JSON answer: nothing at all)
-        return FaultPlan(faults=[Fault(kind="timeout", after_chunks=3)])
+        # Anthropic's first text delta is its fourth event (message_start, block start, ping)
+        after = 5 if op.startswith("messages") else 3
+        return FaultPlan(faults=[Fault(kind="timeout", after_chunks=after)])
     return FaultPlan()
+
+
+def _shows_text(event: object) -> bool:
+    return isinstance(event, ContentDelta) or (
+        isinstance(event, WireEvent) and event.event == "content_block_delta")
 
 
 @pytest.mark.parametrize("point", POINTS)
@@ -76,10 +85,18 @@ async def test_a_cancelled_request_holds_nothing(sims, migrated_ledger_url, op, 
     data = budget_config(openai_sim.base_url, anthropic_sim.base_url, migrated_ledger_url,
                          {"projects": {"*": {"daily_usd": 1}}, "agents": {"*": {"daily_usd": 1}}})
     data["llmgw"]["cache"] = {"backend": "memory"}
+    # An Anthropic group with no fallback: the Messages dialect's native path, alone.
+    data["model_list"].append({
+        "model_name": "anth", "litellm_params": {
+            "model": "anthropic/claude-sim", "api_base": anthropic_sim.base_url,
+            "api_key": ANTHROPIC_KEY},
+        "model_info": {"id": "anth-solo", "input_cost_per_token": 0.000003,
+                       "output_cost_per_token": 0.000015}})
     gw = LLMGateway(config_from_dict(data))
     finished: list[dict[str, Any]] = []
     gw.on("request.finished", lambda _event, payload: finished.append(payload))
-    openai_sim.set_plan(_plan(point))
+    sim = anthropic_sim if op.startswith("messages") else openai_sim
+    sim.set_plan(_plan(point, op))
     gate = Gate()
     if point == "reserve":
         gw.ledger.start = gate.wrap_start(gw.ledger.start, nth=1)  # type: ignore[method-assign]
@@ -90,11 +107,17 @@ async def test_a_cancelled_request_holds_nothing(sims, migrated_ledger_url, op, 
     shown = asyncio.Event()
 
     async def run() -> None:
+        body = {"model": "anth", "max_tokens": 50, "messages": ASK}
         if op == "complete":
             await gw.complete("dev-1", "p", ASK, model_group="solo", max_tokens=50)
             return
-        async for event in gw.stream("dev-1", "p", ASK, model_group="solo", max_tokens=50):
-            if isinstance(event, ContentDelta):
+        if op == "messages":
+            await gw.anthropic_messages("dev-1", "p", body)
+            return
+        events = (gw.stream("dev-1", "p", ASK, model_group="solo", max_tokens=50)
+                  if op == "stream" else gw.anthropic_messages_stream("dev-1", "p", body))
+        async for event in events:
+            if _shows_text(event):
                 shown.set()
 
     try:
@@ -105,10 +128,10 @@ async def test_a_cancelled_request_holds_nothing(sims, migrated_ledger_url, op, 
             task = asyncio.ensure_future(run())
             if point in ("reserve", "settle", "cache"):
                 await _first(gate.entered.wait(), task)
-            elif point == "mid_stream" and op == "stream":
+            elif point == "mid_stream" and op.endswith("stream"):
                 await _first(shown.wait(), task)
             else:
-                await asyncio.to_thread(openai_sim.wait_for_requests, 1, 30)
+                await asyncio.to_thread(sim.wait_for_requests, 1, 30)
             assert not task.done(), "the request ended before it could be cancelled"
             task.cancel()
             # A gated reserve or settle carries on after the cancellation, as a real
