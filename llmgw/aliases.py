@@ -52,3 +52,15 @@ def _example(name: str) -> str:
     # `claude-sonnet-4-5` -> `claude-*`: the pattern a user most likely wants.
     head = name.split("-", 1)[0]
     return f"{head}-*" if head and head != name else name
+
+
+def model_names(groups: Collection[str], aliases: Mapping[str, str], *,
+                concrete_only: bool = False) -> list[tuple[str, str | None]]:
+    """(name a client may send, the group it resolves to) for a model list: `auto` (None:
+    the agent type's group), the groups sorted, then the aliases in file order. With
+    `concrete_only`, patterns are left out: a picker would show `claude-*` as a model."""
+    names: list[tuple[str, str | None]] = [(AUTO, None)] if AUTO not in groups else []
+    names += [(g, g) for g in sorted(groups)]
+    names += [(alias, group) for alias, group in aliases.items()
+              if not (concrete_only and is_pattern(alias))]
+    return names

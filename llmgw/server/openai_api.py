@@ -12,6 +12,7 @@ import anyio
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
+from llmgw.aliases import model_names
 from llmgw.errors import InvalidRequest
 from llmgw.ledger.api_keys import KeyInfo
 from llmgw.ledger.report import (
@@ -35,6 +36,8 @@ from llmgw.server.common import (
 )
 from llmgw.server.errors import FrontError, stream_error_payload
 from llmgw.server.schemas import (
+    AnthropicModel,
+    AnthropicModelList,
     ChatCompletion,
     ChatCompletionBody,
     ErrorResponse,
@@ -147,15 +150,53 @@ async def _sse(first: StreamEvent, events: AsyncGenerator[StreamEvent, None], *,
             await events.aclose()
 
 
-@router.get("/v1/models", response_model=ModelList, tags=["openai"],
+@router.get("/v1/models", response_model=ModelList | AnthropicModelList, tags=["openai"],
             responses={s: {"model": ErrorResponse} for s in (401, 403)})
-async def models(request: Request, key: Key) -> Any:
-    """The model groups this key may name (`auto`: the agent type's group)."""
+async def models(request: Request, key: Key,
+                 limit: Annotated[int, Query(ge=1, le=1000, description="Anthropic shape")] = 1000,
+                 after_id: Annotated[str | None, Query(description="Anthropic shape")] = None,
+                 before_id: Annotated[str | None, Query(description="Anthropic shape")] = None,
+                 ) -> Any:
+    """The model names this key may send: `auto` (the agent type's group), the groups, and
+    the aliases of llmgw.model_aliases with the group each maps to. With an
+    `anthropic-version` header (Claude Code's model picker, the Anthropic SDK), Anthropic's
+    list shape, without the alias patterns (`claude-*` is not a model one can pick)."""
     if key.admin:
         raise FrontError(403, "admin_key_reads_usage_only",
                          "An admin key reads usage only; it has no models.")
-    groups = sorted(request.app.state.config.groups())
-    return ModelList(data=[ModelCard(id=g) for g in ["auto", *groups]])
+    config = request.app.state.config
+    groups, aliases = config.groups(), config.llmgw.model_aliases
+    if request.headers.get("anthropic-version") is None:
+        return ModelList(data=[ModelCard(id=name, model_group=group)
+                               for name, group in model_names(groups, aliases)])
+    cards = [AnthropicModel(id=name, display_name=_display_name(name, group))
+             for name, group in model_names(groups, aliases, concrete_only=True)]
+    return _anthropic_page(cards, limit, after_id, before_id)
+
+
+def _display_name(name: str, group: str | None) -> str:
+    if group is None:
+        return f"{name} (the agent type's group)"
+    return f"{name} (llmgw group)" if name == group else f"{name} -> {group}"
+
+
+def _anthropic_page(cards: list[AnthropicModel], limit: int, after_id: str | None,
+                    before_id: str | None) -> AnthropicModelList:
+    """Anthropic's cursor pages: `after_id` / `before_id` are ids of the list."""
+    ids = [c.id for c in cards]
+    for cursor in (after_id, before_id):
+        if cursor is not None and cursor not in ids:
+            raise FrontError(400, "invalid_request", f"No model {cursor!r} in this list.",
+                             param="after_id" if cursor == after_id else "before_id")
+    if before_id is not None:
+        end = ids.index(before_id)
+        page, more = cards[max(0, end - limit):end], end - limit > 0
+    else:
+        start = ids.index(after_id) + 1 if after_id is not None else 0
+        page, more = cards[start:start + limit], start + limit < len(cards)
+    return AnthropicModelList(data=page, has_more=more,
+                              first_id=page[0].id if page else None,
+                              last_id=page[-1].id if page else None)
 
 
 @router.post("/v1/estimate", response_model=CostEstimate, tags=["llmgw"],
@@ -176,7 +217,9 @@ async def usage(request: Request, key: Key,
                 since: Annotated[str | None, Query(description="7d, 24h, 2026-11-01, ...")] = None,
                 until: Annotated[str | None, Query(description="exclusive; as since")] = None,
                 project: Annotated[str | None, Query(description="admin keys only")] = None,
-                agent: Annotated[str | None, Query()] = None) -> Any:
+                agent: Annotated[str | None, Query()] = None,
+                session: Annotated[str | None, Query(description="one agent run")] = None,
+                ) -> Any:
     """`llmgw usage report` as JSON, scoped to the key's project (an admin key: any)."""
     scope = usage_project(key, project)
     if not is_group_by(by):
@@ -192,10 +235,10 @@ async def usage(request: Request, key: Key,
     engine = request.app.state.gateway.ledger.engine
     rows, total = await asyncio.gather(
         asyncio.to_thread(usage_report, engine, by=by, project=scope, agent=agent, since=start,
-                          until=end),
+                          until=end, session=session),
         asyncio.to_thread(usage_totals, engine, project=scope, agent=agent, since=start,
-                          until=end))
-    return UsageReport(by=by, project=scope, agent=agent,
+                          until=end, session=session))
+    return UsageReport(by=by, project=scope, agent=agent, session=session,
                        since=start.isoformat() if start else None,
                        until=end.isoformat() if end else None,
                        rows=[UsageRow.of(r) for r in rows], total=UsageRow.of(total))

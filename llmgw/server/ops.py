@@ -17,6 +17,16 @@ from llmgw.server.schemas import Health
 router = APIRouter(tags=["operations"])
 
 
+@router.api_route("/", methods=["GET", "HEAD"], response_model=Health, include_in_schema=False)
+async def root(request: Request) -> Any:
+    """The server answers: clients probe it (Claude Code sends `HEAD /` before its first
+    call). No key needed, nothing recorded."""
+    if request.method == "HEAD":
+        return Response(status_code=200, media_type="application/json")
+    return Health(status="ok", detail="llmgw: OpenAI and Anthropic APIs under /v1, the "
+                                      "dashboard at /ui")
+
+
 @router.get("/healthz", response_model=Health)
 async def healthz() -> Any:
     """The process answers."""

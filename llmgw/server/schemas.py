@@ -234,15 +234,35 @@ class ChatCompletion(BaseModel):
 
 
 class ModelCard(BaseModel):
+    """OpenAI's model object, and the group the name resolves to (None for `auto`: the agent
+    type's group). An alias's id is its key in llmgw.model_aliases, a pattern or a name."""
+
     id: str
     object: Literal["model"] = "model"
     created: int = 0
     owned_by: str = "llmgw"
+    model_group: str | None = None
 
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class AnthropicModel(BaseModel):
+    """Anthropic's model object (`GET /v1/models` with an `anthropic-version` header)."""
+
+    type: Literal["model"] = "model"
+    id: str
+    display_name: str
+    created_at: str = "1970-01-01T00:00:00Z"  # RFC 3339, as Anthropic sends it
+
+
+class AnthropicModelList(BaseModel):
+    data: list[AnthropicModel]
+    has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None
 
 
 class UsageRow(BaseModel):
@@ -272,6 +292,7 @@ class UsageReport(BaseModel):
     by: str
     project: str | None
     agent: str | None
+    session: str | None = None
     since: str | None
     until: str | None
     rows: list[UsageRow]
