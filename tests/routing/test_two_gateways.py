@@ -116,7 +116,11 @@ async def test_each_gateway_admits_and_counts_with_its_own_capacity_gate(
     assert all(want.values())
 
     async def counted() -> bool:
-        got = {gw: (await gw._recorder.gate.usage(["lim-1"]))["lim-1"].tokens for gw in want}
+        got = {}
+        for gw in want:
+            gate = gw._recorder.gate
+            assert gate is not None
+            got[gw] = (await gate.usage(["lim-1"]))["lim-1"].tokens
         return got == want
 
     await eventually_async(counted, "each gateway's tokens on its own gate")
