@@ -343,11 +343,12 @@ async def requests_view(request: Request) -> Response:
         wanted = _text(request, "id", MAX_REQUEST_ID)
         if wanted is not None:
             return await _story(request, session, project, wanted.strip())
+        run = _text(request, "session")
         rows = await asyncio.to_thread(ui_data.recent, _engine(request), project,
                                        limit=_limit(request) if "limit" in request.query_params
-                                       else 50)
+                                       else 50, session=run)
         return _html("requests.html", **await _context(request, session, "requests", project),
-                     rows=rows)
+                     rows=rows, run=run)
     return await _view(request, build)
 
 

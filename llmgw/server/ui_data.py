@@ -318,15 +318,19 @@ class Recent:
     model_group: str
     status: str
     cost_micros: int
+    session_id: str | None = None
 
 
 def recent(engine: Engine, project: str | None, *, limit: int, status: str | None = None,
-           since: datetime | None = None) -> list[Recent]:
-    """The latest ledger rows (one per attempt), newest first, for links to their story."""
+           since: datetime | None = None, session: str | None = None) -> list[Recent]:
+    """The latest ledger rows (one per attempt), newest first, for links to their story;
+    `session`: one agent run's only."""
     stmt = select(_T.request_id, _T.ts, _T.project_id, _T.agent_id, _T.model_group, _T.status,
-                  _T.cost_micros)
+                  _T.cost_micros, _T.session_id)
     if project is not None:
         stmt = stmt.where(_T.project_id == project)
+    if session is not None:
+        stmt = stmt.where(_T.session_id == session)
     if status is not None:
         stmt = stmt.where(_T.status == status)
     if since is not None:

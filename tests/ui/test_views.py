@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 from typer.testing import CliRunner
 
 from llmgw.cli import app as cli_app
@@ -221,3 +222,32 @@ def test_health_view_lists_every_deployment(filled: Filled, admin_browser: Brows
 def _micros(usd: str) -> int:
     whole, _, frac = usd.replace(",", "").partition(".")
     return int(whole) * 1_000_000 + int(frac.ljust(6, "0"))
+
+
+def test_request_list_filters_by_session_and_shows_it(filled: Filled, admin_browser: Browser,
+                                                      shots: Path) -> None:
+    # Two requests of one agent run (the gateway records the session; here set in SQL).
+    with filled.engine.begin() as conn:
+        conn.execute(text("UPDATE usage_events SET session_id = 'run-ui-7' "
+                          "WHERE request_id IN (:a, :b)"),
+                     {"a": filled.fallback_id, "b": filled.cached_id})
+    b = admin_browser
+    b.goto(filled.base_url + "/ui/requests")
+    assert "session" in table(b, "#recent thead")[0]
+    b.submit("form[action='/ui/requests']", {"session": "run-ui-7"})
+    assert "session=run-ui-7" in b.url()
+    rows = table(b, "#recent tbody")
+    expected = filled.sql("SELECT request_id, session_id, cost_micros FROM usage_events "
+                          "WHERE session_id = 'run-ui-7' ORDER BY ts DESC, id DESC")
+    assert [(r[1], r[4]) for r in rows] == [(e[0], e[1]) for e in expected]
+    assert {r[1] for r in rows} == {filled.fallback_id, filled.cached_id}
+    costs = b.js("[...document.querySelectorAll('#recent tbody [data-micros]')]"
+                 ".map(e => +e.dataset.micros)")
+    assert costs == [int(e[2]) for e in expected]
+    # The session cell links to the same filtered list.
+    link = b.js("document.querySelector('#recent td.session a').href")
+    assert link.endswith("/ui/requests?session=run-ui-7")
+    no_script(b)
+    b.screenshot(shots / "requests-session.png")
+    b.goto(filled.base_url + "/ui/requests?session=no-such-run")
+    assert table(b, "#recent tbody") == [["No requests in this session."]]
