@@ -80,7 +80,7 @@ class LLMGateway:
         use_chat_completions_for_translation()
         install_passthrough()
         install_translation_guard()
-        self._recorder = attempt_recorder()
+        self._recorder = attempt_recorder(self.router)
         self.stats_collector = StatsCollector()
         self._cache = CacheStep.from_config(self.config)
         self._open_streams: set[asyncio.Event] = set()

@@ -133,9 +133,10 @@ class PipelineServices:
 class RequestLifecycle:
     """`async with RequestLifecycle(services, ctx, route, metadata, now) as life:` around
     everything a request does after its validation. Inside, the pipeline calls `reserve`,
-    `open_trace`, then ends the request with `finish`, `fail` or `refuse`; leaving the block any other way abandons it: the hold is
-    released (minus nothing: no answer was received), a provider call in flight is recorded
-    as a `Cancelled` (or the error's) attempt, and `request.finished` is emitted."""
+    `open_trace`, then ends the request with `finish`, `fail` or `refuse`; leaving the block
+    any other way abandons it: the hold is released (minus nothing: no answer was received),
+    a provider call in flight is recorded as a `Cancelled` (or the error's) attempt, and
+    `request.finished` is emitted."""
 
     def __init__(self, services: PipelineServices, ctx: RequestContext, route: Resolution,
                  metadata: dict[str, Any], now: Any) -> None:

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from llmgw.agents import Resolution
 from llmgw.budgets import BudgetPolicy, CounterKey, Limit, Rule
@@ -25,11 +25,19 @@ from llmgw.pricing import token_cost_micros
 from llmgw.tokens import PromptTokenCounter
 from llmgw.types import (
     BudgetImpact,
-    CompletionRequest,
     CostEstimate,
     DeploymentEstimate,
     Message,
 )
+
+
+class Counted(Protocol):
+    """A request as the planner reads it: its messages in OpenAI's chat shape (a dialect
+    translates its own for the count)."""
+
+    @property
+    def message_dicts(self) -> list[dict[str, Any]]: ...
+
 
 RULES_TTL_S = 5.0  # `llmgw budgets set` reaches running gateways within this
 _MEMO_MAX = 10_000
@@ -86,7 +94,7 @@ class BudgetPlanner:
         if not task.cancelled() and task.exception() is None:
             self._rules, self._rules_at = task.result(), time.monotonic()
 
-    async def plan(self, ctx: RequestContext, route: Resolution, request: CompletionRequest,
+    async def plan(self, ctx: RequestContext, route: Resolution, request: Counted,
                    params: dict[str, Any], now: Any) -> BudgetPlan | None:
         """The limits, counters and worst-case amount of a request; None without budgets.
         `params` is left as it is: what the call must add (max_tokens when it gave none, so
@@ -129,7 +137,7 @@ class BudgetPlanner:
                                         tool_choice=params.get("tool_choice"))
         return BudgetPlan(route, amount, int(max_tokens), limits, keys, cap, call_params=added)
 
-    def route_plan(self, model_group: str, request: CompletionRequest, params: dict[str, Any],
+    def route_plan(self, model_group: str, request: Counted, params: dict[str, Any],
                    max_tokens: int, constraints: CallConstraints) -> RoutePlan:
         """Which deployments of the group and its fallbacks fit the call's constraints, and in
         what order (`llmgw.constraints`). Each deployment's worst case is priced like
@@ -148,7 +156,7 @@ class BudgetPlanner:
         return plan_route(self.config, self.config.fallback_chain(model_group), worst,
                           constraints)
 
-    async def estimate(self, ctx: RequestContext, route: Resolution, request: CompletionRequest,
+    async def estimate(self, ctx: RequestContext, route: Resolution, request: Counted,
                        call_params: dict[str, Any], now: Any) -> CostEstimate:
         """What a call would cost (expected and worst case, per deployment it can reach) and
         which budgets it would hit; reserves nothing. The worst case is what `plan` holds."""

@@ -67,7 +67,7 @@ def use_chat_completions_for_translation() -> None:
     """Deployments without a native Messages API get LiteLLM's chat-completions bridge, not
     its Responses bridge: OpenAI-compatible servers (llama.cpp, vLLM, ruvLLM, Ollama's /v1)
     speak chat completions, and every llmgw provider does."""
-    import_litellm().use_chat_completions_url_for_anthropic_messages = True
+    setattr(import_litellm(), "use_chat_completions_url_for_anthropic_messages", True)  # noqa: B010
 
 
 # The kwarg that carries a request's fields LiteLLM 1.106.2 does not know to its Anthropic
@@ -92,11 +92,11 @@ def install_passthrough() -> None:
     LiteLLM builds the request, then the fields it left out are added back as sent. Through
     `litellm.AnthropicMessagesConfig`, the class its provider table instantiates."""
     litellm = import_litellm()
-    base = litellm.AnthropicMessagesConfig
+    base: Any = getattr(litellm, "AnthropicMessagesConfig")  # noqa: B009  # not in its stubs
     if getattr(base, "_llmgw_passthrough", False):
         return
 
-    class PassThroughMessagesConfig(base):  # type: ignore[misc,valid-type]  # LiteLLM's class
+    class PassThroughMessagesConfig(base):  # LiteLLM's own config class
         _llmgw_passthrough = True
 
         def transform_anthropic_messages_request(self, model: str, messages: list[dict],
@@ -111,7 +111,7 @@ def install_passthrough() -> None:
                     body.setdefault(key, value)
             return body
 
-    litellm.AnthropicMessagesConfig = PassThroughMessagesConfig
+    setattr(litellm, "AnthropicMessagesConfig", PassThroughMessagesConfig)  # noqa: B010
     from litellm.utils import ProviderConfigManager
 
     ProviderConfigManager._get_provider_anthropic_messages_config_cached.cache_clear()
@@ -144,7 +144,7 @@ def translation_guard() -> Any:
     litellm = import_litellm()
     from litellm.integrations.custom_logger import CustomLogger
 
-    class TranslationGuard(CustomLogger):  # type: ignore[misc]  # LiteLLM's base class
+    class TranslationGuard(CustomLogger):
         async def async_pre_request_hook(self, model: str, messages: list,
                                          kwargs: dict) -> dict | None:
             provider = (kwargs.get("litellm_params") or {}).get("custom_llm_provider")

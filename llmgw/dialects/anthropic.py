@@ -10,8 +10,8 @@ native path the answer and every SSE event are what the provider sent."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -193,7 +193,8 @@ def usage_of(usage: Mapping[str, Any]) -> Usage:
         except (TypeError, ValueError):
             return 0
     read, written = n(usage.get("cache_read_input_tokens")), n(usage.get("cache_creation_input_tokens"))
-    split = usage.get("cache_creation") if isinstance(usage.get("cache_creation"), Mapping) else {}
+    found = usage.get("cache_creation")
+    split: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
     return Usage.model_construct(
         prompt_tokens=n(usage.get("input_tokens")) + read + written,
         completion_tokens=n(usage.get("output_tokens")), cached_tokens=read,
@@ -326,8 +327,9 @@ class MessagesStream:
             dep_id = hidden_params(response).get("model_id")
             dep = served.config.deployment(dep_id) if dep_id else None
             text = self.generated_text()
-            counted = int(text_count_function(dep.litellm_params.model if dep else "gpt-4o")(text)) \
-                if text else 0  # type: ignore[operator]
+            count = cast(Callable[[str], int],
+                         text_count_function(dep.litellm_params.model if dep else "gpt-4o"))
+            counted = int(count(text)) if text else 0
         return _completion(self.said(), hidden_params(response), served, status=status,
                            error=error, redactor=redactor, counted_output=counted)
 

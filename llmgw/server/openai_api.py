@@ -46,7 +46,15 @@ from llmgw.server.schemas import (
     UsageReport,
     UsageRow,
 )
-from llmgw.types import Completion, ContentDelta, CostEstimate, StreamDone, StreamError, StreamEvent
+from llmgw.types import (
+    Completion,
+    ContentDelta,
+    CostEstimate,
+    StreamDone,
+    StreamError,
+    StreamEvent,
+    ToolCallDelta,
+)
 
 router = APIRouter()
 _ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in ERROR_STATUSES}
@@ -134,7 +142,7 @@ async def _sse(first: StreamEvent, events: AsyncGenerator[StreamEvent, None], *,
             first_delta = False
             if isinstance(event, ContentDelta):
                 delta["content"] = event.text
-            else:
+            elif isinstance(event, ToolCallDelta):
                 call: dict[str, Any] = {"index": event.index, "function": {
                     "arguments": event.arguments}}
                 if event.id:

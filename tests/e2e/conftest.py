@@ -37,8 +37,8 @@ AGENT = "claude-dev"
 
 # deployment id -> (model, input $/token, output $/token)
 DEPLOYMENTS = {
-    "fast-anthropic": ("anthropic/claude-sim-haiku", Decimal("0.000001"), Decimal("0.000005")),
-    "reasoning-anthropic": ("anthropic/claude-sim", Decimal("0.000003"), Decimal("0.000015")),
+    "fast-anthropic": ("anthropic/claude-haiku-4-5", Decimal("0.000001"), Decimal("0.000005")),
+    "reasoning-anthropic": ("anthropic/claude-opus-5-5", Decimal("0.000003"), Decimal("0.000015")),
     "reasoning-openai": ("openai/gpt-sim", Decimal("0.000002"), Decimal("0.000008")),
 }
 ALIASES = {"claude-*haiku*": "fast-response", "claude-*": "high-reasoning"}

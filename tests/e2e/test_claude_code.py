@@ -99,8 +99,8 @@ def test_harness_bash_loop_runs_ls(recorder: Recorder, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("args", "group", "deployment", "sim_model"), [
-    pytest.param((), "high-reasoning", "reasoning-anthropic", "claude-sim", id="default-model"),
-    pytest.param(("--model", "haiku"), "fast-response", "fast-anthropic", "claude-sim-haiku", id="haiku"),
+    pytest.param((), "high-reasoning", "reasoning-anthropic", "claude-opus-5-5", id="default-model"),
+    pytest.param(("--model", "haiku"), "fast-response", "fast-anthropic", "claude-haiku-4-5", id="haiku"),
 ])
 def test_plain_prompt_under_claude_code_model_names(start_gateway: Any, tmp_path: Path, args: tuple[str, ...],
                                                     group: str, deployment: str, sim_model: str) -> None:

@@ -32,7 +32,8 @@ def test_every_endpoint_matches_its_schema(running):
     headers = {"Authorization": f"Bearer {running.key(agent=None)}"}
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {f"{op.method.upper()} {op.path}" for op in operations} == {
-        "POST /v1/chat/completions", "POST /v1/messages", "GET /v1/models", "GET /v1/usage",
+        "POST /v1/chat/completions", "POST /v1/messages", "POST /v1/messages/count_tokens",
+            "GET /v1/models", "GET /v1/usage",
         "POST /v1/estimate", "GET /healthz", "GET /readyz", "GET /metrics"}
     statuses: dict[str, set[int]] = {}
     for operation in operations:
