@@ -292,6 +292,8 @@ class LLMGateway:
                        llmgw_params: dict[str, Any]) -> tuple[Call, bool]:
         if not isinstance(body, dict):
             raise InvalidRequest("The Messages request must be a JSON object (a dict).")
+        # Ids, metadata and llmgw's own parameters, checked as `complete` checks them; the
+        # messages are the dialect's (`messages_call`), so a placeholder stands in here.
         base = validate_call(agent_id, project_id, [{"role": "user", "content": "-"}],
                              agent_type, model_group, metadata, dict(llmgw_params))
         return messages_call(base.agent_id, base.project_id, body, agent_type=base.agent_type,

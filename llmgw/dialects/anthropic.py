@@ -28,6 +28,7 @@ from llmgw.dialects.base import Call, Served
 from llmgw.errors import InvalidRequest
 from llmgw.pricing import to_micros
 from llmgw.redact import Redactor
+from llmgw.responses import since_ms
 from llmgw.router import classify, provider_message
 from llmgw.types import (
     Attempt,
@@ -36,7 +37,6 @@ from llmgw.types import (
     StreamEvent,
     Usage,
     WireEvent,
-    check_id_text,
     nested_problem,
 )
 
@@ -80,7 +80,8 @@ def messages_call(agent_id: str, project_id: str, body: Mapping[str, Any], *,
                   headers: Mapping[str, str] | None = None,
                   llmgw_params: Mapping[str, Any] | None = None) -> tuple[Call, bool]:
     """A Messages request checked and ready for the pipeline, and whether it streams;
-    `InvalidRequest` (nothing written) when it is not a request we can count and route."""
+    `InvalidRequest` (nothing written) when it is not a request we can count and route. The
+    ids, metadata and llmgw's own parameters were checked by the caller (`validate_call`)."""
     try:
         request = MessagesRequest.model_validate(body)
     except ValidationError as exc:
@@ -88,11 +89,6 @@ def messages_call(agent_id: str, project_id: str, body: Mapping[str, Any], *,
                              for e in exc.errors()[:10])
         raise InvalidRequest(f"Invalid Messages request: {problems}.",
                              hint="See the Anthropic Messages API reference for the shape.") from None
-    for name in ("agent_id", "project_id"):
-        try:
-            check_id_text(agent_id if name == "agent_id" else project_id)
-        except ValueError as exc:
-            raise InvalidRequest(f"{name} {exc}") from None
     reserved = sorted(_RESERVED & (set(body) - {"model", "stream"}))
     if reserved:
         raise InvalidRequest(f"The Messages request sets {', '.join(reserved)}, which llmgw "
@@ -175,7 +171,7 @@ def _completion(message: dict[str, Any], hidden: Mapping[str, Any], served: Serv
         error_message=(provider_message(error, redactor or Redactor()) if error is not None
                        else "the caller stopped reading the stream" if status == "partial"
                        else None),
-        latency_ms=_since_ms(served.started), usage=usage, cost_micros=cost)
+        latency_ms=since_ms(served.started), usage=usage, cost_micros=cost)
     text, tool_calls = _text_and_tools(message.get("content") or [])
     return Completion(
         request_id=served.ctx.request_id, content=text or None, tool_calls=tool_calls,
@@ -209,12 +205,6 @@ def _text_and_tools(blocks: list[Any]) -> tuple[str, list[dict[str, Any]]]:
               "function": {"name": b.get("name"), "arguments": json.dumps(b.get("input") or {})}}
              for b in blocks if isinstance(b, dict) and b.get("type") == "tool_use"]
     return text, tools
-
-
-def _since_ms(started: float) -> float:
-    from llmgw.responses import since_ms
-
-    return since_ms(started)
 
 
 class ProviderStreamError(Exception):

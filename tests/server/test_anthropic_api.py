@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import anthropic
 import pytest
 
@@ -126,3 +128,62 @@ def test_budget_refusal_is_a_rate_limit_error(running):
                                                        messages=HI)
     assert info.value.body["error"]["type"] == "rate_limit_error"
     assert int(info.value.response.headers["retry-after"]) > 0
+
+
+def _claude_code_request() -> tuple[dict, dict]:
+    """A request Claude Code 2.1.332 sent (tests/fixtures/claude_code), body and headers."""
+    import json
+    from pathlib import Path
+
+    captured = json.loads((Path(__file__).parents[1] / "fixtures" / "claude_code"
+                           / "plain_prompt.json").read_text())
+    sent = next(r for r in captured["requests"] if r["path"] == "/v1/messages")
+    return sent["body"], sent["headers"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_claude_codes_own_request_is_taken_whole(running, sims, stream):
+    """Every field Claude Code sends (thinking, context_management, output_config, a system
+    message inside `messages`, cache_control, its tools) is accepted, never a 400 of ours, and
+    the Anthropic deployment gets the body and betas as sent."""
+    import httpx
+
+    _, anthropic_sim = sims
+    body, headers = _claude_code_request()
+    body = {**body, "model": "primary", "stream": stream}
+    response = httpx.post(f"{running.base_url}/v1/messages", json=body, timeout=60, headers={
+        "x-api-key": running.key(), "anthropic-version": headers["anthropic-version"],
+        "anthropic-beta": headers["anthropic-beta"]})
+    assert response.status_code == 200, response.text
+    (sent,) = [r for r in anthropic_sim.requests if r.path == "/v1/messages"]
+    for field in ("system", "context_management", "metadata", "max_tokens"):
+        assert sent.json[field] == body[field], field
+    # Every tool as sent (LiteLLM 1.106.2 copies a deferred tool's `defer_loading` into its
+    # schema as well; nothing is taken away).
+    assert [t["name"] for t in sent.json["tools"]] == [t["name"] for t in body["tools"]]
+    for mine, theirs in zip(body["tools"], sent.json["tools"], strict=True):
+        assert {k: theirs[k] for k in mine if k != "input_schema"} == {
+            k: v for k, v in mine.items() if k != "input_schema"}
+        assert theirs["input_schema"].items() >= mine["input_schema"].items()
+    assert sent.json["messages"] == body["messages"]
+    assert "claude-code-20250219" in sent.headers["anthropic-beta"]
+    (row,) = ledger_rows(running.ledger_url)
+    assert row["status"] == "ok" and row["dialect"] == "anthropic" and row["stream"] is stream
+    session = json.loads(body["metadata"]["user_id"])["session_id"]
+    assert row["session_id"] == session and row["agent_id"] == "dev-1"
+
+
+def test_an_unknown_field_is_passed_on_and_a_bad_one_is_a_clear_400(running, sims):
+    import httpx
+
+    _, anthropic_sim = sims
+    url, key = f"{running.base_url}/v1/messages", running.key()
+    ok = httpx.post(url, headers={"x-api-key": key, "anthropic-version": "2023-06-01"}, json={
+        "model": "primary", "max_tokens": 50, "messages": HI, "brand_new_field": {"on": True}})
+    assert ok.status_code == 200, ok.text
+    assert anthropic_sim.requests[-1].json["brand_new_field"] == {"on": True}
+    bad = httpx.post(url, headers={"x-api-key": key, "anthropic-version": "2023-06-01"}, json={
+        "model": "primary", "max_tokens": 0, "messages": []})
+    assert bad.status_code == 400
+    assert bad.json()["type"] == "error" and "max_tokens" in bad.json()["error"]["message"]
+    assert len(ledger_rows(running.ledger_url)) == 1  # the bad request wrote nothing
