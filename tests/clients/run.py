@@ -1,5 +1,5 @@
-"""Run the real clients that `make clients` installs into .cache/clients: Claude Code headless and
-the Anthropic TypeScript SDK scripts beside this file.
+"""Run the real clients that `make clients` installs into .cache/clients: Claude Code and Codex
+headless, and the TypeScript SDK scripts beside this file (Anthropic, OpenAI, Vercel AI SDK).
 
 Claude Code is set up the way its own LLM-gateway docs set up a gateway: `ANTHROPIC_BASE_URL`,
 an ordinary key in `ANTHROPIC_API_KEY` (sent as `x-api-key`), and
@@ -10,6 +10,13 @@ whatever `DISABLE_TELEMETRY` says. Nothing else: the environment is built from s
 caller's `ANTHROPIC_*` or `CLAUDE*` variables never leak in) and HOME is a fresh directory,
 which is all `claude -p` needs (it writes its own ~/.claude.json; an API key needs no approval
 there in print mode).
+
+Codex (`codex exec`) is set up as a custom model provider in a fresh CODEX_HOME's config.toml
+(`codex_config`): `base_url` the gateway's /v1, the key from `LLMGW_API_KEY` (`env_key`, sent as
+`Authorization: Bearer`), `wire_api = "responses"`, no WebSocket, no retries. Without
+`analytics.enabled = false` 0.171.0 looks up ab.chatgpt.com; without `features.plugins` and
+`features.remote_plugin` off it syncs plugins from github.com, api.github.com and chatgpt.com
+(tests/fixtures/codex/summary.json has the evidence).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 CLIENTS_SRC = Path(__file__).resolve().parent
 CLIENTS_DIR = REPO / ".cache" / "clients"
 CLAUDE = CLIENTS_DIR / "node_modules" / ".bin" / "claude"
+CODEX = CLIENTS_DIR / "node_modules" / ".bin" / "codex"
 STAMP = CLIENTS_DIR / ".lock-sha256"
 
 # Claude Code's switch for "no traffic but the model's": no telemetry, error reports, update checks.
@@ -44,7 +52,7 @@ class ClientsMissing(RuntimeError):
 def clients_problem() -> str | None:
     """Why the clients cannot run, as what to do next; None when they are installed as pinned."""
     lock = hashlib.sha256((CLIENTS_SRC / "package-lock.json").read_bytes()).hexdigest()
-    if not CLAUDE.exists():
+    if not CLAUDE.exists() or not CODEX.exists():
         return f"the test clients are not installed in {CLIENTS_DIR}: run `make clients`"
     if not STAMP.exists() or STAMP.read_text().strip() != lock:
         return (f"the test clients in {CLIENTS_DIR} are not tests/clients/package-lock.json's versions: "
@@ -128,3 +136,114 @@ def node_script(name: str, env: dict[str, str], timeout: float = 120.0) -> dict[
         raise AssertionError(f"{name}.mjs printed no JSON object: {proc.stdout!r} {proc.stderr!r}") from exc
     assert isinstance(data, dict), data
     return data
+
+
+# --- Codex ---------------------------------------------------------------------------------------
+
+CODEX_KEY_ENV = "LLMGW_API_KEY"
+# `codex exec` flags: no git repo needed, events as JSONL on stdout, nothing persisted. The shell
+# tool runs without asking (exec never prompts) in Codex's read-only sandbox: `ls` needs no more.
+CODEX_EXEC_ARGS = ("--skip-git-repo-check", "--json", "--ephemeral", "--strict-config",
+                   "--sandbox", "read-only")
+
+
+CODEX_QUIET = """check_for_update_on_startup = false
+
+[analytics]
+enabled = false
+
+[features]
+plugins = false
+remote_plugin = false
+"""
+
+
+def codex_config(base_url: str, *, model: str = "gpt-5.5", quiet: bool = True) -> str:
+    """config.toml for a CODEX_HOME: the gateway as the only provider, nothing else on the network
+    (`quiet=False` leaves out the switches that keep it so, for the capture's evidence).
+
+    `--strict-config` (in CODEX_EXEC_ARGS) makes Codex refuse any key here it does not know."""
+    return f'''model = "{model}"
+model_provider = "llmgw"
+{CODEX_QUIET if quiet else ""}
+[model_providers.llmgw]
+name = "llmgw"
+base_url = "{base_url}/v1"
+env_key = "{CODEX_KEY_ENV}"
+wire_api = "responses"
+supports_websockets = false
+request_max_retries = 0
+stream_max_retries = 0
+'''
+
+
+@dataclass
+class CodexResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    home: Path
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """`--json`'s events: thread.started, turn.started, item.*, turn.completed or turn.failed."""
+        return [json.loads(line) for line in self.stdout.splitlines() if line.startswith("{")]
+
+    @property
+    def thread_id(self) -> str:
+        (started,) = [e for e in self.events if e["type"] == "thread.started"]
+        return str(started["thread_id"])
+
+    def items(self, kind: str) -> list[dict[str, Any]]:
+        return [e["item"] for e in self.events if e["type"] == "item.completed" and e["item"]["type"] == kind]
+
+    @property
+    def final_message(self) -> str:
+        messages = self.items("agent_message")
+        if not messages:
+            raise AssertionError(f"codex gave no answer (exit {self.returncode}): {self.stdout!r} "
+                                 f"{self.stderr!r}")
+        return str(messages[-1]["text"])
+
+    @property
+    def errors(self) -> list[str]:
+        """What Codex reported as failures (`error` events, `turn.failed`), as it printed them."""
+        return [json.dumps(e) for e in self.events if e["type"] in {"error", "turn.failed"}]
+
+
+def codex_env(*, api_key: str, home: Path) -> dict[str, str]:
+    """The whole environment Codex runs with: HOME and CODEX_HOME fresh, the key, nothing inherited."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LANG": "C.UTF-8",
+            "CODEX_HOME": str(home / ".codex"), "SHELL": shutil.which("bash") or "/bin/sh",
+            CODEX_KEY_ENV: api_key}
+
+
+def codex_home(base_url: str, home: Path | None = None, *, model: str = "gpt-5.5",
+               quiet: bool = True) -> Path:
+    home = home or Path(tempfile.mkdtemp(prefix="codex-home-"))
+    (home / ".codex").mkdir(parents=True, exist_ok=True)
+    (home / ".codex" / "config.toml").write_text(codex_config(base_url, model=model, quiet=quiet))
+    return home
+
+
+def codex_exec(prompt: str, *, base_url: str, api_key: str, cwd: Path, home: Path | None = None,
+               model: str = "gpt-5.5", args: tuple[str, ...] = (), timeout: float = 180.0,
+               wrap: tuple[str, ...] = (), quiet: bool = True) -> CodexResult:
+    """`codex exec --json PROMPT` in `cwd` against `base_url` (the gateway, not its /v1); `wrap`
+    prefixes the command (strace)."""
+    require_clients()
+    home = codex_home(base_url, home, model=model, quiet=quiet)
+    proc = subprocess.run([*wrap, str(CODEX), "exec", *CODEX_EXEC_ARGS, *args, prompt],
+                          env=codex_env(api_key=api_key, home=home), cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return CodexResult(proc.returncode, proc.stdout, proc.stderr, home)
+
+
+def codex_session_id(turn_metadata: str) -> str:
+    """The session id in Codex's `x-codex-turn-metadata` header (a JSON object)."""
+    return str(json.loads(turn_metadata)["session_id"])
+
+
+def openai_env(*, base_url: str, api_key: str, **extra: str) -> dict[str, str]:
+    """The environment of the OpenAI-side scripts: the gateway's /v1 and a key, as the SDKs read them."""
+    return {"OPENAI_BASE_URL": f"{base_url}/v1", "OPENAI_API_KEY": api_key, **extra}
