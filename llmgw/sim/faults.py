@@ -119,7 +119,13 @@ class FaultPlan(BaseModel):
 
     Thinking (Anthropic, when the request asks for it): ``thinking`` is the text of the
     thinking block (default: generated), ``redact_thinking`` sends a ``redacted_thinking``
-    block instead.
+    block instead. OpenAI's Responses API answers a request with ``reasoning`` with a
+    reasoning item whose summary is ``thinking``.
+
+    ``reasoning_tokens``: completion tokens spent reasoning, counted inside the completion
+    tokens as OpenAI does (``output_tokens_details.reasoning_tokens``, chat's
+    ``completion_tokens_details``); default: the thinking text's count when the request asks
+    for it, else 0.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -136,6 +142,7 @@ class FaultPlan(BaseModel):
     tool_loop: list[ToolCall] = Field(default_factory=list)
     thinking: str | None = None
     redact_thinking: bool = False
+    reasoning_tokens: int | None = Field(default=None, ge=0)
     # A wrong key's 401 quotes the key, as OpenAI's does (simulators that model it).
     echo_key: bool = False
 

@@ -53,8 +53,11 @@ class RecordedResponse:
     writes). ``thinking`` is the thinking text sent (``redacted_thinking``: a redacted block
     was sent instead). ``status`` 0 means no HTTP response was sent (dropped, or the client
     gave up first); ``fault`` names the fault that decided, if any, or the check that
-    refused the request (``"invalid_thinking"``). ``elapsed_s`` runs from receipt to the
-    last byte, the drop or the give-up.
+    refused the request (``"invalid_thinking"``, ``"previous_response_not_found"``). ``elapsed_s``
+    runs from receipt to the last byte, the drop or the give-up. ``reasoning_tokens`` are the
+    completion tokens spent thinking (part of ``completion_tokens``); ``response_id`` is the id a
+    stateful API gave the answer (OpenAI Responses), ``previous_response_id`` the stored answer
+    the request continued.
     """
 
     status: int
@@ -69,8 +72,11 @@ class RecordedResponse:
     cached_tokens: int | None = None
     cache_write_5m_tokens: int | None = None
     cache_write_1h_tokens: int | None = None
+    reasoning_tokens: int | None = None
     thinking: str | None = None
     redacted_thinking: bool = False
+    response_id: str | None = None
+    previous_response_id: str | None = None
     fault: str | None = None
     delay_s: float = 0.0
     chunks: int = 0
@@ -98,6 +104,7 @@ class Reply:
     cache_write_1h_tokens: int = 0
     thinking: str | None = None  # the thinking text, when the request asked for thinking
     redacted_thinking: bool = False  # send the thinking as a redacted block
+    reasoning_tokens: int = 0  # completion tokens spent thinking, included in completion_tokens
     id: str = field(default_factory=lambda: secrets.token_hex(12))
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -410,6 +417,18 @@ class SimServer:
         (not issued by this server, edited, missing before a tool use), else None."""
         return None
 
+    def refusal(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], str] | None:
+        """Status, error body and fault name for a request the provider refuses on its state
+        (an unknown stored response, content this server did not issue), else None."""
+        return None
+
+    def record_fields(self, body: dict[str, Any], reply: Reply | None) -> dict[str, Any]:
+        """Extra `RecordedResponse` fields for this request (before and after its reply)."""
+        return {}
+
+    def answered(self, reply: Reply, body: dict[str, Any]) -> None:
+        """Called once a whole, well-formed answer has been sent (stateful APIs store it)."""
+
     def json_body(self, reply: Reply, body: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -470,16 +489,21 @@ class SimServer:
                 answer = f"Simulated answer to: {self.last_user_text(body)[:60]}"
             generated = answer
         thinking = None
+        reasoning = 0
         if self.wants_thinking(body):
             thinking = plan.thinking or f"Simulated thinking about: {self.last_user_text(body)[:60]}"
             if not plan.redact_thinking:  # a redacted block's tokens are not shown, nor counted here
-                generated = f"{thinking} {generated}"
+                reasoning = count_tokens(thinking)
+        if plan.reasoning_tokens is not None:
+            reasoning = plan.reasoning_tokens
         prompt = (
             plan.prompt_tokens
             if plan.prompt_tokens is not None
             else count_tokens(" ".join(self.prompt_texts(body)))
         )
-        completion = plan.completion_tokens if plan.completion_tokens is not None else count_tokens(generated)
+        completion = plan.completion_tokens
+        if completion is None:
+            completion = count_tokens(generated) + reasoning
         # Reads, then writes, never more than the prompt holds.
         cached = min(plan.cached_tokens, prompt)
         write_5m = min(plan.cache_write_5m_tokens, prompt - cached)
@@ -495,6 +519,7 @@ class SimServer:
             cache_write_1h_tokens=write_1h,
             thinking=thinking,
             redacted_thinking=thinking is not None and plan.redact_thinking,
+            reasoning_tokens=min(reasoning, completion),  # reasoning is part of the output
         )
 
     def _pick_tool_call(self, body: dict[str, Any], plan: FaultPlan, offered: list[str]) -> ToolCall | None:
@@ -521,10 +546,15 @@ class SimServer:
         if problem is not None:
             return self._error(rec, started, 400, self.error_body(400, problem))
         rec.update(model=body.get("model"), stream=self.wants_stream(body))
+        rec.update(self.record_fields(body, None))
         problem = self.thinking_error(body)
         if problem is not None:
             rec["fault"] = "invalid_thinking"
             return self._error(rec, started, 400, self.error_body(400, problem))
+        refused_state = self.refusal(body)
+        if refused_state is not None:
+            status, error, rec["fault"] = refused_state
+            return self._error(rec, started, status, error)
 
         state = self._state  # one plan for the whole request even if set_plan runs meanwhile
         decision = state.decide(rec["model"])
@@ -580,15 +610,19 @@ class SimServer:
             cached_tokens=reply.cached_tokens,
             cache_write_5m_tokens=reply.cache_write_5m_tokens,
             cache_write_1h_tokens=reply.cache_write_1h_tokens,
+            reasoning_tokens=reply.reasoning_tokens,
             thinking=None if reply.redacted_thinking else reply.thinking,
             redacted_thinking=reply.redacted_thinking,
         )
+        rec.update(self.record_fields(body, reply))
         headers = self.response_headers(reply)
         if not rec["stream"]:
             text = json.dumps(self.json_body(reply, body))
             if kind == "malformed":
                 text = text[: len(text) // 2]
             rec["status"] = 200
+            if kind != "malformed":
+                self.answered(reply, body)
             self._finish(rec, started)
             return web.Response(status=200, text=text, content_type="application/json", headers=headers)
 
@@ -605,6 +639,8 @@ class SimServer:
                 rec["chunks"] += 1
             if cut is None:
                 await response.write_eof()
+                if kind != "malformed":
+                    self.answered(reply, body)
         except ConnectionError:  # the client hung up mid-stream
             self._finish(rec, started)
             return response
