@@ -18,6 +18,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    PrimaryKeyConstraint,
     SmallInteger,
     String,
     Table,
@@ -234,4 +235,33 @@ class ApiKey(Base):
         UniqueConstraint("hash", name="uq_api_keys_hash"),
         CheckConstraint("admin OR project_id IS NOT NULL", name="ck_api_keys_scope"),
         Index("ix_api_keys_project", "project_id"),
+    )
+
+
+class StoredResponseRow(Base):
+    """A Responses-API response kept (`store` true) so a later request in the same project
+    can continue it with `previous_response_id`, on any deployment or provider. `input` is
+    the conversation's input items up to this response, `output` its output items, `response`
+    the object as the client got it. Another project's id is not found; past `expires_at`
+    the row is neither found nor kept."""
+
+    __tablename__ = "stored_responses"
+
+    project_id: Mapped[str] = mapped_column(String(200))
+    id: Mapped[str] = mapped_column(String(400))  # LiteLLM's ids are long base64 strings
+    agent_id: Mapped[str] = mapped_column(String(200))
+    request_id: Mapped[str] = mapped_column(String(64))  # the ledger request that made it
+    model_group: Mapped[str] = mapped_column(String(200))
+    deployment_id: Mapped[str | None] = mapped_column(String(200))
+    provider: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=False))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=False))
+    input: Mapped[list[Any]] = mapped_column(JSON)
+    output: Mapped[list[Any]] = mapped_column(JSON)
+    response: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+    __table_args__ = (
+        # Project first: every lookup names it, so one project never sees another's ids.
+        PrimaryKeyConstraint("project_id", "id", name="pk_stored_responses"),
+        Index("ix_stored_responses_expires", "expires_at"),  # the purge's range
     )

@@ -55,11 +55,11 @@ def _model_diff(url: str) -> list[object]:
 
 
 LEDGER_TABLES = {"usage_events", "budgets", "budget_counters", "reservations", "usage_rollup",
-                 "usage_split_requests", "api_keys"}
+                 "usage_split_requests", "api_keys", "stored_responses"}
 
 
-def test_head_is_0013_and_folder_found() -> None:
-    assert head() == "0013"
+def test_head_is_0014_and_folder_found() -> None:
+    assert head() == "0014"
     assert (migrations_dir() / "versions" / "0001_usage_events.py").is_file()
     assert (migrations_dir() / "versions" / "0002_budgets.py").is_file()
     assert (migrations_dir() / "versions" / "0003_usage_rollup.py").is_file()
@@ -71,7 +71,7 @@ def test_head_is_0013_and_folder_found() -> None:
 def test_upgrade_downgrade_upgrade(ledger_url: str) -> None:
     assert current(ledger_url) is None
     upgrade(ledger_url)
-    assert current(ledger_url) == "0013"
+    assert current(ledger_url) == "0014"
     schema = _schema(ledger_url)
     assert LEDGER_TABLES | {"alembic_version"} <= schema["tables"]  # type: ignore[operator]
     model_columns = {c.name: c.nullable for c in UsageEvent.__table__.columns}
@@ -88,7 +88,7 @@ def test_upgrade_downgrade_upgrade(ledger_url: str) -> None:
     assert not LEDGER_TABLES & _schema(ledger_url)["tables"]  # type: ignore[operator]
 
     upgrade(ledger_url)
-    assert current(ledger_url) == "0013"
+    assert current(ledger_url) == "0014"
     assert _schema(ledger_url)["indexes"] == INDEXES
 
 
@@ -119,6 +119,40 @@ def test_0012_indexes_only_the_open_reservations_and_steps_back(ledger_url: str)
     assert "ix_reservations_state_created" in indexes
     upgrade(ledger_url)
     assert "ix_reservations_open_created" in _reservation_indexes(ledger_url)
+
+
+def _stored_responses(url: str) -> dict[str, object] | None:
+    engine = make_engine(url)
+    try:
+        insp = inspect(engine)
+        if not insp.has_table("stored_responses"):
+            return None
+        return {"columns": {c["name"]: c["nullable"] for c in insp.get_columns("stored_responses")},
+                "pk": insp.get_pk_constraint("stored_responses")["constrained_columns"],
+                "indexes": {i["name"]: i["column_names"]
+                            for i in insp.get_indexes("stored_responses")}}
+    finally:
+        engine.dispose()
+
+
+def test_0014_adds_stored_responses_and_steps_back(ledger_url: str) -> None:
+    from llmgw.ledger.models import StoredResponseRow
+
+    upgrade(ledger_url)
+    table = _stored_responses(ledger_url)
+    assert table == {
+        "columns": {c.name: c.nullable for c in StoredResponseRow.__table__.columns},
+        "pk": ["project_id", "id"],
+        "indexes": {"ix_stored_responses_expires": ["expires_at"]}}
+    nullable = {c.name for c in StoredResponseRow.__table__.columns if c.nullable}
+    assert nullable == {"deployment_id", "provider"}
+    assert _model_diff(ledger_url) == []
+    downgrade(ledger_url, "0013")
+    assert _stored_responses(ledger_url) is None
+    assert "usage_events" in _schema(ledger_url)["tables"]  # type: ignore[operator]
+    upgrade(ledger_url)
+    assert current(ledger_url) == "0014"
+    assert _stored_responses(ledger_url) == table
 
 
 def _functions(url: str) -> set[str]:
