@@ -7,7 +7,8 @@ that made it (another key gets 404, as another project would); a `previous_respo
 did not make is a 404 too. `GET /v1/models` lists one model. A WebSocket upgrade of
 `GET /v1/responses` is refused with 426 and recorded; anything else is 404 and recorded.
 
-With `tool_command`, the first request offering a shell tool (`exec_command`, `shell`, or any
+With `tool_name` (and `tool_arguments`), a request offering that function gets a call of it. With
+`tool_command`, the first request offering a shell tool (`exec_command`, `shell`, or any
 function whose schema has a `cmd`/`command` property) gets a `function_call` running that
 command, with the argument names that schema declares; the request carrying its
 `function_call_output` gets text naming what the tool returned. A scripted loop, no model.
@@ -39,6 +40,9 @@ KNOWN = {("POST", "/v1/responses"), ("GET", "/v1/models")}
 @dataclass
 class OpenAIRecorder(Recorder):
     tool_command: str | None = None
+    # Any other function to call once when offered, with these arguments (an SDK's own tool).
+    tool_name: str | None = None
+    tool_arguments: dict[str, Any] = field(default_factory=dict)
     # response id -> (owner key digest, the response)
     stored: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
@@ -108,8 +112,14 @@ class OpenAIRecorder(Recorder):
 
     def _output(self, body: dict[str, Any], n: int) -> list[dict[str, Any]]:
         result = _last_tool_output(body)
-        if self.tool_command is not None and result is not None:
+        if (self.tool_command is not None or self.tool_name is not None) and result is not None:
             return [_message(f"msg_rec_{n:04d}", f"The tool returned: {result}")]
+        offered = [t for t in body.get("tools") or []
+                   if isinstance(t, dict) and t.get("name") == self.tool_name]
+        if self.tool_name is not None and offered:
+            return [{"type": "function_call", "id": f"fc_rec_{n:04d}", "call_id": CALL_ID,
+                     "name": self.tool_name, "arguments": json.dumps(self.tool_arguments),
+                     "status": "completed"}]
         tool = _shell_tool(body) if self.tool_command is not None else None
         if tool is not None:
             return [{"type": "function_call", "id": f"fc_rec_{n:04d}", "call_id": CALL_ID,
