@@ -19,14 +19,18 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
+from llmgw.budgets import Rule
 from llmgw.config import config_from_dict
 from llmgw.ledger.api_keys import ApiKeyStore
+from llmgw.ledger.budget_store import BudgetStore
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.migrate import upgrade
+from llmgw.ledger.timespec import utcnow
 from llmgw.server.app import create_app
 from llmgw.server.settings import ServerSettings
 from llmgw.sim import AnthropicSim, FaultPlan, OpenAISim
 from tests.clients.recorder import Recorder
+from tests.clients.recorder_openai import OpenAIRecorder
 from tests.clients.run import clients_problem
 from tests.integration.conftest import anthropic_sim, openai_sim  # noqa: F401
 from tests.server.conftest import port_of, start_server, stop_server
@@ -41,7 +45,10 @@ DEPLOYMENTS = {
     "reasoning-anthropic": ("anthropic/claude-opus-5-5", Decimal("0.000003"), Decimal("0.000015")),
     "reasoning-openai": ("openai/gpt-sim", Decimal("0.000002"), Decimal("0.000008")),
 }
-ALIASES = {"claude-*haiku*": "fast-response", "claude-*": "high-reasoning"}
+# GPT names (Codex, the OpenAI SDKs) reach high-reasoning too: `reasoning_backend` makes it an
+# OpenAI or an Anthropic deployment, so one client run crosses Responses natively or translated.
+ALIASES = {"claude-*haiku*": "fast-response", "claude-*": "high-reasoning", "gpt-*": "high-reasoning"}
+OTHER_PROJECT = "e2e-other-proj"
 
 
 @pytest.fixture(autouse=True)
@@ -56,6 +63,13 @@ def real_clients() -> None:
 def recorder() -> Iterator[Recorder]:
     """The recording Anthropic stand-in (tests/clients/recorder.py), for harness tests."""
     with Recorder() as rec:
+        yield rec
+
+
+@pytest.fixture
+def openai_recorder() -> Iterator[OpenAIRecorder]:
+    """The recording Responses stand-in (tests/clients/recorder_openai.py), for harness tests."""
+    with OpenAIRecorder() as rec:
         yield rec
 
 
@@ -77,6 +91,22 @@ class Gateway:
             with engine.connect() as conn:
                 return int(conn.execute(text(
                     "SELECT COUNT(*) FROM reservations WHERE state = 'open'")).scalar_one())
+        finally:
+            engine.dispose()
+
+    def other_project_key(self) -> str:
+        """A key of another project: it must not see this project's responses."""
+        engine = make_engine(self.ledger_url)
+        try:
+            return ApiKeyStore(engine).create(project_id=OTHER_PROJECT, agent_id="other-agent").secret
+        finally:
+            engine.dispose()
+
+    def set_tiny_budget(self) -> None:
+        """A daily budget of PROJECT far below one request's estimate: the next request is refused."""
+        engine = make_engine(self.ledger_url)
+        try:
+            BudgetStore(engine).set_rule(Rule("project", PROJECT, "day", 1, 0.8), utcnow())
         finally:
             engine.dispose()
 
