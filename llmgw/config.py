@@ -303,6 +303,15 @@ class RoutingSettings(BaseModel):
         "rpm/tpm/max_parallel_requests limit, before RateLimited"))
 
 
+class ResponsesSettings(BaseModel):
+    """`llmgw.responses`: the Responses API's stored responses (`previous_response_id`)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    retention_days: float = Field(default=30.0, gt=0, le=3650, description=(
+        "how long a stored response (store: true) can be continued from or fetched"))
+
+
 class GatewaySettings(BaseModel):
     """Our own section, `llmgw:`. Unknown keys are errors, so typos do not pass silently."""
 
@@ -321,6 +330,7 @@ class GatewaySettings(BaseModel):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     otel: OtelSettings = Field(default_factory=OtelSettings)
+    responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
     request_timeout_s: float = Field(default=600.0, gt=0, le=MAX_TIMEOUT_S)
     lean_litellm: bool = Field(default=True, description=(
         "LiteLLM's Router without per-call work that changes nothing a user sees "

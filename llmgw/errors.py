@@ -39,6 +39,19 @@ class ConfigError(LLMGatewayError):
         super().__init__(message, hint=hint)
 
 
+class UnknownResponse(LLMGatewayError):
+    """A `previous_response_id` (or a stored response asked for) that this project does not
+    have: never made, made by another project, not stored (`store: false`) or expired."""
+
+    def __init__(self, response_id: str) -> None:
+        super().__init__(
+            f"No stored response {response_id!r} for this project.",
+            hint="Continue from a response this project made with `store` on (the default), "
+                 "within llmgw.responses.retention_days; or send the whole conversation as "
+                 "`input`.")
+        self.response_id = response_id
+
+
 class UnknownModelGroup(LLMGatewayError):
     """A model group was asked for that the configuration does not define."""
 

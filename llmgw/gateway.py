@@ -18,6 +18,7 @@ from llmgw._litellm.messages import (
     install_translation_guard,
     use_chat_completions_for_translation,
 )
+from llmgw._litellm.responses_api import install_tool_guard
 from llmgw.agents import AgentDirectory
 from llmgw.budgets import BudgetPolicy
 from llmgw.cache import Cache
@@ -26,11 +27,13 @@ from llmgw.config import Config, load_config
 from llmgw.dialects.anthropic import MESSAGES, messages_call
 from llmgw.dialects.base import Call, Dialect, Served
 from llmgw.dialects.chat import CHAT, chat_call
-from llmgw.errors import InvalidRequest
+from llmgw.dialects.responses import RESPONSES, check_responses_body, input_items, responses_call
+from llmgw.errors import InvalidRequest, UnknownResponse
 from llmgw.ids import new_request_id
 from llmgw.ledger.budget_store import BudgetStore
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.migrate import ensure_current
+from llmgw.ledger.response_store import ResponseStore, StoredResponse
 from llmgw.ledger.store import LedgerStore, RequestContext, utcnow
 from llmgw.lifecycle import FirstAnswerFreeze, PipelineServices, RequestLifecycle
 from llmgw.observe.events import EventBus, Handler
@@ -80,6 +83,8 @@ class LLMGateway:
         use_chat_completions_for_translation()
         install_passthrough()
         install_translation_guard()
+        install_tool_guard(REQUEST_ID_KEY)
+        self.response_store = ResponseStore(self.ledger.engine)
         self._recorder = attempt_recorder(self.router)
         self.stats_collector = StatsCollector()
         self._cache = CacheStep.from_config(self.config)
@@ -112,7 +117,9 @@ class LLMGateway:
     def reconcile(self, older_than_s: float | None = None) -> list[str]:
         """Settle reservations a crashed gateway left open (run at start-up as well)."""
         age = self.config.llmgw.budgets.reconcile_after_s if older_than_s is None else older_than_s
-        return self.budget_store.reconcile(now=self.clock(), older_than=timedelta(seconds=age))
+        settled = self.budget_store.reconcile(now=self.clock(), older_than=timedelta(seconds=age))
+        ResponseStore(self.ledger.engine).purge(self.clock())  # stored responses past retention
+        return settled
 
     async def complete(self, agent_id: str, project_id: str, messages: list[dict[str, Any]], *,
                        agent_type: str | None = None, model_group: str | None = None,
@@ -163,6 +170,53 @@ class LLMGateway:
         async for event in self._tracked_stream(MESSAGES, call, _who(session_id, end_user),
                                                 cache=cache):
             yield event
+
+    async def responses(self, agent_id: str, project_id: str, body: dict[str, Any], *,
+                        agent_type: str | None = None, model_group: str | None = None,
+                        metadata: dict[str, Any] | None = None, cache: bool = True,
+                        session_id: str | None = None, end_user: str | None = None,
+                        **llmgw_params: Any) -> Completion:
+        """An OpenAI Responses request (`body` as the Responses API takes it: model, input,
+        instructions, tools, reasoning, store, previous_response_id, ...) through
+        `Router.aresponses`: native for OpenAI deployments, LiteLLM's chat bridge for the
+        others. The answer's `body` is the response object. With `store` on (the default) the
+        response is kept for this project, so a later `previous_response_id` continues it on
+        any deployment; another project's id is `UnknownResponse`."""
+        call, input_items, store = await self._responses_call(
+            agent_id, project_id, body, agent_type, model_group, metadata, llmgw_params)
+        if body.get("stream"):
+            raise InvalidRequest("`stream: true` is for responses_stream().",
+                                 hint="Call responses_stream() to stream.")
+        completion = await self._answer(RESPONSES, call, _who(session_id, end_user), cache=cache)
+        if store:
+            await self._store_response(call, completion, input_items)
+        return completion
+
+    async def responses_stream(
+            self, agent_id: str, project_id: str, body: dict[str, Any], *,
+            agent_type: str | None = None, model_group: str | None = None,
+            metadata: dict[str, Any] | None = None, cache: bool = True,
+            session_id: str | None = None, end_user: str | None = None,
+            **llmgw_params: Any) -> AsyncGenerator[StreamEvent, None]:
+        """`responses` as a stream: each server-sent event as a `WireEvent`, then one
+        `StreamDone` (the response is stored before it, when `store` is on)."""
+        call, input_items, store = await self._responses_call(
+            agent_id, project_id, {**body, "stream": True}, agent_type, model_group, metadata,
+            llmgw_params)
+        async for event in self._tracked_stream(RESPONSES, call, _who(session_id, end_user),
+                                                cache=cache):
+            if isinstance(event, StreamDone) and store:
+                await self._store_response(call, event.completion, input_items)
+            yield event
+
+    async def stored_response(self, project_id: str, response_id: str) -> dict[str, Any]:
+        """A response this project stored (`GET /v1/responses/{id}`); `UnknownResponse` for
+        any other id, another project's included."""
+        found = await self.ledger.run(self.response_store.get, response_id,
+                                      validate_id("project_id", project_id), self.clock())
+        if found is None:
+            raise UnknownResponse(response_id)
+        return found.response
 
     async def stream(self, agent_id: str, project_id: str, messages: list[dict[str, Any]], *,
                      agent_type: str | None = None, model_group: str | None = None,
@@ -300,6 +354,50 @@ class LLMGateway:
                              model_group=base.model_group or group_of(body.get("model")),
                              metadata=base.metadata, headers=headers,
                              llmgw_params=base.params)
+
+    async def _responses_call(self, agent_id: Any, project_id: Any, body: Any, agent_type: Any,
+                              model_group: Any, metadata: Any,
+                              llmgw_params: dict[str, Any]) -> tuple[Call, list[Any], bool]:
+        """Step 1 for a Responses request: checked, and its history expanded from the stored
+        response it continues (this project's only). Returns the call, the conversation's
+        input items, and whether its answer is to be stored."""
+        if not isinstance(body, dict):
+            raise InvalidRequest("The Responses request must be a JSON object (a dict).")
+        base = validate_call(agent_id, project_id, [{"role": "user", "content": "-"}],
+                             agent_type, model_group, metadata, dict(llmgw_params))
+        request = check_responses_body(body)
+        items = input_items(request.input)
+        if request.previous_response_id:
+            previous = await self.ledger.run(self.response_store.get,
+                                             request.previous_response_id, base.project_id,
+                                             self.clock())
+            if previous is None:
+                raise UnknownResponse(request.previous_response_id)
+            items = [*previous.input, *previous.output, *items]
+        expanded = {**body, "input": items}
+        expanded.pop("previous_response_id", None)
+        call = responses_call(base.agent_id, base.project_id, expanded,
+                              agent_type=base.agent_type,
+                              model_group=base.model_group or group_of(body.get("model")),
+                              metadata=base.metadata,
+                              default_max_tokens=self.config.llmgw.budgets.default_max_tokens,
+                              llmgw_params=base.params)
+        return call, items, request.store is not False
+
+    async def _store_response(self, call: Call, completion: Completion,
+                              input_items: list[Any]) -> None:
+        """Keep an answered response for its project's later `previous_response_id`."""
+        body = completion.body or {}
+        if not body.get("id") or completion.cached:
+            return
+        now = self.clock()
+        days = self.config.llmgw.responses.retention_days
+        await self.ledger.run(self.response_store.save, StoredResponse(
+            id=str(body["id"]), project_id=call.project_id, agent_id=call.agent_id,
+            request_id=completion.request_id, model_group=completion.model_group,
+            deployment_id=completion.deployment, provider=completion.provider, created_at=now,
+            expires_at=now + timedelta(days=days), input=list(input_items),
+            output=list(body.get("output") or []), response=body))
 
     def _begin(self, dialect: Dialect, call: Call, who: _Who, *,
                stream: bool) -> tuple[RequestLifecycle, dict[str, Any]]:

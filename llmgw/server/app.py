@@ -127,11 +127,12 @@ def create_app(config: Config | str | None = None, settings: ServerSettings | No
     app.add_middleware(RequestLimits, max_bytes=settings.max_body_bytes,
                        max_header_bytes=settings.max_header_bytes)
 
-    from llmgw.server import anthropic_api, anthropic_tokens, openai_api, ops, ui
+    from llmgw.server import anthropic_api, anthropic_tokens, openai_api, ops, responses_api, ui
 
     app.include_router(openai_api.router)
     app.include_router(anthropic_api.router)
     app.include_router(anthropic_tokens.router)
+    app.include_router(responses_api.router)
     app.include_router(ops.router)
     app.include_router(ui.router)
     app.router.routes.append(mcp.route)

@@ -28,6 +28,7 @@ from llmgw.errors import (
     ProviderUnavailable,
     RateLimited,
     UnknownModelGroup,
+    UnknownResponse,
 )
 
 Api = Literal["openai", "anthropic"]
@@ -58,6 +59,8 @@ _TABLE: tuple[tuple[type[LLMGatewayError], _Kind], ...] = (
                            "invalid_request_error")),
     (UnknownModelGroup, _Kind(404, "model_not_found", "invalid_request_error",
                               "not_found_error")),
+    (UnknownResponse, _Kind(404, "previous_response_not_found", "invalid_request_error",
+                            "not_found_error")),
     (BudgetExceeded, _Kind(429, "budget_exceeded", "insufficient_quota", "rate_limit_error")),
     (RateLimited, _Kind(429, "rate_limited", "rate_limit_error", "rate_limit_error")),
     (ContextWindowExceeded, _Kind(400, "context_length_exceeded", "invalid_request_error",

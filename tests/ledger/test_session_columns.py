@@ -133,7 +133,7 @@ def test_0013_up_and_down_keeps_rows_and_the_rollup(ledger_url):
     try:
         with engine.begin() as conn:
             conn.execute(insert(UsageEvent.__table__), [legacy])
-        upgrade(ledger_url)
+        upgrade(ledger_url, "0013")
         assert current(ledger_url) == "0013"
         columns, indexes = _columns_and_indexes(engine)
         assert set(NEW) <= columns and "ix_usage_events_session" in indexes
@@ -161,7 +161,7 @@ def test_0013_up_and_down_keeps_rows_and_the_rollup(ledger_url):
         assert usage_totals(engine).cost_micros == 15_000
         with engine.connect() as conn:
             assert conn.execute(text("SELECT COUNT(*) FROM usage_events")).scalar_one() == 4
-        upgrade(ledger_url)
+        upgrade(ledger_url, "0013")
         assert current(ledger_url) == "0013"
     finally:
         engine.dispose()
