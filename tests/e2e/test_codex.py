@@ -126,8 +126,9 @@ def test_budget_refusal_is_codex_own_error(start_gateway: Any, tmp_path: Path) -
     result = codex_exec("Say hello", base_url=gw.base_url, api_key=gw.api_key, cwd=tmp_path,
                         home=tmp_path / "home")
     assert result.items("agent_message") == []
-    # Codex reports the gateway's 429 as its own failed turn, quoting the budget error.
-    assert any("budget" in e.lower() for e in result.errors), (result.stdout, result.stderr)
+    # Codex reports the gateway's 429 as its own failed turn, in its own words.
+    failed = [json.loads(e) for e in result.errors if json.loads(e)["type"] == "turn.failed"]
+    assert [f["error"]["message"] for f in failed] == ["Quota exceeded. Check your plan and billing details."]
     assert [r for r in gw.openai.requests if r.path.endswith("/responses")] == []
     assert [r["status"] for r in gw.rows()] == ["refused"]
     assert gw.open_reservations() == 0
