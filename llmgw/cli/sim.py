@@ -55,9 +55,15 @@ def sim(
                                                  "gets a call with these arguments, a turn holding "
                                                  "its result gets text quoting it, e.g. "
                                                  "'Bash={\"command\":\"ls\"}'. Repeatable; the "
-                                                 "first offered one is called.")] = None,
+                                                 "first offered one is called. OpenAI's Responses API "
+                                                 "too (functions inside namespace tools count).")] = None,
     redact_thinking: Annotated[bool, typer.Option(
         "--redact-thinking", help="Thinking requests get a redacted_thinking block (Anthropic).")] = False,
+    reasoning_tokens: Annotated[int | None, typer.Option(
+        "--reasoning-tokens", metavar="N", min=0, help="Output tokens reported as reasoning, counted "
+                                                       "inside the output tokens (OpenAI; default: "
+                                                       "the reasoning text's words).",
+        show_default=False)] = None,
     plan_file: Annotated[Path | None, typer.Option(
         "--plan", metavar="FILE", help="YAML fault plan for every simulator (faults, answer, usage, "
                                        "cache writes, tool_loop, thinking); the options above add to "
@@ -81,7 +87,8 @@ def sim(
     specific = _pairs(fault_for or [], "--fault-for", names, str, many=True)
     base = _load_plan(plan_file)
     loop = _tool_calls(tool_call or [])
-    plans = {name: _plan([*specific.get(name, []), *(fault or [])], base, loop, seed, redact_thinking)
+    plans = {name: _plan([*specific.get(name, []), *(fault or [])], base, loop, seed, redact_thinking,
+                         reasoning_tokens)
              for name in names}
 
     stop = threading.Event()
@@ -205,7 +212,7 @@ def _tool_calls(specs: list[str]) -> list[ToolCall]:
 
 
 def _plan(specs: list[str], base: FaultPlan, tool_calls: list[ToolCall], seed: int | None,
-          redact_thinking: bool) -> FaultPlan:
+          redact_thinking: bool, reasoning_tokens: int | None = None) -> FaultPlan:
     """The command line's faults and tool calls, then the plan file's, over the file's plan."""
     from pydantic import ValidationError
 
@@ -224,6 +231,8 @@ def _plan(specs: list[str], base: FaultPlan, tool_calls: list[ToolCall], seed: i
         update["seed"] = seed
     if redact_thinking:
         update["redact_thinking"] = True
+    if reasoning_tokens is not None:
+        update["reasoning_tokens"] = reasoning_tokens
     return base.model_copy(update=update)
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -226,6 +227,46 @@ def test_tool_loop_and_plan_file_from_the_command_line(tmp_path: Path) -> None:
             assert client.post(f"{bases['openai']}/v1/chat/completions", json=chat).status_code == 503
             choice = client.post(f"{bases['openai']}/v1/chat/completions", json=chat).json()["choices"][0]
             assert choice["message"]["tool_calls"][0]["function"]["name"] == "Read"  # the file's entry
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, lines.rest(5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
+
+
+def test_codex_style_tool_loop_over_the_responses_api(tmp_path: Path) -> None:
+    """`llmgw sim openai --tool-call exec_command=...`: a Codex-shaped Responses request (the
+    function nested in a namespace) gets the call, the continuation holding its output the text."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMGW_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, "sim", "openai", "--tool-call", 'exec_command={"cmd":"ls /tmp/x"}',
+         "--reasoning-tokens", "9"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = Lines(proc)
+    try:
+        out = "".join(lines.until(sim_cli.READY_MARKER, STARTUP_S))
+        base = re.findall(r"^\s*openai\s+(http://127\.0\.0\.1:\d+)\s", out, re.M)[0]
+        assert "tool:exec_command" in out
+        function = {"type": "function", "name": "exec_command", "parameters": {"type": "object"}}
+        tools = [{"type": "web_search"},
+                 {"type": "namespace", "name": "shell", "description": "Shell", "tools": [function]}]
+        body = {"model": "gpt-5-codex", "instructions": "You are Codex.", "input": [
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "list /tmp/x"}]}],
+            "tools": tools, "reasoning": {"effort": "medium", "summary": "auto"}, "store": True,
+            "stream": False}
+        with httpx.Client(base_url=f"{base}/v1", timeout=30) as client:
+            first = client.post("/responses", json=body).json()
+            reasoning, call = first["output"]
+            assert reasoning["type"] == "reasoning" and first["usage"]["output_tokens_details"] == {
+                "reasoning_tokens": 9}
+            assert (call["name"], call["namespace"], json.loads(call["arguments"])) == (
+                "exec_command", "shell", {"cmd": "ls /tmp/x"})
+            output = {"type": "function_call_output", "call_id": call["call_id"], "output": "x.txt"}
+            final = client.post("/responses", json={**body, "previous_response_id": first["id"],
+                                                    "input": [output]}).json()
+            assert final["output"][-1]["content"][0]["text"] == "The tool returned: x.txt"
+            assert client.get(f"/responses/{final['id']}").json() == final
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, lines.rest(5)
     finally:
