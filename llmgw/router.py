@@ -56,7 +56,7 @@ from llmgw.errors import (
     RateLimited,
 )
 from llmgw.redact import Redactor, scrub_exception
-from llmgw.routing import retry_floors, siblings_first
+from llmgw.routing import able_to_run_tools, retry_floors, siblings_first
 from llmgw.types import Attempt
 
 log = logging.getLogger("llmgw.router")
@@ -292,7 +292,8 @@ class AttemptCallbacks(CustomLogger):
         if refusal is None:
             if trace is None:
                 return healthy_deployments
-            fresh = siblings_first(healthy_deployments, (a.deployment for a in trace.failures))
+            fresh = siblings_first(able_to_run_tools(healthy_deployments, request_kwargs or {}),
+                                   (a.deployment for a in trace.failures))
             if trace.routing is not None:
                 fresh = trace.routing.order(model, fresh, trace.latency_ms)
             return await self._admit(model, fresh, trace, services.gate)

@@ -40,6 +40,31 @@ def siblings_first(healthy: list[Any], failed: Iterable[str | None]) -> list[Any
     return fresh or healthy
 
 
+# Responses-API tool types every deployment can run (a bridged one as chat functions);
+# any other type (hosted web search, ...) only a native Responses provider runs.
+_PORTABLE_TOOL_TYPES = frozenset({"function", "namespace"})
+NATIVE_RESPONSES_PROVIDERS = frozenset({"openai", "azure"})
+
+
+def able_to_run_tools(healthy: list[Any], request_kwargs: Mapping[str, Any]) -> list[Any]:
+    """For a Responses request with tool types only a native provider runs, the deployments
+    that can run them, when the group has any (else all: the bridged one then runs without
+    them, and the row says so)."""
+    if "input" not in request_kwargs:  # not a Responses call
+        return healthy
+    tools = request_kwargs.get("tools") or ()
+    if not any(isinstance(t, Mapping) and t.get("type") not in _PORTABLE_TOOL_TYPES
+               for t in tools):
+        return healthy
+    able = [d for d in healthy if _provider_of(d) in NATIVE_RESPONSES_PROVIDERS]
+    return able or healthy
+
+
+def _provider_of(deployment: Mapping[str, Any]) -> str:
+    params = deployment.get("litellm_params") or {}
+    return str(params.get("custom_llm_provider") or str(params.get("model") or "").split("/")[0])
+
+
 def retry_floors(group_sizes: Mapping[str, int], retry_policy: Mapping[str, Any],
                  by_group: Mapping[str, Mapping[str, Any]], num_retries: int,
                  forced: Mapping[str, int]) -> dict[str, dict[str, Any]]:

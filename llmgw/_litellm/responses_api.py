@@ -8,9 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from llmgw._litellm import import_litellm
-
-# Where LiteLLM's Responses API is native (the provider keeps state, takes every tool type).
-NATIVE_PROVIDERS = frozenset({"openai", "azure"})
+from llmgw.routing import NATIVE_RESPONSES_PROVIDERS as NATIVE_PROVIDERS
 
 
 def _config() -> Any:

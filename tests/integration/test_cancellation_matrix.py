@@ -17,8 +17,9 @@ from tests.budgets.conftest import budget_config, sums
 from tests.support import ANTHROPIC_KEY
 
 ASK = [{"role": "user", "content": "Plan the release."}]
-# Chat completions, and the Anthropic Messages dialect (on a native Anthropic deployment).
-OPS = ("complete", "stream", "messages", "messages_stream")
+# Chat completions, the Anthropic Messages dialect (on a native Anthropic deployment) and the
+# Responses dialect (LiteLLM's bridge to that deployment).
+OPS = ("complete", "stream", "messages", "messages_stream", "responses", "responses_stream")
 POINTS = ("provider", "first_byte", "mid_stream", "wait_for", "reserve", "settle", "cache")
 
 
@@ -66,14 +67,15 @@ def _plan(point: str, op: str) -> FaultPlan:
         return FaultPlan(faults=[Fault(kind="timeout", after_chunks=0)])
     if point == "mid_stream":  # a few chunks, then nothing (a JSON answer: nothing at all)
         # Anthropic's first text delta is its fourth event (message_start, block start, ping)
-        after = 5 if op.startswith("messages") else 3
+        after = 3 if op in ("complete", "stream") else 5
         return FaultPlan(faults=[Fault(kind="timeout", after_chunks=after)])
     return FaultPlan()
 
 
 def _shows_text(event: object) -> bool:
     return isinstance(event, ContentDelta) or (
-        isinstance(event, WireEvent) and event.event == "content_block_delta")
+        isinstance(event, WireEvent)
+        and event.event in ("content_block_delta", "response.output_text.delta"))
 
 
 @pytest.mark.parametrize("point", POINTS)
@@ -95,7 +97,7 @@ async def test_a_cancelled_request_holds_nothing(sims, migrated_ledger_url, op, 
     gw = LLMGateway(config_from_dict(data))
     finished: list[dict[str, Any]] = []
     gw.on("request.finished", lambda _event, payload: finished.append(payload))
-    sim = anthropic_sim if op.startswith("messages") else openai_sim
+    sim = openai_sim if op in ("complete", "stream") else anthropic_sim
     sim.set_plan(_plan(point, op))
     gate = Gate()
     if point == "reserve":
@@ -111,11 +113,16 @@ async def test_a_cancelled_request_holds_nothing(sims, migrated_ledger_url, op, 
         if op == "complete":
             await gw.complete("dev-1", "p", ASK, model_group="solo", max_tokens=50)
             return
+        asked = {"model": "anth", "max_output_tokens": 50, "input": ASK}
         if op == "messages":
             await gw.anthropic_messages("dev-1", "p", body)
             return
+        if op == "responses":
+            await gw.responses("dev-1", "p", asked)
+            return
         events = (gw.stream("dev-1", "p", ASK, model_group="solo", max_tokens=50)
-                  if op == "stream" else gw.anthropic_messages_stream("dev-1", "p", body))
+                  if op == "stream" else gw.anthropic_messages_stream("dev-1", "p", body)
+                  if op == "messages_stream" else gw.responses_stream("dev-1", "p", asked))
         async for event in events:
             if _shows_text(event):
                 shown.set()
