@@ -182,7 +182,8 @@ def test_encrypted_reasoning_sent_back_is_verified(sim: OpenAISim) -> None:
     assert follow["output"][-1]["content"][0]["text"] == "Simulated answer to: second"
 
     blob = reasoning["encrypted_content"]
-    for forged in (blob[:-8] + "AAAAAAA=", "not base64!", OpenAISim().__class__.__name__):
+    another_servers = OpenAISim()._encrypt_reasoning(reasoning["id"], reasoning["summary"][0]["text"])
+    for forged in (blob[:-8] + "AAAAAAA=", "not base64!", another_servers):
         resp = post(sim, {**body, "input": [user("first"), {**reasoning, "encrypted_content": forged}]})
         assert resp.status_code == 400, forged
         error = resp.json()["error"]
@@ -488,3 +489,20 @@ async def test_litellm_maps_responses_faults(sim: OpenAISim, litellm) -> None:
     assert caught.value.status_code == 404 and "previous_response_not_found" in str(caught.value)
     with pytest.raises(litellm.AuthenticationError):
         await litellm.aresponses(**{**litellm_kwargs(sim, input="hi"), "api_key": "sk-wrong"})
+
+
+async def test_litellm_sends_encrypted_reasoning_back_intact(sim: OpenAISim, litellm) -> None:
+    """Stateless (store: false) as Codex runs: the reasoning item returns with its encrypted content."""
+    options = {"store": False, "reasoning": {"effort": "low", "summary": "auto"}}
+    options["include"] = ["reasoning.encrypted_content"]
+    first = await litellm.aresponses(**litellm_kwargs(sim, input="first", **options))
+    items = [item.model_dump(exclude_none=True) for item in first.output]
+    assert items[0]["type"] == "reasoning" and items[0]["encrypted_content"]
+    turn = [{"role": "user", "content": "first"}, *items, {"role": "user", "content": "second"}]
+    second = await litellm.aresponses(**litellm_kwargs(sim, input=turn, **options))
+    assert second.output[-1].content[0].text == "Simulated answer to: second"
+    assert sim.requests[-1].json["input"][1]["encrypted_content"] == items[0]["encrypted_content"]
+    forged = [*turn[:1], {**items[0], "encrypted_content": items[0]["encrypted_content"][:-8] + "AAAAAAA="}]
+    with pytest.raises(litellm.BadRequestError) as caught:
+        await litellm.aresponses(**litellm_kwargs(sim, input=forged, **options))
+    assert "invalid_encrypted_content" in str(caught.value) or "could not be verified" in str(caught.value)
