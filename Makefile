@@ -45,7 +45,8 @@ chromium:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo 'chromium is not installed: run `make test` as root or `apt-get install chromium`' >&2; exit 1; fi; }
 
-# Real clients for tests/e2e (Claude Code, the Anthropic TypeScript SDK): pinned by
+# Real clients for tests/e2e (Claude Code, Codex, the Anthropic and OpenAI TypeScript SDKs, the
+# Vercel AI SDK): pinned by
 # tests/clients/package-lock.json, installed once per machine into .cache/clients with npm ci.
 # The stamp holds the lockfile's sha256: a changed lockfile reinstalls, an unchanged one does nothing.
 CLIENTS     := .cache/clients
@@ -54,7 +55,7 @@ CLIENTS_SRC := tests/clients
 clients:
 	@command -v npm >/dev/null 2>&1 || { echo 'npm is not installed: install Node.js 20+ with npm (`apt-get install nodejs npm`)' >&2; exit 1; }
 	@sha=$$(sha256sum $(CLIENTS_SRC)/package-lock.json | cut -d' ' -f1); \
-	if [ "$$(cat $(CLIENTS)/.lock-sha256 2>/dev/null)" = "$$sha" ] && [ -x $(CLIENTS)/node_modules/.bin/claude ]; then exit 0; fi; \
+	if [ "$$(cat $(CLIENTS)/.lock-sha256 2>/dev/null)" = "$$sha" ] && [ -x $(CLIENTS)/node_modules/.bin/claude ] && [ -x $(CLIENTS)/node_modules/.bin/codex ]; then exit 0; fi; \
 	echo "Installing the test clients into $(CLIENTS) (npm ci, pinned by $(CLIENTS_SRC)/package-lock.json)"; \
 	rm -rf $(CLIENTS) && mkdir -p $(CLIENTS) \
 	  && cp $(CLIENTS_SRC)/package.json $(CLIENTS_SRC)/package-lock.json $(CLIENTS_SRC)/.npmrc $(CLIENTS)/ \

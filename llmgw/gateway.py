@@ -27,7 +27,13 @@ from llmgw.config import Config, load_config
 from llmgw.dialects.anthropic import MESSAGES, messages_call
 from llmgw.dialects.base import Call, Dialect, Served
 from llmgw.dialects.chat import CHAT, chat_call
-from llmgw.dialects.responses import RESPONSES, check_responses_body, input_items, responses_call
+from llmgw.dialects.responses import (
+    RESPONSES,
+    check_responses_body,
+    continued,
+    input_items,
+    responses_call,
+)
 from llmgw.errors import InvalidRequest, UnknownResponse
 from llmgw.ids import new_request_id
 from llmgw.ledger.budget_store import BudgetStore
@@ -188,6 +194,8 @@ class LLMGateway:
             raise InvalidRequest("`stream: true` is for responses_stream().",
                                  hint="Call responses_stream() to stream.")
         completion = await self._answer(RESPONSES, call, _who(session_id, end_user), cache=cache)
+        if body.get("previous_response_id") and completion.body is not None:
+            completion.body["previous_response_id"] = body["previous_response_id"]
         if store:
             await self._store_response(call, completion, input_items)
         return completion
@@ -203,8 +211,11 @@ class LLMGateway:
         call, input_items, store = await self._responses_call(
             agent_id, project_id, {**body, "stream": True}, agent_type, model_group, metadata,
             llmgw_params)
+        previous = body.get("previous_response_id")
         async for event in self._tracked_stream(RESPONSES, call, _who(session_id, end_user),
                                                 cache=cache):
+            if previous:
+                event = continued(event, previous)
             if isinstance(event, StreamDone) and store:
                 await self._store_response(call, event.completion, input_items)
             yield event

@@ -88,9 +88,6 @@ def _tool_guard(request_id_key: str) -> Any:
                                                  call_type: Any) -> dict[str, Any] | None:
             if getattr(call_type, "value", call_type) != "aresponses":
                 return None
-            tools = kwargs.get("tools")
-            if not tools:
-                return None
             provider = kwargs.get("custom_llm_provider")
             if provider is None:
                 try:
@@ -99,14 +96,29 @@ def _tool_guard(request_id_key: str) -> Any:
                     return None
             if provider in NATIVE_PROVIDERS:
                 return None
-            kept = function_tools(list(tools))
-            dropped = sorted({str(t.get("type")) for t in tools
-                              if isinstance(t, Mapping) and t.get("type") not in ("function",
-                                                                                    "namespace")})
-            metadata = kwargs.get("litellm_metadata") or {}
-            request_id = metadata.get(request_id_key) if isinstance(metadata, Mapping) else None
-            if dropped and request_id:
-                DROPPED_TOOLS.setdefault(str(request_id), []).extend(dropped)
-            return {**kwargs, "tools": kept or None}
+            return _bridged(kwargs, request_id_key)
 
     return ToolGuard()
+
+
+def _bridged(kwargs: dict[str, Any], request_id_key: str) -> dict[str, Any]:
+    """A Responses call as a deployment behind LiteLLM's chat bridge can take it."""
+    changed = dict(kwargs)
+    items = kwargs.get("input")
+    if isinstance(items, list) and kwargs.get("reasoning") and any(
+            isinstance(i, Mapping) and i.get("type") == "function_call" for i in items):
+        # A bridged tool turn has no signed reasoning to send back (Anthropic refuses a tool
+        # turn with thinking on but without its thinking block): this attempt does not think.
+        changed["reasoning"] = None
+    tools = kwargs.get("tools")
+    if tools:
+        kept = function_tools(list(tools))
+        dropped = sorted({str(t.get("type")) for t in tools
+                          if isinstance(t, Mapping) and t.get("type") not in ("function",
+                                                                                "namespace")})
+        metadata = kwargs.get("litellm_metadata") or {}
+        request_id = metadata.get(request_id_key) if isinstance(metadata, Mapping) else None
+        if dropped and request_id:
+            DROPPED_TOOLS.setdefault(str(request_id), []).extend(dropped)
+        changed["tools"] = kept or None
+    return changed

@@ -29,6 +29,7 @@ from llmgw.types import (
     Attempt,
     AttemptStatus,
     Completion,
+    StreamDone,
     StreamEvent,
     Usage,
     WireEvent,
@@ -160,6 +161,18 @@ class ResponsesDialect:
             data = {**data, "sequence_number": number}
             out.append(WireEvent(event=name, data=data, raw=_sse(name, data), request_id=rid))
         return out
+
+
+def continued(event: StreamEvent, previous_id: str) -> StreamEvent:
+    """A stream event that names the response it continues, as OpenAI's do (llmgw expands
+    the history itself, so the provider's response does not know it)."""
+    if isinstance(event, StreamDone) and event.completion.body is not None:
+        event.completion.body["previous_response_id"] = previous_id
+    elif isinstance(event, WireEvent) and isinstance(event.data.get("response"), dict):
+        data = {**event.data, "response": {**event.data["response"],
+                                           "previous_response_id": previous_id}}
+        return event.model_copy(update={"data": data, "raw": _sse(event.event, data)})
+    return event
 
 
 def _dump(response: Any) -> dict[str, Any]:

@@ -317,7 +317,8 @@ class OpenAISim(SimServer):
 
     def _response(self, reply: Reply, body: dict[str, Any], *, done: bool) -> dict[str, Any]:
         """The response object: finished (output and usage), or as ``response.created`` shows it."""
-        reasoning = body.get("reasoning") if isinstance(body.get("reasoning"), dict) else {}
+        found = body.get("reasoning")
+        reasoning: dict[str, Any] = found if isinstance(found, dict) else {}
         return {
             "id": _response_id(reply),
             "object": "response",
