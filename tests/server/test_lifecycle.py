@@ -192,3 +192,31 @@ def test_sigterm_drains_in_flight_requests_then_cancels_the_rest(tmp_path, sims,
     assert open_reservations(url) == 0
     assert reserved_micros(url) == 0
     assert json.dumps(results["slow"][1]).count("Simulated answer") == 1
+
+
+@pytest.mark.parametrize(("path", "body", "delta"), [
+    ("/v1/messages", {"model": "primary", "max_tokens": 200, "messages": HI, "stream": True},
+     "content_block_delta"),
+    ("/v1/responses", {"model": "backup", "input": "Say hi", "max_output_tokens": 200,
+                       "stream": True}, "response.output_text.delta"),
+], ids=["messages", "responses"])
+def test_a_hang_up_mid_stream_settles_every_dialect(running, sims, path, body, delta):
+    openai_sim, anthropic_sim = sims
+    with_budget(running.ledger_url)
+    sim = anthropic_sim if path == "/v1/messages" else openai_sim
+    # a few events with the first text delta among them, then the provider stalls
+    sim.set_plan(FaultPlan(faults=[Fault(kind="timeout", after_chunks=6)]))
+    headers = {"authorization": f"Bearer {running.key()}", "anthropic-version": "2023-06-01"}
+    with httpx.stream("POST", running.base_url + path, headers=headers, json=body,
+                      timeout=60) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: ") and json.loads(line[6:]).get("type") == delta:
+                break  # text was shown; the provider stalls now and we hang up
+    wait_for(lambda: any(r["status"] == "partial" for r in ledger_rows(running.ledger_url)),
+             "the partial row")
+    (row,) = ledger_rows(running.ledger_url)
+    assert row["stream"] and row["completion_tokens"] > 0 and row["cost_micros"] > 0
+    assert row["dialect"] == ("anthropic" if path == "/v1/messages" else "responses")
+    assert open_reservations(running.ledger_url) == 0
+    assert reserved_micros(running.ledger_url) == 0
