@@ -14,7 +14,14 @@ Messages path, same options:
   (f) the same with budgets on (bench/load.py's: a request cap + project day, month, agent day)
 Prints the same table and the ratios (e)/(d), (f)/(d).
 
-    .venv/bin/python bench/overhead.py [--requests 400] [--rounds 4] [--only chat|messages]
+The OpenAI Responses path, against one loopback OpenAI simulator's `POST /v1/responses` (its own
+process), the deployment `openai/gpt-5` so LiteLLM takes its native Responses path, same options:
+  (g) bare `Router.aresponses`
+  (h) `LLMGateway.responses`, the config of (c) (`store` on by default: it also keeps each answer)
+  (i) the same with budgets on
+Prints the same table and the ratios (h)/(g), (i)/(g).
+
+    .venv/bin/python bench/overhead.py [--requests 400] [--rounds 4] [--only chat|messages|responses]
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ ANTHROPIC_KEY = "sk-ant-bench-key-000000"
 ANTHROPIC_SIM_SCRIPT = SIM_SCRIPT.replace("OpenAISim", "AnthropicSim")
 ANTHROPIC_MODEL = "anthropic/claude-sonnet-4-5"  # a Claude name: LiteLLM's native Messages path
 MAX_TOKENS = 256  # Messages requires it; both paths send it, the gateway reserves for it
+RESPONSES_MODEL = "openai/gpt-5"  # an OpenAI deployment: LiteLLM's native Responses path
+RESPONSES_INPUT = MESSAGES[0]["content"]
 BUDGETS = {"per_request_usd": 1.00,  # bench/load.py's, as a user would run them
            "projects": {"*": {"daily_usd": 50, "monthly_usd": 1000, "warn_at": 0.8}},
            "agents": {"*": {"daily_usd": 10}}}
@@ -89,6 +98,14 @@ async def main(requests: int, rounds: int, only: str | None = None) -> None:
         sim, base = await start_sim(ANTHROPIC_SIM_SCRIPT, ANTHROPIC_KEY)
         try:
             await run_messages(base, requests, rounds)
+        finally:
+            await stop_sim(sim)
+    if only in (None, "responses"):
+        if only is None:
+            print()
+        sim, base = await start_sim(SIM_SCRIPT, KEY)
+        try:
+            await run_responses(base, requests, rounds)
         finally:
             await stop_sim(sim)
 
@@ -221,11 +238,62 @@ async def run_messages(base: str, requests: int, rounds: int) -> None:
     print_ratio("(f)/(d)", samples["(f) (e) with budgets on"], d)
 
 
+def responses_config(base: str, budgets: dict[str, Any] | None) -> Any:
+    """(c)'s config with one OpenAI `gpt-5` deployment (prices explicit, as (c)'s)."""
+    return config_from_dict({
+        "model_list": [{"model_name": "resp", "litellm_params": {
+            "model": RESPONSES_MODEL, "api_base": base + "/v1", "api_key": KEY},
+            "model_info": {"id": "bench-resp", "input_cost_per_token": 0.00000125,
+                           "output_cost_per_token": 0.00001}}],
+        "router_settings": {"routing_strategy": "simple-shuffle", "num_retries": 0},
+        "llmgw": {"default_group": "resp", "ledger": {"url": ledger_url()},
+                  "cache": {"backend": "none"},  # every call must reach the provider
+                  **({"budgets": budgets} if budgets else {})},
+    })
+
+
+async def run_responses(base: str, requests: int, rounds: int) -> None:
+    from llmgw.gateway import LLMGateway
+
+    plain = LLMGateway(responses_config(base, None))
+    budgeted = LLMGateway(responses_config(base, BUDGETS))
+    # No `store` field: the gateway as users run it keeps every answer (one more ledger write).
+    body = {"model": "resp", "input": RESPONSES_INPUT, "max_output_tokens": MAX_TOKENS}
+
+    async def router() -> None:
+        await plain.router.aresponses(model="resp", input=RESPONSES_INPUT, max_output_tokens=MAX_TOKENS)
+
+    async def gateway() -> None:
+        await plain.responses("bench-agent", "bench-project", body)
+
+    async def gateway_budgets() -> None:
+        await budgeted.responses("bench-agent", "bench-project", body)
+
+    first = await plain.responses("bench-agent", "bench-project", body)
+    assert first.body["object"] == "response", first.body  # the native path answered
+    assert await plain.stored_response("bench-project", first.body["id"])  # and it was stored
+    paths = {"(g) Router.aresponses": router,
+             "(h) LLMGateway.responses": gateway,
+             "(i) (h) with budgets on": gateway_budgets}
+    count, samples = await measure(paths, requests, rounds)
+    await plain.aclose()
+    await budgeted.aclose()
+
+    print(f"OpenAI Responses ({RESPONSES_MODEL}, max_output_tokens {MAX_TOKENS}, store on): {count} "
+          f"sequential requests per path, {rounds} interleaved rounds, simulator in its own process\n")
+    print_table(samples)
+    g = samples["(g) Router.aresponses"]
+    print()
+    print_ratio("(h)/(g)", samples["(h) LLMGateway.responses"], g)
+    print_ratio("(i)/(g)", samples["(i) (h) with budgets on"], g)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--only", choices=("chat", "messages"), default=None,
-                    help="run only the chat completions part (a-c) or the Anthropic Messages part (d-f)")
+    ap.add_argument("--only", choices=("chat", "messages", "responses"), default=None,
+                    help="run only the chat completions part (a-c), the Anthropic Messages part (d-f) "
+                         "or the OpenAI Responses part (g-i)")
     args = ap.parse_args()
     asyncio.run(main(args.requests, args.rounds, args.only))
