@@ -194,15 +194,20 @@ class GeminiSim(SimServer):
 
     def usage(self, reply: Reply, body: dict[str, Any]) -> dict[str, Any]:
         # promptTokenCount includes the cached tokens, as the neutral prompt count does.
+        # Thought tokens are Gemini's own count, outside candidatesTokenCount (the neutral
+        # completion count holds both) and inside totalTokenCount; sent only when there are any.
+        candidates = reply.completion_tokens - reply.reasoning_tokens
         usage: dict[str, Any] = {
             "promptTokenCount": reply.prompt_tokens,
-            "candidatesTokenCount": reply.completion_tokens,
+            "candidatesTokenCount": candidates,
             "totalTokenCount": reply.prompt_tokens + reply.completion_tokens,
             "promptTokensDetails": [{"modality": "TEXT", "tokenCount": reply.prompt_tokens}],
         }
         if reply.cached_tokens:
             usage["cachedContentTokenCount"] = reply.cached_tokens
             usage["cacheTokensDetails"] = [{"modality": "TEXT", "tokenCount": reply.cached_tokens}]
+        if reply.reasoning_tokens:
+            usage["thoughtsTokenCount"] = reply.reasoning_tokens
         return usage
 
     def json_body(self, reply: Reply, body: dict[str, Any]) -> dict[str, Any]:
@@ -213,10 +218,13 @@ class GeminiSim(SimServer):
         usage = self.usage(reply, body)
         # Every chunk carries usageMetadata, as the real stream does; only the last one has
         # the candidate count, so clients must keep the last value rather than add them up.
+        # Thinking comes before the answer, so the thought count is already on every chunk.
+        thoughts = {k: v for k, v in usage.items() if k == "thoughtsTokenCount"}
         running = {
             "promptTokenCount": usage["promptTokenCount"],
-            "totalTokenCount": usage["promptTokenCount"],
+            "totalTokenCount": usage["promptTokenCount"] + reply.reasoning_tokens,
             "promptTokensDetails": usage["promptTokensDetails"],
+            **thoughts,
         }
         if reply.tool_call is not None:
             parts_list = [self._content(reply)["parts"]]  # Gemini sends a call whole, never in pieces

@@ -108,6 +108,39 @@ def test_cached_tokens_are_inside_the_prompt_count(sim: GeminiSim) -> None:
     assert usage["cacheTokensDetails"] == [{"modality": "TEXT", "tokenCount": 100}]
 
 
+def test_thought_tokens_are_counted_apart_from_the_candidates(sim: GeminiSim) -> None:
+    # Gemini reports thinking as thoughtsTokenCount, outside candidatesTokenCount and inside
+    # the total; the neutral completion count (the plan's) holds both, as OpenAI's does.
+    sim.plan = FaultPlan(prompt_tokens=120, completion_tokens=50, reasoning_tokens=30, cached_tokens=100)
+    usage = post(sim, BODY).json()["usageMetadata"]
+    assert (usage["candidatesTokenCount"], usage["thoughtsTokenCount"]) == (20, 30)
+    assert usage["totalTokenCount"] == 170 and usage["cachedContentTokenCount"] == 100
+    [record] = sim.wait_for_responses(1)
+    assert (record.completion_tokens, record.reasoning_tokens, record.cached_tokens) == (50, 30, 100)
+
+
+def test_no_thoughts_no_thought_count(sim: GeminiSim) -> None:
+    sim.plan = FaultPlan(prompt_tokens=10, completion_tokens=5)
+    assert "thoughtsTokenCount" not in post(sim, BODY).json()["usageMetadata"]
+
+
+@pytest.mark.parametrize("sse", [True, False], ids=["sse", "json-array"])
+def test_stream_carries_the_thought_count_on_every_chunk(sim: GeminiSim, sse: bool) -> None:
+    sim.plan = FaultPlan(prompt_tokens=120, completion_tokens=50, reasoning_tokens=30, cached_tokens=100)
+    if sse:
+        chunks = stream_sse(sim, BODY)
+    else:
+        chunks = httpx.post(url(sim, method="streamGenerateContent"), json=BODY, headers=HEADERS).json()
+    *running, last = chunks
+    assert running and all(c["usageMetadata"]["thoughtsTokenCount"] == 30 for c in running)
+    assert all(c["usageMetadata"]["totalTokenCount"] == 150 for c in running)
+    final = last["usageMetadata"]
+    counts = final["candidatesTokenCount"], final["thoughtsTokenCount"], final["totalTokenCount"]
+    assert counts == (20, 30, 170)
+    assert final["cachedContentTokenCount"] == 100
+    assert sim.wait_for_responses(1)[0].usage == final
+
+
 def test_snake_case_fields_count_too(sim: GeminiSim) -> None:
     # The API accepts proto field names; LiteLLM sends system_instruction that way.
     body = {"contents": BODY["contents"], "system_instruction": {"parts": [{"text": SYSTEM}]}}
@@ -255,6 +288,23 @@ async def test_litellm_completion_matches_recorded_usage(sim: GeminiSim, litellm
     assert request.json["contents"] == [{"role": "user", "parts": [{"text": QUESTION}]}]
     assert request.json["system_instruction"] == {"parts": [{"text": SYSTEM}]}
     assert request.json["generationConfig"]["max_output_tokens"] == 50
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_litellm_reads_thought_and_cached_tokens(sim: GeminiSim, litellm, stream: bool) -> None:
+    # LiteLLM adds thoughtsTokenCount to the candidates (the total says they are apart) and
+    # reports it as reasoning inside the completion, the cached count as a cache read.
+    sim.plan = FaultPlan(prompt_tokens=120, completion_tokens=50, reasoning_tokens=30, cached_tokens=100)
+    if stream:
+        chunks = [c async for c in await litellm.acompletion(
+            **kwargs(sim, stream=True, stream_options={"include_usage": True}))]
+        usage = next(c.usage for c in reversed(chunks) if getattr(c, "usage", None))
+    else:
+        usage = (await litellm.acompletion(**kwargs(sim))).usage
+    assert (usage.prompt_tokens, usage.completion_tokens) == (120, 50)
+    assert usage.completion_tokens_details.reasoning_tokens == 30
+    assert usage.prompt_tokens_details.cached_tokens == 100
+    sim.wait_for_responses(1)
 
 
 async def test_litellm_folds_the_system_prompt_for_unknown_models(sim: GeminiSim, litellm) -> None:
