@@ -188,9 +188,19 @@ class BudgetLimits(BaseModel):
                                      description="past warn_at, route to this cheaper group")
 
 
+class SessionLimits(BaseModel):
+    """The cap on one agent run (a session id), for the whole run: it never resets."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    total_usd: Usd
+    warn_at: float | None = Field(default=None, gt=0, le=1)
+
+
 class BudgetSettings(BaseModel):
     """`llmgw.budgets`: defaults; `llmgw budgets set` stores overrides in the database.
-    `"*"` under projects/agents/agent_types applies to every id without its own entry."""
+    `"*"` under projects/agents/agent_types/sessions applies to every id without its own
+    entry (each with its own counter)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
@@ -207,6 +217,8 @@ class BudgetSettings(BaseModel):
     projects: dict[str, BudgetLimits] = Field(default_factory=dict)
     agents: dict[str, BudgetLimits] = Field(default_factory=dict)
     agent_types: dict[str, BudgetLimits] = Field(default_factory=dict)
+    # Per agent run: a request that names a session is held against its run's total too.
+    sessions: dict[str, SessionLimits] = Field(default_factory=dict)
     reconcile_after_s: float = Field(default=900.0, ge=0, le=MAX_TIMEOUT_S,
                                      description="an open reservation older than this was left "
                                                  "by a crash")

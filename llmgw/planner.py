@@ -71,8 +71,9 @@ class BudgetPlanner:
         self._rules_at = -math.inf
         self._refresh: asyncio.Task[list[Rule]] | None = None
         self._top_prices: dict[str, tuple[Decimal, Decimal]] = {}  # group -> highest (in, out)
-        # (agent, agent type, project) -> its limits and request cap, under `_limits_of`
-        self._limits: dict[tuple[str, str | None, str], tuple[list[Limit], Limit | None]] = {}
+        # (agent, agent type, project, session) -> its limits and request cap, under `_limits_of`
+        self._limits: dict[tuple[str, str | None, str, str | None],
+                           tuple[list[Limit], Limit | None]] = {}
         self._limits_of: list[Rule] | None = None
         # id(limits) -> (limits, window start, window end, counter keys): `_counter_keys`
         self._keys: dict[int, tuple[list[Limit], datetime, datetime, tuple[CounterKey, ...]]] = {}
@@ -107,7 +108,8 @@ class BudgetPlanner:
         limits: list[Limit] = []
         cap = None
         if rules or self.policy.configured:
-            limits, cap = self._limits_for(ctx.agent_id, route.agent_type, ctx.project_id, rules)
+            limits, cap = self._limits_for(ctx.agent_id, route.agent_type, ctx.project_id, rules,
+                                           ctx.session_id)
         if not limits and cap is None and not constraints.any:
             return None
         if limits:
@@ -207,19 +209,20 @@ class BudgetPlanner:
                             would_be_refused=refused)
 
     def _limits_for(self, agent_id: str, agent_type: str | None, project_id: str,
-                    rules: list[Rule]) -> tuple[list[Limit], Limit | None]:
+                    rules: list[Rule], session_id: str | None = None
+                    ) -> tuple[list[Limit], Limit | None]:
         if self._limits_of is not rules:  # rules reloaded: changed ones void what we know
             if rules != self._limits_of:
                 self._limits.clear()
             self._limits_of = rules
-        who = (agent_id, agent_type, project_id)
+        who = (agent_id, agent_type, project_id, session_id)
         found = self._limits.get(who)
         if found is None:
             if len(self._limits) >= _MEMO_MAX:
                 self._limits.clear()
             found = self._limits[who] = (
                 self.policy.limits(agent_id=agent_id, agent_type=agent_type,
-                                   project_id=project_id, rules=rules),
+                                   project_id=project_id, rules=rules, session_id=session_id),
                 self.policy.request_cap(rules))
         return found
 
@@ -235,7 +238,8 @@ class BudgetPlanner:
             if len(self._keys) >= _MEMO_MAX:
                 self._keys.clear()
             starts = [key.period_start for key in keys]
-            ends = [self.policy.period_end(key.period_start, key.period) for key in keys]
+            ends = [self.policy.period_end(key.period_start, key.period) or datetime.max
+                    for key in keys]  # None: a session's `total` never ends
             self._keys[id(limits)] = (limits, max(starts), min(ends), keys)  # holds `limits`
         return keys
 
