@@ -47,6 +47,7 @@ from llmgw.observe.health import DeploymentHealth, DeploymentStats, StatsCollect
 from llmgw.observe.metrics import PrometheusMetrics
 from llmgw.observe.tracing import PARENT_SPAN_KEY, make_tracing
 from llmgw.planner import BudgetPlanner
+from llmgw.rates import warn_input_rate_fallbacks
 from llmgw.redact import Redactor, install_log_filter
 from llmgw.responses import cached_completion
 from llmgw.router import REQUEST_ID_KEY, build_router, classify, map_exception, provider_message
@@ -86,6 +87,7 @@ class LLMGateway:
         self.planner = BudgetPlanner(self.config, self.budget_policy, self.budget_store,
                                      self.ledger)
         self.router = build_router(self.config, self.redactor)
+        warn_input_rate_fallbacks(self.config.model_list)
         use_chat_completions_for_translation()
         install_passthrough()
         install_translation_guard()

@@ -22,6 +22,7 @@ from llmgw.constraints import CallConstraints, RoutePlan, plan_route, take_const
 from llmgw.ledger.budget_store import BudgetStore
 from llmgw.ledger.store import LedgerStore, RequestContext
 from llmgw.pricing import token_cost_micros
+from llmgw.rates import rates_of
 from llmgw.tokens import PromptTokenCounter
 from llmgw.types import (
     BudgetImpact,
@@ -29,6 +30,19 @@ from llmgw.types import (
     DeploymentEstimate,
     Message,
 )
+
+
+def prompt_rate(deployment: Any, caching: str | None) -> Decimal:
+    """The most a deployment may bill a prompt token of a call: its input rate, or its cache
+    write rate when the call asks for caching (the 1-hour one for a 1-hour TTL)."""
+    rate = deployment.input_price
+    if caching is None:
+        return rate
+    rates = rates_of(deployment)
+    rate = max(rate, rates["cache_write"].usd_per_token)
+    if caching == "1h":
+        rate = max(rate, rates["cache_write_1h"].usd_per_token)
+    return rate
 
 
 class Counted(Protocol):
@@ -70,7 +84,8 @@ class BudgetPlanner:
         self._rules: list[Rule] = []
         self._rules_at = -math.inf
         self._refresh: asyncio.Task[list[Rule]] | None = None
-        self._top_prices: dict[str, tuple[Decimal, Decimal]] = {}  # group -> highest (in, out)
+        # (group, caching) -> the highest (prompt, output) rates it can reach
+        self._top_prices: dict[tuple[str, str | None], tuple[Decimal, Decimal]] = {}
         # (agent, agent type, project, session) -> its limits and request cap, under `_limits_of`
         self._limits: dict[tuple[str, str | None, str, str | None],
                            tuple[list[Limit], Limit | None]] = {}
@@ -136,7 +151,8 @@ class BudgetPlanner:
                               added)
         amount = self.worst_case_micros(route.model_group, request.message_dicts,
                                         int(max_tokens), tools=params.get("tools"),
-                                        tool_choice=params.get("tool_choice"))
+                                        tool_choice=params.get("tool_choice"),
+                                        caching=getattr(request, "caching", None))
         return BudgetPlan(route, amount, int(max_tokens), limits, keys, cap, call_params=added)
 
     def route_plan(self, model_group: str, request: Counted, params: dict[str, Any],
@@ -146,13 +162,14 @@ class BudgetPlanner:
         `worst_case_micros`, at its own prices."""
         prompts: dict[str, int] = {}
         margin = self.config.llmgw.budgets.prompt_margin
+        caching = getattr(request, "caching", None)
 
         def worst(group: str, dep: Any) -> int:
             if group not in prompts:
                 counted = self.prompt_tokens(group, request.message_dicts, params.get("tools"),
                                              params.get("tool_choice"))
                 prompts[group] = math.ceil(counted * margin)
-            return math.ceil((prompts[group] * dep.input_price
+            return math.ceil((prompts[group] * prompt_rate(dep, caching)
                               + max_tokens * dep.output_price) * 1_000_000)
 
         return plan_route(self.config, self.config.fallback_chain(model_group), worst,
@@ -270,17 +287,19 @@ class BudgetPlanner:
     def worst_case_micros(self, model_group: str,
                           messages: list[Message] | list[dict[str, Any]], max_tokens: int, *,
                           tools: list[dict[str, Any]] | None = None,
-                          tool_choice: Any = None) -> int:
+                          tool_choice: Any = None, caching: str | None = None) -> int:
         """The most a call can cost: prompt tokens (LiteLLM's tokenizer, with the configured
-        margin; tool definitions count as prompt) at the highest input price, and max_tokens
-        at the highest output price, across the group and every group it can reach. Rounded
-        up."""
-        prices = self._top_prices.get(model_group)
+        margin; tool definitions count as prompt) at the highest rate any deployment may bill
+        them (the input rate; a cache write's when the call asks for caching, the 1-hour one
+        for a 1-hour TTL), and max_tokens at the highest output price, across the group and
+        every group it can reach. Rounded up."""
+        prices = self._top_prices.get((model_group, caching))
         if prices is None:  # the config does not change under a running gateway
             deployments = [d for g in self.config.fallback_chain(model_group)
                            for d in self.config.groups()[g]]
-            prices = self._top_prices[model_group] = (max(d.input_price for d in deployments),
-                                                      max(d.output_price for d in deployments))
+            prices = self._top_prices[(model_group, caching)] = (
+                max(prompt_rate(d, caching) for d in deployments),
+                max(d.output_price for d in deployments))
         counted = self.prompt_tokens(model_group, messages, tools, tool_choice)
         prompt = math.ceil(counted * self.config.llmgw.budgets.prompt_margin)
         return math.ceil((prompt * prices[0] + max_tokens * prices[1]) * 1_000_000)

@@ -7,12 +7,14 @@ import time
 from typing import Any
 
 from llmgw._litellm import cost_usd, hidden_params, import_litellm
+from llmgw._litellm.messages import cost_of_usage
 from llmgw.agents import Resolution
 from llmgw.cache import CachedAnswer
 from llmgw.config import Config
 from llmgw.ledger.store import RequestContext
 from llmgw.pricing import to_micros, token_cost_micros
 from llmgw.providers.ruvector import HIDDEN_KEY as RUVECTOR_DETAILS
+from llmgw.rates import snapshot
 from llmgw.redact import Redactor
 from llmgw.router import RequestTrace, classify, provider_message
 from llmgw.types import (
@@ -51,7 +53,8 @@ def completion_of(response: Any, trace: RequestTrace, route: Resolution, request
         provider=hidden.get("custom_llm_provider") or (dep.provider if dep else None),
         model=dep.litellm_params.model if dep else getattr(response, "model", None),
         status="ok", latency_ms=_ms(hidden.get("_response_ms")), usage=usage,
-        cost_micros=cost_micros, provider_details=_provider_details(hidden))
+        cost_micros=cost_micros, provider_details=_provider_details(hidden),
+        rates=snapshot(dep) if dep else None)
     message = response.choices[0].message if response.choices else None
     tool_calls = [tc.model_dump() if hasattr(tc, "model_dump") else dict(tc)
                   for tc in (getattr(message, "tool_calls", None) or [])]
@@ -76,6 +79,7 @@ def stream_completion(response: Any, acc: StreamAccumulator, trace: RequestTrace
     deployment_id = hidden.get("model_id")
     dep = config.deployment(deployment_id) if deployment_id else None
     usage = acc.usage
+    whole = acc.provider_usage if usage is not None and status != "partial" else None
     if usage is None or status == "partial":
         litellm = import_litellm()
         model = dep.litellm_params.model if dep else "gpt-4o"
@@ -84,10 +88,18 @@ def stream_completion(response: Any, acc: StreamAccumulator, trace: RequestTrace
         completion = litellm.token_counter(model=model, text=acc.text + acc.tool_text(),
                                            count_response_tokens=True) if (
             acc.text or acc.tool_calls) else 0
-        usage = Usage(prompt_tokens=prompt, completion_tokens=completion)
-    # Priced as a non-streamed answer is: by LiteLLM, at the deployment's prices.
-    cost = to_micros(cost_usd(dep.litellm_params.model, dep.id, usage.prompt_tokens,
-                              usage.completion_tokens, usage.cached_tokens)) if dep else 0
+        usage = Usage(prompt_tokens=prompt, completion_tokens=completion,
+                      cached_tokens=usage.cached_tokens if usage else 0)
+    # Priced as a non-streamed answer is: by LiteLLM, at the deployment's prices, from the
+    # provider's whole usage (cache writes and reasoning included) when the stream ended
+    # with one; a cut stream's counted tokens otherwise.
+    if dep is None:
+        cost = 0
+    elif whole is not None:
+        cost = to_micros(cost_of_usage(dep.litellm_params.model, dep.id, whole))
+    else:
+        cost = to_micros(cost_usd(dep.litellm_params.model, dep.id, usage.prompt_tokens,
+                                  usage.completion_tokens, usage.cached_tokens))
     headers = hidden.get("additional_headers") or {}
     served_group = headers.get("x-litellm-model-group") or (dep.model_name if dep else
                                                             route.model_group)
@@ -101,7 +113,7 @@ def stream_completion(response: Any, acc: StreamAccumulator, trace: RequestTrace
                        "the caller stopped reading the stream" if status == "partial"
                        else None),
         latency_ms=since_ms(started), usage=usage, cost_micros=cost,
-        provider_details=_provider_details(hidden))
+        provider_details=_provider_details(hidden), rates=snapshot(dep) if dep else None)
     return Completion(
         request_id=ctx.request_id, content=acc.text or None, tool_calls=acc.tool_call_list(),
         finish_reason=acc.finish_reason, usage=usage, cost_micros=cost,
@@ -147,6 +159,7 @@ class StreamAccumulator:
         self.parts: list[str] = []
         self.tool_calls: dict[int, dict[str, Any]] = {}
         self.usage: Usage | None = None
+        self.provider_usage: Any = None  # LiteLLM's own usage object, every token kind
         self.finish_reason: str | None = None
 
     @property
@@ -170,6 +183,7 @@ class StreamAccumulator:
         u = getattr(chunk, "usage", None)
         if u is not None and (getattr(u, "prompt_tokens", None) or getattr(u, "completion_tokens", None)):
             self.usage = usage_of(chunk)
+            self.provider_usage = u
         for choice in getattr(chunk, "choices", None) or []:
             if choice.finish_reason:
                 self.finish_reason = choice.finish_reason
@@ -201,10 +215,19 @@ def usage_of(response: Any) -> Usage:
         return Usage()
     details = getattr(u, "prompt_tokens_details", None)
     cached = getattr(details, "cached_tokens", None) if details is not None else None
+    out = getattr(u, "completion_tokens_details", None)
+    written = getattr(u, "cache_creation_input_tokens", None)
+    if written is None and details is not None:
+        written = getattr(details, "cache_creation_tokens", None)
+    split = getattr(details, "cache_creation_token_details", None) if details is not None else None
+    hour = (split.get("ephemeral_1h_input_tokens") if isinstance(split, dict)
+            else getattr(split, "ephemeral_1h_input_tokens", None))
     return Usage.model_construct(  # ints already: nothing for pydantic to check
         prompt_tokens=int(getattr(u, "prompt_tokens", 0) or 0),
         completion_tokens=int(getattr(u, "completion_tokens", 0) or 0),
-        cached_tokens=int(cached or 0))
+        cached_tokens=int(cached or 0), cache_write_tokens=int(written or 0),
+        cache_write_1h_tokens=int(hour or 0),
+        reasoning_tokens=int(getattr(out, "reasoning_tokens", 0) or 0) if out is not None else 0)
 
 
 def _pieces(text: str, size: int = 24) -> list[str]:

@@ -182,6 +182,9 @@ class Attempt(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     cost_micros: int = 0
     provider_details: dict[str, Any] | None = None  # e.g. ruvLLM's model_used and confidence
+    # The per-token USD rates it was priced at (input, output, cache_read, cache_write,
+    # cache_write_1h), exact decimal strings: a later price change never rewrites history.
+    rates: dict[str, str] | None = None
 
 
 class Completion(BaseModel):

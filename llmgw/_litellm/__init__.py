@@ -151,3 +151,24 @@ def lean_router_class() -> type:
     from llmgw._litellm.router_class import lean_router_class as lean
 
     return lean()
+
+
+_price_map: dict[str, Any] | None = None
+
+
+def bundled_price_map() -> dict[str, Any]:
+    """LiteLLM's price map as llmgw runs it (offline: the copy its package ships), without
+    importing LiteLLM when it is not loaded yet (`llmgw models` stays fast)."""
+    global _price_map
+    if _module is not None:
+        return dict(_module.model_cost)
+    if _price_map is None:
+        import importlib.util
+        import json
+        from pathlib import Path
+
+        spec = importlib.util.find_spec("litellm")  # finds the package, runs none of it
+        path = Path(spec.origin or "").parent / "model_prices_and_context_window_backup.json" \
+            if spec else None
+        _price_map = json.loads(path.read_text()) if path and path.is_file() else {}
+    return _price_map

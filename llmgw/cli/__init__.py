@@ -15,6 +15,7 @@ from llmgw.cli import (
     chat,
     db,
     demo,
+    explain,
     health,
     keys,
     local,
@@ -34,6 +35,7 @@ app = typer.Typer(
 )
 
 app.add_typer(usage.app, name="usage")
+usage.app.command("explain")(explain.explain)
 app.add_typer(db.app, name="db")
 app.add_typer(budgets.app, name="budgets")
 app.add_typer(models.app, name="models")

@@ -1,4 +1,5 @@
-"""`llmgw models`: groups, deployments, prices and fallbacks from the config (no LiteLLM)."""
+"""`llmgw models`: groups, deployments, every rate and where it comes from, and fallbacks, from
+the config and LiteLLM's bundled price map (without importing LiteLLM)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from rich.table import Table
 
 from llmgw.cli._common import EXIT_USAGE, errors_as_exit, fail, print_wide
 from llmgw.config import load_config
+from llmgw.rates import CONFIG, INPUT, rates_of
 
 app = typer.Typer(help="The model groups and deployments of the config.", invoke_without_command=True)
 
@@ -24,6 +26,7 @@ class _Row(TypedDict):
     model: str
     input_usd_per_mtok: str
     output_usd_per_mtok: str
+    rates: dict[str, dict[str, str]]  # token kind -> {usd_per_mtok, source}
     fallbacks: list[str]
     agent_types: list[str]
     default: bool
@@ -53,6 +56,8 @@ def models(
         "model": d.litellm_params.model,
         "input_usd_per_mtok": _per_million(d.input_price),
         "output_usd_per_mtok": _per_million(d.output_price),
+        "rates": {kind: {"usd_per_mtok": _per_million(rate.usd_per_token), "source": rate.source}
+                  for kind, rate in rates_of(d).items()},
         "fallbacks": cfg.fallback_chain(d.model_name)[1:],
         "agent_types": sorted(t for t, g in agent_types.items() if g == d.model_name),
         "default": d.model_name == cfg.llmgw.default_group,
@@ -61,8 +66,8 @@ def models(
         typer.echo(json.dumps(rows, indent=2))
         return
     table = Table(title=f"Model groups in {cfg.source}", title_justify="left", box=box.SIMPLE_HEAD)
-    for header in ("group", "deployment", "model", "in $/Mtok", "out $/Mtok", "falls back to",
-                   "agent types"):
+    for header in ("group", "deployment", "model", "in $/Mtok", "out $/Mtok", "cache read",
+                   "cache write", "write 1h", "falls back to", "agent types"):
         table.add_column(header, justify="right" if "$" in header else "left", no_wrap=True)
     last = None
     for r in rows:
@@ -71,6 +76,15 @@ def models(
         name = f"{r['group']} (default)" if r["default"] else r["group"]
         table.add_row(name if first else "", r["deployment"], r["model"],
                       r["input_usd_per_mtok"], r["output_usd_per_mtok"],
+                      *(_marked(r["rates"][k]) for k in ("cache_read", "cache_write",
+                                                         "cache_write_1h")),
                       " > ".join(r["fallbacks"]) if first else "",
                       ", ".join(r["agent_types"]) if first else "", end_section=False)
     print_wide(table)
+    typer.echo("Rates without a mark are the config's; * LiteLLM's price map for the model; "
+               "= the input rate (neither names one).")
+
+
+def _marked(rate: dict[str, str]) -> str:
+    mark = "" if rate["source"] == CONFIG else "=" if rate["source"] == INPUT else "*"
+    return f"{rate['usd_per_mtok']}{mark}"

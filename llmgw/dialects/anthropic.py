@@ -24,9 +24,10 @@ from llmgw._litellm.messages import (
     litellm_usage,
     to_openai_request,
 )
-from llmgw.dialects.base import Call, Served
+from llmgw.dialects.base import Call, Served, caching_asked
 from llmgw.errors import InvalidRequest
 from llmgw.pricing import to_micros
+from llmgw.rates import snapshot
 from llmgw.redact import Redactor
 from llmgw.responses import since_ms
 from llmgw.router import classify, provider_message
@@ -112,7 +113,8 @@ def messages_call(agent_id: str, project_id: str, body: Mapping[str, Any], *,
     call = Call(agent_id=agent_id, project_id=project_id, agent_type=agent_type,
                 model_group=model_group, metadata=metadata,
                 message_dicts=list(translated.get("messages") or []), params=params, body=sent,
-                headers=forwarded, cache_params=cache_params, constraints=dict(llmgw_params or {}))
+                headers=forwarded, cache_params=cache_params, constraints=dict(llmgw_params or {}),
+                caching=caching_asked(body.get("system"), body.get("messages"), body.get("tools")))
     return call, request.stream
 
 
@@ -171,7 +173,8 @@ def _completion(message: dict[str, Any], hidden: Mapping[str, Any], served: Serv
         error_message=(provider_message(error, redactor or Redactor()) if error is not None
                        else "the caller stopped reading the stream" if status == "partial"
                        else None),
-        latency_ms=since_ms(served.started), usage=usage, cost_micros=cost)
+        latency_ms=since_ms(served.started), usage=usage, cost_micros=cost,
+        rates=snapshot(dep) if dep else None)
     text, tool_calls = _text_and_tools(message.get("content") or [])
     return Completion(
         request_id=served.ctx.request_id, content=text or None, tool_calls=tool_calls,

@@ -45,6 +45,27 @@ class Call:
     headers: dict[str, str] = field(default_factory=dict)  # provider headers to forward
     cache_params: dict[str, Any] | None = None  # what the cache key holds besides messages
     constraints: dict[str, Any] = field(default_factory=dict)  # max_cost_usd, prefer (planner)
+    caching: str | None = None  # the prompt caching it asks for: None, "5m" or "1h"
+
+
+def caching_asked(*values: Any) -> str | None:
+    """The longest prompt-cache TTL any `cache_control` inside `values` asks for: "1h", "5m"
+    (Anthropic's default), or None. A provider bills a cache write above the input rate, so
+    the hold must cover it."""
+    found: str | None = None
+    stack = list(values)
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            control = value.get("cache_control")
+            if isinstance(control, dict):
+                if control.get("ttl") == "1h":
+                    return "1h"
+                found = "5m"
+            stack.extend(v for v in value.values() if isinstance(v, dict | list))
+        elif isinstance(value, list):
+            stack.extend(v for v in value if isinstance(v, dict | list))
+    return found
 
 
 class Accumulator(Protocol):

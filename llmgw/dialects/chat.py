@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from llmgw.constraints import CONSTRAINT_PARAMS
-from llmgw.dialects.base import Call, Served
+from llmgw.dialects.base import Call, Served, caching_asked
 from llmgw.redact import Redactor
 from llmgw.responses import StreamAccumulator, completion_of, replay, stream_completion
 from llmgw.types import AttemptStatus, Completion, CompletionRequest, StreamEvent
@@ -19,7 +19,8 @@ def chat_call(request: CompletionRequest) -> Call:
     return Call(agent_id=request.agent_id, project_id=request.project_id,
                 agent_type=request.agent_type, model_group=request.model_group,
                 metadata=request.metadata, message_dicts=request.message_dicts, params=params,
-                constraints=constraints)
+                constraints=constraints,
+                caching=caching_asked(request.message_dicts, params.get("tools")))
 
 
 class ChatDialect:

@@ -22,6 +22,7 @@ from llmgw._litellm.responses_api import DROPPED_TOOLS, chat_usage, to_chat_mess
 from llmgw.dialects.base import Call, Served
 from llmgw.errors import InvalidRequest
 from llmgw.pricing import to_micros
+from llmgw.rates import snapshot
 from llmgw.redact import Redactor
 from llmgw.responses import since_ms
 from llmgw.router import classify, provider_message
@@ -230,7 +231,8 @@ def _completion(body: dict[str, Any], hidden: Mapping[str, Any], served: Served,
                        else "the caller stopped reading the stream" if status == "partial"
                        else None),
         latency_ms=since_ms(served.started), usage=usage, cost_micros=cost,
-        provider_details={"dropped_tool_types": sorted(set(dropped))} if dropped else None)
+        provider_details={"dropped_tool_types": sorted(set(dropped))} if dropped else None,
+        rates=snapshot(dep) if dep else None)
     text, tool_calls = _text_and_tools(body.get("output") or [])
     return Completion(
         request_id=served.ctx.request_id, content=text or None, tool_calls=tool_calls,
