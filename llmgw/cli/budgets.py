@@ -15,7 +15,8 @@ from llmgw.ledger.engine import make_engine, resolve_ledger_url
 from llmgw.ledger.migrate import ensure_current
 from llmgw.pricing import micros_to_usd, to_micros
 
-app = typer.Typer(help="Budgets: limits per project, agent, agent type, globally, per request.",
+app = typer.Typer(help="Budgets: limits per project, agent, agent type, agent run (session), "
+                       "globally, per request.",
                   no_args_is_help=True)
 
 LedgerUrl = Annotated[str | None, typer.Option("--ledger-url", help=LEDGER_URL_HELP)]
@@ -71,11 +72,15 @@ def set_(
     project: Annotated[str | None, typer.Option(help="A project id.")] = None,
     agent: Annotated[str | None, typer.Option(help="An agent id.")] = None,
     agent_type: Annotated[str | None, typer.Option(help="An agent type.")] = None,
+    session: Annotated[str | None, typer.Option(
+        help="An agent run's session id, or '*' for every run (with --total-usd).")] = None,
     global_: Annotated[bool, typer.Option("--global", help="All spend together.")] = False,
     per_request: Annotated[str | None, typer.Option(
         help="Cap on one request's worst-case cost, in USD.")] = None,
     daily: Annotated[str | None, typer.Option(help="Daily limit in USD.")] = None,
     monthly: Annotated[str | None, typer.Option(help="Monthly limit in USD.")] = None,
+    total_usd: Annotated[str | None, typer.Option(
+        help="A run's cap for its whole life in USD (with --session); it never resets.")] = None,
     warn: Annotated[float, typer.Option(help="Warn ratio, 0 < warn <= 1.")] = 0.8,
     yes: Annotated[bool, typer.Option(
         "--yes", help="Confirm a $0 limit: it refuses every request it covers.")] = False,
@@ -84,12 +89,13 @@ def set_(
     """Set a limit; it overrides the config file's and reaches running gateways within 5 s.
 
     Examples: `llmgw budgets set --project checkout --daily 50 --monthly 1000 --warn 0.8`,
-    `llmgw budgets set --per-request 1.00`, `llmgw budgets set --global --monthly 5000`."""
-    from llmgw.budgets import ANY, Rule
+    `llmgw budgets set --per-request 1.00`, `llmgw budgets set --global --monthly 5000`,
+    `llmgw budgets set --session '*' --total-usd 5`."""
+    from llmgw.budgets import ANY, SESSION, TOTAL, Rule
     from llmgw.ledger.store import utcnow
 
     targets = [(s, v) for s, v in (("project", project), ("agent", agent),
-                                   ("agent_type", agent_type)) if v is not None]
+                                   ("agent_type", agent_type), (SESSION, session)) if v is not None]
     if global_:
         targets.append(("global", ANY))
     cap = _amount("--per-request", per_request)
@@ -98,14 +104,20 @@ def set_(
             fail("--per-request stands alone: it caps every request.", code=EXIT_USAGE)
         targets = [("request", ANY)]
     if len(targets) != 1:
-        fail("Name exactly one of --project, --agent, --agent-type, --global, --per-request.",
-             code=EXIT_USAGE)
+        fail("Name exactly one of --project, --agent, --agent-type, --session, --global, "
+             "--per-request.", code=EXIT_USAGE)
+    run_cap = _amount("--total-usd", total_usd)
+    is_run = targets[0][0] == SESSION
+    if is_run != (run_cap is not None) or (is_run and (daily or monthly)):
+        fail("--total-usd goes with --session (a run's cap), and a run's cap is --total-usd: "
+             "runs have no daily or monthly windows.", code=EXIT_USAGE)
     if not 0 < warn <= 1:
         fail(f"--warn must be above 0 and at most 1, got {warn}.", code=EXIT_USAGE)
     [(scope, scope_id)] = targets
     if scope not in ("global", "request"):
         scope_id = _scope_id(f"--{scope.replace('_', '-')}", scope_id)
     limits = ([("request", cap)] if cap is not None else
+              [(TOTAL, run_cap)] if run_cap is not None else
               [(p, m) for p, m in (("day", _amount("--daily", daily)),
                                    ("month", _amount("--monthly", monthly))) if m is not None])
     if not limits:
@@ -144,6 +156,10 @@ def list_(output: Format = "table", ledger_url: LedgerUrl = None) -> None:
                 rows.append({"scope": scope, "id": sid, "period": period,
                              "limit_usd": str(micros_to_usd(to_micros(usd))),
                              "warn": cfg.warn_at or policy.settings.warn_at, "source": "config"})
+    for sid, run in policy.session_limits():
+        rows.append({"scope": "session", "id": sid, "period": "total",
+                     "limit_usd": str(micros_to_usd(to_micros(run.total_usd))),
+                     "warn": run.warn_at or policy.settings.warn_at, "source": "config"})
     if policy.settings.per_request_usd is not None:
         rows.append({"scope": "request", "id": "*", "period": "request",
                      "limit_usd": str(micros_to_usd(to_micros(policy.settings.per_request_usd))),
@@ -181,10 +197,13 @@ class _StatusRow(TypedDict):
 @app.command()
 def status(
     project: Annotated[str | None, typer.Option(help="Only this project.")] = None,
+    session: Annotated[str | None, typer.Option(
+        help="Only this agent run's cap (runs are left out otherwise: there are many).")] = None,
     output: Format = "table",
     ledger_url: LedgerUrl = None,
 ) -> None:
-    """Spend, open holds, limit, % used and reset time of each budget's current window."""
+    """Spend, open holds, limit, % used and reset time of each budget's current window; with
+    --session, that run's cap (its whole life: it never resets)."""
     from llmgw.budgets import statuses
     from llmgw.ledger.store import utcnow
 
@@ -192,11 +211,13 @@ def status(
         policy, store, engine = _policy_and_store(ledger_url)
         try:
             now = utcnow()
-            items = statuses(policy, store.rules(), store.all_counters(), now)
+            items = statuses(policy, store.rules(), store.all_counters(), now, session=session)
         finally:
             engine.dispose()
     if project is not None:
         items = [s for s in items if s.scope == "project" and s.scope_id == project]
+    if session is not None:
+        items = [s for s in items if s.scope == "session" and s.scope_id == session]
     rows: list[_StatusRow] = [{"scope": s.scope, "id": s.scope_id, "period": s.period,
              "spent_usd": str(micros_to_usd(s.spent_micros)),
              "reserved_usd": str(micros_to_usd(s.reserved_micros)),
@@ -208,6 +229,10 @@ def status(
         typer.echo(json.dumps(rows, indent=2))
         return
     if not rows:
+        if session is not None:
+            console.print(f"No cap applies to session {session}: set one under "
+                          "llmgw.budgets.sessions or with `llmgw budgets set --session`.")
+            return
         console.print("No budgets apply" + (f" to project {project}." if project else "."))
         return
     table = Table(title="Budget status (current windows, UTC)", box=box.SIMPLE_HEAD,
@@ -220,5 +245,6 @@ def status(
         used = f"{r['used']:.1%}"
         table.add_row(r["scope"], r["id"], r["period"], r["spent_usd"], r["reserved_usd"],
                       r["limit_usd"], f"[red]{used}[/]" if r["over_warn"] else used,
-                      (r["resets_at"] or "-").replace("T", " ").removesuffix("Z"))
+                      (r["resets_at"] or ("never" if r["period"] == "total" else "-")
+                       ).replace("T", " ").removesuffix("Z"))
     print_wide(table)

@@ -336,6 +336,23 @@ async def budgets_view(request: Request) -> Response:
     return await _view(request, build)
 
 
+@router.get("/runs")
+async def runs_view(request: Request) -> Response:
+    """The most expensive agent runs (sessions) in the report's window, each linking to its
+    requests."""
+    async def build(session: Session) -> Response:
+        params = _table_params(request, session)
+        limit = _limit(request)
+        gw = request.app.state.gateway
+        found = await asyncio.to_thread(lambda: ui_data.runs(
+            _engine(request), gw.budget_policy, gw.budget_store, project=params["project"],
+            since=params["since"], until=params["until"], limit=limit))
+        return _html("runs.html", **await _context(request, session, "runs", params["project"]),
+                     runs=found, limit=limit, form={k: request.query_params.get(k, "")
+                                                    for k in ("since", "until")})
+    return await _view(request, build)
+
+
 @router.get("/requests")
 async def requests_view(request: Request) -> Response:
     async def build(session: Session) -> Response:

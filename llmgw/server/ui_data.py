@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import Engine, case, func, null, select
 
-from llmgw.budgets import BudgetPolicy, BudgetStatus, statuses
+from llmgw.budgets import TOTAL_START, BudgetPolicy, BudgetStatus, CounterKey, statuses
 from llmgw.ledger.budget_store import BudgetStore
 from llmgw.ledger.models import Reservation, UsageEvent, UsageRollup
 from llmgw.ledger.report import (
@@ -161,6 +161,63 @@ def table_rows(engine: Engine, *, by: GroupBy, project: str | None, agent: str |
 
 def projects(engine: Engine) -> list[str]:
     return sorted(r.key for r in usage_report(engine, by="project") if r.key != NULL_KEY)
+
+
+# -- most expensive runs ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One agent run (a session id) in the report's window, with its cap if one applies."""
+
+    usage: ReportRow
+    first: datetime
+    last: datetime
+    cap_micros: int | None  # None: no `budgets.sessions` cap applies to this run
+    spent_micros: int  # the run's whole spend on its cap's counter (not only this window)
+    reserved_micros: int
+
+
+@dataclass(frozen=True, slots=True)
+class Runs:
+    rows: list[Run]
+    shown: int  # runs before the limit cut
+
+
+def runs(engine: Engine, policy: BudgetPolicy, store: BudgetStore, *, project: str | None,
+         since: datetime | None, until: datetime | None, limit: int) -> Runs:
+    """Sessions by cost over the window (`usage report --by session`'s rows, costliest first;
+    rows without a session left out), each with its cap and what its counter holds."""
+    found = [r for r in usage_report(engine, by="session", project=project, since=since,
+                                     until=until) if r.key != NULL_KEY]
+    found.sort(key=lambda r: (-r.cost_micros, r.key))
+    top = found[:limit]
+    if not top:
+        return Runs([], len(found))
+    ids = [r.key for r in top]
+    stmt = (select(_T.session_id, func.min(_T.ts), func.max(_T.ts))
+            .where(_T.session_id.in_(ids)).group_by(_T.session_id))
+    if project is not None:
+        stmt = stmt.where(_T.project_id == project)
+    if since is not None:
+        stmt = stmt.where(_T.ts >= since)
+    if until is not None:
+        stmt = stmt.where(_T.ts < until)
+    with engine.connect() as conn:
+        times = {r[0]: (r[1], r[2]) for r in conn.execute(stmt)}
+    rules = {(r.scope, r.scope_id, r.period): r for r in store.rules()}
+    caps = {sid: policy.session_limit(sid, rules) for sid in ids}
+    keys = {sid: CounterKey("session", sid, "total", TOTAL_START) for sid, cap in caps.items()
+            if cap is not None}
+    counters = store.counters(list(keys.values()))
+    out = []
+    for r in top:
+        cap = caps[r.key]
+        spent, held = counters.get(keys[r.key], (0, 0)) if cap is not None else (0, 0)
+        first, last = times[r.key]
+        out.append(Run(r, first, last, cap.limit_micros if cap is not None else None, spent,
+                       held))
+    return Runs(out, len(found))
 
 
 # -- budgets -----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from llmgw.budgets import BudgetPolicy, CounterKey, Limit
@@ -95,6 +96,11 @@ def test_set_list_status_round_trip(migrated_ledger_url):
     (["--project", "p", "--daily", "1", "--warn", "inf"], "--warn"),
     (["--project", "p" * 201, "--daily", "1"], "at most 200 characters"),
     (["--agent-type", "qa\x00x", "--daily", "1"], "without control characters"),
+    (["--session", "run-1", "--daily", "1"], "--total-usd goes with --session"),
+    (["--session", "run-1", "--total-usd", "1", "--monthly", "9"], "no daily or monthly"),
+    (["--project", "p", "--total-usd", "1"], "--total-usd goes with --session"),
+    (["--session", "run-1", "--project", "p", "--total-usd", "1"], "exactly one of"),
+    (["--session", "run-1", "--total-usd", "0"], "refuses every request of session 'run-1'"),
 ])
 def test_bad_amounts_and_targets_are_refused(migrated_ledger_url, args, message):
     result = runner.invoke(app, ["budgets", "set", *args, "--ledger-url", migrated_ledger_url])
@@ -125,3 +131,53 @@ def test_unmigrated_database_names_the_fix(ledger_url):
     assert code == 1 and "llmgw db upgrade" in out
 
 
+
+
+def test_a_runs_cap_set_and_shown_by_session(migrated_ledger_url, tmp_path):
+    from llmgw.budgets import SESSION, TOTAL, TOTAL_START
+    from tests.support import sim_config_dict
+
+    url = ["--ledger-url", migrated_ledger_url]
+    config = sim_config_dict("http://127.0.0.1:9", "http://127.0.0.1:9", migrated_ledger_url)
+    config["llmgw"]["budgets"] = {"sessions": {"*": {"total_usd": 5}}}
+    (tmp_path / "model_list.yaml").write_text(yaml.safe_dump(config))
+    code, out = run("budgets", "set", "--session", "run-7", "--total-usd", "$2.50", *url)
+    assert code == 0 and "session run-7 total: $2.5" in out
+    # 1.20 of run-7's 2.50 spent, 0.30 more on hold
+    engine = make_engine(migrated_ledger_url)
+    store = BudgetStore(engine)
+    now = utcnow()
+    limit = Limit(SESSION, "run-7", TOTAL, 2_500_000, 0.8)
+    key = CounterKey(SESSION, "run-7", TOTAL, TOTAL_START)
+    hold = store.reserve(request_id="r1", amount_micros=1_500_000, limits=[limit], keys=[key],
+                         created_at=now, agent_id="a", agent_type=None, project_id="p",
+                         model_group="g")
+    store.settle(hold, spent_micros=1_200_000, rows=[])
+    store.reserve(request_id="r2", amount_micros=300_000, limits=[limit], keys=[key],
+                  created_at=now, agent_id="a", agent_type=None, project_id="p", model_group="g")
+    engine.dispose()
+    code, out = run("budgets", "status", "--session", "run-7", "--format", "json", *url)
+    assert code == 0
+    assert json.loads(out) == [{"scope": "session", "id": "run-7", "period": "total",
+                                "spent_usd": "1.200000", "reserved_usd": "0.300000",
+                                "limit_usd": "2.500000", "used": 0.6, "resets_at": None,
+                                "over_warn": False}]
+    code, out = run("budgets", "status", "--session", "run-7", *url)
+    assert code == 0 and "run-7" in out and "60.0%" in out and "never" in out
+    # a run without a rule of its own has the config file's default, nothing spent yet
+    [fresh] = json.loads(run("budgets", "status", "--session", "run-8", "--format", "json",
+                             *url)[1])
+    assert (fresh["spent_usd"], fresh["limit_usd"]) == ("0.000000", "5.000000")
+    # runs are many: without --session none is listed
+    assert all(r["scope"] != "session"
+               for r in json.loads(run("budgets", "status", "--format", "json", *url)[1]))
+    rows = json.loads(run("budgets", "list", "--format", "json", *url)[1])
+    assert {(r["scope"], r["id"], r["period"], r["limit_usd"], r["source"]) for r in rows} == {
+        ("session", "run-7", "total", "2.500000", "database"),
+        ("session", "*", "total", "5.000000", "config")}
+
+
+def test_no_cap_for_a_session_says_how_to_set_one(migrated_ledger_url):
+    code, out = run("budgets", "status", "--session", "run-1", "--ledger-url",
+                    migrated_ledger_url)
+    assert code == 0 and "No cap applies to session run-1" in out and "budgets set --session" in out
