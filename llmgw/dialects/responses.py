@@ -199,7 +199,9 @@ def usage_of(usage: Mapping[str, Any]) -> Usage:
     return Usage.model_construct(
         prompt_tokens=n(usage.get("input_tokens")), completion_tokens=n(usage.get("output_tokens")),
         cached_tokens=n(inp.get("cached_tokens")) if isinstance(inp, Mapping) else 0,
-        cache_write_tokens=0, cache_write_1h_tokens=0,
+        # the Responses shape has cache writes (LiteLLM's bridge fills them) but no 1-hour part
+        cache_write_tokens=n(inp.get("cache_write_tokens")) if isinstance(inp, Mapping) else 0,
+        cache_write_1h_tokens=0,
         reasoning_tokens=n(out.get("reasoning_tokens")) if isinstance(out, Mapping) else 0)
 
 
@@ -216,8 +218,17 @@ def _completion(body: dict[str, Any], hidden: Mapping[str, Any], served: Served,
     if counted_output is not None:
         raw_usage["output_tokens"] = max(int(raw_usage.get("output_tokens") or 0), counted_output)
     usage = usage_of(raw_usage)
-    cost = to_micros(cost_of_usage(dep.litellm_params.model, dep.id, chat_usage(raw_usage))) \
-        if dep and raw_usage else 0
+    # LiteLLM's own price of the provider's whole usage when it gave one (a bridged answer's
+    # usage shape has no 1-hour cache-write field; LiteLLM priced the usage beneath it), else
+    # LiteLLM's price of this usage (a cut stream's, counted).
+    given = None if counted_output is not None else (
+        raw_usage.get("cost") if raw_usage.get("cost") is not None
+        else hidden.get("response_cost"))
+    if given is not None:
+        cost = to_micros(given)
+    else:
+        cost = to_micros(cost_of_usage(dep.litellm_params.model, dep.id,
+                                       chat_usage(raw_usage))) if dep and raw_usage else 0
     served_group = headers.get("x-litellm-model-group") or (dep.model_name if dep else
                                                             route.model_group)
     dropped = DROPPED_TOOLS.pop(served.ctx.request_id, None)

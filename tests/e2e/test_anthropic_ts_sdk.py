@@ -89,5 +89,5 @@ def test_stream_final_usage_carries_cache_tokens(start_gateway: Any) -> None:
     assert out["events"][0] == "message_start" and out["events"][-2:] == ["message_delta", "message_stop"]
     assert (out["usage"]["cache_read_input_tokens"], out["usage"]["cache_creation_input_tokens"]) == (3, 4)
     (row,) = gw.rows()
-    assert (row["status"], row["stream"], row["cached_tokens"]) == ("ok", True, 3)
+    assert (row["status"], row["stream"], row["cache_read_tokens"]) == ("ok", True, 3)
     assert row["cost_micros"] > 0 and gw.open_reservations() == 0

@@ -247,9 +247,17 @@ async def test_the_row_holds_every_token_kind_the_provider_reported(
     recorded = {"prompt": row["prompt_tokens"], "completion": row["completion_tokens"],
                 "read": _read(row), "write": row["cache_write_tokens"],
                 "write_1h": row["cache_write_1h_tokens"], "reasoning": row["reasoning_tokens"]}
-    assert recorded == {"prompt": u.prompt, "completion": u.completion, "read": u.read,
-                        "write": u.write_5m + u.write_1h, "write_1h": u.write_1h,
-                        "reasoning": u.reasoning}
+    expected = {"prompt": u.prompt, "completion": u.completion, "read": u.read,
+                "write": u.write_5m + u.write_1h, "write_1h": u.write_1h,
+                "reasoning": u.reasoning}
+    # What a dialect's own usage shape cannot carry, a translated answer cannot tell the row
+    # (its cost still can: LiteLLM priced the provider's usage beneath it): Anthropic's usage
+    # has no reasoning count, the Responses usage no 1-hour part of the cache writes.
+    if dialect == "messages" and provider != "anthropic":
+        expected["reasoning"] = 0
+    if dialect == "responses" and provider == "anthropic":
+        expected["write_1h"] = 0
+    assert recorded == expected
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])

@@ -187,7 +187,7 @@ async def test_cache_reads_and_writes_are_billed_as_anthropic_bills_them(
             u.completion_tokens) == (10_100, 8000, write_5m + write_1h, write_1h, 50)
     (row,) = ledger_rows(migrated_ledger_url)
     assert row["cost_micros"] == expected and row["stream"] is stream
-    assert (row["cached_tokens"], row["cache_write_tokens"], row["cache_write_1h_tokens"]) == (
+    assert (row["cache_read_tokens"], row["cache_write_tokens"], row["cache_write_1h_tokens"]) == (
         8000, write_5m + write_1h, write_1h)
 
 
