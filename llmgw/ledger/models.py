@@ -60,7 +60,7 @@ class UsageEvent(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    cached_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(Integer, default=0)  # 0015: was cached_tokens
     cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     saved_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     latency_ms: Mapped[float | None] = mapped_column(Float)
@@ -75,6 +75,9 @@ class UsageEvent(Base):
     cache_write_1h_tokens: Mapped[int] = mapped_column(Integer,
                                                        server_default=text("0"))
     reasoning_tokens: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # Migration 0015: the per-token USD rates the attempt was priced at, as decimal strings
+    # (input, output, cache_read, cache_write, cache_write_1h); NULL when unknown.
+    rates: Mapped[dict[str, str] | None] = mapped_column(JSON)
 
     __table_args__ = (
         UniqueConstraint("request_id", "attempt", name="uq_usage_events_request_attempt"),
@@ -130,6 +133,11 @@ class UsageRollup(Base):
     req_deployment: Mapped[int] = mapped_column(BigInteger)
     req_provider: Mapped[int] = mapped_column(BigInteger)
     req_model: Mapped[int] = mapped_column(BigInteger)
+    # Migration 0015: the sums of every token kind (cache reads and writes, reasoning).
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    cache_write_1h_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
     __table_args__ = {"sqlite_with_rowid": False}
 

@@ -45,8 +45,12 @@ def is_group_by(value: str) -> TypeGuard[GroupBy]:
 NULL_KEY = "-"
 TOTAL_KEY = "TOTAL"
 ATTEMPT_STATUSES = ("ok", "error", "partial")  # real provider calls
+# Every token kind (migration 0015): cache reads and writes are inside prompt_tokens, the
+# 1-hour writes inside cache_write_tokens, reasoning inside completion_tokens.
+TOKEN_KINDS = ("cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
+               "reasoning_tokens")
 MEASURES = ("requests", "attempts", "errors", "cached", "refused", "prompt_tokens",
-            "completion_tokens", "cost_micros", "saved_micros")
+            "completion_tokens", *TOKEN_KINDS, "cost_micros", "saved_micros")
 
 # Per --by (None: the totals): the usage_rollup key column, the request-credit column, and
 # the usage_events column whose first row per request earns that credit (None: the first row;
@@ -77,6 +81,10 @@ class ReportRow(BaseModel):
     refused: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cache_read_tokens: int = 0  # of prompt_tokens: read from the provider's prompt cache
+    cache_write_tokens: int = 0  # of prompt_tokens: written to it (5-minute and 1-hour)
+    cache_write_1h_tokens: int = 0  # of cache_write_tokens: at the 1-hour TTL
+    reasoning_tokens: int = 0  # of completion_tokens: thinking
     cost_micros: int = 0
     saved_micros: int = 0
 
@@ -317,6 +325,7 @@ def _measures(*, requests: ColumnElement[int]) -> list[ColumnElement[int]]:
         count_status("refused").label("refused"),
         total(t.prompt_tokens).label("prompt_tokens"),
         total(t.completion_tokens).label("completion_tokens"),
+        *(total(t[kind]).label(kind) for kind in TOKEN_KINDS),
         total(t.cost_micros).label("cost_micros"),
         total(t.saved_micros).label("saved_micros"),
     ]

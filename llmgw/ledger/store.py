@@ -25,11 +25,11 @@ from llmgw.types import Attempt
 
 T = TypeVar("T")
 
-# Columns of migration 0013 that a row may leave out (a writer older than them): written as
-# these values, as the database's defaults would.
+# Columns of migrations 0013 and 0015 that a row may leave out (a writer older than them):
+# written as these values, as the database's defaults would.
 OPTIONAL_USAGE: dict[str, Any] = {
     "session_id": None, "end_user": None, "requested_model": None, "dialect": None,
-    "cache_write_tokens": 0, "cache_write_1h_tokens": 0, "reasoning_tokens": 0}
+    "cache_write_tokens": 0, "cache_write_1h_tokens": 0, "reasoning_tokens": 0, "rates": None}
 
 
 def _pg_value(column: str) -> str:
@@ -82,7 +82,7 @@ def usage_row(ctx: RequestContext, attempt: Attempt, *, ts: datetime, saved_micr
         "error_message": attempt.error_message,
         "prompt_tokens": attempt.usage.prompt_tokens,
         "completion_tokens": attempt.usage.completion_tokens,
-        "cached_tokens": attempt.usage.cached_tokens,
+        "cache_read_tokens": attempt.usage.cached_tokens,
         "cost_micros": attempt.cost_micros,
         "saved_micros": saved_micros,
         "latency_ms": attempt.latency_ms,
@@ -94,9 +94,19 @@ def usage_row(ctx: RequestContext, attempt: Attempt, *, ts: datetime, saved_micr
         "cache_write_tokens": attempt.usage.cache_write_tokens,
         "cache_write_1h_tokens": attempt.usage.cache_write_1h_tokens,
         "reasoning_tokens": attempt.usage.reasoning_tokens,
+        # The rates it was priced at (Attempt.rates; absent on an older Attempt).
+        "rates": _rates(getattr(attempt, "rates", None)),
         "metadata": ({**(metadata or {}), "provider_details": attempt.provider_details}
                      if attempt.provider_details else metadata or None),
     }
+
+
+def _rates(rates: Any) -> dict[str, str] | None:
+    """The rates as the ledger keeps them: decimal strings by kind (a Decimal becomes its
+    exact text), or None."""
+    if not rates:
+        return None
+    return {str(kind): str(rate) for kind, rate in dict(rates).items()}
 
 
 def bind_processor(type_: TypeEngine[Any], engine: Engine) -> Callable[[Any], Any] | None:
@@ -118,7 +128,9 @@ class UsageInsert:
     def __init__(self, engine: Engine, columns: tuple[str, ...] = USAGE_COLUMNS) -> None:
         # `columns`: fewer only for a ledger at an older revision (tests of migrations).
         self._columns = columns
-        processors = [bind_processor(UsageEvent.__table__.c[name].type, engine)
+        # A column the model no longer has (an older revision's `cached_tokens`): as it is.
+        model = UsageEvent.__table__.c
+        processors = [bind_processor(model[name].type, engine) if name in model else None
                       for name in columns]
         self._values = operator.itemgetter(*columns)
         # Only a few columns need converting (times, JSON, flags): the rest go as they are.
@@ -136,7 +148,7 @@ class UsageInsert:
         for row in rows:
             try:
                 params = list(values(row))
-            except KeyError:  # a row without 0013's columns; any other key is still required
+            except KeyError:  # a row without 0013's or 0015's columns; any other key is required
                 params = [row.get(c, OPTIONAL_USAGE[c]) if c in OPTIONAL_USAGE else row[c]
                           for c in self._columns]
             for i, proc in convert:

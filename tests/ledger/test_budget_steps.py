@@ -56,7 +56,7 @@ def row(request_id: str, cost: int) -> dict:
     return dict(request_id=request_id, attempt=1, ts=NOW, agent_id="a1", agent_type="qa",
                 project_id="p1", model_group="g", deployment_id="d", provider="openai",
                 model="m", status="ok", error_class=None, error_message=None,
-                prompt_tokens=10, completion_tokens=5, cached_tokens=0, cost_micros=cost,
+                prompt_tokens=10, completion_tokens=5, cache_read_tokens=0, cost_micros=cost,
                 saved_micros=0, latency_ms=1.0, stream=False, metadata=None)
 
 

@@ -58,8 +58,9 @@ LEDGER_TABLES = {"usage_events", "budgets", "budget_counters", "reservations", "
                  "usage_split_requests", "api_keys", "stored_responses"}
 
 
-def test_head_is_0014_and_folder_found() -> None:
-    assert head() == "0014"
+def test_head_is_0015_or_later_and_folder_found() -> None:
+    assert head() >= "0015"
+    assert (migrations_dir() / "versions" / "0015_token_kinds.py").is_file()
     assert (migrations_dir() / "versions" / "0001_usage_events.py").is_file()
     assert (migrations_dir() / "versions" / "0002_budgets.py").is_file()
     assert (migrations_dir() / "versions" / "0003_usage_rollup.py").is_file()
@@ -71,7 +72,7 @@ def test_head_is_0014_and_folder_found() -> None:
 def test_upgrade_downgrade_upgrade(ledger_url: str) -> None:
     assert current(ledger_url) is None
     upgrade(ledger_url)
-    assert current(ledger_url) == "0014"
+    assert current(ledger_url) == head()
     schema = _schema(ledger_url)
     assert LEDGER_TABLES | {"alembic_version"} <= schema["tables"]  # type: ignore[operator]
     model_columns = {c.name: c.nullable for c in UsageEvent.__table__.columns}
@@ -88,7 +89,7 @@ def test_upgrade_downgrade_upgrade(ledger_url: str) -> None:
     assert not LEDGER_TABLES & _schema(ledger_url)["tables"]  # type: ignore[operator]
 
     upgrade(ledger_url)
-    assert current(ledger_url) == "0014"
+    assert current(ledger_url) == head()
     assert _schema(ledger_url)["indexes"] == INDEXES
 
 
@@ -151,7 +152,7 @@ def test_0014_adds_stored_responses_and_steps_back(ledger_url: str) -> None:
     assert _stored_responses(ledger_url) is None
     assert "usage_events" in _schema(ledger_url)["tables"]  # type: ignore[operator]
     upgrade(ledger_url)
-    assert current(ledger_url) == "0014"
+    assert current(ledger_url) == head()
     assert _stored_responses(ledger_url) == table
 
 
@@ -217,13 +218,14 @@ def test_0006_batches_settles_orders_locks_and_steps_back(ledger_url: str) -> No
 
 def test_0001_to_0002_keeps_usage_rows_and_steps_back(ledger_url: str) -> None:
     upgrade(ledger_url, "0001")
-    row = dict(request_id="old", attempt=1, ts=datetime(2026, 11, 1), agent_id="a",
-               project_id="p", model_group="g", status="ok", prompt_tokens=1,
-               completion_tokens=2, cached_tokens=0, cost_micros=3, saved_micros=0, stream=False)
     engine = make_engine(ledger_url)
     try:
-        with engine.begin() as conn:
-            conn.execute(insert(UsageEvent.__table__), [row])
+        with engine.begin() as conn:  # 0001's columns (cache reads were `cached_tokens`)
+            conn.execute(text(
+                "INSERT INTO usage_events (request_id, attempt, ts, agent_id, project_id, "
+                "model_group, status, prompt_tokens, completion_tokens, cached_tokens, "
+                "cost_micros, saved_micros, stream) VALUES ('old', 1, :ts, 'a', 'p', 'g', 'ok', "
+                "1, 2, 0, 3, 0, FALSE)"), {"ts": datetime(2026, 11, 1)})
         upgrade(ledger_url, "0002")
         assert current(ledger_url) == "0002"
         with engine.connect() as conn:
@@ -238,7 +240,8 @@ def test_0001_to_0002_keeps_usage_rows_and_steps_back(ledger_url: str) -> None:
 def test_constraints_are_enforced(ledger_engine) -> None:  # type: ignore[no-untyped-def]
     row = dict(request_id="r", attempt=1, ts=datetime(2026, 11, 1), agent_id="a",
                project_id="p", model_group="g", status="ok", prompt_tokens=0,
-               completion_tokens=0, cached_tokens=0, cost_micros=0, saved_micros=0, stream=False)
+               completion_tokens=0, cache_read_tokens=0, cost_micros=0, saved_micros=0,
+               stream=False)
     table = UsageEvent.__table__
     with ledger_engine.begin() as conn:
         conn.execute(insert(table), [row])
@@ -384,22 +387,25 @@ def test_0007_installs_the_rollup_function_from_its_file_and_steps_back(ledger_u
     # v1 is 0003's function as 0003 builds it: a downgrade restores exactly what was there.
     assert _body(load("usage_events_rollup", 1)) == _body(rollup_0003.trigger_ddl("postgresql")[0])
 
-    upgrade(ledger_url)
+    upgrade(ledger_url, "0014")
     assert _rollup_function(ledger_url) == _body(load("usage_events_rollup", 2))
     downgrade(ledger_url, "0006")
     assert _rollup_function(ledger_url) == _body(load("usage_events_rollup", 1))
-    upgrade(ledger_url)
+    upgrade(ledger_url, "0014")
     assert _rollup_function(ledger_url) == _body(load("usage_events_rollup", 2))
+    upgrade(ledger_url)  # 0015: every token kind
+    assert _rollup_function(ledger_url) == _body(load("usage_events_rollup", 3))
 
 
-def test_the_rollup_functions_two_plans_run_the_same_statements() -> None:
-    """v2 runs each statement as written (a cached plan) or through EXECUTE (planned for a bulk
-    statement's rows): both copies must stay the same SQL."""
+@pytest.mark.parametrize("version", [2, 3])
+def test_the_rollup_functions_two_plans_run_the_same_statements(version: int) -> None:
+    """v2 and v3 run each statement as written (a cached plan) or through EXECUTE (planned for
+    a bulk statement's rows): both copies must stay the same SQL."""
     import re
 
     from llmgw.ledger.sqlfiles import load
 
-    body = _body(load("usage_events_rollup", 2))
+    body = _body(load("usage_events_rollup", version))
     bulk, small = body.split("\n    ELSE\n", 1)
     dynamic = re.findall(r"EXECUTE \$(\w+)\$(.*?)\$\1\$;", bulk, re.S)
     static = [s for s in small.split("END IF;")[0].split(";") if s.strip()]

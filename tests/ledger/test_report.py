@@ -62,7 +62,9 @@ def generate_rows(seed: int = 20261123, requests: int = 2000) -> list[Row]:
             project_id=project, model_group=dep[0], deployment_id=dep[1], provider=dep[2],
             model=dep[3], status=status, error_class=kw.get("error_class"),
             error_message=None, prompt_tokens=kw.get("prompt", 0),
-            completion_tokens=kw.get("completion", 0), cached_tokens=0,
+            completion_tokens=kw.get("completion", 0),
+            cache_read_tokens=kw.get("read", 0), cache_write_tokens=kw.get("written", 0),
+            cache_write_1h_tokens=kw.get("written_1h", 0), reasoning_tokens=kw.get("reasoning", 0),
             cost_micros=kw.get("cost", 0), saved_micros=kw.get("saved", 0),
             latency_ms=rng.uniform(5, 900), stream=rng.random() < 0.2,
             metadata_={"n": attempt} if rng.random() < 0.1 else None,
@@ -93,8 +95,11 @@ def generate_rows(seed: int = 20261123, requests: int = 2000) -> list[Row]:
             # Occasionally huge: sums must stay exact beyond 2**31 and 2**53 micro-dollars.
             cost = 0 if status == "error" else rng.choice(
                 [rng.randint(1, 50_000), rng.randint(1, 50_000), rng.randint(1, 3_000_000_000)])
+            written = rng.randint(0, prompt // 4)
             add(req, attempt, ts, agent, project, dep, status, prompt=prompt,
-                completion=completion, cost=cost,
+                completion=completion, cost=cost, read=rng.randint(0, prompt // 2),
+                written=written, written_1h=rng.randint(0, written),
+                reasoning=rng.randint(0, completion),
                 error_class="RateLimited" if status == "error" else None)
             # Gaps up to 2 h, so some requests straddle midnight (and thus two days).
             ts += timedelta(seconds=rng.uniform(0.1, 7200), microseconds=rng.randrange(10**6))
@@ -163,6 +168,8 @@ def _aggregate(key: str, rows: list[Row]) -> dict[str, Any]:
         "refused": statuses.count("refused"),
         "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
         "completion_tokens": sum(r["completion_tokens"] for r in rows),
+        **{kind: sum(r[kind] for r in rows) for kind in
+           ("cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "reasoning_tokens")},
         "cost_micros": sum(r["cost_micros"] for r in rows),
         "saved_micros": sum(r["saved_micros"] for r in rows),
     }

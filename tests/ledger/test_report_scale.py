@@ -27,9 +27,11 @@ from llmgw.ledger.store import OPTIONAL_USAGE, LedgerStore, UsageInsert
 from tests.fixtures.databases import fresh_database
 
 # The columns of the rows made here: those every revision since 0001 has (the tests load
-# ledgers at older revisions too); 0013's columns take their defaults.
-COLUMNS = tuple(c for c in USAGE_COLUMNS if c not in OPTIONAL_USAGE)
-AT_HEAD = (*COLUMNS, "session_id")
+# ledgers at older revisions too, where cache reads were `cached_tokens`, 0015 renamed it);
+# 0013's and 0015's columns take their defaults there. At head: every column.
+COLUMNS = tuple("cached_tokens" if c == "cache_read_tokens" else c
+                for c in USAGE_COLUMNS if c not in OPTIONAL_USAGE)
+AT_HEAD = USAGE_COLUMNS
 START = datetime(2026, 9, 1)
 DAYS = 40
 # (group, deployment, provider, model); NULL keys too.
@@ -65,15 +67,22 @@ def generate(n_rows: int, seed: int = 2026) -> list[dict[str, Any]]:
             if kind > 0.995:  # a row under another project or agent than its request's first
                 agent, project, agent_type = rng.choice(agents)
             cost = rng.choice([0, rng.randint(1, 90_000), rng.randint(1, 4 * 10**12)])
+            prompt, completion = rng.randint(0, 9000), rng.randint(0, 3000)
+            read, written = rng.randint(0, prompt // 2), rng.randint(0, prompt // 3)
             rows.append(dict(
                 request_id=request_id, attempt=attempt, ts=ts, agent_id=agent,
                 agent_type=agent_type, project_id=project, model_group=group,
                 deployment_id=dep, provider=provider, model=model, status=status,
                 error_class="Timeout" if status == "error" else None, error_message=None,
-                prompt_tokens=rng.randint(0, 9000), completion_tokens=rng.randint(0, 3000),
-                cached_tokens=0, cost_micros=0 if status in ("error", "refused") else cost,
+                prompt_tokens=prompt, completion_tokens=completion,
+                cache_read_tokens=read, cached_tokens=read,  # its name before 0015
+                cache_write_tokens=written, cache_write_1h_tokens=rng.randint(0, written),
+                reasoning_tokens=rng.randint(0, completion),
+                cost_micros=0 if status in ("error", "refused") else cost,
                 saved_micros=rng.randint(1, 50_000) if status == "cached" else 0,
-                latency_ms=None, stream=False, metadata=None, session_id=session))
+                latency_ms=None, stream=False, metadata=None, session_id=session,
+                end_user=None, requested_model=None, dialect="chat",
+                rates=None))
             # Fallbacks run seconds later; now and then hours later, past midnight.
             ts += timedelta(seconds=rng.choice([0.5, 3, 20, 4 * 3600]))
     return rows
@@ -179,11 +188,13 @@ MEASURES_SQL = """
     SUM(CASE WHEN status = 'error' THEN 1 ELSE 0 END),
     SUM(CASE WHEN status = 'cached' THEN 1 ELSE 0 END),
     SUM(CASE WHEN status = 'refused' THEN 1 ELSE 0 END),
-    SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_micros), SUM(saved_micros)"""
+    SUM(prompt_tokens), SUM(completion_tokens), SUM(cache_read_tokens), SUM(cache_write_tokens),
+    SUM(cache_write_1h_tokens), SUM(reasoning_tokens), SUM(cost_micros), SUM(saved_micros)"""
 
 
 def expected(engine: Engine, by: str | None, **filters: Any) -> dict[str, tuple[int, ...]]:
-    """key -> (requests, attempts, errors, cached, refused, prompt, completion, cost, saved)."""
+    """key -> (requests, attempts, errors, cached, refused, prompt, completion, cache reads,
+    cache writes, 1h writes, reasoning, cost, saved)."""
     where, params = ["1 = 1"], {}
     for name, sql in (("project", "project_id = :project"), ("agent", "agent_id = :agent"),
                       ("since", "ts >= :since"), ("until", "ts < :until"),
@@ -204,7 +215,8 @@ def expected(engine: Engine, by: str | None, **filters: Any) -> dict[str, tuple[
 
 def got(row: ReportRow) -> tuple[int, ...]:
     return (row.requests, row.attempts, row.errors, row.cached, row.refused, row.prompt_tokens,
-            row.completion_tokens, row.cost_micros, row.saved_micros)
+            row.completion_tokens, row.cache_read_tokens, row.cache_write_tokens,
+            row.cache_write_1h_tokens, row.reasoning_tokens, row.cost_micros, row.saved_micros)
 
 
 FILTERS: dict[str, dict[str, Any]] = {
@@ -227,7 +239,7 @@ def check_all(engine: Engine) -> list[str]:
     """Every --by and the totals under every filter; the mismatches, described."""
     wrong = []
     for name, filters in FILTERS.items():
-        want_total = expected(engine, None, **filters).get("TOTAL", (0,) * 9)
+        want_total = expected(engine, None, **filters).get("TOTAL", (0,) * 13)
         if got(usage_totals(engine, **filters)) != want_total:
             wrong.append(f"TOTAL [{name}]: {got(usage_totals(engine, **filters))} != {want_total}")
         for by in GROUP_BY_VALUES:
@@ -350,16 +362,18 @@ def test_the_rollup_is_the_one_0003s_trigger_wrote(ledger_url: str, tmp_path: An
                     one = [r for r in single if r["request_id"] == request_id]
                     if revision == "head":
                         store.write_sync(one)
-                    else:  # the store writes 0013's columns: one COPY, one statement too
+                    else:  # the store writes 0013's and 0015's columns: one COPY too
                         write_before_0013(engine, one)
                 states.append(_rollup_state(engine))
             finally:
                 engine.dispose()
     old, new = states
     assert len(old[0]) > 1000 and len(old[1]) > 10  # a real rollup, split requests included
-    assert new == old
+    # 0015's sums of every kind are columns after 0006's: those are the same.
+    assert [tuple(r[:len(old[0][0])]) for r in new[0]] == [tuple(r) for r in old[0]]
+    assert new[1] == old[1]
 
 
 def test_empty_ledger(ledger_engine: Engine) -> None:
-    assert got(usage_totals(ledger_engine)) == (0,) * 9
+    assert got(usage_totals(ledger_engine)) == (0,) * 13
     assert all(usage_report(ledger_engine, by=by) == [] for by in GROUP_BY_VALUES)  # type: ignore[arg-type]
