@@ -4,7 +4,12 @@ Series (labels: project, agent_type, model_group, deployment, plus those named):
   llmgw_requests_total{status}            one per request, by how it ended
   llmgw_attempts_total{status}            one per ledger row (retries and fallbacks included)
   llmgw_errors_total{error_class}         one per failed attempt, recovered or not
-  llmgw_tokens_total{kind}                prompt / completion tokens of every attempt
+  llmgw_tokens_total{kind}                tokens of every attempt, by kind: input, output,
+                                          cache_read, cache_write, cache_write_1h, reasoning
+                                          (cache reads and writes are inside input, 1h writes
+                                          inside cache_write, reasoning inside output; kinds
+                                          prompt / completion are input / output, kept for
+                                          existing dashboards)
   llmgw_cost_microdollars_total           what the attempts cost, in integer micro-dollars
                                           so it agrees with the ledger exactly (/1e6 for USD)
   llmgw_saved_microdollars_total          what cache hits saved
@@ -26,6 +31,11 @@ from prometheus_client.exposition import start_http_server
 from llmgw.observe.events import EventBus
 
 _WHO = ("project", "agent_type", "model_group", "deployment")
+# llmgw_tokens_total's kinds: the Usage field each counts (what the ledger row keeps).
+TOKEN_KINDS = (("input", "prompt_tokens"), ("output", "completion_tokens"),
+               ("cache_read", "cached_tokens"), ("cache_write", "cache_write_tokens"),
+               ("cache_write_1h", "cache_write_1h_tokens"), ("reasoning", "reasoning_tokens"),
+               ("prompt", "prompt_tokens"), ("completion", "completion_tokens"))
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
@@ -114,10 +124,10 @@ class PrometheusMetrics:
             self.attempts.labels(*row, a.status).inc()
             if a.status == "error":
                 self.errors.labels(*row, a.error_class or "").inc()
-            if a.usage.prompt_tokens:
-                self.tokens.labels(*row, "prompt").inc(a.usage.prompt_tokens)
-            if a.usage.completion_tokens:
-                self.tokens.labels(*row, "completion").inc(a.usage.completion_tokens)
+            for kind, field in TOKEN_KINDS:
+                count = getattr(a.usage, field, 0)
+                if count:
+                    self.tokens.labels(*row, kind).inc(count)
             if a.cost_micros:
                 self.cost.labels(*row).inc(a.cost_micros)
         if p["saved_micros"]:

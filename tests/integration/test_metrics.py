@@ -74,6 +74,9 @@ async def test_a_request_moves_each_counter_by_one_and_cost_by_its_row(metered) 
     assert after == {
         ("llmgw_requests_total", labels(**who, status="ok")): 1,
         ("llmgw_attempts_total", labels(**who, status="ok")): 1,
+        ("llmgw_tokens_total", labels(**who, kind="input")): row.prompt_tokens,
+        ("llmgw_tokens_total", labels(**who, kind="output")): row.completion_tokens,
+        # The kinds dashboards had before input / output: the same counts.
         ("llmgw_tokens_total", labels(**who, kind="prompt")): row.prompt_tokens,
         ("llmgw_tokens_total", labels(**who, kind="completion")): row.completion_tokens,
         ("llmgw_cost_microdollars_total", labels(**who)): row.cost_micros,
@@ -83,6 +86,46 @@ async def test_a_request_moves_each_counter_by_one_and_cost_by_its_row(metered) 
     # The caller's wait: at least the provider call, measured from validation to ledger row.
     assert duration[("llmgw_request_duration_seconds_sum", labels(**who))] >= done.latency_ms / 1000
     assert scrape(port)[("llmgw_requests_in_flight", ())] == 0
+
+
+def _tokens(samples: dict, **who: str) -> dict[str, float]:
+    """llmgw_tokens_total of one attempt's labels, by kind."""
+    return {dict(k[1])["kind"]: v for k, v in samples.items()
+            if k[0] == "llmgw_tokens_total" and {**dict(k[1]), "kind": ""} == {**who, "kind": ""}}
+
+
+async def test_every_token_kind_of_a_request_moves_its_counter_by_the_ledger_row(
+        metered, sims) -> None:
+    """Cache reads and reasoning (OpenAI), cache writes of both TTLs (Anthropic): each kind's
+    counter moves by exactly what the ledger row keeps."""
+    gw, port, url = metered
+    openai_sim, anthropic_sim = sims
+    openai_sim.set_plan(FaultPlan(prompt_tokens=5000, cached_tokens=4096, completion_tokens=300,
+                                  reasoning_tokens=120))
+    anthropic_sim.set_plan(FaultPlan(prompt_tokens=10_100, cached_tokens=6000,
+                                     cache_write_5m_tokens=1500, cache_write_1h_tokens=500,
+                                     completion_tokens=50))
+    before = scrape(port)
+    cheap = await gw.complete("qa-1", "proj-k", ASK, agent_type="qa-engineer")
+    smart = await gw.complete("arch-1", "proj-k", ASK, agent_type="software-architect")
+    after = scrape(port)
+    for done, who in ((cheap, dict(project="proj-k", agent_type="qa-engineer",
+                                   model_group="backup", deployment="backup-openai")),
+                      (smart, dict(project="proj-k", agent_type="software-architect",
+                                   model_group="primary", deployment="primary-anthropic"))):
+        [row] = rows(url, done.request_id)
+        ledger = {"input": row.prompt_tokens, "output": row.completion_tokens,
+                  "cache_read": row.cache_read_tokens, "cache_write": row.cache_write_tokens,
+                  "cache_write_1h": row.cache_write_1h_tokens, "reasoning": row.reasoning_tokens,
+                  "prompt": row.prompt_tokens, "completion": row.completion_tokens}
+        got = {kind: n - _tokens(before, **who).get(kind, 0.0)
+               for kind, n in _tokens(after, **who).items()}
+        assert got == {kind: n for kind, n in ledger.items() if n}
+    assert (rows(url, cheap.request_id)[0].cache_read_tokens,
+            rows(url, cheap.request_id)[0].reasoning_tokens) == (4096, 120)
+    smart_row = rows(url, smart.request_id)[0]
+    assert (smart_row.cache_read_tokens, smart_row.cache_write_tokens,
+            smart_row.cache_write_1h_tokens) == (6000, 2000, 500)
 
 
 async def test_fallback_error_cache_hit_and_refusal_each_counted_once(metered, sims) -> None:
