@@ -86,6 +86,15 @@ class BudgetExceeded(LLMGatewayError):
                 hint="Lower max_tokens, shorten the prompt, or raise the cap with "
                      "`llmgw budgets set --per-request`.")
             return
+        if scope == "session":
+            super().__init__(
+                f"Agent run (session {scope_id!r}) hit its cap: spent ${spent_micros / 1e6:.6f} "
+                f"+ reserved ${reserved_micros / 1e6:.6f} + this request "
+                f"${requested_micros / 1e6:.6f} > its cap ${limit_micros / 1e6:.6f} for the "
+                "whole run (it never resets).",
+                hint="Start a new run (a new session id), or raise the cap: llmgw.budgets.sessions "
+                     f"in model_list.yaml or `llmgw budgets set --session {scope_id} --total-usd X`.")
+            return
         resets = f"; it resets at {resets_at.isoformat()} UTC" if resets_at else ""
         super().__init__(
             f"Budget exceeded for {scope} {scope_id!r} ({window}): spent ${spent_micros / 1e6:.6f} "

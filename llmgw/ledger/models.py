@@ -168,7 +168,7 @@ class BudgetRule(Base):
     __table_args__ = (
         CheckConstraint("limit_micros >= 0", name="ck_budgets_limit_nonneg"),
         CheckConstraint("warn_ratio > 0 AND warn_ratio <= 1", name="ck_budgets_warn_ratio"),
-        CheckConstraint("period IN ('day', 'month', 'request')", name="ck_budgets_period"),
+        CheckConstraint("period IN ('day', 'month', 'request', 'total')", name="ck_budgets_period"),
     )
 
 

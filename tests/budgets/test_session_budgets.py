@@ -68,7 +68,7 @@ async def test_50_concurrent_requests_of_one_run_never_overspend_its_cap(sims,
                                                                    4200)
         assert e.spent_micros + e.reserved_micros + e.requested_micros > 4200
         assert e.resets_at is None  # a run's cap never resets
-        assert "session 'run-1'" in str(e) and "resets" not in e.message
+        assert "session 'run-1'" in str(e) and "resets at" not in e.message
     refusal_rows = [r for r in run_1 if r["status"] == "refused"]
     assert len(refusal_rows) == len(refused)
     for row in refusal_rows:
@@ -94,6 +94,7 @@ async def test_a_runs_cap_is_for_the_whole_run_and_never_resets(sims, migrated_l
     finally:
         await gw.aclose()
     assert (info.value.scope, info.value.scope_id) == ("session", "run-long")
+    assert "never resets" in info.value.message and "Start a new run" in info.value.hint
     s = sums(migrated_ledger_url)
     assert s["counters"][("session", "run-long", "total")] == (ACTUAL, 0)
     assert s["statuses"] == {"ok": 2, "refused": 1}
