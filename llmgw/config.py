@@ -155,6 +155,10 @@ class Deployment(BaseModel):
         info["id"] = self.id
         info["input_cost_per_token"] = float(self.input_price)
         info["output_cost_per_token"] = float(self.output_price)
+        from llmgw.rates import litellm_model_info
+
+        for key, value in litellm_model_info(self).items():  # no token kind priced at $0
+            info.setdefault(key, value)
         return data
 
 
