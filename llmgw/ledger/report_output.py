@@ -17,7 +17,8 @@ from llmgw.ledger.report import ReportRow
 
 # Column order of json/csv output; table columns follow the same order.
 FIELDS = ("key", "requests", "attempts", "errors", "cached", "refused", "prompt_tokens",
-          "completion_tokens", "cost_micros", "cost_usd", "saved_micros", "saved_usd")
+          "completion_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
+          "reasoning_tokens", "cost_micros", "cost_usd", "saved_micros", "saved_usd")
 
 
 def row_dict(row: ReportRow) -> dict[str, Any]:
@@ -53,15 +54,18 @@ def print_table(console: Console, rows: list[ReportRow], total: ReportRow, *, by
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
                   collapse_padding=True)
     table.add_column(by, overflow="fold", min_width=10)
+    # Cache reads and writes are inside the prompt tokens, 1h writes inside the writes,
+    # reasoning inside the completion tokens.
     for header in ("requests", "attempts", "errors", "cached", "refused", "prompt\ntokens",
-                   "compl.\ntokens", "cost\nUSD", "saved\nUSD"):
+                   "compl.\ntokens", "cache\nreads", "cache\nwrites", "of which\n1h",
+                   "reason-\ning", "cost\nUSD", "saved\nUSD"):
         # Numbers never wrap or shrink: a truncated amount would be a wrong amount.
         table.add_column(header, justify="right", no_wrap=True)
     for i, row in enumerate(rows):
         table.add_row(*_cells(row), end_section=i == len(rows) - 1)
     table.add_row(*_cells(total), style="bold")
     # Rich shrinks columns to fit the terminal; rather let a narrow terminal wrap the lines.
-    needed = console.measure(table, options=console.options.update_width(10_000)).minimum
+    needed = console.measure(table, options=console.options.update_width(10_000)).maximum
     if needed <= console.width:
         console.print(table)
     else:
@@ -70,6 +74,7 @@ def print_table(console: Console, rows: list[ReportRow], total: ReportRow, *, by
 
 def _cells(row: ReportRow) -> list[str]:
     counts = (row.requests, row.attempts, row.errors, row.cached, row.refused,
-              row.prompt_tokens, row.completion_tokens)
+              row.prompt_tokens, row.completion_tokens, row.cache_read_tokens,
+              row.cache_write_tokens, row.cache_write_1h_tokens, row.reasoning_tokens)
     return [row.key, *(f"{n:,}" for n in counts), format(row.cost_usd, "f"),
             format(row.saved_usd, "f")]

@@ -276,6 +276,10 @@ class UsageRow(BaseModel):
     refused: int
     prompt_tokens: int
     completion_tokens: int
+    cache_read_tokens: int = Field(description="Of prompt_tokens: read from the prompt cache.")
+    cache_write_tokens: int = Field(description="Of prompt_tokens: written to the prompt cache.")
+    cache_write_1h_tokens: int = Field(description="Of cache_write_tokens: at the 1-hour TTL.")
+    reasoning_tokens: int = Field(description="Of completion_tokens: reasoning (thinking).")
     cost_micros: int
     cost_usd: str
     saved_micros: int

@@ -311,10 +311,14 @@ class Attempt:
     latency_ms: float | None
     prompt_tokens: int
     completion_tokens: int
-    cached_tokens: int
+    cache_read_tokens: int  # of prompt_tokens
+    cache_write_tokens: int  # of prompt_tokens
+    cache_write_1h_tokens: int  # of cache_write_tokens
+    reasoning_tokens: int  # of completion_tokens
     cost_micros: int
     saved_micros: int
     stream: bool
+    rates: dict[str, str] | None = None  # the per-token USD rates it was priced at (0015)
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,8 +354,9 @@ def story(engine: Engine, request_id: str, project: str | None) -> Story | None:
     attempts = [Attempt(r["attempt"], r["ts"], r["model_group"], r["deployment_id"],
                         r["provider"], r["model"], r["status"], r["error_class"],
                         (r["error_message"] or "")[:500] or None, r["latency_ms"],
-                        r["prompt_tokens"], r["completion_tokens"], r["cached_tokens"],
-                        r["cost_micros"], r["saved_micros"], bool(r["stream"]))
+                        r["prompt_tokens"], r["completion_tokens"], r["cache_read_tokens"],
+                        r["cache_write_tokens"], r["cache_write_1h_tokens"], r["reasoning_tokens"],
+                        r["cost_micros"], r["saved_micros"], bool(r["stream"]), r["rates"])
                 for r in rows]
     reservation = None
     if hold is not None:

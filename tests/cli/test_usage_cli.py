@@ -37,7 +37,9 @@ def _event(request_id: str, attempt: int, project: str, status: str, cost: int,
                 agent_type=kw.get("agent_type"), project_id=project, model_group="fast",
                 deployment_id="sim-openai", provider="openai", model="gpt-4o-mini",
                 status=status, prompt_tokens=kw.get("prompt", 100),
-                completion_tokens=kw.get("completion", 20), cached_tokens=0,
+                completion_tokens=kw.get("completion", 20), cache_read_tokens=kw.get("read", 60),
+                cache_write_tokens=kw.get("written", 30), cache_write_1h_tokens=kw.get("hour", 10),
+                reasoning_tokens=kw.get("reasoning", 5),
                 cost_micros=cost, saved_micros=kw.get("saved", 0), stream=False,
                 session_id=kw.get("session"))
 
@@ -71,7 +73,9 @@ def test_json(ledger: str) -> None:
     apollo = data[0]
     assert apollo == {
         "key": "apollo", "requests": 2, "attempts": 2, "errors": 1, "cached": 1, "refused": 0,
-        "prompt_tokens": 300, "completion_tokens": 60, "cost_micros": 1_234_567,
+        "prompt_tokens": 300, "completion_tokens": 60, "cache_read_tokens": 180,
+        "cache_write_tokens": 90, "cache_write_1h_tokens": 30, "reasoning_tokens": 15,
+        "cost_micros": 1_234_567,
         "cost_usd": "1.234567", "saved_micros": 1_234_567, "saved_usd": "1.234567",
     }
     assert data[1]["cost_usd"] == "0.000005" and data[1]["refused"] == 1
@@ -82,7 +86,9 @@ def test_csv_with_filters(ledger: str) -> None:
                     "--since", "7d")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("key,requests,attempts,errors,cached,refused,prompt_tokens")
+    assert lines[0].startswith("key,requests,attempts,errors,cached,refused,prompt_tokens,"
+                               "completion_tokens,cache_read_tokens,cache_write_tokens,"
+                               "cache_write_1h_tokens,reasoning_tokens,cost_micros")
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [(r["key"], r["requests"], r["cost_usd"]) for r in rows] == [("dev-1", "2", "1.234567")]
 
@@ -93,8 +99,9 @@ def test_table_has_a_total(ledger: str) -> None:
     assert "Usage by agent-type" in result.stdout
     lines = result.stdout.splitlines()
     total = next(line for line in lines if line.strip().startswith("TOTAL"))
-    assert total.split() == ["TOTAL", "4", "3", "1", "1", "1", "500", "100", "1.234572",
-                             "1.234567"]
+    assert total.split() == ["TOTAL", "4", "3", "1", "1", "1", "500", "100", "300", "150", "50",
+                             "25", "1.234572", "1.234567"]
+    assert all(word in result.stdout for word in ("cache", "reads", "writes", "1h", "reason"))
     assert any(line.strip().startswith("-") and "1.234572" in line for line in lines)
 
 

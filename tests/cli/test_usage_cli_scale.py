@@ -28,7 +28,9 @@ from tests.ledger.test_report_scale import ROWS, expected, load
 
 ROOT = Path(__file__).resolve().parents[2]
 MEASURES = ("requests", "attempts", "errors", "cached", "refused", "prompt_tokens",
-            "completion_tokens", "cost_micros", "saved_micros")
+            "completion_tokens", "cache_read_tokens", "cache_write_tokens",
+            "cache_write_1h_tokens", "reasoning_tokens", "cost_micros", "saved_micros")
+COUNTS = len(MEASURES) - 2  # the integer columns before cost and saved
 
 # (--by, CLI filters, the same filters as datetimes for the plain SQL). Edges off midnight,
 # so the CLI adds rollup days, partial days and split requests.
@@ -80,7 +82,7 @@ def report(url: str, by: str, fmt: str, filters: list[str]) -> str:
 
 
 def parsed(fmt: str, out: str) -> list[tuple[str, tuple[int, ...], tuple[str, str]]]:
-    """Rows in output order: key, the nine measures, (cost_usd, saved_usd) as printed."""
+    """Rows in output order: key, the measures, (cost_usd, saved_usd) as printed."""
     if fmt == "json":
         return [(r["key"], tuple(r[m] for m in MEASURES), (r["cost_usd"], r["saved_usd"]))
                 for r in json.loads(out)]
@@ -90,11 +92,12 @@ def parsed(fmt: str, out: str) -> list[tuple[str, tuple[int, ...], tuple[str, st
     rows = []
     for line in out.splitlines():
         cells = line.split()
-        # key, 7 counts (with thousands commas), cost USD, saved USD; headers and rules fail.
-        if len(cells) == 10 and all(c.replace(",", "").isdigit() for c in cells[1:8]):
-            cost, saved = cells[8], cells[9]
+        # key, the counts (with thousands commas), cost USD, saved USD; headers and rules fail.
+        if len(cells) == COUNTS + 3 and all(c.replace(",", "").isdigit()
+                                            for c in cells[1:COUNTS + 1]):
+            cost, saved = cells[COUNTS + 1], cells[COUNTS + 2]
             micros = [int(v.replace(".", "")) for v in (cost, saved)]
-            counts = tuple(int(c.replace(",", "")) for c in cells[1:8])
+            counts = tuple(int(c.replace(",", "")) for c in cells[1:COUNTS + 1])
             rows.append((cells[0], (*counts, *micros), (cost, saved)))
     return rows
 
@@ -106,7 +109,7 @@ def want_rows(url: str, by: str, filters: dict[str, Any]) -> list[tuple[str, tup
     finally:
         engine.dispose()
     # The CLI's order: days ascending, else cost descending then key.
-    order = (lambda kv: kv[0]) if by == "day" else (lambda kv: (-kv[1][7], kv[0]))
+    order = (lambda kv: kv[0]) if by == "day" else (lambda kv: (-kv[1][COUNTS], kv[0]))
     return sorted(rows.items(), key=order)
 
 
@@ -129,4 +132,7 @@ def test_report_matches_plain_sql(ledger: str, by: str, cli_filters: list[str],
         assert [(k, v) for k, v, _ in total_row] == [("TOTAL", total)]
     assert [(key, values) for key, values, _ in have] == want
     # Dollars are the micro-dollar sums, exactly.
-    assert [money for _, _, money in have] == [(usd(v[7]), usd(v[8])) for _, v in want]
+    assert [money for _, _, money in have] == [(usd(v[COUNTS]), usd(v[COUNTS + 1]))
+                                               for _, v in want]
+    # Every token kind is there, and not all zeros (the generated rows have them all).
+    assert all(sum(v[i] for _, v in want) > 0 for i in range(7, COUNTS))

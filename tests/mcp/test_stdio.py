@@ -167,7 +167,7 @@ async def test_a_cancelled_call_leaves_no_hold(sims, config_file, migrated_ledge
 async def test_usage_is_the_identity_projects_only(sims, config_file, migrated_ledger_url):
     db(migrated_ledger_url,
        "INSERT INTO usage_events (request_id, attempt, ts, agent_id, project_id, model_group, "
-       "status, prompt_tokens, completion_tokens, cached_tokens, cost_micros, saved_micros, "
+       "status, prompt_tokens, completion_tokens, cache_read_tokens, cost_micros, saved_micros, "
        "stream) VALUES ('r-b', 1, CURRENT_TIMESTAMP, 'dev-9', 'proj-b', 'backup', 'ok', 1, 1, "
        "0, 777, 0, false)")
     async with Client(stdio_server(config_file, **IDENTITY)) as client:

@@ -96,7 +96,7 @@ def _event(request_id: str, attempt: int, session: str | None, cost: int, projec
            status: str = "ok") -> dict[str, object]:
     return dict(request_id=request_id, attempt=attempt, ts=utcnow() - timedelta(minutes=30),
                 agent_id="dev-1", project_id=project, model_group="primary", status=status,
-                prompt_tokens=10, completion_tokens=5, cached_tokens=0, cost_micros=cost,
+                prompt_tokens=10, completion_tokens=5, cache_read_tokens=0, cost_micros=cost,
                 saved_micros=0, stream=False, session_id=session)
 
 

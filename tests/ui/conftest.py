@@ -74,14 +74,17 @@ def ui_config(openai_url: str, anthropic_url: str, ledger_url: str) -> Any:
 
 
 def _usage(back: int, i: int) -> FaultPlan:
-    """What the simulators answer that day: token counts that vary, so the chart does."""
-    return FaultPlan(prompt_tokens=600 + 250 * (back % 5), completion_tokens=400 + 300 * i)
+    """What the simulators answer that day: token counts that vary, so the chart does; cache
+    reads and reasoning (OpenAI and Anthropic), cache writes of both TTLs (Anthropic)."""
+    return FaultPlan(prompt_tokens=600 + 250 * (back % 5), completion_tokens=400 + 300 * i,
+                     cached_tokens=100 * (back % 4), reasoning_tokens=50 * i,
+                     cache_write_5m_tokens=40 * (back % 3), cache_write_1h_tokens=20 * i)
 
 
 async def _fill(config: Any, sims: tuple[Any, Any], filled: Filled) -> None:
     from llmgw.gateway import LLMGateway
 
-    _, anthropic = sims
+    openai, anthropic = sims
     moment = {"now": utcnow()}
     gw = LLMGateway(config, clock=lambda: moment["now"])
     try:
@@ -107,9 +110,12 @@ async def _fill(config: Any, sims: tuple[Any, Any], filled: Filled) -> None:
         assert hit.cached
         filled.cached_id = hit.request_id
         anthropic.set_plan(FaultPlan.error(500, times=1))
+        openai.set_plan(FaultPlan(prompt_tokens=900, cached_tokens=512, completion_tokens=80,
+                                  reasoning_tokens=30))
         fell = await gw.complete("dev-1", "proj-a", _ask("fall back please"),
                                  agent_type="software-architect", max_tokens=2048)
         anthropic.set_plan(FaultPlan())
+        openai.set_plan(FaultPlan())
         assert fell.model_group == "backup"
         filled.fallback_id = fell.request_id
         # proj-b has an agent of the same name as one of proj-a's: one counter for both

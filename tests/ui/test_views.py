@@ -104,15 +104,19 @@ def test_usage_tables_agree_with_sql_and_the_cli(filled: Filled, admin_browser: 
         b.goto(f"{filled.base_url}/ui/usage?by={by}")
         rows = table(b, "#usage tbody")
         expected = filled.sql(
-            f"SELECT COALESCE({column}, '-'), COUNT(DISTINCT request_id), SUM(cost_micros) "
-            f"FROM usage_events GROUP BY COALESCE({column}, '-')")
-        assert {r[0]: (int(r[1].replace(",", "")), _micros(r[8])) for r in rows} == {
-            k: (int(n), int(c)) for k, n, c in expected}
+            f"SELECT COALESCE({column}, '-'), COUNT(DISTINCT request_id), SUM(cost_micros), "
+            f"{KINDS_SQL} FROM usage_events GROUP BY COALESCE({column}, '-')")
+        # requests, cost, then cache reads, cache writes, of which 1h, reasoning
+        assert {r[0]: (_count(r[1]), _micros(r[12]), *map(_count, r[8:12])) for r in rows} == {
+            k: tuple(int(v) for v in values) for k, *values in expected}
         total = table(b, "#usage tfoot")[0]
-        assert int(total[1].replace(",", "")) == filled.scalar(
+        assert _count(total[1]) == filled.scalar(
             "SELECT COUNT(DISTINCT request_id) FROM usage_events")
-        assert _micros(total[8]) == filled.scalar("SELECT SUM(cost_micros) FROM usage_events")
-        assert _micros(total[9]) == filled.scalar("SELECT SUM(saved_micros) FROM usage_events")
+        assert _micros(total[12]) == filled.scalar("SELECT SUM(cost_micros) FROM usage_events")
+        assert _micros(total[13]) == filled.scalar("SELECT SUM(saved_micros) FROM usage_events")
+        assert [_count(c) for c in total[8:12]] == [
+            int(v) for v in filled.sql(f"SELECT {KINDS_SQL} FROM usage_events")[0]]
+        assert all(_count(c) > 0 for c in total[8:12])  # the sims answered every kind
         no_script(b)
     b.screenshot(shots / f"usage-by-{by}.png")
     # sortable: by requests, ascending
@@ -135,7 +139,7 @@ def test_usage_tables_agree_with_sql_and_the_cli(filled: Filled, admin_browser: 
     assert cli.exit_code == 0, cli.output
     assert csv_text == cli.output and csv_text.count("\n") >= 2
     total = table(b, "#usage tfoot")[0]
-    assert _micros(total[8]) == filled.scalar(
+    assert _micros(total[12]) == filled.scalar(
         "SELECT SUM(cost_micros) FROM usage_events WHERE agent_id = 'dev-1' AND ts >= :t",
         t=datetime.fromisoformat(since))
 
@@ -179,11 +183,22 @@ def test_request_story_from_a_click(filled: Filled, admin_browser: Browser,
     assert [(r[0], r[2], r[3], r[5]) for r in attempts] == [
         ("1", "primary", "primary-anthropic", "error"), ("2", "backup", "backup-openai", "ok")]
     assert "ProviderUnavailable" in attempts[0][6]
-    expected = filled.sql("SELECT attempt, cost_micros, prompt_tokens, completion_tokens FROM "
-                          "usage_events WHERE request_id = :r ORDER BY attempt",
+    expected = filled.sql("SELECT attempt, cost_micros, prompt_tokens, completion_tokens, "
+                          "cache_read_tokens, cache_write_tokens, cache_write_1h_tokens, "
+                          "reasoning_tokens FROM usage_events WHERE request_id = :r ORDER BY attempt",
                           r=filled.fallback_id)
-    assert [(int(r[0]), _micros(r[10]), int(r[8]), int(r[9])) for r in attempts] == [
+    # #, ..., prompt, cache reads, cache writes, of which 1h, completion, reasoning, cost, rates
+    assert [(int(r[0]), _micros(r[14]), _count(r[8]), _count(r[12]), _count(r[9]),
+             _count(r[10]), _count(r[11]), _count(r[13])) for r in attempts] == [
         tuple(int(v) for v in row) for row in expected]
+    assert (_count(attempts[1][9]), _count(attempts[1][13])) == (512, 30)
+    rates = filled.sql("SELECT rates FROM usage_events WHERE request_id = :r ORDER BY attempt",
+                       r=filled.fallback_id)[1][0]
+    if isinstance(rates, str):
+        rates = json.loads(rates)
+    shown = b.js("[...document.querySelectorAll('#attempts tbody tr')[1]"
+                 ".querySelectorAll('.rates [data-kind]')].map(e => e.textContent)")
+    assert shown == [f"{kind} {rate}" for kind, rate in (rates or {}).items()]
     assert b.js("document.querySelector('#route').textContent").startswith("agent_type")
     assert b.js("document.querySelector('#answered-by').textContent") == "backup"
     (amount, settled), = filled.sql("SELECT amount_micros, settled_micros FROM reservations "
@@ -217,6 +232,14 @@ def test_health_view_lists_every_deployment(filled: Filled, admin_browser: Brows
     assert cells["primary-anthropic"][6:9] == ["1", "1", "100.0%"]
     no_script(b)
     b.screenshot(shots / "health.png")
+
+
+KINDS_SQL = ("SUM(cache_read_tokens), SUM(cache_write_tokens), SUM(cache_write_1h_tokens), "
+             "SUM(reasoning_tokens)")
+
+
+def _count(cell: str) -> int:
+    return int(cell.replace(",", ""))
 
 
 def _micros(usd: str) -> int:
