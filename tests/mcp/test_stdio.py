@@ -185,3 +185,25 @@ def test_no_identity_fails_before_serving(tmp_path):
     assert done.returncode == 1
     assert done.stdout == ""  # stdout is the protocol's
     assert "LLMGW_PROJECT" in done.stderr and "LLMGW_API_KEY" in done.stderr
+
+
+KINDS = ("cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "reasoning_tokens")
+
+
+async def test_usage_carries_every_token_kind_as_plain_sql_sums(sims, config_file,
+                                                              migrated_ledger_url):
+    for i, (agent, kinds) in enumerate((("dev-1", (800, 300, 100, 40)), ("dev-1", (50, 0, 0, 7)),
+                                        ("dev-2", (6000, 2000, 2000, 0)))):
+        db(migrated_ledger_url,
+           "INSERT INTO usage_events (request_id, attempt, ts, agent_id, project_id, model_group, "
+           f"status, prompt_tokens, completion_tokens, {', '.join(KINDS)}, cost_micros, "
+           f"saved_micros, stream) VALUES ('k{i}', 1, CURRENT_TIMESTAMP, '{agent}', 'proj-a', "
+           f"'backup', 'ok', 9000, 100, {', '.join(map(str, kinds))}, 5, 0, false)")
+    want = {"dev-1": (850, 300, 100, 47), "dev-2": (6000, 2000, 2000, 0)}
+    rows = ledger_rows(migrated_ledger_url)  # the same sums from the rows themselves
+    assert {a: tuple(sum(r[k] for r in rows if r["agent_id"] == a) for k in KINDS)
+            for a in want} == want
+    async with Client(stdio_server(config_file, **IDENTITY)) as client:
+        report = (await client.call_tool("get_usage", {"by": "agent"})).structured_content
+    assert {r["key"]: tuple(r[k] for k in KINDS) for r in report["rows"]} == want
+    assert tuple(report["total"][k] for k in KINDS) == (6850, 2300, 2100, 47)

@@ -92,12 +92,18 @@ def test_root_answers_probes_without_a_key_and_records_nothing(served):
     assert ledger_rows(served.ledger_url) == []
 
 
+KINDS = ("cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "reasoning_tokens")
+
+
 def _event(request_id: str, attempt: int, session: str | None, cost: int, project: str = "proj-a",
            status: str = "ok") -> dict[str, object]:
     return dict(request_id=request_id, attempt=attempt, ts=utcnow() - timedelta(minutes=30),
                 agent_id="dev-1", project_id=project, model_group="primary", status=status,
-                prompt_tokens=10, completion_tokens=5, cache_read_tokens=0, cost_micros=cost,
-                saved_micros=0, stream=False, session_id=session)
+                prompt_tokens=10, completion_tokens=5, cost_micros=cost, saved_micros=0,
+                stream=False, session_id=session,
+                # every token kind, different per row so a wrong sum shows
+                cache_read_tokens=cost % 7 + 1, cache_write_tokens=cost % 5 + 2,
+                cache_write_1h_tokens=cost % 3, reasoning_tokens=cost % 4 + 1)
 
 
 def test_usage_by_session_and_for_one_session_equal_plain_sql(served):
@@ -112,12 +118,18 @@ def test_usage_by_session_and_for_one_session_equal_plain_sql(served):
             want = {r[0] or "-": (int(r[1]), int(r[2])) for r in conn.execute(text(
                 "SELECT session_id, COUNT(DISTINCT request_id), SUM(cost_micros) "
                 "FROM usage_events WHERE project_id = 'proj-a' GROUP BY session_id"))}
+            kinds = {r[0] or "-": tuple(int(v) for v in r[1:]) for r in conn.execute(text(
+                f"SELECT session_id, {', '.join(f'SUM({k})' for k in KINDS)} "
+                "FROM usage_events WHERE project_id = 'proj-a' GROUP BY session_id"))}
     finally:
         engine.dispose()
     key = {"authorization": f"Bearer {served.key()}"}
     report = httpx.get(served.base_url + "/v1/usage", params={"by": "session"},
                        headers=key).json()
     assert {r["key"]: (r["requests"], r["cost_micros"]) for r in report["rows"]} == want
+    assert {r["key"]: tuple(r[k] for k in KINDS) for r in report["rows"]} == kinds
+    assert tuple(report["total"][k] for k in KINDS) == tuple(
+        sum(v[i] for v in kinds.values()) for i in range(4))
     assert report["total"]["cost_micros"] == sum(v[1] for v in want.values()) == 1_059
     one = httpx.get(served.base_url + "/v1/usage", params={"by": "agent", "session": "run-1"},
                     headers=key).json()
