@@ -33,7 +33,7 @@ def test_every_endpoint_matches_its_schema(running):
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {f"{op.method.upper()} {op.path}" for op in operations} == {
         "POST /v1/chat/completions", "POST /v1/messages", "POST /v1/messages/count_tokens",
-            "GET /v1/models", "GET /v1/usage",
+        "POST /v1/responses", "GET /v1/responses/{response_id}", "GET /v1/models", "GET /v1/usage",
         "POST /v1/estimate", "GET /healthz", "GET /readyz", "GET /metrics"}
     statuses: dict[str, set[int]] = {}
     for operation in operations:
