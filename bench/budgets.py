@@ -38,7 +38,7 @@ def fill(url: str, rows: int) -> None:
     start = datetime(2026, 10, 24)
     sql = ("INSERT INTO usage_events (request_id, attempt, ts, agent_id, agent_type, project_id, "
            "model_group, deployment_id, provider, model, status, prompt_tokens, "
-           "completion_tokens, cached_tokens, cost_micros, saved_micros, latency_ms, stream) "
+           "completion_tokens, cache_read_tokens, cost_micros, saved_micros, latency_ms, stream) "
            "VALUES (?, 1, ?, ?, 'qa', ?, 'g', 'd', 'openai', 'openai/m', 'ok', 10, 20, 0, 50, 0, "
            "5.0, 0)")
     conn = engine.raw_connection()

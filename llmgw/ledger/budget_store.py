@@ -387,7 +387,7 @@ class BudgetStore:
                     status="error", error_class="Reconciled",
                     error_message="reservation left open by a stopped gateway; settled at its "
                                   "reserved amount so no spend is lost",
-                    prompt_tokens=0, completion_tokens=0, cached_tokens=0,
+                    prompt_tokens=0, completion_tokens=0, cache_read_tokens=0,
                     cost_micros=r.amount_micros, saved_micros=0, latency_ms=None, stream=False,
                     metadata={"llmgw": {"reconciled_at": now.isoformat()}})])
             done.append(r.request_id)

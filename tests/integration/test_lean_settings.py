@@ -22,7 +22,7 @@ GLOBALS = ("turn_off_message_logging", "disable_end_user_cost_tracking",
 PROVIDER_ID = re.compile(r"req_[0-9a-f]+")
 SEEN = ("attempt", "agent_id", "project_id", "model_group", "deployment_id", "provider",
         "model", "status", "error_class", "error_message", "prompt_tokens",
-        "completion_tokens", "cached_tokens", "cost_micros", "saved_micros", "stream")
+        "completion_tokens", "cache_read_tokens", "cost_micros", "saved_micros", "stream")
 
 
 def _same(value: Any) -> Any:
