@@ -328,6 +328,19 @@ class ResponsesSettings(BaseModel):
         "how long a stored response (store: true) can be continued from or fetched"))
 
 
+class KeyLimitSettings(BaseModel):
+    """One `llmgw.key_limits` entry: the limits of an API key of that agent type that sets none
+    of its own (`llmgw keys create --rpm/--tpm/--max-parallel`); "*" is every other type's."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    rpm: int | None = Field(default=None, gt=0, description="requests per wall-clock minute")
+    tpm: int | None = Field(default=None, gt=0, description=(
+        "tokens per wall-clock minute, counted when a request is admitted: its prompt estimate "
+        "plus its max tokens"))
+    max_parallel: int | None = Field(default=None, gt=0, description="requests in flight at once")
+
+
 class GatewaySettings(BaseModel):
     """Our own section, `llmgw:`. Unknown keys are errors, so typos do not pass silently."""
 
@@ -347,6 +360,9 @@ class GatewaySettings(BaseModel):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     otel: OtelSettings = Field(default_factory=OtelSettings)
     responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
+    key_limits: dict[str, KeyLimitSettings] = Field(default_factory=dict, description=(
+        "agent type (or '*') -> default rpm/tpm/max_parallel of its API keys; a key's own "
+        "limits win, field by field (llmgw.server.key_limits)"))
     request_timeout_s: float = Field(default=600.0, gt=0, le=MAX_TIMEOUT_S)
     lean_litellm: bool = Field(default=True, description=(
         "LiteLLM's Router without per-call work that changes nothing a user sees "

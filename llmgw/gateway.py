@@ -34,13 +34,13 @@ from llmgw.dialects.responses import (
     input_items,
     responses_call,
 )
-from llmgw.errors import InvalidRequest, UnknownResponse
+from llmgw.errors import InvalidRequest, UnknownModelGroup, UnknownResponse
 from llmgw.ids import new_request_id
 from llmgw.ledger.budget_store import BudgetStore
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.migrate import ensure_current
 from llmgw.ledger.response_store import ResponseStore, StoredResponse
-from llmgw.ledger.store import LedgerStore, RequestContext, utcnow
+from llmgw.ledger.store import LedgerStore, RequestContext, usage_row, utcnow
 from llmgw.lifecycle import FirstAnswerFreeze, PipelineServices, RequestLifecycle
 from llmgw.observe.events import EventBus, Handler
 from llmgw.observe.health import DeploymentHealth, DeploymentStats, StatsCollector, probe
@@ -53,6 +53,7 @@ from llmgw.responses import cached_completion
 from llmgw.router import REQUEST_ID_KEY, build_router, classify, map_exception, provider_message
 from llmgw.router import recorder as attempt_recorder
 from llmgw.types import (
+    Attempt,
     Completion,
     CostEstimate,
     Message,
@@ -296,6 +297,29 @@ class LLMGateway:
         from llmgw.providers import ruvector
 
         return await ruvector.handler().feedback_for(request_id, quality)
+
+    async def record_refusal(self, agent_id: str, project_id: str, *, error_class: str,
+                             message: str, model_group: str | None = None,
+                             agent_type: str | None = None, session_id: str | None = None,
+                             end_user: str | None = None, dialect: str = "chat",
+                             stream: bool = False, metadata: dict[str, Any] | None = None) -> str:
+        """Write a `refused` row for a request a front refused before the pipeline (an API
+        key's rate limit, say); no provider is called, nothing is held. Returns its request
+        id. The lifecycle's `refuse` is the budget's (a hold, BudgetExceeded): not this."""
+        try:
+            route = self.agents.resolve(agent_id, agent_type=agent_type, model_group=model_group)
+            group, resolved_type, requested = route.model_group, route.agent_type, route.requested_model
+        except UnknownModelGroup:  # the row keeps what was asked for
+            group = model_group or self.config.llmgw.default_group
+            resolved_type, requested = agent_type, model_group
+        ctx = RequestContext(new_request_id(), agent_id, resolved_type, project_id, stream=stream,
+                             session_id=session_id, end_user=end_user, requested_model=requested,
+                             dialect=dialect)
+        refused = Attempt(attempt=1, model_group=group, status="refused", error_class=error_class,
+                          error_message=message)
+        row = usage_row(ctx, refused, ts=self.clock(), metadata=metadata)
+        await self.ledger.transact(self.ledger.write_op([row]))
+        return ctx.request_id
 
     async def drain(self) -> None:
         """Wait until every request in flight has ended, and its rows are written and its hold

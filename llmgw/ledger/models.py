@@ -238,10 +238,19 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=False))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=False))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=False))
+    # The key's own limits (0017); NULL: the agent type's default (llmgw.key_limits), else none.
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(Integer)
+    max_parallel: Mapped[int | None] = mapped_column(Integer)
+    rotated_to: Mapped[int | None] = mapped_column(BigInteger)  # the successor `rotate` issued
+    lineage_id: Mapped[int | None] = mapped_column(BigInteger)  # a rotation chain's first key
 
     __table_args__ = (
         UniqueConstraint("hash", name="uq_api_keys_hash"),
         CheckConstraint("admin OR project_id IS NOT NULL", name="ck_api_keys_scope"),
+        CheckConstraint("(rpm IS NULL OR rpm > 0) AND (tpm IS NULL OR tpm > 0) "
+                        "AND (max_parallel IS NULL OR max_parallel > 0)",
+                        name="ck_api_keys_limits_positive"),
         Index("ix_api_keys_project", "project_id"),
     )
 

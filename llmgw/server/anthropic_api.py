@@ -29,6 +29,7 @@ from llmgw.server.common import (
     require_key,
 )
 from llmgw.server.errors import FrontError, stream_error_payload
+from llmgw.server.key_limits import key_pass
 from llmgw.server.schemas import AnthropicError
 from llmgw.types import StreamDone, StreamError, StreamEvent, WireEvent
 
@@ -53,18 +54,20 @@ async def messages(body: Annotated[MessagesRequest, Body()], request: Request, k
                if name in request.headers}
     call = dict(agent_type=caller.agent_type, session_id=caller.session_id,
                 end_user=caller.end_user, headers=headers)
-    if not body.stream:
-        completion = await call_gateway(request, gateway.anthropic_messages(
-            caller.agent_id, caller.project_id, raw, **call))
-        answer = {**(completion.body or {}), "llmgw": facts(completion)}
-        return JSONResponse(answer, headers=fact_headers(completion))
-    events = gateway.anthropic_messages_stream(caller.agent_id, caller.project_id, raw, **call)
-    try:  # up to the first event, a failure is still an HTTP status
-        first = await call_gateway(request, anext(events))
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await events.aclose()
-        raise
+    async with key_pass(request, caller, dialect="anthropic", stream=bool(body.stream)) as held:
+        if not body.stream:
+            completion = await call_gateway(request, gateway.anthropic_messages(
+                caller.agent_id, caller.project_id, raw, **call))
+            answer = {**(completion.body or {}), "llmgw": facts(completion)}
+            return JSONResponse(answer, headers=fact_headers(completion))
+        events = held.wrap(gateway.anthropic_messages_stream(caller.agent_id,
+                                                             caller.project_id, raw, **call))
+        try:  # up to the first event, a failure is still an HTTP status
+            first = await call_gateway(request, anext(events))
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await events.aclose()
+            raise
     return SSEResponse(_sse(first, events))
 
 

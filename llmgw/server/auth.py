@@ -11,11 +11,14 @@ import asyncio
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from starlette.requests import Request
 
 from llmgw.ledger.api_keys import ApiKeyStore, KeyInfo, hash_key
+from llmgw.ledger.timespec import utcnow
 from llmgw.server.errors import FrontError
 from llmgw.types import ID_MAX_CHARS, check_id_text
 
@@ -45,11 +48,15 @@ class Caller:
 
 class Authenticator:
     """Checks keys against the store, remembering good ones for `cache_s` seconds so a
-    request costs no database read; unknown keys are never remembered."""
+    request costs no database read; unknown keys are never remembered. A remembered key is
+    still refused the moment it expires (a rotated key's overlap ends on time). `clock`:
+    the wall clock keys expire by (tests move it)."""
 
-    def __init__(self, store: ApiKeyStore, *, cache_s: float = 5.0) -> None:
+    def __init__(self, store: ApiKeyStore, *, cache_s: float = 5.0,
+                 clock: Callable[[], datetime] = utcnow) -> None:
         self.store = store
         self.cache_s = cache_s
+        self.clock = clock
         self._known: dict[str, tuple[float, KeyInfo]] = {}
 
     async def key_of(self, request: Request) -> KeyInfo:
@@ -60,8 +67,10 @@ class Authenticator:
         if digest:
             found = self._known.get(digest)
             if found is not None and time.monotonic() - found[0] < self.cache_s:
+                if not found[1].usable(self.clock()):
+                    raise FrontError(401, "invalid_api_key", _BAD_KEY)
                 return found[1]
-        info = await asyncio.to_thread(self.store.authenticate, secret)
+        info = await asyncio.to_thread(self.store.authenticate, secret, now=self.clock())
         if info is None:
             raise FrontError(401, "invalid_api_key", _BAD_KEY)
         if digest:

@@ -35,6 +35,7 @@ from llmgw.server.common import (
     require_key,
 )
 from llmgw.server.errors import FrontError, stream_error_payload
+from llmgw.server.key_limits import key_pass
 from llmgw.server.schemas import (
     AnthropicModel,
     AnthropicModelList,
@@ -71,17 +72,19 @@ async def chat_completions(body: ChatCompletionBody, request: Request, key: Key)
     gateway = request.app.state.gateway
     call = dict(agent_type=caller.agent_type, model_group=group_of(body.model),
                 metadata=dict(body.metadata or {}), **body.params())
-    if not body.stream:
-        completion = await call_gateway(request, gateway.complete(
-            caller.agent_id, caller.project_id, body.message_dicts(), **call))
-        return JSONResponse(chat_completion(completion), headers=fact_headers(completion))
-    events = gateway.stream(caller.agent_id, caller.project_id, body.message_dicts(), **call)
-    try:  # up to the first event, a failure is still an HTTP status (429, 503, ...)
-        first = await call_gateway(request, anext(events))
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await events.aclose()
-        raise
+    async with key_pass(request, caller, dialect="chat", stream=bool(body.stream)) as held:
+        if not body.stream:
+            completion = await call_gateway(request, gateway.complete(
+                caller.agent_id, caller.project_id, body.message_dicts(), **call))
+            return JSONResponse(chat_completion(completion), headers=fact_headers(completion))
+        events = held.wrap(gateway.stream(caller.agent_id, caller.project_id,
+                                          body.message_dicts(), **call))
+        try:  # up to the first event, a failure is still an HTTP status (429, 503, ...)
+            first = await call_gateway(request, anext(events))
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await events.aclose()
+            raise
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return SSEResponse(_sse(first, events, model=body.model or "auto",
                             include_usage=include_usage))

@@ -32,6 +32,7 @@ from llmgw.server.common import (
     require_key,
 )
 from llmgw.server.errors import FrontError, stream_error_payload
+from llmgw.server.key_limits import key_pass
 from llmgw.server.schemas import ErrorResponse
 from llmgw.types import StreamDone, StreamError, StreamEvent, WireEvent
 
@@ -56,18 +57,20 @@ async def create_response(body: Annotated[ResponsesRequest, Body()], request: Re
     call = dict(agent_type=caller.agent_type,
                 session_id=caller.session_id or codex_session(request),
                 end_user=caller.end_user)
-    if not body.stream:
-        completion = await call_gateway(request, gateway.responses(
-            caller.agent_id, caller.project_id, raw, **call))
-        answer = {**(completion.body or {}), "llmgw": facts(completion)}
-        return JSONResponse(answer, headers=fact_headers(completion))
-    events = gateway.responses_stream(caller.agent_id, caller.project_id, raw, **call)
-    try:  # up to the first event, a failure is still an HTTP status
-        first = await call_gateway(request, anext(events))
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await events.aclose()
-        raise
+    async with key_pass(request, caller, dialect="responses", stream=bool(body.stream)) as held:
+        if not body.stream:
+            completion = await call_gateway(request, gateway.responses(
+                caller.agent_id, caller.project_id, raw, **call))
+            answer = {**(completion.body or {}), "llmgw": facts(completion)}
+            return JSONResponse(answer, headers=fact_headers(completion))
+        events = held.wrap(gateway.responses_stream(caller.agent_id, caller.project_id, raw,
+                                                    **call))
+        try:  # up to the first event, a failure is still an HTTP status
+            first = await call_gateway(request, anext(events))
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await events.aclose()
+            raise
     return SSEResponse(_sse(first, events))
 
 
