@@ -135,6 +135,7 @@ def create_app(config: Config | str | None = None, settings: ServerSettings | No
     app.include_router(responses_api.router)
     app.include_router(ops.router)
     app.include_router(ui.router)
+    app.user_middleware.append(ui.csrf_middleware)  # innermost: /ui forms, asgi-csrf (ui_csrf)
     app.router.routes.append(mcp.route)
     return app
 

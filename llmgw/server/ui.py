@@ -2,9 +2,10 @@
 CDN) over the same report functions as the CLI (DESIGN section 12).
 
 Sign-in exchanges a key for a signed HttpOnly, SameSite=Strict session cookie
-(`ui_sessions`); the key is posted once and never put in a URL, a page or a log. A project
-key sees its project; an admin key sees every project and switches with `?project=`. Bad
-input gets an HTML page with a 4xx status and what to do, never a traceback."""
+(`ui_sessions`); the key is posted once and never put in a URL, a page or a log. Every form
+that POSTs carries asgi-csrf's signed double-submit token (`ui_csrf`). A project key sees its
+project; an admin key sees every project and switches with `?project=`. Bad input gets an
+HTML page with a 4xx status and what to do, never a traceback."""
 
 from __future__ import annotations
 
@@ -20,12 +21,14 @@ from urllib.parse import parse_qs, urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.middleware import Middleware
 
 from llmgw.errors import InvalidRequest
 from llmgw.ledger.report import MEASURES, GroupBy
 from llmgw.ledger.timespec import FORMS, parse_time, utcnow
 from llmgw.server import ui_data
 from llmgw.server.ui_charts import budget_bar, colours, spend_chart, usd
+from llmgw.server.ui_csrf import CsrfForms, forget_token, form_token
 from llmgw.server.ui_sessions import COOKIE, Session, Sessions
 
 log = logging.getLogger("llmgw.server.ui")
@@ -84,9 +87,9 @@ def _html(name: str, status: int = 200, **context: Any) -> HTMLResponse:
                         headers=HEADERS)
 
 
-def _error_page(error: UIError, session: Session | None) -> HTMLResponse:
+def _error_page(request: Request, error: UIError, session: Session | None) -> HTMLResponse:
     return _html("error.html", error.status, session=session, error=error, nav=None,
-                 project=None, projects=[], keep={})
+                 project=None, projects=[], keep={}, csrftoken=form_token(request))
 
 
 async def _signed_in(request: Request) -> Session | None:
@@ -102,13 +105,13 @@ async def _view(request: Request,
     try:
         return await build(session)
     except UIError as exc:
-        return _error_page(exc, session)
+        return _error_page(request, exc, session)
     except InvalidRequest as exc:
-        return _error_page(UIError(400, "Bad request", f"{exc.message} {exc.hint or ''}"),
+        return _error_page(request, UIError(400, "Bad request", f"{exc.message} {exc.hint or ''}"),
                            session)
     except Exception:
         log.exception("dashboard error on %s", request.url.path)
-        return _error_page(UIError(500, "Internal error",
+        return _error_page(request, UIError(500, "Internal error",
                                    "The page could not be built; the server log says why."),
                            session)
 
@@ -175,7 +178,8 @@ async def _context(request: Request, session: Session, nav: str,
         projects = await _projects(request)
     return {"session": session, "nav": nav, "project": project, "projects": projects,
             "keep": {"project": project} if session.admin and project else {},
-            "qs": lambda **kw: _qs(request, **kw), "now": utcnow()}
+            "qs": lambda **kw: _qs(request, **kw), "now": utcnow(),
+            "csrftoken": form_token(request)}
 
 
 async def _projects(request: Request) -> list[str]:
@@ -211,7 +215,12 @@ def _engine(request: Request) -> Any:
 async def login_form(request: Request) -> Response:
     if await _signed_in(request) is not None:
         return RedirectResponse("/ui/spend", status_code=303, headers=HEADERS)
-    return _html("login.html", session=None, nav=None, error=None)
+    return _login_page(request, 200, None)
+
+
+def _login_page(request: Request, status: int, error: str | None) -> HTMLResponse:
+    return _html("login.html", status, session=None, nav=None, error=error,
+                 csrftoken=form_token(request))
 
 
 @router.post("/login")
@@ -220,19 +229,16 @@ async def login(request: Request) -> Response:
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_FORM_BYTES:
-            return _html("login.html", 413, session=None, nav=None,
-                         error="That form is too large; paste the key alone.")
+            return _login_page(request, 413, "That form is too large; paste the key alone.")
     fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=5)
     secret = (fields.get("key") or [""])[0].strip()
     if not secret:
-        return _html("login.html", 400, session=None, nav=None,
-                     error="Paste an API key (`llmgw keys create` issues one).")
+        return _login_page(request, 400, "Paste an API key (`llmgw keys create` issues one).")
     info = await asyncio.to_thread(request.app.state.auth.store.authenticate, secret)
     if info is None:
         log.info("dashboard sign-in refused: unknown, revoked or expired key")
-        return _html("login.html", 401, session=None, nav=None,
-                     error="That key is unknown, revoked or expired. Ask for a new one "
-                           "(`llmgw keys create`).")
+        return _login_page(request, 401, "That key is unknown, revoked or expired. Ask for a "
+                           "new one (`llmgw keys create`).")
     sessions = _sessions(request)
     token = sessions.issue(info)
     log.info("dashboard sign-in: key id %d (%s)", info.id,
@@ -240,6 +246,7 @@ async def login(request: Request) -> Response:
     response = RedirectResponse("/ui/spend", status_code=303, headers=HEADERS)
     response.set_cookie(COOKIE, token, max_age=sessions.lifetime_s, path="/ui", httponly=True,
                         samesite="strict", secure=request.url.scheme == "https")
+    forget_token(request, response)  # the token seen before the session is not its token
     return response
 
 
@@ -251,6 +258,7 @@ async def logout(request: Request) -> Response:
     response = RedirectResponse("/ui/login", status_code=303, headers=HEADERS)
     response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict",
                            secure=request.url.scheme == "https")
+    forget_token(request, response)
     return response
 
 
@@ -422,10 +430,10 @@ async def _health(request: Request) -> tuple[datetime, list[Any]]:
 
 
 @router.get("/static/{name}")
-async def static(name: str) -> Response:
+async def static(request: Request, name: str) -> Response:
     path = STATIC / name
     if "/" in name or name.startswith(".") or not path.is_file():
-        return _error_page(UIError(404, "Not found", "No such file."), None)
+        return _error_page(request, UIError(404, "Not found", "No such file."), None)
     media = {".css": "text/css", ".svg": "image/svg+xml", ".png": "image/png"}.get(
         path.suffix, "application/octet-stream")
     return Response(path.read_bytes(), media_type=media,
@@ -435,5 +443,23 @@ async def static(name: str) -> Response:
 @router.get("/{rest:path}")
 async def unknown(request: Request, rest: str) -> Response:
     session = await _signed_in(request)
-    return _error_page(UIError(404, "Not found", f"There is no page /ui/{rest[:100]}."),
-                       session)
+    return _error_page(request, UIError(404, "Not found",
+                                        f"There is no page /ui/{rest[:100]}."), session)
+
+
+# -- CSRF ----------------------------------------------------------------------------------
+
+
+def _csrf_refused(scope: Any) -> Response:
+    return _error_page(Request(scope), UIError(
+        403, "Form refused", "This form did not come from this dashboard's own page, or its "
+        "page is too old (its security token is missing or does not match). Open /ui/login "
+        "and submit the form from there."), None)
+
+
+# Appended innermost by create_app (inside the body limit and the Host/Origin checks): every
+# POST route here is checked even without cookies (sign-in has none), any other /ui POST
+# whenever it carries cookies, as asgi-csrf does.
+csrf_middleware = Middleware(CsrfForms, refused=_csrf_refused,
+                             always={r.path for r in router.routes
+                                     if "POST" in (getattr(r, "methods", None) or ())})

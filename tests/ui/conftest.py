@@ -6,6 +6,7 @@ Once per module and backend: filling takes seconds and the views only read."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -184,10 +185,24 @@ def _through_the_server(filled: Filled, anthropic: Any) -> None:
         assert answer.status_code == 200 and answer.headers["x-llmgw-model-group"] == "backup"
 
 
+def page_token(html: str) -> str:
+    """The CSRF token in a page's forms (the hidden `csrftoken` field)."""
+    found = re.findall(r'name="csrftoken" value="([^"]*)"', html)
+    assert found and len(set(found)) == 1, html[:500]
+    return found[0]
+
+
+def login_token(client: httpx.Client) -> str:
+    """Open the sign-in page as a browser would: its form's token (the cookie is now set)."""
+    page = client.get("/ui/login")
+    assert page.status_code == 200, page.text
+    return page_token(page.text)
+
+
 def sign_in(filled: Filled, key: str) -> httpx.Client:
     """An httpx client holding a dashboard session (the browser tests sign in by the form)."""
     client = httpx.Client(base_url=filled.base_url, timeout=60)
-    response = client.post("/ui/login", data={"key": key})
+    response = client.post("/ui/login", data={"csrftoken": login_token(client), "key": key})
     assert response.status_code == 303, response.text
     assert response.headers["location"] == "/ui/spend"
     return client

@@ -13,9 +13,10 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from llmgw.server.ui_csrf import CSRF_COOKIE
 from llmgw.server.ui_sessions import COOKIE
 from tests.ui.browser import Browser
-from tests.ui.conftest import Filled, sign_in
+from tests.ui.conftest import Filled, login_token, sign_in
 
 A_PAGES = ("/ui/spend", "/ui/spend?stack=agent-type", "/ui/usage", "/ui/usage?by=project",
            "/ui/usage?by=agent-type", "/ui/usage?by=deployment", "/ui/usage.csv?by=agent",
@@ -133,9 +134,9 @@ def test_key_and_session_token_never_in_pages_urls_or_logs(filled: Filled,
                                                            all_logs: list[str]) -> None:
     key = filled.key("proj-a", agent_id=None)
     client = httpx.Client(base_url=filled.base_url, timeout=60)
-    signed = client.post("/ui/login", data={"key": key})
+    signed = client.post("/ui/login", data={"csrftoken": login_token(client), "key": key})
     assert signed.status_code == 303 and signed.headers["location"] == "/ui/spend"
-    cookie = signed.headers["set-cookie"]
+    (cookie,) = [c for c in signed.headers.get_list("set-cookie") if c.startswith(COOKIE + "=")]
     flags = [f.strip().lower() for f in cookie.split(";")]
     assert "httponly" in flags and "samesite=strict" in flags and "path=/ui" in flags
     token = client.cookies[COOKIE]
@@ -148,10 +149,13 @@ def test_key_and_session_token_never_in_pages_urls_or_logs(filled: Filled,
         assert key not in str(page.url) and page.headers["cache-control"] == "no-store"
         assert page.headers.get("content-security-policy", "").startswith("default-src 'none'")
     # a key in the URL is never taken
-    for attempt in (httpx.get(filled.base_url + "/ui/login", params={"key": key}),
-                    httpx.post(filled.base_url + "/ui/login", params={"key": key})):
-        assert attempt.status_code in (200, 400) and "set-cookie" not in attempt.headers
-    wrong = httpx.post(filled.base_url + "/ui/login", data={"key": key + "x"})
+    stranger = httpx.Client(base_url=filled.base_url, timeout=60)
+    for attempt in (stranger.get("/ui/login", params={"key": key}),
+                    stranger.post("/ui/login", params={"key": key},
+                                  data={"csrftoken": login_token(stranger)})):
+        assert attempt.status_code in (200, 400), attempt.text
+        assert not any(c.startswith(COOKIE + "=") for c in attempt.headers.get_list("set-cookie"))
+    wrong = stranger.post("/ui/login", data={"csrftoken": login_token(stranger), "key": key + "x"})
     assert wrong.status_code == 401 and key not in wrong.text
     assert all_logs, "the server logged nothing: the check would be empty"
     assert any("dashboard sign-in" in line for line in all_logs)
@@ -165,14 +169,16 @@ def test_browser_cookie_flags_and_sign_out(filled: Filled, tmp_path: Path) -> No
     with Browser(tmp_path / "profile") as b:
         b.goto(filled.base_url + "/ui/login")
         assert b.submit("form[action='/ui/login']", {"key": key}).endswith("/ui/spend")
-        (cookie,) = b.cookies()
+        (cookie,) = [c for c in b.cookies() if c["name"] == COOKIE]
         assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"], cookie["path"]) == (
             COOKIE, True, "Strict", "/ui")
-        assert b.js("document.cookie") == ""  # HttpOnly: no script can read it
+        readable = b.js("document.cookie")  # HttpOnly: no script can read the session
+        assert [c.split("=")[0] for c in readable.split("; ")] == [CSRF_COOKIE]
+        assert cookie["value"] not in readable
         assert key not in b.html() and cookie["value"] not in b.html()
         token = cookie["value"]
         assert b.submit("form[action='/ui/logout']", {}).endswith("/ui/login")
-        assert b.cookies() == []
+        assert [c["name"] for c in b.cookies()] == [CSRF_COOKIE]  # the next form's token
     # the signed-out token is dead, not just forgotten by the browser
     replay = httpx.get(filled.base_url + "/ui/spend", cookies={COOKIE: token})
     assert replay.status_code == 303 and replay.headers["location"] == "/ui/login"
@@ -232,8 +238,10 @@ def test_signed_out_visitors_are_sent_to_sign_in(filled: Filled) -> None:
         page = httpx.get(filled.base_url + path, follow_redirects=True)
         assert page.url.path == "/ui/login" and page.status_code == 200
         assert 'type="password"' in page.text
-    huge = httpx.post(filled.base_url + "/ui/login", content=b"key=" + b"k" * 10_000,
-                      headers={"content-type": "application/x-www-form-urlencoded"})
-    assert huge.status_code == 413 and "set-cookie" not in huge.headers
-    empty = httpx.post(filled.base_url + "/ui/login", data={"key": ""})
+    client = httpx.Client(base_url=filled.base_url, timeout=60)
+    huge = client.post("/ui/login", content=f"csrftoken={login_token(client)}&key=".encode()
+                       + b"k" * 10_000,
+                       headers={"content-type": "application/x-www-form-urlencoded"})
+    assert huge.status_code == 413 and COOKIE not in huge.headers.get("set-cookie", "")
+    empty = client.post("/ui/login", data={"csrftoken": login_token(client), "key": ""})
     assert empty.status_code == 400 and "Paste an API key" in empty.text
