@@ -33,6 +33,14 @@ def serve(
     cors_origin: Annotated[list[str] | None, typer.Option(help="Allow browser calls from this "
                                                                "origin (repeatable); default: "
                                                                "CORS off.")] = None,
+    allowed_host: Annotated[list[str] | None, typer.Option(help=(
+        "Accept this Host header (repeatable; `name` any port, `name:port`, `*` any host); "
+        "127.0.0.1, localhost and [::1] always are. Default on 0.0.0.0: any host, with a "
+        "warning."))] = None,
+    allowed_origin: Annotated[list[str] | None, typer.Option(help=(
+        "Accept browser requests from this Origin (repeatable; `https://name[:port]`, "
+        "`scheme://name:*`); loopback and same-origin pages always are, and so is every "
+        "--cors-origin."))] = None,
     access_log: Annotated[bool, typer.Option(help="Log one line per request.")] = True,
 ) -> None:
     """Serve POST /v1/chat/completions, POST /v1/messages, GET /v1/models, GET /v1/usage,
@@ -47,13 +55,20 @@ def serve(
     with errors_as_exit():
         settings = ServerSettings.from_env(
             grace_s=grace, max_body_bytes=max_body_bytes,
-            cors_origins=tuple(cors_origin) if cors_origin else None)
+            cors_origins=tuple(cors_origin) if cors_origin else None, bind_host=host,
+            allowed_hosts=tuple(allowed_host) if allowed_host else None,
+            allowed_origins=tuple(allowed_origin) if allowed_origin else None)
         path = config_path(config).resolve()
         cfg = load_config(path)
         ensure_current(cfg.llmgw.ledger.url)  # fail here, not in every worker's start-up
     if workers > 1 and cfg.llmgw.ledger.url.startswith("sqlite"):
         typer.echo("Note: several workers share a SQLite ledger through its file lock; "
                    "PostgreSQL scales further.", err=True)
+    from llmgw.server.hosts import exposure_warning
+
+    warning = exposure_warning(settings.bind_host, settings.allowed_hosts)
+    if warning:  # exposed to the network and accepting any Host: the operator must hear it
+        typer.secho(warning, err=True, fg=typer.colors.RED, bold=True)
     # The workers build their app from the environment (`app_from_env`).
     os.environ["LLMGW_CONFIG"] = str(path)
     os.environ.update(settings.to_env())

@@ -27,6 +27,7 @@ from llmgw.server.errors import (
     front_error_response,
     gateway_error_response,
 )
+from llmgw.server.hosts import HostOriginGuard, HostPolicy
 from llmgw.server.limits import RequestLimits
 from llmgw.server.settings import ServerSettings
 
@@ -74,7 +75,7 @@ def create_app(config: Config | str | None = None, settings: ServerSettings | No
         return await app.state.mcp_auth(secret)  # the key store is made in the lifespan
 
     # Streamable HTTP MCP at /mcp, on the same gateway and keys (issue 22).
-    mcp = McpHttp(lambda: app.state.gateway, mcp_authenticate, allowed_hosts=None)
+    mcp = McpHttp(lambda: app.state.gateway, mcp_authenticate)  # Host/Origin: HostOriginGuard
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -126,6 +127,11 @@ def create_app(config: Config | str | None = None, settings: ServerSettings | No
                                            "x-llmgw-cache", "retry-after"])
     app.add_middleware(RequestLimits, max_bytes=settings.max_body_bytes,
                        max_header_bytes=settings.max_header_bytes)
+    # Added last, so it runs first: a foreign Host or Origin is refused before anything else
+    # (no key check, no ledger row); /mcp included (the SDK's own check stays off: one list).
+    app.add_middleware(HostOriginGuard, policy=HostPolicy.build(
+        settings.bind_host, settings.allowed_hosts, settings.allowed_origins,
+        settings.cors_origins))
 
     from llmgw.server import anthropic_api, anthropic_tokens, openai_api, ops, responses_api, ui
 

@@ -24,6 +24,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -31,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from llmgw.errors import BudgetExceeded, InvalidRequest, LLMGatewayError, ProviderError, RateLimited
 from llmgw.ledger.report import GROUP_BY_VALUES, GroupBy, usage_report, usage_totals
 from llmgw.ledger.timespec import FORMS, parse_time
+from llmgw.server.hosts import HostOriginGuard, HostPolicy
 from llmgw.server.mcp_identity import AGENT_HEADER, Authenticator, Identity
 from llmgw.server.mcp_schemas import (
     ChatResult,
@@ -352,16 +354,16 @@ class McpHttp:
     by its bearer key; an any-agent key names its agent with the X-LLMGW-Agent header.
 
     `gateway` is an LLMGateway or a callable returning it (made in the app's lifespan).
-    `allowed_hosts`: Host header values accepted (DNS-rebinding protection), e.g.
-    ["127.0.0.1:*", "gw.internal:8000"]; None accepts any host."""
+    Host and Origin (DNS-rebinding protection) are checked by `llmgw.server.hosts`'s
+    HostOriginGuard in front of the route (`llmgw serve` puts it in front of every route);
+    `hosts` puts one in front of `app()`. The SDK's own check is off: one list, one check."""
 
     def __init__(self, gateway: Any, authenticate: Authenticator, *, path: str = "/mcp",
-                 allowed_hosts: list[str] | None = None, stateless: bool = False) -> None:
+                 hosts: HostPolicy | None = None, stateless: bool = False) -> None:
         self.authenticate = authenticate
+        self.hosts = hosts
         self.server = build_server(gateway, lambda _ctx: _http_identity.get())
-        security = TransportSecuritySettings(
-            enable_dns_rebinding_protection=allowed_hosts is not None,
-            allowed_hosts=list(allowed_hosts or []), allowed_origins=[])
+        security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
         # The SDK's own wiring; its Starlette app is not used (a mounted sub-app's lifespan
         # would never run), only the session manager it makes.
         self.server.streamable_http_app(streamable_http_path=path, stateless_http=stateless,
@@ -382,7 +384,8 @@ class McpHttp:
         async def lifespan(_app: Starlette) -> AsyncIterator[None]:
             async with self.lifespan():
                 yield
-        return Starlette(routes=[self.route], lifespan=lifespan)
+        middleware = [] if self.hosts is None else [Middleware(HostOriginGuard, policy=self.hosts)]
+        return Starlette(routes=[self.route], lifespan=lifespan, middleware=middleware)
 
 
 class _Authenticated:
