@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -57,6 +58,7 @@ RID = "x-llmgw-request-id"
 CLIENT_TIMEOUT_S = 120.0  # generous: a loaded 2-core machine, a stalled upstream
 READY_TIMEOUT_S = 120.0
 TINY_PROJECT = "proj-tiny"  # a budget no request fits: every call is refused
+LIMITED_RPM = 2  # a key's own limit the traffic exceeds
 HI = [{"role": "user", "content": "Say hi"}]
 
 
@@ -223,9 +225,31 @@ def _error_code(body: Any) -> str | None:
     return None
 
 
+async def _read_sse(r: Any, kind: str, hang_up_after: int | None = None) -> Outcome:
+    """A stream's outcome. Its request id and facts come in the `llmgw` field of its last
+    event (or of its error event: the SDKs drop that field when they raise, so we read the
+    events the SDK's response gives us ourselves)."""
+    rid, code, seen = r.headers.get(RID), None, 0
+    async for line in r.iter_lines():
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        seen += 1
+        event = json.loads(line[len("data: "):])
+        facts = event.get("llmgw") or (event.get("response") or {}).get("llmgw")
+        if isinstance(facts, dict) and facts.get("request_id"):
+            rid = facts["request_id"]
+        if event.get("error") or event.get("type") in ("error", "response.failed"):
+            code = _error_code(event) or _error_code(event.get("response") or {}) or "stream_error"
+        if hang_up_after is not None and seen >= hang_up_after and code is None:
+            return Outcome("", kind, "hangup", r.status_code, rid)
+    if code is not None:
+        return Outcome("", kind, "error", r.status_code, rid, code)
+    return Outcome("", kind, "ok", r.status_code, rid)
+
+
 class Clients:
-    def __init__(self, base: str, key: str, tiny_key: str) -> None:
-        self.base, self.key, self.tiny_key = base, key, tiny_key
+    def __init__(self, base: str, key: str, tiny_key: str, limited_key: str) -> None:
+        self.base, self.key, self.tiny_key, self.limited_key = base, key, tiny_key, limited_key
 
     async def chat_json(self, i: int) -> Outcome:
         model = ("solo", "backup", "primary")[i % 3]
@@ -239,14 +263,7 @@ class Clients:
         async with _openai(self.base, self.key) as c:
             async with c.chat.completions.with_streaming_response.create(
                     model=model, messages=HI, max_tokens=20, stream=True) as r:
-                rid = r.headers.get(RID)
-                try:
-                    async for _ in await r.parse():
-                        pass
-                except openai.APIError as exc:  # an error event mid-stream
-                    return Outcome("", "chat_stream", "error", r.status_code, rid,
-                                   _error_code(exc.body) or "stream_error")
-                return Outcome("", "chat_stream", "ok", r.status_code, rid)
+                return await _read_sse(r, "chat_stream")
 
     async def responses_json(self, i: int) -> Outcome:
         async with _openai(self.base, self.key) as c:
@@ -258,17 +275,7 @@ class Clients:
         async with _openai(self.base, self.key) as c:
             async with c.responses.with_streaming_response.create(
                     model="backup", input="Say hi", max_output_tokens=20, stream=True) as r:
-                rid = r.headers.get(RID)
-                failed = None
-                try:
-                    async for event in await r.parse():
-                        if event.type in ("response.failed", "error"):
-                            failed = getattr(event, "code", None) or "response_failed"
-                except openai.APIError as exc:
-                    failed = _error_code(exc.body) or "stream_error"
-                if failed:
-                    return Outcome("", "responses_stream", "error", r.status_code, rid, failed)
-                return Outcome("", "responses_stream", "ok", r.status_code, rid)
+                return await _read_sse(r, "responses_stream")
 
     async def messages_json(self, i: int) -> Outcome:
         async with _anthropic(self.base, self.key) as c:
@@ -280,31 +287,14 @@ class Clients:
         async with _anthropic(self.base, self.key) as c:
             async with c.messages.with_streaming_response.create(
                     model="primary", messages=HI, max_tokens=20, stream=True) as r:
-                rid = r.headers.get(RID)
-                try:
-                    async for _ in await r.parse():
-                        pass
-                except anthropic.APIError as exc:
-                    return Outcome("", "messages_stream", "error", r.status_code, rid,
-                                   _error_code(exc.body) or "stream_error")
-                return Outcome("", "messages_stream", "ok", r.status_code, rid)
+                return await _read_sse(r, "messages_stream")
 
     async def hangup_stream(self, i: int) -> Outcome:
         """Reads two events, then closes the connection mid-stream."""
         async with _openai(self.base, self.key) as c:
             async with c.chat.completions.with_streaming_response.create(
                     model="backup", messages=HI, max_tokens=200, stream=True) as r:
-                rid = r.headers.get(RID)
-                seen = 0
-                try:
-                    async for _ in await r.parse():
-                        seen += 1
-                        if seen == 2:
-                            break
-                except openai.APIError as exc:  # the upstream failed before we hung up
-                    return Outcome("", "hangup_stream", "error", r.status_code, rid,
-                                   _error_code(exc.body) or "stream_error")
-                return Outcome("", "hangup_stream", "hangup", r.status_code, rid)
+                return await _read_sse(r, "hangup_stream", hang_up_after=2)
 
     async def cancel_json(self, i: int) -> Outcome:
         """Gives up after a short while: the connection closes before (or as) the answer comes."""
@@ -319,12 +309,19 @@ class Clients:
                                                                   max_tokens=20)
             return Outcome("", "budget_refusal", "ok", r.status_code, r.headers.get(RID))
 
+    async def rate_limited(self, i: int) -> Outcome:
+        """A key with its own small rpm (`llmgw keys create --rpm`): most calls are refused."""
+        async with _openai(self.base, self.limited_key) as c:
+            r = await c.chat.completions.with_raw_response.create(model="solo", messages=HI,
+                                                                  max_tokens=20)
+            return Outcome("", "rate_limited", "ok", r.status_code, r.headers.get(RID))
+
     def kinds(self) -> list[Callable[[int], Awaitable[Outcome]]]:
         # budget refusals: "a few", one slot in twenty
         mix = [self.chat_json, self.chat_stream, self.responses_json, self.responses_stream,
                self.messages_json, self.messages_stream, self.hangup_stream, self.cancel_json]
         return mix * 2 + [self.chat_json, self.messages_json, self.chat_stream,
-                          self.budget_refusal]
+                          self.budget_refusal, self.chat_json, self.rate_limited]
 
     async def one(self, i: int) -> Outcome:
         kind = self.kinds()[i % len(self.kinds())]
@@ -428,6 +425,7 @@ def evaluate(outcomes: list[Outcome], windows: list[str], facts: dict[str, Any],
     hangups = [o for o in outcomes if o.result == "hangup"]
     transport = [o for o in outcomes if o.result == "transport"]
     refused = [o for o in errors if o.code == "budget_exceeded"]
+    limited = [o for o in errors if o.kind == "rate_limited" and o.status == 429]
     checks = {
         "every fault ran": all(done[f] >= 1 for f in FAULTS),
         "0 open reservations": facts["open"] == 0,
@@ -442,12 +440,13 @@ def evaluate(outcomes: list[Outcome], windows: list[str], facts: dict[str, Any],
         "connection errors only while a worker was killed": all(
             o.window == "worker_kill" for o in transport),
         "budget refusals seen": bool(refused),
+        "key rate-limit refusals seen": bool(limited),
         "every killed worker respawned": faults.respawned == len(faults.killed_workers) > 0,
         "no API key in the server's log": not [s for s in secrets if s in log],
     }
     figures = {
         "requests": len(outcomes), "ok": len(ok), "typed errors": len(errors),
-        "budget refusals": len(refused), "hang-ups": len(hangups),
+        "budget refusals": len(refused), "key rate-limit refusals": len(limited), "hang-ups": len(hangups),
         "cancels": sum(o.result == "cancelled" for o in outcomes),
         "connection errors": len(transport), "ledger rows": facts["rows"],
         "ledger statuses": dict(sorted(facts["statuses"].items())),
@@ -498,6 +497,8 @@ def run_soak(duration_s: float, *, concurrency: int = 6, max_requests: int = 200
             keys = ApiKeyStore(engine)
             key = keys.create(project_id="proj-a", agent_id="soak-1").secret
             tiny_key = keys.create(project_id=TINY_PROJECT, agent_id="soak-tiny").secret
+            limited_key = keys.create(project_id="proj-a", agent_id="soak-limited",
+                                      rpm=LIMITED_RPM).secret
         finally:
             engine.dispose()
         config = workdir / "model_list.yaml"
@@ -506,14 +507,14 @@ def run_soak(duration_s: float, *, concurrency: int = 6, max_requests: int = 200
         serve = Serve(workdir, config)
         faults = Faults(pg, redis_server, serve, openai_sim, down_s)
         outcomes, windows, done = asyncio.run(traffic_and_faults(
-            Clients(serve.base, key, tiny_key), faults, duration_s, concurrency, max_requests))
+            Clients(serve.base, key, tiny_key, limited_key), faults, duration_s, concurrency, max_requests))
         serve.stop()
         reconcile(ledger_url, workdir)
         facts = ledger_facts(ledger_url)
         log = serve.log_path.read_text(errors="replace")
         print(f"soak: server log {serve.log_path}", file=sys.stderr)
-        checks, figures = evaluate(outcomes, windows, facts, log,
-                                   [OPENAI_KEY, ANTHROPIC_KEY, WRONG_KEY, key, tiny_key], faults, done)
+        secrets = [OPENAI_KEY, ANTHROPIC_KEY, WRONG_KEY, key, tiny_key, limited_key]
+        checks, figures = evaluate(outcomes, windows, facts, log, secrets, faults, done)
         return Report(outcomes, windows, checks, figures, done)
     finally:
         if serve is not None:
