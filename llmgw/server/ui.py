@@ -49,7 +49,9 @@ HEADERS = {
                                 "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: under it Chromium sends `Origin: null` with our own form posts, which
+    # the Host/Origin check must refuse; same-origin tells other sites nothing either.
+    "Referrer-Policy": "same-origin",
 }
 
 templates = Environment(loader=FileSystemLoader(HERE / "templates"),
@@ -89,7 +91,8 @@ def _html(name: str, status: int = 200, **context: Any) -> HTMLResponse:
 
 def _error_page(request: Request, error: UIError, session: Session | None) -> HTMLResponse:
     return _html("error.html", error.status, session=session, error=error, nav=None,
-                 project=None, projects=[], keep={}, csrftoken=form_token(request))
+                 project=None, projects=[], keep={},
+                 csrftoken=form_token(request) if session else None)  # for the sign-out form
 
 
 async def _signed_in(request: Request) -> Session | None:

@@ -59,14 +59,42 @@ class CsrfForms:
                              send_csrf_failed=send_refused)
 
         self._plain, self._tls = protected(False), protected(True)
+        self._refuse = send_refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if scope["type"] != "http" or not (path == PREFIX or path.startswith(PREFIX + "/")):
             await self.app(scope, receive, send)
             return
+        if scope["method"] not in _SAFE and _content_type(scope) == b"multipart/form-data":
+            # asgi-csrf 0.11's multipart reader fails on python-multipart >= 0.0.26 (its
+            # issue #38), and no /ui form is multipart: refused, not a 500.
+            await self._refuse(scope, send, Errors.MULTIPART_MISMATCH)
+            return
         checked = self._tls if scope.get("scheme") == "https" else self._plain
-        await checked(scope, receive, send)
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await checked(scope, receive, watched)
+        except UnicodeDecodeError:  # asgi-csrf reads a form body as UTF-8: not one of ours
+            if started:
+                raise
+            await self._refuse(scope, send, Errors.FORM_URLENCODED_MISMATCH)
+
+
+_SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # asgi-csrf's own list
+
+
+def _content_type(scope: Scope) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return value.split(b";", 1)[0].strip().lower()
+    return b""
 
 
 def form_token(request: Request) -> str:
