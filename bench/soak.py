@@ -37,6 +37,7 @@ set_offline_env()
 
 import anthropic  # noqa: E402
 import httpx  # noqa: E402
+import httpx2  # noqa: E402  (the SDKs' transport here: a cut stream raises its errors)
 import openai  # noqa: E402
 import psutil  # noqa: E402
 import yaml  # noqa: E402
@@ -331,7 +332,8 @@ class Clients:
             headers = exc.response.headers
             return Outcome("", kind.__name__, "error", exc.status_code, headers.get(RID),
                            _error_code(exc.body))
-        except (openai.APIConnectionError, anthropic.APIConnectionError, httpx.TransportError):
+        except (openai.APIConnectionError, anthropic.APIConnectionError, httpx.TransportError,
+                httpx2.TransportError):
             return Outcome("", kind.__name__, "transport")
 
 
