@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.middleware import Middleware
 
@@ -465,4 +466,4 @@ def _csrf_refused(scope: Any) -> Response:
 # whenever it carries cookies, as asgi-csrf does.
 csrf_middleware = Middleware(CsrfForms, refused=_csrf_refused,
                              always={r.path for r in router.routes
-                                     if "POST" in (getattr(r, "methods", None) or ())})
+                                     if isinstance(r, APIRoute) and "POST" in (r.methods or ())})
