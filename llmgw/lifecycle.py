@@ -200,6 +200,9 @@ class RequestLifecycle:
             alone=gw.inflight.alone)
         try:
             self.hold = await asyncio.shield(self._reserving)
+        except LedgerError as exc:  # the ledger failed: the caller hears which request
+            exc.request_id = ctx.request_id
+            raise
         except RefusedError as exc:
             r = exc.refusal
             await self.refuse(r.limit, r.spent_micros, r.reserved_micros, plan.amount,

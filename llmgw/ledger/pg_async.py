@@ -21,7 +21,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, InterfaceError, OperationalError
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy import Engine
 
@@ -149,9 +149,16 @@ class AsyncPostgres:
         return results
 
     async def _fetch(self, calls: list[Call]) -> list[Any]:
-        async with self.connection() as conn:
-            cur = await conn.execute(calls[0].sql, (json_text([c.item for c in calls]),))
-            return await cur.fetchall()
+        try:
+            async with self.connection() as conn:
+                cur = await conn.execute(calls[0].sql, (json_text([c.item for c in calls]),))
+                return await cur.fetchall()
+        except (OperationalError, InterfaceError) as exc:  # the server went away (a restart)
+            raise LedgerError(
+                f"The ledger database was unreachable ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200] if str(exc) else ''}).",
+                hint="Check that PostgreSQL is up; the pool reconnects by itself, and "
+                     "`llmgw db reconcile` settles what a failed request left open.") from exc
 
     def _bind(self) -> asyncio.AbstractEventLoop:
         """The running loop, with a pool of its own: what another loop left cannot be
