@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
+from redis.exceptions import RedisError
 
 from llmgw.capacity import (
     _KEY_TTL_S,
@@ -48,6 +50,7 @@ from llmgw.ledger.api_keys import KeyInfo
 from llmgw.server.auth import Caller
 
 _MAX_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+log = logging.getLogger("llmgw.server.key_limits")
 _LEASE_SLACK_S = 60.0  # a lease outlives the longest request by this much (a crashed worker's)
 
 # KEYS: in-flight zset (lease -> expiry), requests counter, tokens counter (this minute).
@@ -159,6 +162,10 @@ class KeyLimiter:
         self.store: KeyRedisStore | KeyMemoryStore = (KeyRedisStore(redis_url) if redis_url
                                                       else KeyMemoryStore())
         self.shared = redis_url is not None
+        # While the shared Redis is unreachable, each worker keeps the limits in its own
+        # memory: an outage of Redis must not become an outage of the gateway.
+        self._local = KeyMemoryStore()
+        self._local_leases: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def limits_of(self, key: KeyInfo) -> Limits:
@@ -180,8 +187,16 @@ class KeyLimiter:
             return None
         now = time.time() if now is None else now
         lease = Lease(counter_name(key), new_request_id())
-        got = await self.store.take(lease.deployment, limits, lease.lease_id, self.lease_s,
-                                    tokens, now)
+        try:
+            got = await self.store.take(lease.deployment, limits, lease.lease_id, self.lease_s,
+                                        tokens, now)
+        except (RedisError, OSError) as exc:
+            log.warning("per-key limits: the shared Redis is unreachable (%s); this worker "
+                        "counts alone until it is back", type(exc).__name__)
+            got = await self._local.take(lease.deployment, limits, lease.lease_id,
+                                         self.lease_s, tokens, now)
+            if got == 0:
+                self._local_leases.add(lease.lease_id)
         if got == 0:
             return lease
         cls = _REFUSALS[got]
@@ -190,7 +205,18 @@ class KeyLimiter:
                   hint=_hint(cls.limit, limits, tokens, wait))
 
     def release(self, lease: Lease) -> None:
-        self._spawn(self.store.release(lease))
+        if lease.lease_id in self._local_leases:
+            self._local_leases.discard(lease.lease_id)
+            self._spawn(self._local.release(lease))
+            return
+        self._spawn(self._released(lease))
+
+    async def _released(self, lease: Lease) -> None:
+        try:
+            await self.store.release(lease)
+        except (RedisError, OSError):  # Redis is down: the lease expires by itself
+            log.warning("per-key limits: could not give a slot back to Redis; it expires "
+                        "after %.0f s", self.lease_s)
 
     async def usage(self, keys: Iterable[KeyInfo]) -> dict[int, Usage]:
         """Each key's use this minute (shared by its rotation chain), by key id."""
