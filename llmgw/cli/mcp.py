@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
+import threading
 from typing import Annotated
 
 import typer
 
 from llmgw.cli._common import errors_as_exit
+
+SIGTERM_GRACE_S = 10.0  # from SIGTERM to exit: calls in flight are cancelled, then settled
 
 app = typer.Typer(help="Serve the gateway as an MCP server on stdio.",
                   invoke_without_command=True)
@@ -59,13 +63,30 @@ async def _serve(config: str | None) -> None:
 
 
 def _cancel_on_sigterm() -> None:
-    """SIGTERM (an MCP client's shutdown escalation) cancels the server like a closed stdin
-    does: requests in flight are cancelled through their lifecycle and settled before exit."""
+    """SIGTERM (an MCP client's shutdown escalation, a supervisor's stop) cancels the server
+    like a closed stdin does, even while stdin is open: requests in flight are cancelled
+    through their lifecycle and settled before exit. Should settling outlast
+    SIGTERM_GRACE_S, the process exits anyway (1) and says what to run."""
     import signal
 
     task = asyncio.current_task()
-    if task is not None:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    if task is None:
+        return
+
+    def stop() -> None:
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)  # once is enough
+        watchdog = threading.Timer(SIGTERM_GRACE_S, _give_up)
+        watchdog.daemon = True
+        watchdog.start()
+        task.cancel()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop)
+
+
+def _give_up() -> None:
+    sys.stderr.write(f"llmgw mcp: requests still unsettled {SIGTERM_GRACE_S:g}s after SIGTERM; "
+                     "exiting. `llmgw db reconcile` settles their holds.\n")
+    sys.stderr.flush()
+    os._exit(1)
 
 
 if __name__ == "__main__":  # `python -m llmgw.cli.mcp` until the group is registered

@@ -331,11 +331,19 @@ def _version() -> str:
 
 
 async def serve_stdio(gateway: Any, identity: Identity) -> None:
-    """Serve MCP on stdin/stdout as `identity` until the client closes stdin; then wait
-    until every request has settled and close the gateway."""
+    """Serve MCP on stdin/stdout as `identity` until the client closes stdin or the task is
+    cancelled (SIGTERM); then wait until every request has settled and close the gateway.
+    stdin is read by the loop (llmgw.server.mcp_stdio), so a cancellation stops the server
+    even while the client holds stdin open."""
+    from mcp.server.stdio import stdio_server
+
+    from llmgw.server.mcp_stdio import stdin_lines
+
     server = build_server(gateway, lambda _ctx: identity)
+    lowlevel = server._lowlevel_server  # what `run_stdio_async` runs, with our stdin reader
     try:
-        await server.run_stdio_async()
+        async with stdin_lines() as stdin, stdio_server(stdin=stdin) as (read, write):  # type: ignore[arg-type]
+            await lowlevel.run(read, write, lowlevel.create_initialization_options())
     finally:
         await gateway.aclose()
 
