@@ -50,8 +50,13 @@ def test_ids_generated_when_missing_and_prices_exact():
     assert [d.id for d in cfg.model_list] == ["p1", "backup:anthropic/b"]
     assert cfg.model_list[0].input_price == Decimal("0.000001")
     litellm_form = cfg.model_list[1].to_litellm()
+    # every cache rate is named for LiteLLM too (none known: the input rate), never left at $0
+    # by omission
     assert litellm_form["model_info"] == {"id": "backup:anthropic/b", "input_cost_per_token": 0.0,
-                                          "output_cost_per_token": 0.0}
+                                          "output_cost_per_token": 0.0,
+                                          "cache_read_input_token_cost": 0.0,
+                                          "cache_creation_input_token_cost": 0.0,
+                                          "cache_creation_input_token_cost_above_1hr": 0.0}
     assert "input_cost_per_token" not in litellm_form["litellm_params"]
 
 
