@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 
+from llmgw.errors import LedgerError
+from llmgw.ids import new_request_id
 from llmgw.ledger.api_keys import ApiKeyStore, KeyInfo, hash_key
 from llmgw.ledger.timespec import utcnow
 from llmgw.server.errors import FrontError
 from llmgw.types import ID_MAX_CHARS, check_id_text
 
+log = logging.getLogger("llmgw.server.auth")
 AGENT_HEADER = "x-llmgw-agent"
 AGENT_TYPE_HEADER = "x-llmgw-agent-type"
 PROJECT_HEADER = "x-llmgw-project"
@@ -70,7 +75,17 @@ class Authenticator:
                 if not found[1].usable(self.clock()):
                     raise FrontError(401, "invalid_api_key", _BAD_KEY)
                 return found[1]
-        info = await asyncio.to_thread(self.store.authenticate, secret, now=self.clock())
+        try:
+            info = await asyncio.to_thread(self.store.authenticate, secret, now=self.clock())
+        except SQLAlchemyError as exc:  # the ledger database is down (a restart): typed, 503
+            error = LedgerError(
+                f"The key could not be checked: the ledger database is unreachable "
+                f"({type(exc).__name__}).",
+                hint="Retry shortly; check that the ledger database is up.")
+            error.request_id = new_request_id()  # names this refusal in the server's log
+            log.warning("request %s: key check failed, ledger unreachable (%s)",
+                        error.request_id, type(exc).__name__)
+            raise error from None
         if info is None:
             raise FrontError(401, "invalid_api_key", _BAD_KEY)
         if digest:
