@@ -204,3 +204,19 @@ def test_named_hosts_allowed_origins_and_cors_origins_are_accepted(named: Runnin
     for headers, status in (({"host": "other.example.com"}, 421),
                             ({"origin": "https://other.example"}, 403)):
         assert _send(named, "GET", "/v1/models", None, headers, key).status_code == status
+
+
+async def test_the_official_mcp_client_with_an_allowed_origin_works(running: Running) -> None:
+    from tests.mcp.conftest import http_client
+
+    port = running.base_url.rsplit(":", 1)[1]
+    url = running.base_url + "/mcp"
+    async with http_client(url, running.key(), origin=f"http://localhost:{port}") as client:
+        models = await client.call_tool("list_models", {})
+        assert not models.is_error and models.structured_content["groups"]
+    from mcp import MCPError
+
+    with pytest.raises(BaseExceptionGroup) as refused:  # the 403 (above) ends the session
+        async with http_client(url, running.key(), origin="http://evil.example.com") as client:
+            await client.call_tool("list_models", {})
+    assert refused.group_contains(MCPError, depth=None), refused.value
