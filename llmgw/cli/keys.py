@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
@@ -26,7 +25,6 @@ LedgerUrl = Annotated[str | None, typer.Option("--ledger-url", help=LEDGER_URL_H
 ConfigPath = Annotated[str | None, typer.Option("--config", help=(
     "Config file for llmgw.key_limits and the shared Redis (default: LLMGW_CONFIG or "
     "./model_list.yaml; none: the keys' own limits, no use shown)."))]
-EXPIRING_SOON = timedelta(days=7)  # `list` marks keys that expire within this
 
 
 def _store(ledger_url: str | None) -> Any:
@@ -206,6 +204,8 @@ def _views(keys: list[Any], config_file: str | None) -> list[dict[str, Any]]:
             finally:
                 await limiter.aclose()
         use = asyncio.run(read())
+    from llmgw.ledger.api_keys import expiring_soon
+
     now = utcnow()
     views = []
     for k in keys:
@@ -220,12 +220,6 @@ def _views(keys: list[Any], config_file: str | None) -> list[dict[str, Any]]:
                                                      "in_flight": u.in_flight},
                       "expiring_soon": expiring_soon(k, now)})
     return views
-
-
-def expiring_soon(key: Any, now: Any) -> bool:
-    """A live key whose expiry is within `EXPIRING_SOON`."""
-    return (key.usable(now) and key.expires_at is not None
-            and key.expires_at - now <= EXPIRING_SOON)
 
 
 def _limit(value: int | None) -> str:

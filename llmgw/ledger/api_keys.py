@@ -67,6 +67,15 @@ class KeyInfo(BaseModel):
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
 
 
+EXPIRING_SOON = timedelta(days=7)  # `keys list` and /ui mark keys that expire within this
+
+
+def expiring_soon(key: KeyInfo, now: datetime) -> bool:
+    """A live key whose expiry is within `EXPIRING_SOON`."""
+    return (key.usable(now) and key.expires_at is not None
+            and key.expires_at - now <= EXPIRING_SOON)
+
+
 class IssuedKey(BaseModel):
     """A new key: `secret` is shown once and stored nowhere."""
 

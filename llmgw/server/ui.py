@@ -365,6 +365,23 @@ async def runs_view(request: Request) -> Response:
     return await _view(request, build)
 
 
+@router.get("/keys")
+async def keys_view(request: Request) -> Response:
+    """The project's keys (an admin: every key): limits, expiry, and those about to expire,
+    so a key is rotated (`llmgw keys rotate`) before its agents are refused."""
+    async def build(session: Session) -> Response:
+        from llmgw.ledger.api_keys import EXPIRING_SOON, ApiKeyStore, expiring_soon
+
+        project = _scope(session, request)
+        now = utcnow()
+        keys = await asyncio.to_thread(ApiKeyStore(_engine(request)).list, project_id=project)
+        keys.sort(key=lambda k: (not expiring_soon(k, now), not k.usable(now), k.id))
+        rows = [{"key": k, "live": k.usable(now), "soon": expiring_soon(k, now)} for k in keys]
+        return _html("keys.html", **await _context(request, session, "keys", project),
+                     rows=rows, soon_days=EXPIRING_SOON.days)
+    return await _view(request, build)
+
+
 @router.get("/requests")
 async def requests_view(request: Request) -> Response:
     async def build(session: Session) -> Response:
