@@ -55,7 +55,7 @@ CLIENTS_SRC := tests/clients
 clients:
 	@command -v npm >/dev/null 2>&1 || { echo 'npm is not installed: install Node.js 20+ with npm (`apt-get install nodejs npm`)' >&2; exit 1; }
 	@sha=$$(sha256sum $(CLIENTS_SRC)/package-lock.json | cut -d' ' -f1); \
-	if [ "$$(cat $(CLIENTS)/.lock-sha256 2>/dev/null)" = "$$sha" ] && [ -x $(CLIENTS)/node_modules/.bin/claude ] && [ -x $(CLIENTS)/node_modules/.bin/codex ]; then exit 0; fi; \
+	if [ "$$(cat $(CLIENTS)/.lock-sha256 2>/dev/null)" = "$$sha" ] && [ -x $(CLIENTS)/node_modules/.bin/claude ] && [ -x $(CLIENTS)/node_modules/.bin/codex ] && [ -x $(CLIENTS)/node_modules/.bin/conformance ]; then exit 0; fi; \
 	echo "Installing the test clients into $(CLIENTS) (npm ci, pinned by $(CLIENTS_SRC)/package-lock.json)"; \
 	rm -rf $(CLIENTS) && mkdir -p $(CLIENTS) \
 	  && cp $(CLIENTS_SRC)/package.json $(CLIENTS_SRC)/package-lock.json $(CLIENTS_SRC)/.npmrc $(CLIENTS)/ \

@@ -98,6 +98,9 @@ def create_app(config: Config | str | None = None, settings: ServerSettings | No
         app.state.inflight = inflight
         app.state.auth = Authenticator(ApiKeyStore(key_engine), cache_s=settings.key_cache_s)
         app.state.mcp_auth = key_authenticator(key_engine)
+        from llmgw.server.key_limits import KeyLimiter
+
+        app.state.key_limiter = KeyLimiter(cfg, cfg.router_settings.shared_state_url())
         try:
             async with mcp.lifespan():  # MCP calls still in flight are cancelled and settled
                 yield
@@ -108,6 +111,7 @@ def create_app(config: Config | str | None = None, settings: ServerSettings | No
                 log.error("%d request(s) still unsettled at shutdown; `llmgw db reconcile` "
                           "settles their holds", len(inflight.ids))
             await gateway.aclose()
+            await app.state.key_limiter.aclose()
             key_engine.dispose()
 
     # No /docs or /redoc: they load their scripts from a CDN; /openapi.json is the schema.
