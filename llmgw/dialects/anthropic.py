@@ -24,15 +24,11 @@ from llmgw._litellm.messages import (
     litellm_usage,
     to_openai_request,
 )
-from llmgw.dialects.base import Call, Served, caching_asked
+from llmgw.dialects.base import Call, Served, caching_asked, wire_completion
 from llmgw.errors import InvalidRequest
 from llmgw.pricing import to_micros
-from llmgw.rates import snapshot
 from llmgw.redact import Redactor
-from llmgw.responses import since_ms
-from llmgw.router import classify, provider_message
 from llmgw.types import (
-    Attempt,
     AttemptStatus,
     Completion,
     StreamEvent,
@@ -152,36 +148,19 @@ def _completion(message: dict[str, Any], hidden: Mapping[str, Any], served: Serv
                 redactor: Redactor | None, counted_output: int | None = None) -> Completion:
     """The Completion of an Anthropic-shaped answer (whole or as far as a stream got), priced
     by LiteLLM from the provider's whole usage at the serving deployment's prices."""
-    config, route = served.config, served.route
-    headers = hidden.get("additional_headers") or {}
     deployment_id = hidden.get("model_id")
-    dep = config.deployment(deployment_id) if deployment_id else None
+    dep = served.config.deployment(deployment_id) if deployment_id else None
     raw_usage = dict(message.get("usage") or {})
     if counted_output is not None:
         raw_usage["output_tokens"] = max(int(raw_usage.get("output_tokens") or 0), counted_output)
     usage = usage_of(raw_usage)
     cost = to_micros(cost_of_usage(dep.litellm_params.model, dep.id, litellm_usage(raw_usage))) \
         if dep and raw_usage else 0
-    served_group = headers.get("x-litellm-model-group") or (dep.model_name if dep else
-                                                            route.model_group)
-    final = Attempt(
-        attempt=len(served.trace.failures) + 1, model_group=served_group,
-        deployment=deployment_id, provider=dep.provider if dep else None,
-        model=dep.litellm_params.model if dep else message.get("model"), status=status,
-        error_class=(classify(error).__name__ if error is not None else
-                     "StreamClosed" if status == "partial" else None),
-        error_message=(provider_message(error, redactor or Redactor()) if error is not None
-                       else "the caller stopped reading the stream" if status == "partial"
-                       else None),
-        latency_ms=since_ms(served.started), usage=usage, cost_micros=cost,
-        rates=snapshot(dep) if dep else None)
     text, tool_calls = _text_and_tools(message.get("content") or [])
-    return Completion(
-        request_id=served.ctx.request_id, content=text or None, tool_calls=tool_calls,
-        finish_reason=message.get("stop_reason"), usage=usage, cost_micros=cost,
-        model_group=served_group, requested_group=route.model_group, deployment=deployment_id,
-        provider=final.provider, model=final.model, latency_ms=final.latency_ms or 0.0,
-        attempts=[*served.trace.failures, final], body=message, dialect="anthropic")
+    return wire_completion(served, hidden, message, dialect="anthropic", usage=usage,
+                           cost_micros=cost, status=status, error=error, redactor=redactor,
+                           text=text, tool_calls=tool_calls,
+                           finish_reason=message.get("stop_reason"))
 
 
 def usage_of(usage: Mapping[str, Any]) -> Usage:

@@ -10,9 +10,11 @@ from typing import Any, Protocol
 from llmgw.agents import Resolution
 from llmgw.config import Config
 from llmgw.ledger.store import RequestContext
+from llmgw.rates import snapshot
 from llmgw.redact import Redactor
-from llmgw.router import RequestTrace
-from llmgw.types import AttemptStatus, Completion, StreamEvent
+from llmgw.responses import since_ms
+from llmgw.router import RequestTrace, classify, provider_message
+from llmgw.types import Attempt, AttemptStatus, Completion, StreamEvent, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,3 +97,36 @@ class Dialect(Protocol):
 
     def replay(self, completion: Completion) -> list[StreamEvent]:
         """A cached answer as the events of a stream."""
+
+
+def wire_completion(served: Served, hidden: Any, body: dict[str, Any], *, dialect: str,
+                    usage: Usage, cost_micros: int, status: AttemptStatus,
+                    error: BaseException | None, redactor: Redactor | None, text: str,
+                    tool_calls: list[dict[str, Any]], finish_reason: str | None,
+                    provider_details: dict[str, Any] | None = None) -> Completion:
+    """The Completion of an answer in a dialect's own wire shape (`body`), whole or as far
+    as a stream got: its serving attempt after the failed hops, with the deployment the
+    Router's hidden params name and the rates it was priced at."""
+    headers = hidden.get("additional_headers") or {}
+    deployment_id = hidden.get("model_id")
+    dep = served.config.deployment(deployment_id) if deployment_id else None
+    served_group = headers.get("x-litellm-model-group") or (dep.model_name if dep else
+                                                            served.route.model_group)
+    final = Attempt(
+        attempt=len(served.trace.failures) + 1, model_group=served_group,
+        deployment=deployment_id, provider=dep.provider if dep else None,
+        model=dep.litellm_params.model if dep else body.get("model"), status=status,
+        error_class=(classify(error).__name__ if error is not None else
+                     "StreamClosed" if status == "partial" else None),
+        error_message=(provider_message(error, redactor or Redactor()) if error is not None
+                       else "the caller stopped reading the stream" if status == "partial"
+                       else None),
+        latency_ms=since_ms(served.started), usage=usage, cost_micros=cost_micros,
+        provider_details=provider_details, rates=snapshot(dep) if dep else None)
+    return Completion(
+        request_id=served.ctx.request_id, content=text or None, tool_calls=tool_calls,
+        finish_reason=finish_reason, usage=usage, cost_micros=cost_micros,
+        model_group=served_group, requested_group=served.route.model_group,
+        deployment=deployment_id, provider=final.provider, model=final.model,
+        latency_ms=final.latency_ms or 0.0, attempts=[*served.trace.failures, final],
+        body=body, dialect=dialect)

@@ -19,15 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from llmgw._litellm import hidden_params, import_litellm, text_count_function
 from llmgw._litellm.messages import cost_of_usage
 from llmgw._litellm.responses_api import DROPPED_TOOLS, chat_usage, to_chat_messages
-from llmgw.dialects.base import Call, Served
+from llmgw.dialects.base import Call, Served, wire_completion
 from llmgw.errors import InvalidRequest
 from llmgw.pricing import to_micros
-from llmgw.rates import snapshot
 from llmgw.redact import Redactor
-from llmgw.responses import since_ms
-from llmgw.router import classify, provider_message
 from llmgw.types import (
-    Attempt,
     AttemptStatus,
     Completion,
     StreamDone,
@@ -210,10 +206,8 @@ def _completion(body: dict[str, Any], hidden: Mapping[str, Any], served: Served,
                 counted_output: int | None = None) -> Completion:
     """The Completion of a Responses answer (whole, or as far as a stream got), priced by
     LiteLLM from the provider's whole usage at the serving deployment's prices."""
-    config, route = served.config, served.route
-    headers = hidden.get("additional_headers") or {}
     deployment_id = hidden.get("model_id")
-    dep = config.deployment(deployment_id) if deployment_id else None
+    dep = served.config.deployment(deployment_id) if deployment_id else None
     raw_usage = dict(body.get("usage") or {})
     if counted_output is not None:
         raw_usage["output_tokens"] = max(int(raw_usage.get("output_tokens") or 0), counted_output)
@@ -229,28 +223,13 @@ def _completion(body: dict[str, Any], hidden: Mapping[str, Any], served: Served,
     else:
         cost = to_micros(cost_of_usage(dep.litellm_params.model, dep.id,
                                        chat_usage(raw_usage))) if dep and raw_usage else 0
-    served_group = headers.get("x-litellm-model-group") or (dep.model_name if dep else
-                                                            route.model_group)
     dropped = DROPPED_TOOLS.pop(served.ctx.request_id, None)
-    final = Attempt(
-        attempt=len(served.trace.failures) + 1, model_group=served_group,
-        deployment=deployment_id, provider=dep.provider if dep else None,
-        model=dep.litellm_params.model if dep else body.get("model"), status=status,
-        error_class=(classify(error).__name__ if error is not None else
-                     "StreamClosed" if status == "partial" else None),
-        error_message=(provider_message(error, redactor or Redactor()) if error is not None
-                       else "the caller stopped reading the stream" if status == "partial"
-                       else None),
-        latency_ms=since_ms(served.started), usage=usage, cost_micros=cost,
-        provider_details={"dropped_tool_types": sorted(set(dropped))} if dropped else None,
-        rates=snapshot(dep) if dep else None)
     text, tool_calls = _text_and_tools(body.get("output") or [])
-    return Completion(
-        request_id=served.ctx.request_id, content=text or None, tool_calls=tool_calls,
-        finish_reason=body.get("status"), usage=usage, cost_micros=cost,
-        model_group=served_group, requested_group=route.model_group, deployment=deployment_id,
-        provider=final.provider, model=final.model, latency_ms=final.latency_ms or 0.0,
-        attempts=[*served.trace.failures, final], body=body, dialect="responses")
+    return wire_completion(
+        served, hidden, body, dialect="responses", usage=usage, cost_micros=cost,
+        status=status, error=error, redactor=redactor, text=text, tool_calls=tool_calls,
+        finish_reason=body.get("status"),
+        provider_details={"dropped_tool_types": sorted(set(dropped))} if dropped else None)
 
 
 def _text_and_tools(items: list[Any]) -> tuple[str, list[dict[str, Any]]]:
