@@ -34,7 +34,7 @@ from llmgw.dialects.responses import (
     input_items,
     responses_call,
 )
-from llmgw.errors import InvalidRequest, UnknownModelGroup, UnknownResponse
+from llmgw.errors import InvalidRequest, LedgerError, UnknownModelGroup, UnknownResponse
 from llmgw.ids import new_request_id
 from llmgw.ledger.budget_store import BudgetStore
 from llmgw.ledger.engine import make_engine
@@ -539,7 +539,12 @@ class LLMGateway:
                 raise
             done = acc.completion(response, self._served(life), self.redactor, status="ok",
                                   error=None)
-            await life.finish(done.attempts, completion=done)
+            try:
+                await life.finish(done.attempts, completion=done)
+            except LedgerError as exc:  # shown, but not recorded: the stream ends typed
+                yield StreamError(error_class="LedgerError", message=exc.message,
+                                  partial=done, error=exc)
+                return
         await self._cache.store(lookup, done, life.now)
         yield StreamDone(completion=done)
 
