@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test install redis chromium model migrate bench lint clean clients
+.PHONY: demo test check install redis chromium model migrate bench lint docs clean clients
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "llmgw needs Python >= 3.11; set PYTHON=python3.11")'
@@ -62,9 +62,22 @@ clients:
 	  && (cd $(CLIENTS) && npm ci --no-audit --no-fund --loglevel=error) \
 	  && echo "$$sha" > $(CLIENTS)/.lock-sha256
 
+# The documentation site: CLI help blocks regenerated from the real CLI (cog), then built
+# strictly, so a broken link or a drifted help block fails.
+docs: install
+	$(BIN)/cog -r -c docs/cli.md
+	$(BIN)/mkdocs build --strict --quiet
+
 lint: install
 	$(BIN)/ruff check llmgw migrations tests bench
 	$(BIN)/mypy
+	$(BIN)/cog --check docs/cli.md
+	$(BIN)/mkdocs build --strict --quiet
+
+# The fast specification: every test that needs no PostgreSQL, Redis, Chromium, local model,
+# npm client or soak. For a quick check of a change; CI runs `make test`.
+check: install
+	$(BIN)/python -m pytest -q -n 2 -m "not (pg or redis or browser or model or clients or soak)"
 
 test: install lint redis chromium model clients
 	$(BIN)/python -m pytest -q -n 2 --durations=25
