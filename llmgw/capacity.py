@@ -1,5 +1,5 @@
 """Rate-limit compliance across processes: deployments' `rpm`, `tpm`, `max_parallel_requests`
-are never exceeded, and a call with no capacity waits first come first served (DESIGN §13).
+are never exceeded, and a call with no capacity waits first come first served (docs/routing.md).
 
 Ours, because LiteLLM 1.106.2 does not keep these promises across processes (verified in its
 source): its `max_parallel_requests` slot (`MaxParallelRequestsLimit`) is per process and

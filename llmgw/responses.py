@@ -1,4 +1,4 @@
-"""Step 8 (DESIGN section 3): `Completion`s and stream events built from what LiteLLM
+"""Step 8 of the pipeline (docs/architecture.md): `Completion`s and stream events built from what LiteLLM
 returned, a stream's chunks, or a cached answer. Pure functions of their inputs: no I/O."""
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ LiteLLM does retries, fallbacks, cooldowns and routing. We add these around it:
   trace (opened and closed through its Router's `AttemptRecorder`). LiteLLM awaits failure
   callbacks inline (before it retries, falls back or raises), so the trace is complete when
   `Router.acompletion` returns or raises.
-- Bad credentials surface, never hide (DESIGN §11): `_no_failover_after_auth_failure`, the
+- Bad credentials surface, never hide (docs/routing.md): `_no_failover_after_auth_failure`, the
   Router's `fallback_access_check`, refuses any fallback once the request has seen a
   401/403; the recorder's `async_filter_deployments` refuses any further pick in that
   request (a retry on a sibling), and refuses a group while one of its deployments is known

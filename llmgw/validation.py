@@ -1,4 +1,4 @@
-"""Step 1 of every call (DESIGN section 3): a call's arguments checked before anything is
+"""Step 1 of every call (docs/architecture.md): a call's arguments checked before anything is
 reserved or written. Bad input raises `InvalidRequest` naming the parameter and the fix.
 
 Ids and metadata are checked against the strictest place they go: PostgreSQL's text and json

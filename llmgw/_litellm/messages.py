@@ -139,8 +139,8 @@ def translation_guard() -> Any:
     """A LiteLLM hook that runs per attempt, once the Router has picked the deployment: on a
     deployment that is not Anthropic it takes out the fields only Anthropic's own API knows
     (the pass-through extras, and thinking where the model cannot reason), so a fallback to
-    OpenAI still answers (DESIGN section 3: thinking is dropped where the target cannot
-    take it)."""
+    OpenAI still answers (thinking is dropped where the target cannot take it; see
+    docs/http/messages.md)."""
     litellm = import_litellm()
     from litellm.integrations.custom_logger import CustomLogger
 

@@ -1,4 +1,4 @@
-"""Step 4 (DESIGN section 3): whether a call may use the answer cache, its key, its hit
+"""Step 4 of the pipeline (docs/cache.md): whether a call may use the answer cache, its key, its hit
 (exact, then semantic), and keeping a fresh answer. The cache itself is `llmgw.cache`."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`llmgw serve`: the OpenAI- and Anthropic-compatible HTTP front (FastAPI on uvicorn), one
 gateway per worker process. With several workers on PostgreSQL (and Redis), budgets stay
-exact across them (DESIGN section 10)."""
+exact across them (docs/deployment.md)."""
 
 from __future__ import annotations
 

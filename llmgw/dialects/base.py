@@ -1,6 +1,6 @@
-"""What a wire dialect brings to the one pipeline (DESIGN section 3, "one pipeline, every wire
-dialect"): its LiteLLM call, its answer and usage reader, its stream accumulator and what its
-cache key is made of. Budgets, rows, events and the lifecycle rule are the gateway's."""
+"""What a wire dialect brings to the one pipeline (docs/architecture.md: one pipeline, every
+wire dialect): its LiteLLM call, its answer and usage reader, its stream accumulator and what
+its cache key is made of. Budgets, rows, events and the lifecycle rule are the gateway's."""
 
 from __future__ import annotations
 

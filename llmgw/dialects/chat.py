@@ -31,7 +31,7 @@ class ChatDialect:
         messages = provider_copy(call.message_dicts)
         params = {**call.params, **params}
         if stream:
-            # Usage in streams from every base, not only OpenAI's own (DESIGN section 11).
+            # Usage in streams from every base, not only OpenAI's own.
             return await router.acompletion(model=group, messages=messages, stream=True,
                                             stream_options={"include_usage": True},
                                             metadata=metadata, **params)

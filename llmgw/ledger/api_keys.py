@@ -1,4 +1,4 @@
-"""API keys of the network fronts (DESIGN section 12): issued once, stored as sha256 only.
+"""API keys of the network fronts (docs/deployment.md): issued once, stored as sha256 only.
 
 A key is `llmgw-` + 43 url-safe characters (256 random bits). The keys are high-entropy, so
 a plain sha256 is enough (a slow password hash buys nothing against guessing 2^256); the

@@ -1,4 +1,4 @@
-"""Identity is the key, never the body (DESIGN section 12).
+"""Identity is the key, never the body (docs/deployment.md).
 
 `Authorization: Bearer <key>` or Anthropic's `x-api-key: <key>` -> the key's `KeyInfo`.
 An agent key fixes project and agent (the body's `user` is its end user); an any-agent key

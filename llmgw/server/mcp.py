@@ -1,4 +1,4 @@
-"""The gateway as an MCP server (DESIGN section 12), on the official `mcp` SDK's `MCPServer`.
+"""The gateway as an MCP server (docs/mcp.md), on the official `mcp` SDK's `MCPServer`.
 
 Thin, like the HTTP front: each tool validates, takes the caller's identity, and calls the
 gateway's `complete` / `stream` / `estimate` or the ledger report; no policy lives here.

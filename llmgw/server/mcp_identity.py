@@ -1,4 +1,4 @@
-"""Who an MCP call runs as (DESIGN section 12: identity is the key, never the body).
+"""Who an MCP call runs as (identity is the key, never the body; docs/mcp.md).
 
 An `Identity` is what a key (or, for a trusted local stdio process, the environment) says:
 the project, the agent, the agent type, and whether it is an admin key. The network front

@@ -1,5 +1,5 @@
 """`/ui`: a read-only spend dashboard, server-rendered (Jinja2, SVG charts, no script, no
-CDN) over the same report functions as the CLI (DESIGN section 12).
+CDN) over the same report functions as the CLI (docs/dashboard.md).
 
 Sign-in exchanges a key for a signed HttpOnly, SameSite=Strict session cookie
 (`ui_sessions`); the key is posted once and never put in a URL, a page or a log. Every form

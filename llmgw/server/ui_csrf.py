@@ -1,4 +1,4 @@
-"""CSRF protection for `/ui`'s forms: asgi-csrf's signed double-submit token (DESIGN section 12).
+"""CSRF protection for `/ui`'s forms: asgi-csrf's signed double-submit token (docs/dashboard.md).
 
 A page with a form that POSTs carries the token in a hidden `csrftoken` field; the same token
 is in the `llmgw_ui_csrf` cookie (path /ui, SameSite=Strict), signed with a secret derived from
@@ -67,8 +67,8 @@ class CsrfForms:
             await self.app(scope, receive, send)
             return
         if scope["method"] not in _SAFE and _content_type(scope) == b"multipart/form-data":
-            # asgi-csrf 0.11's multipart reader fails on python-multipart >= 0.0.26 (its
-            # issue #38), and no /ui form is multipart: refused, not a 500.
+            # asgi-csrf 0.11's multipart reader fails on python-multipart >= 0.0.26 (an
+            # open issue of asgi-csrf's), and no /ui form is multipart: refused, not a 500.
             await self._refuse(scope, send, Errors.MULTIPART_MISMATCH)
             return
         checked = self._tls if scope.get("scheme") == "https" else self._plain

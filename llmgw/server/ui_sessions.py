@@ -1,4 +1,4 @@
-"""Dashboard sessions: a key is exchanged once for a signed session cookie (DESIGN section 12).
+"""Dashboard sessions: a key is exchanged once for a signed session cookie (docs/dashboard.md).
 
 The cookie holds the key's id, an expiry and a random nonce, signed with HMAC-SHA256: never
 the key. Each request checks the signature, the expiry, that this worker has not seen the
