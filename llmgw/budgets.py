@@ -59,7 +59,7 @@ class CounterKey:
     scope_id: str
     period: str
     period_start: datetime  # naive UTC
-    # As the ledger's JSON parameters list it; built once (a request lists its keys 9 times).
+    # As the ledger's JSON parameters list it; built once (a request lists its keys many times).
     listed: tuple[str, str, str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

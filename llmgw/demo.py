@@ -120,7 +120,7 @@ async def _workload(gw: Any, anthropic: AnthropicSim, openai: OpenAISim, out: Co
 
 async def _warm_up(cfg: Config) -> None:
     """Load LiteLLM's provider code once per simulated provider, outside the Router and the
-    ledger: a cold first call takes about a second, and latency-based routing would hold that
+    ledger: a cold first call is slow, and latency-based routing would hold that
     against whichever deployment happened to answer first for the rest of the demo."""
     from llmgw._litellm import import_litellm
 

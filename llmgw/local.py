@@ -300,7 +300,7 @@ class LocalServer:
     `base_url` is the OpenAI-style URL (ending in /v1); `root_url` has /health.
     The server's own log goes to `log_path` (a temporary file removed by `stop()` when
     none is given); its last lines are in the error when it fails to start.
-    `start()` blocks for the model load (2-8 s): from async code use
+    `start()` blocks for the model load (seconds): from async code use
     `await asyncio.to_thread(srv.start)`.
     """
 
@@ -484,10 +484,9 @@ def default_threads() -> int:
     """CPU threads for llama.cpp when none are given: the usable CPUs minus one, 1 to 4.
 
     llama.cpp's threads meet at a barrier after every step, so one thread that waits for a
-    core stalls them all: measured here on 2 cores with one other busy process, 2 threads
-    fell to 1-4 tokens/s while 1 thread kept 20-25 (2 threads on idle cores: 36-43). The
-    gateway and its agents run on the same machine, so leave them a core; a 0.5B model gains
-    little past 4 threads.
+    core stalls them all: on a busy machine more threads than free cores generate far slower
+    than one thread (bench/README.md has the figures). The gateway and its agents run on the
+    same machine, so leave them a core; a 0.5B model gains little past 4 threads.
     """
     try:
         cpus = len(os.sched_getaffinity(0))

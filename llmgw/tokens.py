@@ -6,7 +6,7 @@ the sum of its messages' counts less a fixed reply-priming overhead per extra me
 each message's count is remembered and only new turns are tokenized. A new turn's count is
 its role's base (the count of that role with empty content) plus its content counted by
 LiteLLM's own text-count function for the model: `token_counter` looks the tokenizer up
-again on every call, which cost three times the counting. That function's name is private
+again on every call, which cost more than the counting itself. That function's name is private
 (litellm is pinned), so on first use per model the sum is checked against `token_counter`
 on sample turns; if it differs, or the name is gone, that model's turns go through
 `token_counter`. Anything but plain text (tools and their definitions, images, names) is

@@ -31,7 +31,7 @@ def lean_router_class() -> type:
     """`litellm.Router` minus per-call work that changes nothing a user sees.
 
     After every answer LiteLLM's Router prices the serving deployment's model info (a deep copy
-    of a ~170-key price entry, twice per call) only to find, for a deployment with no rpm/tpm
+    of a large price entry, twice per call) only to find, for a deployment with no rpm/tpm
     limit, that it has no usage to count. This Router asks that question once per deployment
     (LiteLLM's own test, `_increment_deployment_usage`'s) and skips the call when the answer
     is no; a deployment with a limit is counted exactly as LiteLLM counts it. A deployment

