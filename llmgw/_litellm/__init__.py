@@ -1,8 +1,10 @@
-"""The one place llmgw imports LiteLLM: lazily, offline, once per process.
+"""LiteLLM imported lazily, offline, once per process (`import_litellm`), and the small
+helpers over it that several llmgw modules share.
 
-`import litellm` takes seconds and, without these settings, tries the internet at every
-import (price map, Anthropic beta headers, Hugging Face tokenizers). CLI commands that do
-not call a model must never reach this module.
+The package `llmgw._litellm` is the one place llmgw imports LiteLLM (a test enforces it):
+each of its modules wraps one part llmgw uses. `import litellm` is slow and, without these
+settings, tries the internet at every import (price map, Anthropic beta headers, Hugging Face
+tokenizers). CLI commands that do not call a model must never reach this package.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""Reserve and settle on both databases (SQLite: batched SQL steps; PostgreSQL: the
-functions of migration 0004, one round trip each): a refusal holds nothing, a hold settles
-once, a counter warns once, and settled rows read back as the plain ledger write stores them."""
+"""Reserve and settle on both databases (SQLite: `BudgetStore`'s statements on one cursor;
+PostgreSQL: its budget functions, `llmgw_reserve_many` and `llmgw_settle_many`, one call each):
+a refusal holds nothing, a hold settles once, a counter warns once, and settled rows read back
+as the plain ledger write (`LedgerStore.write`) stores them."""
 
 from __future__ import annotations
 
