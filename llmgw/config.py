@@ -347,7 +347,7 @@ class GatewaySettings(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     default_group: str = Field(min_length=1)
-    # agent type -> group, or {group, max_cost_usd, prefer}; read through `agent_type_group`
+    # agent type -> group, or {group, max_cost_usd, prefer}; read through `agent_type_groups`
     agent_types: dict[str, str | AgentTypeRouting] = Field(default_factory=dict)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     agents: dict[str, str] = Field(default_factory=dict, description="agent_id -> agent type")
