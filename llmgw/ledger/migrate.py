@@ -7,43 +7,46 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-import llmgw
 from llmgw.errors import LedgerError
 from llmgw.ledger.engine import make_engine, safe_url, sqlite_path
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 UPGRADE_HINT = "Run `llmgw db upgrade`."
 
+# Two lineages share one env.py (see migrations/README.md): `versions/` starts at the baseline,
+# one revision that creates 0017's schema; `legacy/` is the history 0001..0017 it squashed.
+# The baseline has id 0017 too: a ledger at 0017 is on both, whichever way it got there.
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+LEGACY = MIGRATIONS / "legacy"
+BASELINE = "0017"
+_NAMED = ("head", "heads", "base")  # Alembic's names: always the baseline's lineage
+
 
 def migrations_dir() -> Path:
-    """The `migrations/` folder: next to the package (checkout, editable) or `llmgw_migrations`."""
-    source_tree = Path(llmgw.__file__).resolve().parents[1] / "migrations"
-    if (source_tree / "env.py").is_file():
-        return source_tree
-    try:
-        import llmgw_migrations  # shipped in wheels
-    except ImportError:
-        raise LedgerError(
-            "The ledger migrations are not installed (no migrations/ folder or llmgw_migrations).",
-            hint="Reinstall llmgw.",
-        ) from None
-    return Path(llmgw_migrations.__file__).resolve().parent
+    """The Alembic folder: env.py, script.py.mako, versions/, legacy/, sql/."""
+    return MIGRATIONS
 
 
-def alembic_config(connection: Connection | None = None) -> Config:
-    """A programmatic Alembic config; env.py uses `attributes["connection"]` when given."""
+def alembic_config(connection: Connection | None = None, *, legacy: bool = False) -> Config:
+    """A programmatic Alembic config; env.py uses `attributes["connection"]` when given.
+    `legacy`: the pre-baseline chain (`legacy/`) instead of `versions/`."""
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", str(migrations_dir()))
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("path_separator", "os")  # a path with spaces stays one path
+    if legacy:
+        config.set_main_option("version_locations", str(LEGACY))
     if connection is not None:
         config.attributes["connection"] = connection
     return config
@@ -51,27 +54,36 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 def head() -> str:
     """The newest revision this llmgw ships."""
-    from alembic.script import ScriptDirectory
-
-    revision = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert revision is not None, "migrations/versions is empty"
+    revision = _scripts(legacy=False).get_current_head()
+    assert revision is not None, "llmgw/ledger/migrations/versions is empty"
     return revision
 
 
 def upgrade(url: str | Engine, revision: str = "head") -> None:
-    """Migrate the ledger at `url` up to `revision`."""
+    """Migrate the ledger at `url` up to `revision`. A ledger made before the baseline climbs
+    the old chain to 0017 first; a pre-baseline `revision` (00NN < 0017) stays on that chain."""
     from alembic import command
 
     with _connection(url, begin=True) as conn:
+        if _legacy_only(revision):
+            command.upgrade(alembic_config(conn, legacy=True), revision)
+            return
+        if _legacy_only(_revision_of(conn)):
+            command.upgrade(alembic_config(conn, legacy=True), BASELINE)
         command.upgrade(alembic_config(conn), revision)
 
 
 def downgrade(url: str | Engine, revision: str) -> None:
-    """Migrate the ledger at `url` down to `revision` ("base" drops everything)."""
+    """Migrate the ledger at `url` down to `revision` ("base" drops everything). Below 0017
+    it steps down to the baseline, then down the old chain."""
     from alembic import command
 
     with _connection(url, begin=True) as conn:
-        command.downgrade(alembic_config(conn), revision)
+        on_legacy = _legacy_only(_revision_of(conn))
+        if _legacy_only(revision) and not on_legacy:
+            command.downgrade(alembic_config(conn), BASELINE)
+            on_legacy = True
+        command.downgrade(alembic_config(conn, legacy=on_legacy), revision)
 
 
 def current(url: str | Engine) -> str | None:
@@ -112,14 +124,36 @@ def _url_of(target: str | Engine) -> str | URL:
 
 
 def _is_known(revision: str) -> bool:
-    from alembic.script import ScriptDirectory
+    return _known(revision, legacy=False) or _known(revision, legacy=True)
+
+
+def _legacy_only(revision: str | None) -> bool:
+    """A revision of the pre-baseline chain below 0017 (the two share 0017 only)."""
+    return revision is not None and revision not in _NAMED and not _known(revision, legacy=False) \
+        and _known(revision, legacy=True)
+
+
+def _known(revision: str, *, legacy: bool) -> bool:
     from alembic.util import CommandError
 
     try:
-        ScriptDirectory.from_config(alembic_config()).get_revision(revision)
+        return _scripts(legacy=legacy).get_revision(revision) is not None
     except CommandError:
         return False
-    return True
+
+
+@cache
+def _scripts(*, legacy: bool) -> ScriptDirectory:
+    """A lineage's revisions (read once: they are package files)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config(legacy=legacy))
+
+
+def _revision_of(conn: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(conn).get_current_revision()
 
 
 @contextmanager

@@ -58,15 +58,12 @@ LEDGER_TABLES = {"usage_events", "budgets", "budget_counters", "reservations", "
                  "usage_split_requests", "api_keys", "stored_responses"}
 
 
-def test_head_is_0015_or_later_and_folder_found() -> None:
-    assert head() >= "0015"
-    assert (migrations_dir() / "versions" / "0015_token_kinds.py").is_file()
-    assert (migrations_dir() / "versions" / "0001_usage_events.py").is_file()
-    assert (migrations_dir() / "versions" / "0002_budgets.py").is_file()
-    assert (migrations_dir() / "versions" / "0003_usage_rollup.py").is_file()
-    assert (migrations_dir() / "versions" / "0004_budget_functions.py").is_file()
-    assert (migrations_dir() / "versions" / "0005_budget_batches.py").is_file()
-    assert (migrations_dir() / "versions" / "0006_settle_batches.py").is_file()
+def test_head_is_the_baseline_or_later_and_folders_found() -> None:
+    assert head() >= "0017"
+    assert (migrations_dir() / "versions" / "0017_baseline.py").is_file()
+    assert (migrations_dir() / "legacy" / "0001_usage_events.py").is_file()
+    assert (migrations_dir() / "legacy" / "0015_token_kinds.py").is_file()
+    assert (migrations_dir() / "legacy" / "0017_key_limits.py").is_file()
 
 
 def test_upgrade_downgrade_upgrade(ledger_url: str) -> None:
@@ -377,10 +374,10 @@ def _rollup_function(url: str) -> str:
 def test_0007_installs_the_rollup_function_from_its_file_and_steps_back(ledger_url: str) -> None:
     import importlib.util
 
-    from llmgw.ledger.sqlfiles import load
+    from llmgw.ledger.migrations.sqlfiles import legacy_load as load
 
     spec = importlib.util.spec_from_file_location(
-        "rollup_0003", migrations_dir() / "versions" / "0003_usage_rollup.py")
+        "rollup_0003", migrations_dir() / "legacy" / "0003_usage_rollup.py")
     assert spec is not None and spec.loader is not None
     rollup_0003 = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(rollup_0003)
@@ -403,7 +400,7 @@ def test_the_rollup_functions_two_plans_run_the_same_statements(version: int) ->
     a bulk statement's rows): both copies must stay the same SQL."""
     import re
 
-    from llmgw.ledger.sqlfiles import load
+    from llmgw.ledger.migrations.sqlfiles import legacy_load as load
 
     body = _body(load("usage_events_rollup", version))
     bulk, small = body.split("\n    ELSE\n", 1)
@@ -418,11 +415,11 @@ def test_the_rollup_functions_two_plans_run_the_same_statements(version: int) ->
 
 
 def _latest_files() -> dict[str, int]:
-    """Each function of llmgw/ledger/sql and its latest version."""
-    from importlib.resources import files
+    """Each function of the SQL folders (sql/, legacy/sql/) and its latest version."""
+    from llmgw.ledger.migrations.sqlfiles import folder
 
     latest: dict[str, int] = {}
-    for entry in files("llmgw.ledger").joinpath("sql").iterdir():
+    for entry in (*folder("sql").iterdir(), *folder("legacy/sql").iterdir()):
         name, version, ext = entry.name.rsplit(".", 2)
         assert ext == "sql" and version.startswith("v"), entry.name
         latest[name] = max(latest.get(name, 0), int(version[1:]))
@@ -431,13 +428,14 @@ def _latest_files() -> dict[str, int]:
 
 @pytest.mark.parametrize("ledger_url", ["postgresql"], indirect=True)
 def test_each_functions_latest_file_is_the_one_installed_after_upgrade(ledger_url: str) -> None:
-    from llmgw.ledger.sqlfiles import load
+    from llmgw.ledger.migrations.sqlfiles import legacy_load as load
 
     latest = _latest_files()
     assert {"llmgw_reserve", "llmgw_settle", "llmgw_reserve_many", "llmgw_settle_many",
             "llmgw_take_back", "llmgw_drop_reconciled", "llmgw_lock_batch_counters",
             "llmgw_make_batch_counters", "usage_events_rollup"} <= latest.keys()
     retired = latest.pop("llmgw_settle")  # 0011: llmgw_settle_many is the one settle
+    latest.pop("usage_events_rollup_sqlite")  # SQLite's trigger
     upgrade(ledger_url)
     engine = make_engine(ledger_url)
     try:
@@ -456,11 +454,15 @@ def test_each_functions_latest_file_is_the_one_installed_after_upgrade(ledger_ur
 
 
 def test_sql_files_load_by_name_and_version() -> None:
-    from llmgw.ledger.sqlfiles import load
+    from llmgw.ledger.migrations.sqlfiles import legacy_load, load
 
-    assert "CREATE OR REPLACE FUNCTION usage_events_rollup()" in load("usage_events_rollup", 2)
+    assert "CREATE OR REPLACE FUNCTION usage_events_rollup()" in load("usage_events_rollup", 3)
+    # A version only the old chain installed is retired: later revisions cannot load it.
+    assert "CREATE OR REPLACE FUNCTION usage_events_rollup()" in legacy_load("usage_events_rollup", 2)
+    with pytest.raises(FileNotFoundError, match="usage_events_rollup.v2.sql"):
+        load("usage_events_rollup", 2)
     with pytest.raises(FileNotFoundError, match="usage_events_rollup.v99.sql"):
-        load("usage_events_rollup", 99)
+        legacy_load("usage_events_rollup", 99)
     for name, version in (("../models", 1), ("usage_events_rollup", 0),
                           ("usage_events_rollup", True)):
         with pytest.raises(ValueError, match="lower_snake_case"):

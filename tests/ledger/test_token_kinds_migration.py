@@ -15,7 +15,7 @@ from llmgw.budgets import CounterKey, Limit
 from llmgw.ledger.budget_store import BudgetStore
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.migrate import current, downgrade, migrations_dir, upgrade
-from llmgw.ledger.sqlfiles import load
+from llmgw.ledger.migrations.sqlfiles import legacy_load as load
 from llmgw.ledger.store import LedgerStore, RequestContext, usage_row
 from llmgw.types import Attempt, Usage
 
@@ -27,7 +27,7 @@ RATES = {"input": "0.000003", "output": "0.000015", "cache_read": "0.0000003",
 
 
 def _migration(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, migrations_dir() / "versions" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, migrations_dir() / "legacy" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -10,7 +10,7 @@
   usage_events in their window, as the rollup keeps no sessions.
 The rollup triggers (0003 SQLite, 0007 PostgreSQL) name their columns and are unchanged.
 PostgreSQL's settle, which writes a batch's rows, names its columns too: `llmgw_settle_many`
-version 3 (llmgw/ledger/sql/llmgw_settle_many.v3.sql) writes the new ones.
+version 3 (migrations/legacy/sql/llmgw_settle_many.v3.sql) writes the new ones.
 
 Revision ID: 0013
 Revises: 0012
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from llmgw.ledger.sqlfiles import install
+from llmgw.ledger.migrations.sqlfiles import legacy_install
 
 revision: str = "0013"
 down_revision: str | None = "0012"
@@ -45,11 +45,11 @@ def upgrade() -> None:
         op.add_column("usage_events", sa.Column(name, sa.Integer(), nullable=False,
                                                 server_default=sa.text("0")))
     op.create_index(_INDEX, "usage_events", ["session_id", "project_id", "ts"])
-    install(op.get_bind(), ("llmgw_settle_many", 3))
+    legacy_install(op.get_bind(), ("llmgw_settle_many", 3))
 
 
 def downgrade() -> None:
-    install(op.get_bind(), ("llmgw_settle_many", 2))
+    legacy_install(op.get_bind(), ("llmgw_settle_many", 2))
     op.drop_index(_INDEX, table_name="usage_events")
     bind = op.get_bind()
     for name in (*reversed(_TOKENS), *(n for n, _ in reversed(_TEXT))):

@@ -4,7 +4,7 @@
 row of its request existed: a correlated subquery per row, planned once per session. A plan
 made while `usage_events` was small scans the table for every new row, so a COPY or an
 import of N rows cost O(N x table). Version 2 of `usage_events_rollup()` (its body is in
-llmgw/ledger/sql/usage_events_rollup.v2.sql) looks up the statement's requests once, gives
+migrations/legacy/sql/usage_events_rollup.v2.sql) looks up the statement's requests once, gives
 credits with window minimums, and plans each statement for the rows at hand. The rollup is
 unchanged: same rows, same sums, same `usage_split_requests`, and the lock order of 0006
 (rollup rows last, sorted). The trigger itself is unchanged; only its function is replaced.
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-from llmgw.ledger.sqlfiles import load
+from llmgw.ledger.migrations.sqlfiles import legacy_load
 
 revision: str = "0007"
 down_revision: str | None = "0006"
@@ -33,7 +33,7 @@ def _install(version: int) -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
     # exec_driver_sql: the body's text goes to the server as written (no bind parsing).
-    op.get_bind().exec_driver_sql(load("usage_events_rollup", version))
+    op.get_bind().exec_driver_sql(legacy_load("usage_events_rollup", version))
 
 
 def upgrade() -> None:

@@ -2,7 +2,7 @@
 
 The gateway settles through `llmgw_settle_many` only, a lone settle being a batch of one, so
 the single-call function was a second copy of the settle rule that nothing called. A change to
-what settling means is now made in one file, `llmgw/ledger/sql/llmgw_settle_many.v*.sql`.
+what settling means is now made in one file, `llmgw/ledger/migrations/sql/llmgw_settle_many.v*.sql`.
 
 Revision ID: 0011
 Revises: 0010
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-from llmgw.ledger.sqlfiles import drop, install
+from llmgw.ledger.migrations.sqlfiles import drop, legacy_install
 
 revision: str = "0011"
 down_revision: str | None = "0010"
@@ -28,4 +28,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    install(op.get_bind(), ("llmgw_settle", 3))
+    legacy_install(op.get_bind(), ("llmgw_settle", 3))

@@ -1,7 +1,7 @@
 """Each budget function's current body is one file (issue 24).
 
 The PostgreSQL functions' bodies were Python strings, each redefined by whichever migration
-touched it last. They are files now, `llmgw/ledger/sql/<name>.v<version>.sql`, and the older
+touched it last. They are files now, `[legacy/]sql/<name>.v<version>.sql`, and the older
 migrations load the versions they installed then. This one installs the current version of
 each (the bodies 0008 left, so downgrade has nothing to restore); a change to a function is
 a new file version and a migration that installs it.
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-from llmgw.ledger.sqlfiles import install
+from llmgw.ledger.migrations.sqlfiles import legacy_install
 
 revision: str = "0010"
 down_revision: str | None = "0009"
@@ -31,7 +31,7 @@ CURRENT = (("llmgw_reserve", 1), ("llmgw_lock_batch_counters", 1),
 
 
 def upgrade() -> None:
-    install(op.get_bind(), *CURRENT)
+    legacy_install(op.get_bind(), *CURRENT)
 
 
 def downgrade() -> None:

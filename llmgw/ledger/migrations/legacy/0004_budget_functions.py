@@ -7,7 +7,7 @@ one round trip, with the same SQL in the same order: counters locked in the call
 order (no deadlock across processes), a refusal changes nothing, a hold settles once, a
 counter warns once per window. SQLite runs the same steps as driver statements (it has no
 functions, and no round trips to save).
-The bodies are the files `llmgw/ledger/sql/<name>.v<version>.sql` named below (frozen).
+The bodies are the files `[legacy/]sql/<name>.v<version>.sql` named below (frozen).
 
 Revision ID: 0004
 Revises: 0003
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-from llmgw.ledger.sqlfiles import drop, install
+from llmgw.ledger.migrations.sqlfiles import drop, legacy_install
 
 revision: str = "0004"
 down_revision: str | None = "0003"
@@ -29,7 +29,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    install(op.get_bind(), ("llmgw_reserve", 1), ("llmgw_settle", 1))
+    legacy_install(op.get_bind(), ("llmgw_reserve", 1), ("llmgw_settle", 1))
 
 
 def downgrade() -> None:

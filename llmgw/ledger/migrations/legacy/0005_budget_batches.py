@@ -7,7 +7,7 @@ statement, one transaction: each request exactly as `llmgw_reserve` (0004) runs 
 refusal changing nothing of its own. Every counter of the batch is locked first, in one
 global order (the order a lone call uses: byte order of the key, then the window's start),
 so batches and lone calls never wait for each other in a cycle. (Settles: 0006.)
-The bodies are the files `llmgw/ledger/sql/<name>.v<version>.sql` named below (frozen).
+The bodies are the files `[legacy/]sql/<name>.v<version>.sql` named below (frozen).
 
 Revision ID: 0005
 Revises: 0004
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-from llmgw.ledger.sqlfiles import drop, install
+from llmgw.ledger.migrations.sqlfiles import drop, legacy_install
 
 revision: str = "0005"
 down_revision: str | None = "0004"
@@ -29,7 +29,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    install(op.get_bind(), ("llmgw_lock_batch_counters", 1), ("llmgw_reserve_many", 1))
+    legacy_install(op.get_bind(), ("llmgw_lock_batch_counters", 1), ("llmgw_reserve_many", 1))
 
 
 def downgrade() -> None:

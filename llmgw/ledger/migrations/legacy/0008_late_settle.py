@@ -13,7 +13,7 @@ reconciled takes it back, in its one transaction:
 `llmgw_settle` and `llmgw_settle_many` are redefined with that path (same arguments and
 results); locks stay in the one order: reservations, counters, rollup rows (sorted).
 SQLite does the same in `BudgetStore._settle_alone`.
-The bodies are the files `llmgw/ledger/sql/<name>.v<version>.sql` named below (frozen).
+The bodies are the files `[legacy/]sql/<name>.v<version>.sql` named below (frozen).
 
 Revision ID: 0008
 Revises: 0007
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-from llmgw.ledger.sqlfiles import drop, install
+from llmgw.ledger.migrations.sqlfiles import drop, legacy_install
 
 revision: str = "0008"
 down_revision: str | None = "0007"
@@ -35,10 +35,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    install(op.get_bind(), ("llmgw_take_back", 1), ("llmgw_drop_reconciled", 1), ("llmgw_settle", 3),
+    legacy_install(op.get_bind(), ("llmgw_take_back", 1), ("llmgw_drop_reconciled", 1), ("llmgw_settle", 3),
             ("llmgw_settle_many", 2))
 
 
 def downgrade() -> None:
-    install(op.get_bind(), ("llmgw_settle_many", 1), ("llmgw_settle", 2))
+    legacy_install(op.get_bind(), ("llmgw_settle_many", 1), ("llmgw_settle", 2))
     drop(op.get_bind(), "llmgw_drop_reconciled", "llmgw_take_back")

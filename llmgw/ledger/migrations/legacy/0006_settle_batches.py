@@ -15,7 +15,7 @@ did:
   in the global order (`llmgw_make_batch_counters`), as a lone reserve does with its own.
   It made them request by request: at a window's start, two batches (or a batch and a lone
   reserve) could each make a counter the other then waited for.
-The bodies are the files `llmgw/ledger/sql/<name>.v<version>.sql` named below (frozen).
+The bodies are the files `[legacy/]sql/<name>.v<version>.sql` named below (frozen).
 
 Revision ID: 0006
 Revises: 0005
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-from llmgw.ledger.sqlfiles import drop, install
+from llmgw.ledger.migrations.sqlfiles import drop, legacy_install
 
 revision: str = "0006"
 down_revision: str | None = "0005"
@@ -37,11 +37,11 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    install(op.get_bind(), ("llmgw_settle", 2), ("llmgw_settle_many", 1),
+    legacy_install(op.get_bind(), ("llmgw_settle", 2), ("llmgw_settle_many", 1),
             ("llmgw_make_batch_counters", 1), ("llmgw_reserve_many", 2))
 
 
 def downgrade() -> None:
-    install(op.get_bind(), ("llmgw_reserve_many", 1))
+    legacy_install(op.get_bind(), ("llmgw_reserve_many", 1))
     drop(op.get_bind(), "llmgw_make_batch_counters", "llmgw_settle_many")
-    install(op.get_bind(), ("llmgw_settle", 1))
+    legacy_install(op.get_bind(), ("llmgw_settle", 1))

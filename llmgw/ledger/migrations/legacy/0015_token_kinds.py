@@ -9,7 +9,7 @@
   `cache_write_1h_tokens`, `reasoning_tokens` (0 by default), filled for the rows already
   there by one grouped pass over usage_events (linear), and kept by the trigger from here on:
   SQLite's row trigger is built anew (0003's, with the four sums), PostgreSQL's function is
-  `usage_events_rollup` version 3 (llmgw/ledger/sql/usage_events_rollup.v3.sql);
+  `usage_events_rollup` version 3 (migrations/sql/usage_events_rollup.v3.sql);
 - PostgreSQL's settle names its insert columns: `llmgw_settle_many` version 4 writes
   `cache_read_tokens` and `rates`.
 
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from llmgw.ledger.sqlfiles import install
+from llmgw.ledger.migrations.sqlfiles import legacy_install
 
 revision: str = "0015"
 down_revision: str | None = "0014"
@@ -107,7 +107,7 @@ def upgrade() -> None:
     if bind.dialect.name == "sqlite":
         bind.exec_driver_sql("DROP TRIGGER usage_events_rollup")
         bind.exec_driver_sql(sqlite_trigger(KINDS))
-    install(bind, ("usage_events_rollup", 3), ("llmgw_settle_many", 4))
+    legacy_install(bind, ("usage_events_rollup", 3), ("llmgw_settle_many", 4))
 
 
 def downgrade() -> None:
@@ -115,7 +115,7 @@ def downgrade() -> None:
     if bind.dialect.name == "sqlite":
         bind.exec_driver_sql("DROP TRIGGER usage_events_rollup")
         bind.exec_driver_sql(sqlite_trigger(()))
-    install(bind, ("usage_events_rollup", 2))
+    legacy_install(bind, ("usage_events_rollup", 2))
     for name in (*reversed(KINDS), "rates"):
         table = "usage_events" if name == "rates" else "usage_rollup"
         if bind.dialect.name == "sqlite":  # SQLite >= 3.35 drops a column in place
@@ -123,4 +123,4 @@ def downgrade() -> None:
         else:
             op.drop_column(table, name)
     bind.exec_driver_sql("ALTER TABLE usage_events RENAME COLUMN cache_read_tokens TO cached_tokens")
-    install(bind, ("llmgw_settle_many", 3))
+    legacy_install(bind, ("llmgw_settle_many", 3))

@@ -1,1 +1,0 @@
-"""Alembic migrations of the ledger schema (shipped in wheels as `llmgw_migrations`)."""
