@@ -65,14 +65,14 @@ clients:
 # The documentation site: CLI help blocks regenerated from the real CLI (cog), then built
 # strictly, so a broken link or a drifted help block fails.
 docs: install
-	$(BIN)/cog -r -c docs/cli.md
-	$(BIN)/mkdocs build --strict --quiet
+	$(BIN)/cog -r docs/cli.md
+	$(BIN)/mkdocs build --strict
 
 lint: install
 	$(BIN)/ruff check llmgw migrations tests bench
 	$(BIN)/mypy
 	$(BIN)/cog --check docs/cli.md
-	$(BIN)/mkdocs build --strict --quiet
+	$(BIN)/mkdocs build --strict
 
 # The fast specification: every test that needs no PostgreSQL, Redis, Chromium, local model,
 # npm client or soak. For a quick check of a change; CI runs `make test`.
