@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmgw.ledger.budget_store import BudgetStore
+from llmgw.ledger.budgets import BudgetStore
 from llmgw.ledger.store import LedgerStore
 
 

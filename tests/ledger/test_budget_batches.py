@@ -17,7 +17,7 @@ from sqlalchemy import text
 from llmgw.budgets import CounterKey, Limit
 from llmgw.errors import LedgerError
 from llmgw.ledger import fallbacks
-from llmgw.ledger.budget_store import BudgetStore, Hold, RefusedError
+from llmgw.ledger.budgets import BudgetStore, Hold, RefusedError
 from llmgw.ledger.store import LedgerStore
 from tests.ledger.test_budget_steps import DAY, NOW, limits, row
 

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select, text
 
 from llmgw.budgets import CounterKey, Limit
-from llmgw.ledger.budget_store import BudgetStore, RefusedError
+from llmgw.ledger.budgets import BudgetStore, RefusedError
 from llmgw.ledger.models import UsageEvent
 from llmgw.ledger.store import LedgerStore
 
@@ -38,7 +38,7 @@ async def stores(migrated_ledger_url: str, sqlite_returning: bool):
     ledger = LedgerStore(migrated_ledger_url)
     budgets = BudgetStore(ledger.engine)
     if not sqlite_returning:
-        budgets._returning = False
+        budgets.db._returning = False
     yield ledger, budgets
     ledger.dispose()
 

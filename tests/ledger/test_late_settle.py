@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from sqlalchemy import Engine, text
 
-from llmgw.ledger.budget_store import BudgetStore
+from llmgw.ledger.budgets import BudgetStore
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.migrate import downgrade, upgrade
 from llmgw.ledger.report import usage_report, usage_totals
@@ -110,7 +110,8 @@ async def test_a_batch_of_open_and_reconciled_holds_settles_each_as_alone(stores
     ids=["sqlite", "sqlite<3.35", "postgresql"])
 async def test_a_late_settle_that_spends_past_the_warn_threshold_warns_once(stores, returning):
     ledger, budgets = stores
-    budgets._returning = budgets._returning and returning  # SQLite without RETURNING too
+    if not returning:  # SQLite without RETURNING too
+        budgets.db._returning = False
     lims, keys = limits()  # 10_000 each, warn at 8_000
     hold = await ledger.transact(reserve_op(budgets, 1_000, lims, keys))
     reconcile_all(budgets)

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import inspect, select, text
 
 from llmgw.budgets import CounterKey, Limit
-from llmgw.ledger.budget_store import BudgetStore
+from llmgw.ledger.budgets import BudgetStore
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.migrate import current, downgrade, upgrade
 from llmgw.ledger.models import USAGE_COLUMNS, UsageEvent

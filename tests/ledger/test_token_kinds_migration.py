@@ -12,7 +12,7 @@ from types import ModuleType
 from sqlalchemy import Engine, inspect, text
 
 from llmgw.budgets import CounterKey, Limit
-from llmgw.ledger.budget_store import BudgetStore
+from llmgw.ledger.budgets import BudgetStore
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.migrate import current, downgrade, migrations_dir, upgrade
 from llmgw.ledger.migrations.sqlfiles import legacy_load as load
