@@ -69,7 +69,7 @@ docs: install
 	$(BIN)/mkdocs build --strict
 
 lint: install
-	$(BIN)/ruff check llmgw migrations tests bench
+	$(BIN)/ruff check llmgw tests bench
 	$(BIN)/mypy
 	$(BIN)/cog --check docs/cli.md
 	$(BIN)/mkdocs build --strict

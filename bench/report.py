@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))  # for tests.fixtures.databases (the embedded Post
 from sqlalchemy import Engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from llmgw.ledger import sqlfiles  # noqa: E402
+from llmgw.ledger.migrations import sqlfiles  # noqa: E402
 from llmgw.ledger.engine import make_engine  # noqa: E402
 from llmgw.ledger.migrate import upgrade  # noqa: E402
 from llmgw.ledger.models import USAGE_COLUMNS as COLUMNS  # noqa: E402
@@ -260,7 +260,7 @@ def print_table(backend: str, rows: int, results: list[tuple[str, str, float, fl
 
 def _rollup_migration() -> Any:
     """The 0003 migration module (its trigger DDL), or None before it exists."""
-    found = sorted((ROOT / "migrations" / "versions").glob("0003_*.py"))
+    found = sorted((ROOT / "llmgw" / "ledger" / "migrations" / "legacy").glob("0003_*.py"))
     if not found:
         return None
     spec = importlib.util.spec_from_file_location("rollup_0003", found[0])
@@ -290,7 +290,7 @@ def write_cost(url: str, requests: int, rounds: int) -> None:
                             migration.drop_trigger_ddl(dialect)):
                     conn.exec_driver_sql(sql)
                 if on and dialect == "postgresql":  # 0003's DDL made the old function
-                    conn.exec_driver_sql(sqlfiles.load("usage_events_rollup", 2))
+                    conn.exec_driver_sql(sqlfiles.legacy_load("usage_events_rollup", 2))
             batch = [_as_dicts(gen._request(0)) for _ in range(requests // rounds)]
             name = "triggers on" if on else "triggers dropped"
             for rows in batch:
