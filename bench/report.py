@@ -40,9 +40,9 @@ sys.path.insert(0, str(ROOT))  # for tests.fixtures.databases (the embedded Post
 from sqlalchemy import Engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from llmgw.ledger.migrations import sqlfiles  # noqa: E402
 from llmgw.ledger.engine import make_engine  # noqa: E402
 from llmgw.ledger.migrate import upgrade  # noqa: E402
+from llmgw.ledger.migrations import sqlfiles  # noqa: E402
 from llmgw.ledger.models import USAGE_COLUMNS as COLUMNS  # noqa: E402
 from llmgw.ledger.report import GROUP_BY_VALUES  # noqa: E402
 from llmgw.ledger.store import LedgerStore  # noqa: E402
