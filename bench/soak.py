@@ -71,6 +71,8 @@ class Outcome:
     status: int | None = None
     request_id: str | None = None
     code: str | None = None
+    detail: str = ""  # a connection error's exception chain, to tell its cause
+    at_s: float = 0.0  # when it started, seconds into its window
 
 
 @dataclass
@@ -105,7 +107,8 @@ class Serve:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "serve.log"
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        # wide log lines: a traceback in the server log stays readable (rich wraps at COLUMNS)
+        env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
         env.pop("LLMGW_LEDGER_URL", None)
         self._log = self.log_path.open("w")
         self.process = subprocess.Popen(
@@ -216,6 +219,16 @@ def _openai(base: str, key: str) -> openai.AsyncOpenAI:
 def _anthropic(base: str, key: str) -> anthropic.AsyncAnthropic:
     return anthropic.AsyncAnthropic(base_url=base, api_key=key, max_retries=0,
                                     timeout=CLIENT_TIMEOUT_S)
+
+
+def _chain(exc: BaseException) -> str:
+    """`Type: message` of an exception and its causes, innermost last."""
+    parts = []
+    seen: BaseException | None = exc
+    while seen is not None and len(parts) < 4:
+        parts.append(f"{type(seen).__name__}: {str(seen)[:80]}")
+        seen = seen.__cause__ or seen.__context__
+    return " <- ".join(parts)
 
 
 def _error_code(body: Any) -> str | None:
@@ -333,8 +346,8 @@ class Clients:
             return Outcome("", kind.__name__, "error", exc.status_code, headers.get(RID),
                            _error_code(exc.body))
         except (openai.APIConnectionError, anthropic.APIConnectionError, httpx.TransportError,
-                httpx2.TransportError):
-            return Outcome("", kind.__name__, "transport")
+                httpx2.TransportError) as exc:
+            return Outcome("", kind.__name__, "transport", detail=_chain(exc))
 
 
 # --- the run -----------------------------------------------------------------------------
@@ -351,7 +364,7 @@ def schedule(duration_s: float) -> list[tuple[str, float]]:
 async def traffic_and_faults(clients: Clients, faults: Faults, duration_s: float, concurrency: int,
                              max_requests: int) -> tuple[list[Outcome], list[str], Counter[str]]:
     plan = schedule(duration_s)
-    window = {"name": plan[0][0]}
+    window: dict[str, Any] = {"name": plan[0][0], "since": time.monotonic()}
     outcomes: list[Outcome] = []
     done: Counter[str] = Counter()
     stop = asyncio.Event()
@@ -362,9 +375,9 @@ async def traffic_and_faults(clients: Clients, faults: Faults, duration_s: float
             i = next(counter, None)
             if i is None:
                 return
-            name = window["name"]
+            name, at_s = window["name"], time.monotonic() - window["since"]
             outcome = await clients.one(i)
-            outcome.window = name
+            outcome.window, outcome.at_s = name, round(at_s, 1)
             outcomes.append(outcome)
             await asyncio.sleep(0.02)  # pacing: a steady load, not synchronization
 
@@ -372,7 +385,7 @@ async def traffic_and_faults(clients: Clients, faults: Faults, duration_s: float
         start = time.monotonic()
         for name, offset in plan:
             await asyncio.sleep(max(0.0, start + offset - time.monotonic()))
-            window["name"] = name
+            window.update(name=name, since=time.monotonic())
             if name in FAULTS:
                 await faults.run(name)
                 done[name] += 1
@@ -461,7 +474,7 @@ def evaluate(outcomes: list[Outcome], windows: list[str], facts: dict[str, Any],
                                     if o.status != 200 or o.request_id not in rids][:10],
         "errors untyped or without id": [(o.window, o.kind, o.status, o.code, o.request_id)
                                          for o in errors if not (o.request_id and o.code)][:10],
-        "connection errors at": [(o.window, o.kind) for o in transport][:10],
+        "connection errors at": [(o.window, o.at_s, o.kind, o.detail) for o in transport][:10],
     }
     return checks, figures
 

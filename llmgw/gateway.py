@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -62,6 +63,8 @@ from llmgw.types import (
     StreamEvent,
 )
 from llmgw.validation import group_of, validate_call, validate_id, validate_optional_id
+
+log = logging.getLogger("llmgw.gateway")
 
 
 class LLMGateway:
@@ -429,12 +432,19 @@ class LLMGateway:
             return
         now = self.clock()
         days = self.config.llmgw.responses.retention_days
-        await self.ledger.run(self.response_store.save, StoredResponse(
+        stored = StoredResponse(
             id=str(body["id"]), project_id=call.project_id, agent_id=call.agent_id,
             request_id=completion.request_id, model_group=completion.model_group,
             deployment_id=completion.deployment, provider=completion.provider, created_at=now,
             expires_at=now + timedelta(days=days), input=list(input_items),
-            output=list(body.get("output") or []), response=body))
+            output=list(body.get("output") or []), response=body)
+        try:
+            await self.ledger.run(self.response_store.save, stored)
+        except LedgerError as exc:
+            # The answer is made and billed: it goes to the caller even when its stored copy
+            # cannot be written (the ledger down); only a later previous_response_id misses.
+            log.warning("request %s: response %s answered but not stored (%s)",
+                        completion.request_id, body.get("id"), exc.message)
 
     def _begin(self, dialect: Dialect, call: Call, who: _Who, *,
                stream: bool) -> tuple[RequestLifecycle, dict[str, Any]]:

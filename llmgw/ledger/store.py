@@ -12,6 +12,9 @@ from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import InterfaceError as SAInterfaceError
+from sqlalchemy.exc import OperationalError as SAOperationalError
 from sqlalchemy.types import TypeEngine
 
 from llmgw.errors import LedgerError
@@ -186,7 +189,10 @@ class LedgerStore:
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Blocking database work (reads, the CLI's calls) in a worker thread."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+        try:
+            return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+        except DBAPIError as exc:
+            raise _typed(exc) from exc
 
     async def transact(self, op: Op[T], *, alone: bool = False) -> T:
         """Run `op` in a transaction of its own, or of its batch, committed before this
@@ -259,3 +265,14 @@ def write_failed(count: int, exc: BaseException) -> LedgerError:
         f"Could not write {count} usage row(s) to the ledger: {type(exc).__name__}: "
         f"{str(exc).splitlines()[0][:300]}",
         hint="Check that the database is reachable and migrated (`llmgw db upgrade`).")
+
+
+def _typed(exc: DBAPIError) -> LedgerError:
+    """A driver's error as the ledger's: the server gone (a restart) or a statement refused
+    (a schema behind the code), each with what to do."""
+    cause = f"{type(exc.orig).__name__}: {str(exc.orig).splitlines()[0][:200] if exc.orig else ''}"
+    if isinstance(exc, SAOperationalError | SAInterfaceError) or exc.connection_invalidated:
+        return LedgerError(f"The ledger database was unreachable ({cause}).",
+                           hint="Check that the ledger database is up; retry shortly.")
+    return LedgerError(f"The ledger database refused a statement ({cause}).",
+                       hint="Check the ledger's schema: `llmgw db upgrade` brings it current.")

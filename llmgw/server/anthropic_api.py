@@ -23,10 +23,12 @@ from llmgw.server.common import (
     ERROR_STATUSES,
     SSE_EVENT,
     SSEResponse,
+    broken_stream,
     dumps,
     fact_headers,
     facts,
     require_key,
+    stream_request_id,
 )
 from llmgw.server.errors import FrontError, stream_error_payload
 from llmgw.server.key_limits import key_pass
@@ -68,7 +70,7 @@ async def messages(body: Annotated[MessagesRequest, Body()], request: Request, k
             with anyio.CancelScope(shield=True):
                 await events.aclose()
             raise
-    return SSEResponse(_sse(first, events))
+    return SSEResponse(_sse(first, events), request_id=stream_request_id(first))
 
 
 async def _sse(first: StreamEvent, events: AsyncGenerator[StreamEvent, None]) -> AsyncIterator[str]:
@@ -96,6 +98,9 @@ async def _sse(first: StreamEvent, events: AsyncGenerator[StreamEvent, None]) ->
             else:  # the gateway speaks this dialect in WireEvents only
                 raise FrontError(500, "internal_error", f"Unexpected stream event {event.type}.")
             event = await anext(events, None)
+    except Exception as exc:
+        payload = {**broken_stream(exc, stream_request_id(first), "anthropic"), }
+        yield f"event: error\ndata: {dumps(payload)}\n\n"
     finally:  # a hang-up cancels us here: the gateway settles what was generated
         with anyio.CancelScope(shield=True):
             await events.aclose()

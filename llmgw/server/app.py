@@ -19,6 +19,7 @@ from starlette.types import Receive
 
 from llmgw.config import Config, load_config
 from llmgw.errors import LLMGatewayError
+from llmgw.ids import new_request_id
 from llmgw.ledger.api_keys import ApiKeyStore
 from llmgw.server.auth import Authenticator
 from llmgw.server.errors import (
@@ -208,10 +209,14 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return front_error_response(FrontError(500, "internal_error",
-                                               f"Internal error ({type(exc).__name__}); see the "
-                                               "server log."), api_of(request.url.path))
+        request_id = new_request_id()
+        log.exception("request %s: unexpected error on %s %s", request_id, request.method,
+                      request.url.path)
+        return front_error_response(
+            FrontError(500, "internal_error",
+                       f"Internal error ({type(exc).__name__}); the server log has its traceback "
+                       f"under request {request_id}."), api_of(request.url.path),
+            request_id=request_id)
 
 
 async def call_gateway(request: Request, work: Awaitable[T]) -> T:

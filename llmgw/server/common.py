@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import anyio
@@ -11,9 +12,13 @@ from fastapi import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from llmgw.errors import LLMGatewayError
 from llmgw.ledger.api_keys import KeyInfo
 from llmgw.pricing import micros_to_usd
-from llmgw.types import Completion
+from llmgw.server.errors import Api, stream_error_payload
+from llmgw.types import Completion, StreamDone, StreamError, StreamEvent
+
+log = logging.getLogger("llmgw.server")
 
 ERROR_STATUSES = (400, 401, 403, 404, 413, 429, 502, 503)
 # One server-sent event (`stream: true`): its `data` is a JSON chunk in the API's own shape,
@@ -48,6 +53,28 @@ def fact_headers(completion: Completion) -> dict[str, str]:
             "x-llmgw-cache": f["cache"]}
 
 
+def stream_request_id(event: StreamEvent) -> str | None:
+    """The request id a stream's first event names (every event carries it)."""
+    if isinstance(event, StreamDone):
+        return event.completion.request_id
+    if isinstance(event, StreamError):
+        return event.partial.request_id
+    return event.request_id
+
+
+def broken_stream(exc: Exception, request_id: str | None, api: Api) -> dict[str, Any]:
+    """The error event of a stream the gateway did not end with `StreamError` (a bug, or
+    an error raised past it): typed when it is ours, and named by the request's id, so the
+    client gets an answer it can quote instead of a cut connection."""
+    typed = exc if isinstance(exc, LLMGatewayError) else None
+    if typed is None:
+        log.exception("request %s: the stream broke", request_id)
+    message = (f"{typed.message} {typed.hint}".strip() if typed is not None
+               else f"Internal error ({type(exc).__name__}); the server log has its traceback "
+                    f"under request {request_id}.")
+    return {**stream_error_payload(typed, message, api), "llmgw": {"request_id": request_id}}
+
+
 def dumps(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
@@ -59,9 +86,11 @@ class SSEResponse(StreamingResponse):
 
     media_type = "text/event-stream"
 
-    def __init__(self, content: Any, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, content: Any, headers: dict[str, str] | None = None, *,
+                 request_id: str | None = None) -> None:
+        named = {"x-llmgw-request-id": request_id} if request_id else {}
         super().__init__(content, headers={"cache-control": "no-cache",
-                                           "x-accel-buffering": "no", **(headers or {})})
+                                           "x-accel-buffering": "no", **named, **(headers or {})})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with anyio.create_task_group() as group:

@@ -7,6 +7,7 @@ its own key is wrong."""
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,8 +31,11 @@ from llmgw.errors import (
     UnknownModelGroup,
     UnknownResponse,
 )
+from llmgw.ids import new_request_id
 
 Api = Literal["openai", "anthropic"]
+
+log = logging.getLogger("llmgw.server")
 
 
 class FrontError(Exception):
@@ -129,16 +133,25 @@ def gateway_error_response(exc: LLMGatewayError, api: Api) -> JSONResponse:
     if wait is not None:
         headers["retry-after"] = str(wait)
     request_id = getattr(exc, "request_id", None)
-    if request_id:
-        headers["x-llmgw-request-id"] = request_id
+    if not request_id:
+        # Refused before the pipeline named it (the key check with the ledger down, say):
+        # an id of its own, logged, so the caller can quote it and the operator find it.
+        request_id = exc.request_id = new_request_id()
+        log.warning("request %s: %s %s (%s)", request_id, kind.status, kind.code,
+                    type(exc).__name__)
+    headers["x-llmgw-request-id"] = request_id
     return JSONResponse(body(api, kind.status, kind.code, message, openai_type=kind.openai_type,
                              anthropic_type=kind.anthropic_type),
                         status_code=kind.status, headers=headers)
 
 
-def front_error_response(exc: FrontError, api: Api) -> JSONResponse:
+def front_error_response(exc: FrontError, api: Api, *, request_id: str | None = None) -> JSONResponse:
+    """The front's own refusal. It carries a request id like every answer does (nothing was
+    recorded under it: the front refused before the pipeline)."""
     openai_type, anthropic_type = _FRONT.get(exc.status, _FRONT[500])
-    headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
+    headers = {"x-llmgw-request-id": request_id or new_request_id()}
+    if exc.status == 401:
+        headers["www-authenticate"] = "Bearer"
     return JSONResponse(body(api, exc.status, exc.code, exc.message, openai_type=openai_type,
                              anthropic_type=anthropic_type, param=exc.param),
                         status_code=exc.status, headers=headers)

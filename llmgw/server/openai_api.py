@@ -28,11 +28,13 @@ from llmgw.server.common import (
     ERROR_STATUSES,
     SSE_EVENT,
     SSEResponse,
+    broken_stream,
     dumps,
     fact_headers,
     facts,
     group_of,
     require_key,
+    stream_request_id,
 )
 from llmgw.server.errors import FrontError, stream_error_payload
 from llmgw.server.key_limits import key_pass
@@ -87,7 +89,8 @@ async def chat_completions(body: ChatCompletionBody, request: Request, key: Key)
             raise
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return SSEResponse(_sse(first, events, model=body.model or "auto",
-                            include_usage=include_usage))
+                            include_usage=include_usage),
+                       request_id=stream_request_id(first))
 
 
 def chat_completion(c: Completion) -> dict[str, Any]:
@@ -156,6 +159,8 @@ async def _sse(first: StreamEvent, events: AsyncGenerator[StreamEvent, None], *,
                 delta["tool_calls"] = [call]
             yield chunk([{"index": 0, "delta": delta, "finish_reason": None}])
             event = await anext(events, None)
+    except Exception as exc:
+        yield "data: " + dumps(broken_stream(exc, stream_request_id(first), "openai")) + "\n\n"
     finally:  # a hang-up cancels us here: the gateway settles what was generated
         with anyio.CancelScope(shield=True):
             await events.aclose()

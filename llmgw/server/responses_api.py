@@ -26,10 +26,12 @@ from llmgw.server.common import (
     ERROR_STATUSES,
     SSE_EVENT,
     SSEResponse,
+    broken_stream,
     dumps,
     fact_headers,
     facts,
     require_key,
+    stream_request_id,
 )
 from llmgw.server.errors import FrontError, stream_error_payload
 from llmgw.server.key_limits import key_pass
@@ -71,7 +73,7 @@ async def create_response(body: Annotated[ResponsesRequest, Body()], request: Re
             with anyio.CancelScope(shield=True):
                 await events.aclose()
             raise
-    return SSEResponse(_sse(first, events))
+    return SSEResponse(_sse(first, events), request_id=stream_request_id(first))
 
 
 @router.get("/v1/responses/{response_id}", tags=["openai"],
@@ -131,6 +133,9 @@ async def _sse(first: StreamEvent, events: AsyncGenerator[StreamEvent, None]) ->
             else:
                 raise FrontError(500, "internal_error", f"Unexpected stream event {event.type}.")
             event = await anext(events, None)
+    except Exception as exc:
+        payload = {**broken_stream(exc, stream_request_id(first), "openai"), "type": "error", }
+        yield f"event: error\ndata: {dumps(payload)}\n\n"
     finally:  # a hang-up cancels us here: the gateway settles what was generated
         with anyio.CancelScope(shield=True):
             await events.aclose()

@@ -153,3 +153,29 @@ async def test_a_continuation_crosses_providers_and_stays_in_its_project(gw, sim
     assert (await gw.stored_response("p", first.body["id"]))["id"] == first.body["id"]
     with pytest.raises(UnknownResponse):
         await gw.stored_response("other-project", first.body["id"])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_answer_whose_stored_copy_cannot_be_written_still_reaches_the_caller(
+        gw, migrated_ledger_url, stream, caplog):
+    from sqlalchemy import create_engine, text
+
+    from llmgw.errors import LedgerError
+
+    engine = create_engine(migrated_ledger_url)
+    with engine.begin() as conn:  # the table the stored copies go to is gone
+        conn.execute(text("DROP TABLE stored_responses"))
+    engine.dispose()
+    body = {"model": "oai", "input": "Say hi", "max_output_tokens": 50}
+    if stream:
+        events = [e async for e in gw.responses_stream("dev-1", "p", body)]
+        assert isinstance(events[-1], StreamDone)
+        completion = events[-1].completion
+    else:
+        completion = await gw.responses("dev-1", "p", body)
+    assert completion.content and completion.cost_micros > 0  # answered, and billed
+    (row,) = ledger_rows(migrated_ledger_url)
+    assert (row["status"], row["cost_micros"]) == ("ok", completion.cost_micros)
+    assert f"request {completion.request_id}: response" in caplog.text  # said, not hidden
+    with pytest.raises(LedgerError):  # a read of it is a typed error, not a driver's
+        await gw.stored_response("p", completion.body["id"])
