@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -253,39 +252,6 @@ async def test_litellm_ollama_provider_uses_generate(sim: OllamaSim, litellm) ->
     assert resp.choices[0].message.content == record.answer
     assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (record.prompt_tokens,
                                                                         record.completion_tokens)
-
-
-async def test_litellm_rate_limit_carries_retry_after(sim: OllamaSim, litellm) -> None:
-    sim.plan = FaultPlan.rate_limited(retry_after=2)
-    with pytest.raises(litellm.RateLimitError) as caught:
-        await litellm.acompletion(**kwargs(sim))
-    assert caught.value.litellm_response_headers["retry-after"] == "2"
-    assert len(chat_bodies(sim)) == 1  # no hidden retries
-
-
-@pytest.mark.parametrize(
-    ("plan", "extra", "error"),
-    [
-        (FaultPlan.error(400), {}, "BadRequestError"),
-        (FaultPlan.error(401), {}, "AuthenticationError"),
-        (FaultPlan.error(404), {}, "NotFoundError"),
-        (FaultPlan.error(500), {}, "InternalServerError"),
-        (FaultPlan.error(503), {}, "ServiceUnavailableError"),
-        # Unlike the openai provider, ollama_chat maps a broken body and a dropped
-        # connection to APIConnectionError.
-        (FaultPlan.malformed(), {}, "APIConnectionError"),
-        (FaultPlan.drop(), {}, "APIConnectionError"),
-        (FaultPlan.timeout(), {"timeout": 0.5}, "Timeout"),
-    ],
-    ids=["400", "401", "404", "500", "503", "malformed", "drop", "timeout"],
-)
-async def test_litellm_maps_faults_to_exceptions(sim: OllamaSim, litellm, plan: FaultPlan,
-                                                 extra: dict, error: str) -> None:
-    sim.plan = plan
-    with pytest.raises(getattr(litellm, error)):
-        await litellm.acompletion(**kwargs(sim, **extra))
-    # Wait for the record, so a request the client gave up on is not recorded in the next test.
-    await asyncio.to_thread(sim.wait_for_responses, 1)
 
 
 async def test_litellm_stream_dropped_mid_way_raises(sim: OllamaSim, litellm) -> None:
