@@ -36,6 +36,7 @@ TESTS = Path(__file__).resolve().parent
 PG_FIXTURES = {"postgres_url"}
 REDIS_FIXTURES = {"redis_url", "redis_servers"}
 MODEL_FIXTURES = {"model_path"}
+SLOW_FIXTURES = {"minilm"}  # loads the semantic cache's embedding model
 # Names whose use in a test (or one of its fixtures) means it runs that outside dependency.
 REDIS_NAMES = {"start_redis", "RedisServer"}
 BROWSER_NAMES = {"Browser"}
@@ -76,6 +77,7 @@ SLOW: dict[str, frozenset[str] | set[str]] = {
     },
     "integration/test_cache_gateway.py": {
         "test_never_across_projects_and_any_changed_parameter_misses",
+        "test_semantic_hits_never_cross_projects",
         "test_semantic_paraphrase_hits_and_a_near_miss_does_not",
     },
     "integration/test_cancellation_matrix.py": {"test_a_cancelled_request_holds_nothing"},
@@ -148,6 +150,9 @@ SLOW: dict[str, frozenset[str] | set[str]] = {
     "sim/test_gemini_sim.py": {"test_litellm_ignores_timeout_on_gemini_streams"},
     "sim/test_openai_responses_sim.py": {"test_stream_faults_cut_after_n_events"},
     "unit/test_packaging.py": {"test_the_wheel_ships_every_file_of_the_package"},
+    "unit/test_rates.py": {
+        "test_llmgw_models_shows_every_rate_and_its_source_without_importing_litellm",
+    },
     "unit/test_router_settings_check.py": {
         "test_llmgw_chat_with_a_bad_router_setting_prints_one_line",
     },
@@ -205,7 +210,7 @@ def needs(item: pytest.Function) -> set[str]:
         marks.add(FOLDER_MARKS[folder])
     slow = SLOW.get(Path(item.path).resolve().relative_to(TESTS).as_posix()
                     if folder else "", set())
-    if slow is ALL or item.originalname in slow:
+    if slow is ALL or item.originalname in slow or fixtures & SLOW_FIXTURES:
         marks.add("slow")
     return marks
 

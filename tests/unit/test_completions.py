@@ -284,4 +284,6 @@ def test_a_cut_stream_from_an_unknown_deployment_is_partial_and_costs_nothing():
 def test_replay_pieces_join_back_to_the_text(text: str):
     done = cached_completion(hit().model_copy(update={"content": text, "tool_calls": []}),
                              ROUTE, "req-5", time.perf_counter())
-    assert "".join(e.text for e in replay(done)) == text
+    events = replay(done)
+    assert all(isinstance(e, ContentDelta) for e in events)
+    assert "".join(e.text for e in events if isinstance(e, ContentDelta)) == text

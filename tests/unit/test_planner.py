@@ -91,8 +91,8 @@ class Request:
 
 
 def planner(cfg: Config, store: FakeBudgetStore | None = None) -> BudgetPlanner:
-    return BudgetPlanner(cfg, BudgetPolicy(cfg.llmgw.budgets), store or FakeBudgetStore(),
-                         FakeLedger())  # type: ignore[arg-type]
+    fakes: tuple[Any, Any] = (store or FakeBudgetStore(), FakeLedger())
+    return BudgetPlanner(cfg, BudgetPolicy(cfg.llmgw.budgets), *fakes)
 
 
 def ctx(agent_type: str | None = None) -> RequestContext:
