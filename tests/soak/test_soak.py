@@ -23,14 +23,7 @@ def test_a_minute_of_traffic_through_every_fault_keeps_the_books_exact(tmp_path)
     soak = _soak_module()
     report = soak.run_soak(60.0, concurrency=6, workdir=tmp_path)
     figures = report.figures
-    # Open (issue 33's note): across a Redis or PostgreSQL restart a few requests can still end
-    # as a bare connection error, or as an error without a request id; bench/soak.py reports
-    # them, this minute-long run bounds them. Every other check is asserted.
-    known = {"connection errors only while a worker was killed",
-             "every error is typed and has a request id", "no 500 without a request id"}
-    failed = [name for name, passed in report.checks.items() if not passed and name not in known]
-    assert figures["connection errors"] <= 10, figures
-    assert len(figures["errors untyped or without id"]) <= 5, figures
+    failed = [name for name, passed in report.checks.items() if not passed]
     assert not failed, (failed, soak.window_table(report.outcomes, report.windows), figures)
     assert report.faults_done == {name: 1 for name in soak.FAULTS}
     assert figures["open reservations"] == 0 and figures["counters mismatched"] == 0
