@@ -75,9 +75,9 @@ lint: install
 	$(BIN)/mkdocs build --strict
 
 # The fast specification: every test that needs no PostgreSQL, Redis, Chromium, local model,
-# npm client or soak. For a quick check of a change; CI runs `make test`.
+# npm client or soak, and takes under a second. For a quick check of a change; CI runs `make test`.
 check: install
-	$(BIN)/python -m pytest -q -n 2 -m "not (pg or redis or browser or model or clients or soak)"
+	$(BIN)/python -m pytest -q -n 2 -m "not (pg or redis or browser or model or clients or soak or slow)"
 
 test: install lint redis chromium model clients
 	$(BIN)/python -m pytest -q -n 2 --durations=25
