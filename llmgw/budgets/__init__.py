@@ -1,0 +1,1 @@
+"""Budgets: the rules (`rules`), the worst-case planner, rates and prices."""

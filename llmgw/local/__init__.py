@@ -1,0 +1,1 @@
+"""The embedded local model: fetching its weights (`fetch`) and serving it (`server`)."""

@@ -1,0 +1,1 @@
+"""The MCP front: the server (`app`), caller identity, tool schemas, stdio transport."""

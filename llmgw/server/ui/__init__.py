@@ -1,0 +1,1 @@
+"""The /ui pages: views, charts, CSRF, the data they show, sessions."""
