@@ -29,7 +29,7 @@ set_offline_env()
 
 from llmgw.cache import CachedAnswer, cache_key  # noqa: E402
 from llmgw.cache.backends import MemoryCache, RedisCache  # noqa: E402
-from llmgw.config import config_from_dict  # noqa: E402
+from llmgw.config.loading import config_from_dict  # noqa: E402
 from llmgw.ledger.migrate import upgrade  # noqa: E402
 from llmgw.types import Usage  # noqa: E402
 

@@ -37,7 +37,7 @@ set_offline_env()
 import httpx  # noqa: E402
 import yaml  # noqa: E402
 
-from llmgw.config import config_from_dict  # noqa: E402
+from llmgw.config.loading import config_from_dict  # noqa: E402
 from llmgw.ledger.migrate import upgrade  # noqa: E402
 
 KEY = "sk-bench-key-000000"

@@ -288,7 +288,7 @@ async def _drain() -> None:
 
 
 async def _worker_setup(config: dict[str, Any]) -> tuple[Any, dict[str, Call]]:
-    from llmgw.config import config_from_dict
+    from llmgw.config.loading import config_from_dict
     from llmgw.gateway import LLMGateway
 
     gw = LLMGateway(config_from_dict(config))

@@ -43,7 +43,7 @@ import psutil  # noqa: E402
 import yaml  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 
-from llmgw.budgets import Rule  # noqa: E402
+from llmgw.budgets.rules import Rule  # noqa: E402
 from llmgw.ledger.api_keys import ApiKeyStore  # noqa: E402
 from llmgw.ledger.budget_store import BudgetStore  # noqa: E402
 from llmgw.ledger.engine import make_engine  # noqa: E402

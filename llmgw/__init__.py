@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from llmgw import errors
-from llmgw.config import Config, load_config
+from llmgw.config.loading import load_config
+from llmgw.config.models import Config
 from llmgw.errors import (
     AllDeploymentsFailed,
     AuthenticationFailed,

@@ -13,14 +13,16 @@ from typing import Any
 
 from rich.console import Console
 
-from llmgw.config import Config, config_from_dict, load_config
+from llmgw.config.loading import config_from_dict, load_config
+from llmgw.config.models import Config
 from llmgw.demo_http import http_step
 from llmgw.errors import LLMGatewayError
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.migrate import upgrade
 from llmgw.ledger.report import usage_report, usage_totals
 from llmgw.ledger.report_output import print_table
-from llmgw.local import MODEL_ALIAS, LocalServer, fetch_model
+from llmgw.local.fetch import MODEL_ALIAS, fetch_model
+from llmgw.local.server import LocalServer
 from llmgw.sim import AnthropicSim, FaultPlan, OpenAISim
 
 DEMO_OPENAI_KEY = "sk-demo-openai-key"

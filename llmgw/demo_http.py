@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.console import Console
 
-from llmgw.config import Config
+from llmgw.config.models import Config
 
 HTTP_PROJECT = "checkout"
 HTTP_AGENT = "ts-agent-1"  # an agent that lives in another process, in another language

@@ -1,6 +1,6 @@
 """The typed errors of llmgw: one family tree, each message says what to do next.
 
-LiteLLM's exceptions are translated into these in one place (`llmgw.router.map_exception`).
+LiteLLM's exceptions are translated into these in one place (`llmgw.routing.errors.map_exception`).
 No message ever contains an API key: provider text is passed through `llmgw.redact` first.
 """
 

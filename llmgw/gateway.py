@@ -20,11 +20,14 @@ from llmgw._litellm.messages import (
     use_chat_completions_for_translation,
 )
 from llmgw._litellm.responses_api import install_tool_guard
-from llmgw.agents import AgentDirectory
-from llmgw.budgets import BudgetPolicy
+from llmgw.budgets.planner import BudgetPlanner
+from llmgw.budgets.rates import warn_input_rate_fallbacks
+from llmgw.budgets.rules import BudgetPolicy
 from llmgw.cache import Cache
 from llmgw.cache.lookup import CacheLookup, CacheStep
-from llmgw.config import Config, load_config
+from llmgw.config.agents import AgentDirectory
+from llmgw.config.loading import load_config
+from llmgw.config.models import Config
 from llmgw.dialects.anthropic import MESSAGES, messages_call
 from llmgw.dialects.base import Call, Dialect, Served
 from llmgw.dialects.chat import CHAT, chat_call
@@ -41,18 +44,20 @@ from llmgw.ledger.budget_store import BudgetStore
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.migrate import ensure_current
 from llmgw.ledger.response_store import ResponseStore, StoredResponse
-from llmgw.ledger.store import LedgerStore, RequestContext, usage_row, utcnow
-from llmgw.lifecycle import FirstAnswerFreeze, PipelineServices, RequestLifecycle
+from llmgw.ledger.store import LedgerStore, usage_row, utcnow
 from llmgw.observe.events import EventBus, Handler
 from llmgw.observe.health import DeploymentHealth, DeploymentStats, StatsCollector, probe
 from llmgw.observe.metrics import PrometheusMetrics
 from llmgw.observe.tracing import PARENT_SPAN_KEY, make_tracing
-from llmgw.planner import BudgetPlanner
-from llmgw.rates import warn_input_rate_fallbacks
+from llmgw.pipeline.completions import cached_completion
+from llmgw.pipeline.context import RequestContext
+from llmgw.pipeline.lifecycle import FirstAnswerFreeze, PipelineServices, RequestLifecycle
+from llmgw.pipeline.validation import group_of, validate_call, validate_id, validate_optional_id
 from llmgw.redact import Redactor, install_log_filter
-from llmgw.responses import cached_completion
-from llmgw.router import REQUEST_ID_KEY, build_router, classify, map_exception, provider_message
-from llmgw.router import recorder as attempt_recorder
+from llmgw.routing.errors import classify, map_exception, provider_message
+from llmgw.routing.recorder import REQUEST_ID_KEY
+from llmgw.routing.recorder import recorder as attempt_recorder
+from llmgw.routing.router import build_router
 from llmgw.types import (
     Attempt,
     Completion,
@@ -62,7 +67,6 @@ from llmgw.types import (
     StreamError,
     StreamEvent,
 )
-from llmgw.validation import group_of, validate_call, validate_id, validate_optional_id
 
 log = logging.getLogger("llmgw.gateway")
 
@@ -467,14 +471,14 @@ class LLMGateway:
         """Steps 2-8 of one request that is answered whole."""
         life, extras = self._begin(dialect, call, who, stream=False)
         async with life:
-            lookup = await self._cache.lookup(call, life.route, life.ctx.project_id,
+            lookup = await self._cache.lookup(call, life.group_choice, life.ctx.project_id,
                                               dialect.name, use=cache, stream=False)
             if lookup.hit is not None:  # free: served before any budget is asked
                 return await self._serve_cached(life, lookup)
             await self._reserve(life, call, extras)
             life.open_trace()
             try:
-                response = await dialect.send(self.router, life.route.model_group, call, extras,
+                response = await dialect.send(self.router, life.group_choice.model_group, call, extras,
                                               self._litellm_metadata(life.ctx), stream=False)
             except Exception as exc:
                 raise await life.fail(exc) from None
@@ -504,7 +508,7 @@ class LLMGateway:
         """Steps 2-8 of one streamed request."""
         life, extras = self._begin(dialect, call, who, stream=True)
         async with life:
-            lookup = await self._cache.lookup(call, life.route, life.ctx.project_id,
+            lookup = await self._cache.lookup(call, life.group_choice, life.ctx.project_id,
                                               dialect.name, use=cache, stream=True)
             if lookup.hit is not None:  # replay the cached answer as a stream
                 cached = await self._serve_cached(life, lookup)
@@ -515,7 +519,7 @@ class LLMGateway:
             await self._reserve(life, call, extras)
             life.open_trace()
             try:
-                response = await dialect.send(self.router, life.route.model_group, call, extras,
+                response = await dialect.send(self.router, life.group_choice.model_group, call, extras,
                                               self._litellm_metadata(life.ctx), stream=True)
             except Exception as exc:
                 raise await life.fail(exc) from None
@@ -535,7 +539,7 @@ class LLMGateway:
                     error_class=classify(exc).__name__,
                     message=provider_message(exc, self.redactor), partial=partial,
                     error=map_exception(exc, trace=served.trace,
-                                        model_group=life.route.model_group,
+                                        model_group=life.group_choice.model_group,
                                         redactor=self.redactor, config=self.config))
                 return
             except BaseException:  # the caller stopped reading, or was cancelled
@@ -559,12 +563,12 @@ class LLMGateway:
         yield StreamDone(completion=done)
 
     def _served(self, life: RequestLifecycle) -> Served:
-        return Served(life.close_trace(), life.route, life.ctx, life.started, self.config)
+        return Served(life.close_trace(), life.group_choice, life.ctx, life.started, self.config)
 
     async def _reserve(self, life: RequestLifecycle, call: Call, extras: dict[str, Any]) -> None:
         """Step 3: hold the worst case against every budget that applies (or refuse); what
         the plan needs the call to carry joins `extras`."""
-        plan = await self.planner.plan(life.ctx, life.route, call,
+        plan = await self.planner.plan(life.ctx, life.group_choice, call,
                                        {**call.params, **call.constraints}, life.now)
         if plan is not None:
             extras.update(plan.call_params)
@@ -574,7 +578,7 @@ class LLMGateway:
         """A hit: a `cached` row at cost 0 saving what the answer first cost; nothing held."""
         hit = lookup.hit
         assert hit is not None
-        completion = cached_completion(hit, life.route, life.ctx.request_id, life.started)
+        completion = cached_completion(hit, life.group_choice, life.ctx.request_id, life.started)
         extra: dict[str, Any] = {"cache": {"first_request_id": hit.request_id,
                                            "scope": lookup.scope}}
         if lookup.similarity is not None:

@@ -10,7 +10,8 @@ from typing import Any
 
 from sqlalchemy import create_engine, select
 
-from llmgw.config import Config, config_from_dict
+from llmgw.config.loading import config_from_dict
+from llmgw.config.models import Config
 from llmgw.ledger.models import UsageEvent
 
 OPENAI_KEY = "sk-sim-openai-SECRET-0123456789"

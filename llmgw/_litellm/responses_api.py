@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from llmgw._litellm import import_litellm
-from llmgw.routing import NATIVE_RESPONSES_PROVIDERS as NATIVE_PROVIDERS
+from llmgw.routing.siblings import NATIVE_RESPONSES_PROVIDERS as NATIVE_PROVIDERS
 
 
 def _config() -> Any:

@@ -15,15 +15,16 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
-from llmgw.agents import Resolution
-from llmgw.budgets import BudgetPolicy, CounterKey, Limit, Rule
-from llmgw.config import Config
-from llmgw.constraints import CallConstraints, RoutePlan, plan_route, take_constraints
+from llmgw.budgets.pricing import token_cost_micros
+from llmgw.budgets.rates import rates_of
+from llmgw.budgets.rules import BudgetPolicy, CounterKey, Limit, Rule
+from llmgw.config.agents import Resolution
+from llmgw.config.models import Config
 from llmgw.ledger.budget_store import BudgetStore
-from llmgw.ledger.store import LedgerStore, RequestContext
-from llmgw.pricing import token_cost_micros
-from llmgw.rates import rates_of
-from llmgw.tokens import PromptTokenCounter
+from llmgw.ledger.store import LedgerStore
+from llmgw.pipeline.context import RequestContext
+from llmgw.pipeline.tokens import PromptTokenCounter
+from llmgw.routing.constraints import CallConstraints, RoutePlan, plan_route, take_constraints
 from llmgw.types import (
     BudgetImpact,
     CostEstimate,
@@ -59,13 +60,13 @@ _MEMO_MAX = 10_000
 
 @dataclass(frozen=True, slots=True)
 class BudgetPlan:
-    route: Resolution
+    group_choice: Resolution  # the model group and why (the downgrade's, if any)
     amount: int  # worst case, micro-dollars
     max_tokens: int
     limits: list[Limit]
     keys: tuple[CounterKey, ...]
     cap: Limit | None
-    routing: RoutePlan | None = None  # per-call constraints (max_cost_usd, prefer)
+    deployment_plan: RoutePlan | None = None  # per-call constraints (max_cost_usd, prefer)
     # What the call must carry so the hold bounds it: max_tokens when it gave none, and the
     # fallbacks its constraints allow. The caller adds them; the planner changes nothing.
     call_params: dict[str, Any] = field(default_factory=dict)
@@ -158,7 +159,7 @@ class BudgetPlanner:
     def route_plan(self, model_group: str, request: Counted, params: dict[str, Any],
                    max_tokens: int, constraints: CallConstraints) -> RoutePlan:
         """Which deployments of the group and its fallbacks fit the call's constraints, and in
-        what order (`llmgw.constraints`). Each deployment's worst case is priced like
+        what order (`llmgw.routing.constraints`). Each deployment's worst case is priced like
         `worst_case_micros`, at its own prices."""
         prompts: dict[str, int] = {}
         margin = self.config.llmgw.budgets.prompt_margin
@@ -181,7 +182,7 @@ class BudgetPlanner:
         which budgets it would hit; reserves nothing. The worst case is what `plan` holds."""
         plan = await self.plan(ctx, route, request, call_params, now)
         if plan is not None:
-            route, max_tokens, amount = plan.route, plan.max_tokens, plan.amount
+            route, max_tokens, amount = plan.group_choice, plan.max_tokens, plan.amount
         else:
             max_tokens = int(call_params.get("max_tokens")
                              or call_params.get("max_completion_tokens")
@@ -217,7 +218,7 @@ class BudgetPlanner:
                                             period=limit.period, limit_micros=limit.limit_micros,
                                             spent_micros=spent, reserved_micros=held,
                                             would_exceed=over))
-        if plan is not None and plan.routing is not None and plan.routing.refused:
+        if plan is not None and plan.deployment_plan is not None and plan.deployment_plan.refused:
             refused = True
         return CostEstimate(model_group=route.model_group, fallback_groups=chain[1:],
                             prompt_tokens=prompt, expected_completion_tokens=expected,

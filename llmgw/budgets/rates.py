@@ -11,7 +11,7 @@ from decimal import Decimal
 from functools import cache
 from typing import Any
 
-log = logging.getLogger("llmgw.rates")
+log = logging.getLogger("llmgw.budgets.rates")
 
 # llmgw's name of a token kind -> LiteLLM's model_info key for its per-token cost
 RATE_KEYS: dict[str, str] = {

@@ -19,8 +19,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-from llmgw.config import BudgetLimits, BudgetSettings, SessionLimits
-from llmgw.pricing import to_micros
+from llmgw.budgets.pricing import to_micros
+from llmgw.config.models import BudgetLimits, BudgetSettings, SessionLimits
 
 SCOPES = ("global", "project", "agent", "agent_type")
 PERIODS = ("day", "month")

@@ -26,7 +26,7 @@ from llmgw.cache.coalesce import Coalesce
 from llmgw.errors import ConfigError, LLMGatewayError
 
 if TYPE_CHECKING:
-    from llmgw.config import CacheSettings
+    from llmgw.config.models import CacheSettings
 
 log = logging.getLogger("llmgw.cache")
 

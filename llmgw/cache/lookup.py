@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from llmgw.agents import Resolution
 from llmgw.cache import Cache, CachedAnswer, cache_key, scope_of
-from llmgw.config import Config
+from llmgw.config.agents import Resolution
+from llmgw.config.models import Config
 from llmgw.dialects.base import Call
 from llmgw.types import Completion
 

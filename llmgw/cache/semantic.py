@@ -42,7 +42,7 @@ from llmgw.cache import _NOT_IN_KEY, check_scope
 from llmgw.errors import ConfigError
 
 if TYPE_CHECKING:
-    from llmgw.config import SemanticSettings
+    from llmgw.config.models import SemanticSettings
 
 try:  # numpy comes with the extra; the index also works without it (pure Python, small)
     import numpy as np

@@ -1,7 +1,7 @@
 """The `llmgw` command line.
 
 Keep `llmgw --help` fast: no module imported here may import litellm, llmgw.gateway or
-llmgw.router at import time (commands that call a model import them inside the command).
+llmgw.routing.router at import time (commands that call a model import them inside the command).
 A new command group is one line below: `app.add_typer(<module>.app, name="<group>")`.
 """
 

@@ -10,10 +10,10 @@ import typer
 from rich import box
 from rich.table import Table
 
+from llmgw.budgets.pricing import micros_to_usd, to_micros
 from llmgw.cli._common import EXIT_USAGE, LEDGER_URL_HELP, console, errors_as_exit, fail, print_wide
 from llmgw.ledger.engine import make_engine, resolve_ledger_url
 from llmgw.ledger.migrate import ensure_current
-from llmgw.pricing import micros_to_usd, to_micros
 
 app = typer.Typer(help="Budgets: limits per project, agent, agent type, agent run (session), "
                        "globally, per request.",
@@ -26,7 +26,7 @@ MAX_ID_CHARS = 200  # the ledger's id columns (String(200))
 
 def _amount(flag: str, value: str | None) -> int | None:
     """Dollars as typed by a person -> micro-dollars; anything odd is refused, not guessed."""
-    from llmgw.config import MAX_BUDGET_USD
+    from llmgw.config.models import MAX_BUDGET_USD
 
     if value is None:
         return None
@@ -56,8 +56,9 @@ def _scope_id(flag: str, value: str) -> str:
 
 
 def _policy_and_store(ledger_url: str | None) -> tuple[Any, Any, Any]:
-    from llmgw.budgets import BudgetPolicy
-    from llmgw.config import BudgetSettings, config_path, load_config
+    from llmgw.budgets.rules import BudgetPolicy
+    from llmgw.config.loading import config_path, load_config
+    from llmgw.config.models import BudgetSettings
     from llmgw.ledger.budget_store import BudgetStore
 
     url = resolve_ledger_url(ledger_url)
@@ -91,7 +92,7 @@ def set_(
     Examples: `llmgw budgets set --project checkout --daily 50 --monthly 1000 --warn 0.8`,
     `llmgw budgets set --per-request 1.00`, `llmgw budgets set --global --monthly 5000`,
     `llmgw budgets set --session '*' --total-usd 5`."""
-    from llmgw.budgets import ANY, SESSION, TOTAL, Rule
+    from llmgw.budgets.rules import ANY, SESSION, TOTAL, Rule
     from llmgw.ledger.store import utcnow
 
     targets = [(s, v) for s, v in (("project", project), ("agent", agent),
@@ -204,7 +205,7 @@ def status(
 ) -> None:
     """Spend, open holds, limit, % used and reset time of each budget's current window; with
     --session, that run's cap (its whole life: it never resets)."""
-    from llmgw.budgets import statuses
+    from llmgw.budgets.rules import statuses
     from llmgw.ledger.store import utcnow
 
     with errors_as_exit():

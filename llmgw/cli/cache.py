@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from sqlalchemy import func, select
 
+from llmgw.budgets.pricing import micros_to_usd
 from llmgw.cli._common import EXIT_USAGE, LEDGER_URL_HELP, console, errors_as_exit, fail
 from llmgw.ledger.engine import make_engine, resolve_ledger_url
 from llmgw.ledger.migrate import ensure_current
 from llmgw.ledger.models import UsageEvent
-from llmgw.pricing import micros_to_usd
 
 if TYPE_CHECKING:  # the cache modules load only for the commands that use them
     from llmgw.cache import Cache, CacheStats
@@ -26,7 +26,7 @@ Config = Annotated[str | None, typer.Option("--config", help="Config file (defau
 def _backend(config: str | None) -> tuple[Cache | None, str]:
     """The configured cache backend (None when off) and `llmgw.cache.scope`."""
     from llmgw.cache.backends import make_cache
-    from llmgw.config import load_config
+    from llmgw.config.loading import load_config
 
     cfg = load_config(config)
     cache = make_cache(cfg.llmgw.cache, cfg.router_settings.router_kwargs().get("redis_url"))

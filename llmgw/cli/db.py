@@ -115,7 +115,8 @@ def longest_request_s() -> float:
     gets (router_settings, else `llmgw.request_timeout_s`, which the gateway passes as the
     Router's default) plus `stream_timeout`, the longest of the Router's and any deployment's.
     Without a config file, the defaults."""
-    from llmgw.config import GatewaySettings, config_path, load_config
+    from llmgw.config.loading import config_path, load_config
+    from llmgw.config.models import GatewaySettings
 
     default = float(GatewaySettings.model_fields["request_timeout_s"].default)
     if not config_path().is_file():

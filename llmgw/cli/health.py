@@ -20,7 +20,7 @@ from llmgw.cli._common import (
     fail,
     print_wide,
 )
-from llmgw.config import load_config
+from llmgw.config.loading import load_config
 
 if TYPE_CHECKING:
     from llmgw.observe.health import DeploymentHealth
@@ -67,7 +67,7 @@ def _router(cfg: Any, redactor: Any) -> tuple[Any, bool]:
     """The Router the gateway would build, for its cooldown state; None if it cannot be built
     (then the probes still run: which endpoints answer is what one wants to know then)."""
     try:
-        from llmgw.router import build_router
+        from llmgw.routing.router import build_router
 
         return build_router(cfg, redactor), True
     except Exception as exc:

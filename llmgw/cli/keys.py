@@ -186,7 +186,8 @@ def revoke(
 def _views(keys: list[Any], config_file: str | None) -> list[dict[str, Any]]:
     """Each key as `list --format json` shows it: its info, effective limits, this minute's
     use (None without a shared Redis: each server's memory is its own) and expiry mark."""
-    from llmgw.config import Config, config_path, load_config
+    from llmgw.config.loading import config_path, load_config
+    from llmgw.config.models import Config
     from llmgw.ledger.timespec import utcnow
     from llmgw.server.key_limits import KeyLimiter
 

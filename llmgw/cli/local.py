@@ -11,7 +11,8 @@ import typer
 from rich.markup import escape
 
 from llmgw.cli._common import console, err_console, errors_as_exit, fail
-from llmgw.local import CACHE_ENV, MODEL_ALIAS, LocalServer, fetch_model
+from llmgw.local.fetch import CACHE_ENV, MODEL_ALIAS, fetch_model
+from llmgw.local.server import LocalServer
 
 app = typer.Typer(help="A real local model (Qwen2.5-Coder-0.5B, llama.cpp): fetch and serve.",
                   no_args_is_help=True)

@@ -38,8 +38,8 @@ def mcp(
 
 
 async def _serve(config: str | None) -> None:
-    from llmgw.config import load_config
-    from llmgw.server.mcp_identity import ENV_API_KEY, Identity, identity_from_env
+    from llmgw.config.loading import load_config
+    from llmgw.server.mcp.identity import ENV_API_KEY, Identity, identity_from_env
 
     cfg = load_config(config)
     identity: Identity | None = None
@@ -47,8 +47,8 @@ async def _serve(config: str | None) -> None:
         identity = await identity_from_env()
 
     from llmgw.gateway import LLMGateway  # imports LiteLLM: only when serving
-    from llmgw.server.mcp import serve_stdio
-    from llmgw.server.mcp_identity import key_authenticator
+    from llmgw.server.mcp.app import serve_stdio
+    from llmgw.server.mcp.identity import key_authenticator
 
     gw = LLMGateway(cfg)
     try:

@@ -11,9 +11,9 @@ import typer
 from rich import box
 from rich.table import Table
 
+from llmgw.budgets.rates import CONFIG, INPUT, rates_of
 from llmgw.cli._common import EXIT_USAGE, errors_as_exit, fail, print_wide
-from llmgw.config import load_config
-from llmgw.rates import CONFIG, INPUT, rates_of
+from llmgw.config.loading import load_config
 
 app = typer.Typer(help="The model groups and deployments of the config.", invoke_without_command=True)
 

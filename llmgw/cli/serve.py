@@ -48,7 +48,7 @@ def serve(
     `llmgw keys create`."""
     if workers < 1:
         fail("--workers must be at least 1.", code=EXIT_USAGE)
-    from llmgw.config import config_path, load_config
+    from llmgw.config.loading import config_path, load_config
     from llmgw.ledger.migrate import ensure_current
     from llmgw.server.settings import ServerSettings
 

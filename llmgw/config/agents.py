@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmgw.aliases import resolve_model
-from llmgw.config import Config
+from llmgw.config.aliases import resolve_model
+from llmgw.config.models import Config
 
 
 @dataclass(frozen=True, slots=True)

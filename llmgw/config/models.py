@@ -1,6 +1,7 @@
-"""`model_list.yaml`: LiteLLM's own config format plus our `llmgw:` section, validated at load.
+"""`model_list.yaml`'s models: LiteLLM's own config format plus our `llmgw:` section.
 
-A bad file fails here, with the key path and what was expected, never at the first request.
+Validation lives in the models, so a bad file fails at load (`llmgw.config.loading`), with the
+key path and what was expected, never at the first request.
 """
 
 from __future__ import annotations
@@ -8,31 +9,23 @@ from __future__ import annotations
 import difflib
 import os
 from decimal import Decimal
-from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     PrivateAttr,
     Strict,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from llmgw.config_errors import describe, one_line
-from llmgw.errors import ConfigError
-from llmgw.router_settings import ENV_PREFIX, FALLBACK_KINDS, Count, PositiveInt, RouterSettings
+from llmgw.config.router_settings import ENV_PREFIX, FALLBACK_KINDS, Count, PositiveInt, RouterSettings
 
-DEFAULT_CONFIG_FILE = "model_list.yaml"
 DEFAULT_LEDGER_URL = "sqlite:///llmgw.db"
-ENV_REDIS_URL = "LLMGW_REDIS_URL"
-ENV_METRICS_PORT = "LLMGW_METRICS_PORT"
 _SECRET_PARAM_HINTS = ("key", "secret", "token", "password", "credential")
 # LiteLLM 1.106.2 cannot parse Cohere's v2 SSE stream (it json-decodes the `event:` lines);
 # with fake_stream it makes a plain call and replays the answer as a stream.
@@ -155,7 +148,7 @@ class Deployment(BaseModel):
         info["id"] = self.id
         info["input_cost_per_token"] = float(self.input_price)
         info["output_cost_per_token"] = float(self.output_price)
-        from llmgw.rates import litellm_model_info
+        from llmgw.budgets.rates import litellm_model_info
 
         for key, value in litellm_model_info(self).items():  # no token kind priced at $0
             info.setdefault(key, value)
@@ -353,7 +346,7 @@ class GatewaySettings(BaseModel):
     agents: dict[str, str] = Field(default_factory=dict, description="agent_id -> agent type")
     model_aliases: dict[str, str] = Field(default_factory=dict, description=(
         "client model name or fnmatch pattern (claude-*haiku*) -> model group; an exact group "
-        "name always wins, then the patterns in file order (llmgw.aliases)"))
+        "name always wins, then the patterns in file order (llmgw.config.aliases)"))
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
@@ -366,7 +359,7 @@ class GatewaySettings(BaseModel):
     request_timeout_s: float = Field(default=600.0, gt=0, le=MAX_TIMEOUT_S)
     lean_litellm: bool = Field(default=True, description=(
         "LiteLLM's Router without per-call work that changes nothing a user sees "
-        "(llmgw.router.LEAN_GENERAL_SETTINGS, llmgw._litellm.lean_router_class); false: the "
+        "(llmgw.routing.router.LEAN_GENERAL_SETTINGS, llmgw._litellm.lean_router_class); false: the "
         "Router exactly as LiteLLM ships it"))
     gc_freeze: bool | None = Field(default=None, description=(
         "freeze start-up's objects out of Python's cyclic GC (llmgw.heap); None: only in "
@@ -518,60 +511,3 @@ class Config(BaseModel):
                 if len(value) >= 6:
                     secrets.append(value)
         return secrets + self.router_settings.redis_secrets()
-
-
-def config_from_dict(data: Any, *, source: str = "<dict>") -> Config:
-    """Validate a parsed config; any problem becomes one `ConfigError` listing each bad key."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got "
-                          f"{type(data).__name__}", path=source)
-    try:
-        cfg = Config.model_validate(data)
-    except ValidationError as exc:
-        found = describe(exc, Config)
-        if len(found) == 1:  # one line, so a CLI error stays one line
-            text = f"{source}: invalid configuration: {one_line(*found[0])}"
-        else:
-            text = f"{source}: invalid configuration:\n" + "\n".join(
-                f"  {key}: {msg}" for key, msg in found)
-        raise ConfigError(text, path=source, key=found[0][0] if found else None,
-                          hint="Fix the key(s) named; see the model_list.yaml shipped with "
-                               "llmgw.") from None
-    cfg._source = source
-    ledger_url = os.environ.get("LLMGW_LEDGER_URL")
-    if ledger_url:
-        cfg.llmgw.ledger.url = ledger_url
-    redis_url = os.environ.get(ENV_REDIS_URL)
-    if redis_url:
-        cfg.router_settings.redis_url = redis_url
-    metrics_port = os.environ.get(ENV_METRICS_PORT)
-    if metrics_port:
-        try:
-            cfg.llmgw.metrics = MetricsSettings(enabled=True, host=cfg.llmgw.metrics.host,
-                                                port=int(metrics_port))
-        except ValueError:
-            raise ConfigError(f"{ENV_METRICS_PORT}={metrics_port!r} is not a port number.",
-                              key=ENV_METRICS_PORT,
-                              hint="Use a free TCP port (0-65535), or unset it.") from None
-    return cfg
-
-
-def config_path(path: str | os.PathLike[str] | None = None) -> Path:
-    """Where the config comes from: the argument, then `LLMGW_CONFIG`, then ./model_list.yaml."""
-    return Path(path or os.environ.get("LLMGW_CONFIG") or DEFAULT_CONFIG_FILE)
-
-
-def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Load and validate `model_list.yaml` (see `config_path`); env overrides applied."""
-    p = config_path(path)
-    if not p.is_file():
-        raise ConfigError(f"No configuration file at {p}.", path=str(p),
-                          hint="Create model_list.yaml (see README) or set LLMGW_CONFIG to its path.")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', exc)}",
-                          path=str(p), hint="Fix the YAML syntax.") from None
-    return config_from_dict(data, source=str(p))

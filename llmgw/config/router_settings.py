@@ -76,7 +76,7 @@ class RetryPolicy(BaseModel):
 
 class GeneralSettings(BaseModel):
     """`router_general_settings` (litellm.types.router.RouterGeneralSettings). llmgw turns
-    `async_only_mode` on unless this says otherwise (llmgw.router.LEAN_GENERAL_SETTINGS)."""
+    `async_only_mode` on unless this says otherwise (llmgw.routing.router.LEAN_GENERAL_SETTINGS)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -24,9 +24,9 @@ from llmgw._litellm.messages import (
     litellm_usage,
     to_openai_request,
 )
+from llmgw.budgets.pricing import to_micros
 from llmgw.dialects.base import Call, Served, caching_asked, wire_completion
 from llmgw.errors import InvalidRequest
-from llmgw.pricing import to_micros
 from llmgw.redact import Redactor
 from llmgw.types import (
     AttemptStatus,

@@ -7,13 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from llmgw.agents import Resolution
-from llmgw.config import Config
-from llmgw.ledger.store import RequestContext
-from llmgw.rates import snapshot
+from llmgw.budgets.rates import snapshot
+from llmgw.config.agents import Resolution
+from llmgw.config.models import Config
+from llmgw.pipeline.completions import since_ms
+from llmgw.pipeline.context import RequestContext
 from llmgw.redact import Redactor
-from llmgw.responses import since_ms
-from llmgw.router import RequestTrace, classify, provider_message
+from llmgw.routing.errors import classify, provider_message
+from llmgw.routing.recorder import RequestTrace
 from llmgw.types import Attempt, AttemptStatus, Completion, StreamEvent, Usage
 
 

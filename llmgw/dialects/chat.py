@@ -5,10 +5,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from llmgw.constraints import CONSTRAINT_PARAMS
 from llmgw.dialects.base import Call, Served, caching_asked
+from llmgw.pipeline.completions import StreamAccumulator, completion_of, replay, stream_completion
 from llmgw.redact import Redactor
-from llmgw.responses import StreamAccumulator, completion_of, replay, stream_completion
+from llmgw.routing.constraints import CONSTRAINT_PARAMS
 from llmgw.types import AttemptStatus, Completion, CompletionRequest, StreamEvent
 
 

@@ -19,9 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from llmgw._litellm import hidden_params, import_litellm, text_count_function
 from llmgw._litellm.messages import cost_of_usage
 from llmgw._litellm.responses_api import DROPPED_TOOLS, chat_usage, to_chat_messages
+from llmgw.budgets.pricing import to_micros
 from llmgw.dialects.base import Call, Served, wire_completion
 from llmgw.errors import InvalidRequest
-from llmgw.pricing import to_micros
 from llmgw.redact import Redactor
 from llmgw.types import (
     AttemptStatus,

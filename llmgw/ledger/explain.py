@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
+from llmgw.budgets.pricing import to_micros
 from llmgw.ledger.models import UsageEvent
-from llmgw.pricing import to_micros
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,9 +28,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
+from llmgw.budgets.pricing import micros_to_usd
 from llmgw.ledger.migrate import ledger_error
 from llmgw.ledger.models import UsageEvent, UsageRollup, UsageSplitRequest
-from llmgw.pricing import micros_to_usd
 
 GroupBy = Literal[
     "project", "agent", "agent-type", "model", "provider", "day", "model-group", "deployment",

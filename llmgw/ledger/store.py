@@ -6,7 +6,6 @@ import asyncio
 import operator
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -24,6 +23,7 @@ from llmgw.ledger.models import USAGE_COLUMNS, UsageEvent
 from llmgw.ledger.ops import Call, Op, run_sync
 from llmgw.ledger.pg_async import AsyncPostgres
 from llmgw.ledger.timespec import utcnow  # noqa: F401  (the ledger's clock, re-exported)
+from llmgw.pipeline.context import RequestContext
 from llmgw.types import Attempt
 
 T = TypeVar("T")
@@ -49,21 +49,6 @@ _PG_INSERT_ROWS = (
     "json_populate_recordset(NULL::usage_events, t.e->'rows') WITH ORDINALITY AS u "
     "ORDER BY t.n, u.ordinality) "
     "SELECT n FROM t ORDER BY n")
-
-
-@dataclass(frozen=True, slots=True)
-class RequestContext:
-    """Who asked and for which group: the same on every row of one request."""
-
-    request_id: str
-    agent_id: str
-    agent_type: str | None
-    project_id: str
-    stream: bool = False
-    session_id: str | None = None  # the agent run (Claude Code's session, X-LLMGW-Session)
-    end_user: str | None = None  # who the caller says it acts for (`user`, metadata.user_id)
-    requested_model: str | None = None  # the model name the client asked for (an alias)
-    dialect: str = "chat"  # the wire dialect: chat, anthropic, responses
 
 
 def usage_row(ctx: RequestContext, attempt: Attempt, *, ts: datetime, saved_micros: int = 0,

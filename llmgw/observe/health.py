@@ -22,7 +22,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel
 
-from llmgw.config import ENV_PREFIX, Config, Deployment
+from llmgw.config.models import ENV_PREFIX, Config, Deployment
 from llmgw.redact import Redactor
 
 _ANTHROPIC_VERSION = "2023-06-01"
@@ -125,7 +125,7 @@ async def probe(config: Config, router: Any = None, *, timeout: float = 5.0,
     """Probe every deployment of ``config`` concurrently, in config order.
 
     ``router`` is the gateway's `litellm.Router`, asked which deployments it is cooling
-    down and for how long (None: report none), and with ``gate`` (`llmgw.capacity`; default:
+    down and for how long (None: report none), and with ``gate`` (`llmgw.routing.capacity`; default:
     the one built with the router) what each uses now. Each probe gets ``timeout`` seconds.
     """
     from llmgw._litellm import import_litellm
@@ -135,7 +135,7 @@ async def probe(config: Config, router: Any = None, *, timeout: float = 5.0,
     import_litellm()
     redactor = redactor or Redactor(config.secret_values())
     if gate is None and router is not None:
-        from llmgw.router import router_services
+        from llmgw.routing.recorder import router_services
 
         services = router_services(router)
         gate = services.gate if services is not None else None
@@ -170,7 +170,7 @@ async def current_use(config: Config, router: Any = None, gate: Any = None
     rpm/tpm, shared through Redis) or llmgw's capacity gate (every deployment with a limit,
     exact across processes), whichever counted more; in flight: the gate's leases, else
     LiteLLM's per-process max_parallel_requests slot."""
-    from llmgw.capacity import limits_of
+    from llmgw.routing.capacity import limits_of
 
     default_par = config.router_settings.default_max_parallel_requests
     limits = {d.id: limits_of(d.to_litellm()["litellm_params"], default_par)
@@ -298,7 +298,7 @@ async def _complete(dep: Deployment, key: str | None, api_base: str | None, time
     """A 1-token completion through LiteLLM; the error text, or None if it answered."""
     from llmgw._litellm import import_litellm
     from llmgw.errors import AuthenticationFailed
-    from llmgw.router import classify, provider_message, status_code_of
+    from llmgw.routing.errors import classify, provider_message, status_code_of
 
     litellm = import_litellm()
     params = dict(dep.to_litellm()["litellm_params"])

@@ -16,9 +16,9 @@ import sys
 from typing import Any
 
 from llmgw._litellm import add_callback, remove_callback
-from llmgw.config import OtelSettings
+from llmgw.config.models import OtelSettings
 from llmgw.errors import ConfigError
-from llmgw.router import REQUEST_ID_KEY
+from llmgw.routing.recorder import REQUEST_ID_KEY
 
 log = logging.getLogger("llmgw.tracing")
 

@@ -8,15 +8,16 @@ from typing import Any
 
 from llmgw._litellm import cost_usd, hidden_params, import_litellm
 from llmgw._litellm.messages import cost_of_usage
-from llmgw.agents import Resolution
+from llmgw.budgets.pricing import to_micros, token_cost_micros
+from llmgw.budgets.rates import snapshot
 from llmgw.cache import CachedAnswer
-from llmgw.config import Config
-from llmgw.ledger.store import RequestContext
-from llmgw.pricing import to_micros, token_cost_micros
+from llmgw.config.agents import Resolution
+from llmgw.config.models import Config
+from llmgw.pipeline.context import RequestContext
 from llmgw.providers.ruvector import HIDDEN_KEY as RUVECTOR_DETAILS
-from llmgw.rates import snapshot
 from llmgw.redact import Redactor
-from llmgw.router import RequestTrace, classify, provider_message
+from llmgw.routing.errors import classify, provider_message
+from llmgw.routing.recorder import RequestTrace
 from llmgw.types import (
     Attempt,
     AttemptStatus,

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from llmgw._litellm.count_tokens import ProviderCountFailed, anthropic_count, tokenizer_count
-from llmgw.config import Config, Deployment
+from llmgw.config.models import Config, Deployment
+from llmgw.config.router_settings import ENV_PREFIX
 from llmgw.errors import InvalidRequest, UnknownModelGroup
-from llmgw.router_settings import ENV_PREFIX
 
-log = logging.getLogger("llmgw.count_tokens")
+log = logging.getLogger("llmgw.pipeline.count_tokens")
 
 Source = Literal["provider", "tokenizer"]
 # Counting is quick; a deployment without a timeout of its own must not hold a caller 10 minutes.

@@ -19,32 +19,27 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmgw.agents import Resolution
-from llmgw.budgets import BudgetPolicy, Limit
-from llmgw.config import Config
-from llmgw.constraints import RoutePlan
+from llmgw.budgets.planner import BudgetPlan
+from llmgw.budgets.rules import BudgetPolicy, Limit
+from llmgw.config.agents import Resolution
+from llmgw.config.models import Config
 from llmgw.errors import BudgetExceeded, LedgerError, ProviderError
 from llmgw.heap import FIRST_ANSWER, freeze_once
 from llmgw.ledger.budget_store import BudgetStore, Hold, RefusedError, SettleResult
 from llmgw.ledger.ops import Op
-from llmgw.ledger.store import LedgerStore, RequestContext, usage_row, write_failed
+from llmgw.ledger.store import LedgerStore, usage_row, write_failed
 from llmgw.observe.events import EventBus
 from llmgw.observe.health import StatsCollector
-from llmgw.planner import BudgetPlan
+from llmgw.pipeline.completions import since_ms
+from llmgw.pipeline.context import RequestContext
 from llmgw.redact import Redactor
-from llmgw.responses import since_ms
-from llmgw.router import (
-    AttemptRecorder,
-    RequestTrace,
-    classify,
-    count_stream_failure,
-    map_exception,
-    provider_message,
-    status_code_of,
-)
+from llmgw.routing.constraints import RoutePlan
+from llmgw.routing.errors import classify, map_exception, provider_message, status_code_of
+from llmgw.routing.recorder import AttemptRecorder, RequestTrace
+from llmgw.routing.router import count_stream_failure
 from llmgw.types import Attempt, Completion
 
-log = logging.getLogger("llmgw.lifecycle")
+log = logging.getLogger("llmgw.pipeline.lifecycle")
 
 # A partial stream's end that is not the provider's fault
 _NOT_PROVIDER_FAILURES = (None, "StreamClosed", "Cancelled")
@@ -140,26 +135,26 @@ class RequestLifecycle:
 
     def __init__(self, services: PipelineServices, ctx: RequestContext, route: Resolution,
                  metadata: dict[str, Any], now: Any) -> None:
-        self.gw = gw = services
+        self.services = services
         self.ctx = ctx
-        self.route = route
+        self.group_choice = route  # the model group and why (explicit, alias, agent type, ...)
         self.metadata = metadata
         self.now = now
         self.hold: Hold | None = None
         self.trace: RequestTrace | None = None
-        self.route_plan: RoutePlan | None = None  # per-call constraints, when it has any
+        self.deployment_plan: RoutePlan | None = None  # per-call constraints, when it has any
         self.waited_ms: float | None = None  # how long it queued for capacity, if it did
         self.started = time.perf_counter()
         self.ended = False
         self._reserving: asyncio.Future[Hold] | None = None
-        gw.inflight.started[ctx.request_id] = self.started
-        if gw.events.wants("request.started") or gw.tracing is not None:
+        services.inflight.started[ctx.request_id] = self.started
+        if services.events.wants("request.started") or services.tracing is not None:
             payload = {"request_id": ctx.request_id, "agent_id": ctx.agent_id,
                        "project_id": ctx.project_id, "agent_type": ctx.agent_type,
                        "model_group": route.model_group, "stream": ctx.stream}
-            if gw.tracing is not None:
-                gw.tracing.start(payload)
-            gw.events.emit("request.started", payload)
+            if services.tracing is not None:
+                services.tracing.start(payload)
+            services.events.emit("request.started", payload)
 
     async def __aenter__(self) -> RequestLifecycle:
         return self
@@ -175,14 +170,14 @@ class RequestLifecycle:
         """Hold the plan's worst case against every limit, or refuse (a `refused` row,
         `BudgetExceeded`). A reserve cancelled in flight may still commit: the exit then
         waits for it and releases what it held."""
-        self.route = plan.route
-        self.route_plan = routing = plan.routing
+        self.group_choice = plan.group_choice
+        self.deployment_plan = routing = plan.deployment_plan
         if routing is not None and routing.refused:
             ceiling = routing.constraints.max_cost_micros or 0
             await self.refuse(
                 Limit("request", "max_cost_usd", "request", ceiling, 1.0), 0, 0, plan.amount,
                 None, note=routing.note(None),
-                hint=(f"No deployment of group {plan.route.model_group!r} or its fallbacks can "
+                hint=(f"No deployment of group {plan.group_choice.model_group!r} or its fallbacks can "
                       f"serve this call for at most ${ceiling / 1e6:.6f}: the cheapest could "
                       f"cost ${plan.amount / 1e6:.6f}. Raise max_cost_usd, lower max_tokens "
                       "or shorten the prompt."))
@@ -190,14 +185,14 @@ class RequestLifecycle:
             await self.refuse(plan.cap, 0, 0, plan.amount, None)
         if not plan.limits and plan.cap is None:
             return  # constraints only: nothing to hold
-        gw, ctx = self.gw, self.ctx
-        self._reserving = gw.ledger.start(
-            gw.budget_store.reserve_op(
+        services, ctx = self.services, self.ctx
+        self._reserving = services.ledger.start(
+            services.budget_store.reserve_op(
                 request_id=ctx.request_id, amount_micros=plan.amount, limits=plan.limits,
                 keys=plan.keys, created_at=self.now, agent_id=ctx.agent_id,
                 agent_type=ctx.agent_type, project_id=ctx.project_id,
-                model_group=plan.route.model_group),
-            alone=gw.inflight.alone)
+                model_group=plan.group_choice.model_group),
+            alone=services.inflight.alone)
         try:
             self.hold = await asyncio.shield(self._reserving)
         except LedgerError as exc:  # the ledger failed: the caller hears which request
@@ -213,8 +208,8 @@ class RequestLifecycle:
                      hint: str | None = None) -> None:
         """A `refused` row, `budget.refused`, then `BudgetExceeded`; no provider is called."""
         self.ended = True
-        gw, ctx, route = self.gw, self.ctx, self.route
-        resets = (gw.budget_policy.period_end(period_start, limit.period)
+        services, ctx, route = self.services, self.ctx, self.group_choice
+        resets = (services.budget_policy.period_end(period_start, limit.period)
                   if period_start is not None else None)
         error = BudgetExceeded(scope=limit.scope, scope_id=limit.scope_id, window=limit.period,
                                spent_micros=spent, reserved_micros=reserved,
@@ -234,16 +229,16 @@ class RequestLifecycle:
 
         async def write() -> None:
             try:
-                await gw.ledger.transact(gw.ledger.write_op([row]),
-                                         alone=gw.inflight.alone)
+                await services.ledger.transact(services.ledger.write_op([row]),
+                                         alone=services.inflight.alone)
             except BaseException:
-                self._finished([refused], written=False)
+                self._emit_finished([refused], written=False)
                 raise
-            gw.events.emit("budget.refused", {
+            services.events.emit("budget.refused", {
                 "request_id": ctx.request_id, "scope": limit.scope, "scope_id": limit.scope_id,
                 "period": limit.period, "requested_micros": amount,
                 "limit_micros": limit.limit_micros})
-            self._finished([refused])
+            self._emit_finished([refused])
         await self._shielded(write())
         raise error
 
@@ -251,15 +246,15 @@ class RequestLifecycle:
 
     def open_trace(self) -> None:
         """From here a provider may be billing: failed hops collect in the trace."""
-        self.trace = self.gw.recorder.open(self.ctx.request_id)
-        if self.route_plan is not None:
-            self.trace.routing = self.route_plan
-            self.trace.latency_ms = self.gw.stats.latency_ms
+        self.trace = self.services.recorder.open(self.ctx.request_id)
+        if self.deployment_plan is not None:
+            self.trace.routing = self.deployment_plan
+            self.trace.latency_ms = self.services.stats.latency_ms
 
     def close_trace(self) -> RequestTrace:
         self.trace = None
-        trace = self.gw.recorder.close(self.ctx.request_id)
-        self.waited_ms = trace.admission.waited_ms  # for capacity (llmgw.capacity)
+        trace = self.services.recorder.close(self.ctx.request_id)
+        self.waited_ms = trace.admission.waited_ms  # for capacity (llmgw.routing.capacity)
         return trace
 
     async def fail(self, exc: BaseException) -> ProviderError:
@@ -267,12 +262,12 @@ class RequestLifecycle:
         trace = self.close_trace()
         if not trace.failures:  # failed before any provider call (e.g. all deployments cooling)
             trace.failures.append(Attempt(
-                attempt=1, model_group=self.route.model_group, status="error",
+                attempt=1, model_group=self.group_choice.model_group, status="error",
                 error_class=classify(exc).__name__,
-                error_message=provider_message(exc, self.gw.redactor),
+                error_message=provider_message(exc, self.services.redactor),
                 status_code=status_code_of(exc)))
-        error = map_exception(exc, trace=trace, model_group=self.route.model_group,
-                              redactor=self.gw.redactor, config=self.gw.config)
+        error = map_exception(exc, trace=trace, model_group=self.group_choice.model_group,
+                              redactor=self.services.redactor, config=self.services.config)
         error.request_id = self.ctx.request_id
         await self.finish(trace.failures)
         return error
@@ -289,9 +284,9 @@ class RequestLifecycle:
             self.close_trace()
         for a in attempts:  # a provider that broke a stream mid-way failed, for cooldowns too
             if a.status == "partial" and a.error_class not in _NOT_PROVIDER_FAILURES:
-                count_stream_failure(self.gw.router, a)
-        recorded = self._record(attempts, completion, saved_micros, extra)
-        self.gw.inflight.track(recorded)
+                count_stream_failure(self.services.router, a)
+        recorded = self._start_writing(attempts, completion, saved_micros, extra)
+        self.services.inflight.track(recorded)
         await asyncio.shield(recorded)
 
     # -- how it ends -------------------------------------------------------------------------
@@ -307,31 +302,31 @@ class RequestLifecycle:
             trace = self.close_trace()
             cancelled = exc is None or isinstance(exc, (asyncio.CancelledError, GeneratorExit))
             attempts = [*trace.failures, Attempt(
-                attempt=len(trace.failures) + 1, model_group=self.route.model_group,
+                attempt=len(trace.failures) + 1, model_group=self.group_choice.model_group,
                 status="error",
                 error_class="Cancelled" if cancelled else type(exc).__name__,
                 error_message=("the caller cancelled the request" if cancelled or exc is None
-                               else provider_message(exc, self.gw.redactor)),
+                               else provider_message(exc, self.services.redactor)),
                 latency_ms=since_ms(self.started))]
         error_class = None if exc is None else (
             "Cancelled" if isinstance(exc, (asyncio.CancelledError, GeneratorExit))
             else type(exc).__name__)
-        await self._record(attempts, None, 0, None, error_class=error_class)
+        await self._start_writing(attempts, None, 0, None, error_class=error_class)
 
-    def _record(self, attempts: list[Attempt], completion: Completion | None,
+    def _start_writing(self, attempts: list[Attempt], completion: Completion | None,
                 saved_micros: int, extra: dict[str, Any] | None, *,
                 error_class: str | None = None) -> asyncio.Future[None]:
         """Start writing the request's rows, settling its hold in the same transaction. The
-        future is done once they are committed and `request.finished` is out (`_recorded`);
+        future is done once they are committed and `request.finished` is out (`_on_written`);
         the write runs to its end if the caller is cancelled meanwhile."""
-        gw, ctx, route, hold = self.gw, self.ctx, self.route, self.hold
+        services, ctx, route, hold = self.services, self.ctx, self.group_choice, self.hold
         for a in attempts:
             if a.deployment and a.status in ("ok", "error"):
-                gw.stats.record(a.deployment, a.status == "ok", a.latency_ms)
+                services.stats.record(a.deployment, a.status == "ok", a.latency_ms)
         meta = {**self.metadata, "llmgw": {"requested_group": route.model_group,
                                            "route": route.reason, **(extra or {})}}
-        if self.route_plan is not None:
-            meta["llmgw"]["routing"] = self.route_plan.note(
+        if self.deployment_plan is not None:
+            meta["llmgw"]["routing"] = self.deployment_plan.note(
                 completion.deployment if completion is not None else None)
         if self.waited_ms is not None:
             meta["llmgw"].setdefault("routing", {})["waited_ms"] = self.waited_ms
@@ -339,23 +334,23 @@ class RequestLifecycle:
                 for a in attempts]
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if hold is None and not rows:  # nothing held, nothing tried: nothing to write
-            self._finished(attempts, completion, saved_micros, error_class)
+            self._emit_finished(attempts, completion, saved_micros, error_class)
             done.set_result(None)
             return done
-        op: Op[Any] = (gw.ledger.write_op(rows) if hold is None else gw.budget_store.settle_op(
+        op: Op[Any] = (services.ledger.write_op(rows) if hold is None else services.budget_store.settle_op(
             hold, spent_micros=sum(a.cost_micros for a in attempts), rows=rows,
             state="settled" if completion else "released"))
-        written = gw.ledger.start(op, alone=gw.inflight.alone)
+        written = services.ledger.start(op, alone=services.inflight.alone)
         written.add_done_callback(functools.partial(
-            self._recorded, done, attempts, completion, saved_micros, error_class, len(rows)))
+            self._on_written, done, attempts, completion, saved_micros, error_class, len(rows)))
         return done
 
-    def _recorded(self, done: asyncio.Future[None], attempts: list[Attempt],
+    def _on_written(self, done: asyncio.Future[None], attempts: list[Attempt],
                   completion: Completion | None, saved_micros: int, error_class: str | None,
                   row_count: int, written: asyncio.Future[Any]) -> None:
-        """`_record`'s end: `request.finished` and budget warnings, or the typed error (a
+        """`_start_writing`'s end: `request.finished` and budget warnings, or the typed error (a
         completion paid for stays on it)."""
-        gw, ctx = self.gw, self.ctx
+        services, ctx = self.services, self.ctx
         try:
             try:
                 result = written.result()
@@ -375,12 +370,12 @@ class RequestLifecycle:
                     error.__cause__ = exc
                 error.completion = completion  # paid for: keep it
                 error.request_id = ctx.request_id
-                self._finished(attempts, completion, saved_micros, error_class, written=False)
+                self._emit_finished(attempts, completion, saved_micros, error_class, written=False)
                 done.set_exception(error)
                 return
-            self._finished(attempts, completion, saved_micros, error_class)
+            self._emit_finished(attempts, completion, saved_micros, error_class)
             for c in result.crossings if isinstance(result, SettleResult) else ():
-                gw.events.emit("budget.warning", {
+                services.events.emit("budget.warning", {
                     "scope": c.limit.scope, "scope_id": c.limit.scope_id,
                     "period": c.limit.period, "period_start": c.key.period_start.isoformat(),
                     "spent_micros": c.spent_micros, "limit_micros": c.limit.limit_micros,
@@ -391,17 +386,17 @@ class RequestLifecycle:
             return
         done.set_result(None)
 
-    def _finished(self, attempts: list[Attempt], completion: Completion | None = None,
+    def _emit_finished(self, attempts: list[Attempt], completion: Completion | None = None,
                   saved_micros: int = 0, error_class: str | None = None, *,
                   written: bool = True) -> None:
         """`fallback` per failed hop, then `request.finished` (once per request)."""
-        gw, ctx, route = self.gw, self.ctx, self.route
-        started = gw.inflight.ended(ctx.request_id)
+        services, ctx, route = self.services, self.ctx, self.group_choice
+        started = services.inflight.ended(ctx.request_id)
         if started is None:
             return  # already finished
         if completion is not None:
-            gw.freeze.answered()
-        events = gw.events
+            services.freeze.answered()
+        events = services.events
         if events.wants("fallback"):
             for failed, then in itertools.pairwise(attempts):
                 events.emit("fallback", {
@@ -409,7 +404,7 @@ class RequestLifecycle:
                     "agent_type": ctx.agent_type, "from_group": failed.model_group,
                     "from_deployment": failed.deployment, "to_group": then.model_group,
                     "to_deployment": then.deployment, "error_class": failed.error_class})
-        if not events.wants("request.finished") and gw.tracing is None:
+        if not events.wants("request.finished") and services.tracing is None:
             return
         final = attempts[-1] if attempts else None
         finished = {
@@ -427,13 +422,13 @@ class RequestLifecycle:
             "completion_tokens": sum(a.usage.completion_tokens for a in attempts),
             "cost_micros": sum(a.cost_micros for a in attempts),
             "saved_micros": saved_micros, "attempts": attempts, "ledger_written": written}
-        if gw.tracing is not None:
-            gw.tracing.finish(finished)
+        if services.tracing is not None:
+            services.tracing.finish(finished)
         events.emit("request.finished", finished)
 
     async def _shielded(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` as a task the caller's cancellation cannot stop; the gateway tracks it
         until it is done, so closing the gateway waits for it."""
         task = asyncio.ensure_future(work)
-        self.gw.inflight.track(task)
+        self.services.inflight.track(task)
         await asyncio.shield(task)

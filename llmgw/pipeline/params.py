@@ -187,7 +187,7 @@ _PARAM_CHECKS: dict[str, Callable[[str, Any], None]] = {
     "tool_choice": _check_tool_choice,
     "tools": _check_tools,
 }
-# The parameters checked by name above (`llmgw.validation` lets them past its name checks).
+# The parameters checked by name above (`llmgw.pipeline.validation` lets them past its name checks).
 CHECKED_PARAMS = frozenset(_PARAM_CHECKS)
 
 

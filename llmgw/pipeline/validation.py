@@ -3,7 +3,7 @@ reserved or written. Bad input raises `InvalidRequest` naming the parameter and 
 
 Ids and metadata are checked against the strictest place they go: PostgreSQL's text and json
 (no NUL, no lone surrogate, no NaN or infinity) and the ledger's column sizes. The LiteLLM
-parameters are checked by `llmgw.params`."""
+parameters are checked by `llmgw.pipeline.params`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from llmgw.errors import InvalidRequest
-from llmgw.params import CHECKED_PARAMS, INT64, check_params, refuse, shown
+from llmgw.pipeline.params import CHECKED_PARAMS, INT64, check_params, refuse, shown
 from llmgw.types import (
     MAX_NESTING,
     CompletionRequest,
@@ -37,7 +37,7 @@ _PRICE_MARKERS = ("_cost", "cost_")
 # served to the project as a real one (mock_response is not part of the cache key).
 _MOCK_PREFIX = "mock_"
 
-# The parameters `llmgw.params` checks by name: none is a test hook, a price or reserved.
+# The parameters `llmgw.pipeline.params` checks by name: none is a test hook, a price or reserved.
 _CHECKED_PARAMS = frozenset(
     name for name in CHECKED_PARAMS if name not in _RESERVED_PARAMS
     and not name.startswith(_MOCK_PREFIX) and not any(m in name for m in _PRICE_MARKERS))

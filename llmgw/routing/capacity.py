@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmgw.config import Config
+from llmgw.config.models import Config
 from llmgw.ids import new_request_id
 
 POLL_S = 0.02  # how often a waiting call looks for capacity again

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
-from llmgw.config import Config
+from llmgw.config.models import Config
 
 Prefer = Literal["cheapest", "fastest"]
 PREFER_VALUES: tuple[str, ...] = ("cheapest", "fastest")
@@ -34,7 +34,7 @@ class CallConstraints:
 
 
 def take_constraints(params: dict[str, Any], defaults: Mapping[str, Any] | None) -> CallConstraints:
-    """Pop `max_cost_usd` / `prefer` from a call's params (validated by `llmgw.params`); the
+    """Pop `max_cost_usd` / `prefer` from a call's params (validated by `llmgw.pipeline.params`); the
     agent type's defaults fill what the call leaves out."""
     given = {k: params.pop(k) for k in CONSTRAINT_PARAMS if k in params}
     merged = {**{k: v for k, v in (defaults or {}).items() if v is not None},

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmgw._litellm import cooldown_statuses
-from llmgw.config import Config, Deployment
+from llmgw.config.models import Config, Deployment
 
-log = logging.getLogger("llmgw.router")
+log = logging.getLogger("llmgw.routing.router")
 
 _AUTH_STATUSES = (401, 403)
 

@@ -10,7 +10,7 @@ Two things it does not do, so llmgw adds them through the Router's own hooks:
   `async_filter_deployments`, before each pick) leaves out what already failed in this
   request while another deployment remains; `retry_floors` gives each group at least one
   retry per sibling for the errors that say "this deployment, not this request".
-- Per-call constraints (`max_cost_usd`, `prefer`): see `llmgw.constraints`.
+- Per-call constraints (`max_cost_usd`, `prefer`): see `llmgw.routing.constraints`.
 """
 
 from __future__ import annotations

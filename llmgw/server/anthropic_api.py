@@ -17,7 +17,6 @@ from fastapi.responses import JSONResponse
 
 from llmgw.dialects.anthropic import FORWARDED_HEADERS, MessagesRequest
 from llmgw.ledger.api_keys import KeyInfo
-from llmgw.server.app import call_gateway
 from llmgw.server.auth import caller_of
 from llmgw.server.common import (
     ERROR_STATUSES,
@@ -29,6 +28,7 @@ from llmgw.server.common import (
     facts,
     require_key,
     stream_request_id,
+    until_disconnect,
 )
 from llmgw.server.errors import FrontError, stream_error_payload
 from llmgw.server.key_limits import key_pass
@@ -58,14 +58,14 @@ async def messages(body: Annotated[MessagesRequest, Body()], request: Request, k
                 end_user=caller.end_user, headers=headers)
     async with key_pass(request, caller, dialect="anthropic", stream=bool(body.stream)) as held:
         if not body.stream:
-            completion = await call_gateway(request, gateway.anthropic_messages(
+            completion = await until_disconnect(request, gateway.anthropic_messages(
                 caller.agent_id, caller.project_id, raw, **call))
             answer = {**(completion.body or {}), "llmgw": facts(completion)}
             return JSONResponse(answer, headers=fact_headers(completion))
         events = held.wrap(gateway.anthropic_messages_stream(caller.agent_id,
                                                              caller.project_id, raw, **call))
         try:  # up to the first event, a failure is still an HTTP status
-            first = await call_gateway(request, anext(events))
+            first = await until_disconnect(request, anext(events))
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await events.aclose()

@@ -2,7 +2,7 @@
 coding agents built on it (which count before they send) can point their base URL at llmgw.
 
 The body is a Messages request without max_tokens. The key names the project, the model names
-the group (as for /v1/messages); llmgw.count_tokens says which deployment counts and how. A
+the group (as for /v1/messages); llmgw.pipeline.count_tokens says which deployment counts and how. A
 count is never charged: no reservation, no ledger row, no cache. Only what is read is
 validated (model, messages, system, tools); every other field goes to the counter as sent."""
 
@@ -14,11 +14,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmgw.count_tokens import count_input_tokens
 from llmgw.ledger.api_keys import KeyInfo
-from llmgw.server.app import until_disconnect
+from llmgw.pipeline.count_tokens import count_input_tokens
 from llmgw.server.auth import caller_of
-from llmgw.server.common import ERROR_STATUSES, group_of, require_key
+from llmgw.server.common import ERROR_STATUSES, group_of, require_key, until_disconnect
 from llmgw.server.schemas import AnthropicError
 
 router = APIRouter()

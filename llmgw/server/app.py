@@ -7,21 +7,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Receive
 
-from llmgw.config import Config, load_config
+from llmgw.config.loading import load_config
+from llmgw.config.models import Config
 from llmgw.errors import LLMGatewayError
 from llmgw.ids import new_request_id
 from llmgw.ledger.api_keys import ApiKeyStore
 from llmgw.server.auth import Authenticator
+from llmgw.server.common import ClientGone
 from llmgw.server.errors import (
     FrontError,
     api_of,
@@ -33,7 +34,6 @@ from llmgw.server.limits import RequestLimits
 from llmgw.server.settings import ServerSettings
 
 log = logging.getLogger("llmgw.server")
-T = TypeVar("T")
 ENV_CONFIG = "LLMGW_CONFIG"
 
 
@@ -67,8 +67,8 @@ def create_app(config: Config | str | None = None, settings: ServerSettings | No
                *, ledger_url: str | None = None) -> FastAPI:
     """The app. `config`: a Config, a path, or None for LLMGW_CONFIG / ./model_list.yaml."""
     settings = settings or ServerSettings.from_env()
-    from llmgw.server.mcp import McpHttp
-    from llmgw.server.mcp_identity import key_authenticator
+    from llmgw.server.mcp.app import McpHttp
+    from llmgw.server.mcp.identity import key_authenticator
 
     app: FastAPI  # made below; the closures here run once it is
 
@@ -138,9 +138,10 @@ def create_app(config: Config | str | None = None, settings: ServerSettings | No
         settings.bind_host, settings.allowed_hosts, settings.allowed_origins,
         settings.cors_origins))
 
-    from llmgw.server import anthropic_api, anthropic_tokens, openai_api, ops, responses_api, ui
+    from llmgw.server import anthropic_api, anthropic_tokens, chat_api, ops, responses_api
+    from llmgw.server.ui import views as ui
 
-    app.include_router(openai_api.router)
+    app.include_router(chat_api.router)
     app.include_router(anthropic_api.router)
     app.include_router(anthropic_tokens.router)
     app.include_router(responses_api.router)
@@ -217,40 +218,4 @@ def _install_error_handlers(app: FastAPI) -> None:
                        f"Internal error ({type(exc).__name__}); the server log has its traceback "
                        f"under request {request_id}."), api_of(request.url.path),
             request_id=request_id)
-
-
-async def call_gateway(request: Request, work: Awaitable[T]) -> T:
-    """Await a gateway call for this request (see `until_disconnect`)."""
-    return await until_disconnect(request, work)
-
-
-async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it if the client hangs up first: a hang-up is a
-    cancellation (the gateway settles a cancelled request through its lifecycle)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request.receive))
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task not in done:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            raise ClientGone
-        return task.result()
-    except asyncio.CancelledError:  # the server cancelled us (shutdown): pass it on
-        task.cancel()
-        raise
-    finally:
-        watcher.cancel()
-
-
-class ClientGone(Exception):
-    """The client disconnected before its answer; nobody is left to answer."""
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
 

@@ -12,7 +12,7 @@ import anyio
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from llmgw.aliases import model_names
+from llmgw.config.aliases import model_names
 from llmgw.errors import InvalidRequest
 from llmgw.ledger.api_keys import KeyInfo
 from llmgw.ledger.report import (
@@ -22,7 +22,6 @@ from llmgw.ledger.report import (
     usage_totals,
 )
 from llmgw.ledger.timespec import parse_time
-from llmgw.server.app import call_gateway
 from llmgw.server.auth import caller_of, usage_project
 from llmgw.server.common import (
     ERROR_STATUSES,
@@ -35,6 +34,7 @@ from llmgw.server.common import (
     group_of,
     require_key,
     stream_request_id,
+    until_disconnect,
 )
 from llmgw.server.errors import FrontError, stream_error_payload
 from llmgw.server.key_limits import key_pass
@@ -76,13 +76,13 @@ async def chat_completions(body: ChatCompletionBody, request: Request, key: Key)
                 metadata=dict(body.metadata or {}), **body.params())
     async with key_pass(request, caller, dialect="chat", stream=bool(body.stream)) as held:
         if not body.stream:
-            completion = await call_gateway(request, gateway.complete(
+            completion = await until_disconnect(request, gateway.complete(
                 caller.agent_id, caller.project_id, body.message_dicts(), **call))
             return JSONResponse(chat_completion(completion), headers=fact_headers(completion))
         events = held.wrap(gateway.stream(caller.agent_id, caller.project_id,
                                           body.message_dicts(), **call))
         try:  # up to the first event, a failure is still an HTTP status (429, 503, ...)
-            first = await call_gateway(request, anext(events))
+            first = await until_disconnect(request, anext(events))
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await events.aclose()
@@ -221,7 +221,7 @@ async def estimate(body: ChatCompletionBody, request: Request, key: Key) -> Any:
     """What the same chat completion would cost and which budgets it would hit; reserves
     nothing, calls no provider, writes no row."""
     caller = caller_of(key, request, user=body.user)
-    return await call_gateway(request, request.app.state.gateway.estimate(
+    return await until_disconnect(request, request.app.state.gateway.estimate(
         caller.agent_id, caller.project_id, body.message_dicts(), agent_type=caller.agent_type,
         model_group=group_of(body.model), **body.params()))
 

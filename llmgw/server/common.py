@@ -1,25 +1,29 @@
-"""What the OpenAI and Anthropic endpoints share: the key dependency, an answer's facts
-(headers and the last stream event), and an SSE response that notices a hang-up."""
+"""What the endpoints of every dialect share: the key dependency, an answer's facts (headers
+and the last stream event), an SSE response that notices a hang-up, and `until_disconnect`
+(a gateway call cancelled when its client hangs up)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import anyio
 from fastapi import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from llmgw.budgets.pricing import micros_to_usd
 from llmgw.errors import LLMGatewayError
 from llmgw.ledger.api_keys import KeyInfo
-from llmgw.pricing import micros_to_usd
 from llmgw.server.errors import Api, stream_error_payload
 from llmgw.types import Completion, StreamDone, StreamError, StreamEvent
 
 log = logging.getLogger("llmgw.server")
 
+T = TypeVar("T")
 ERROR_STATUSES = (400, 401, 403, 404, 413, 429, 502, 503)
 # One server-sent event (`stream: true`): its `data` is a JSON chunk in the API's own shape,
 # or `[DONE]` (OpenAI's end).
@@ -104,3 +108,34 @@ class SSEResponse(StreamingResponse):
             group.start_soon(stream)
             await self.listen_for_disconnect(receive)
             group.cancel_scope.cancel()
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client hangs up first: a hang-up is a
+    cancellation (the gateway settles a cancelled request through its lifecycle)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task not in done:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            raise ClientGone
+        return task.result()
+    except asyncio.CancelledError:  # the server cancelled us (shutdown): pass it on
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer; nobody is left to answer."""
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

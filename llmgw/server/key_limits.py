@@ -6,7 +6,7 @@ field, its agent type's entry of `llmgw.key_limits`, else its "*" entry. They ho
 workers and hosts through the Redis the Router shares its state in
 (`router_settings.shared_state_url()`), in process memory without one: the same stores,
 key layout, minute windows and crash-expiring leases as the deployments' capacity gate
-(llmgw.capacity), but with one check-and-take script of its own and no queue: a key over its
+(llmgw.routing.capacity), but with one check-and-take script of its own and no queue: a key over its
 limit is refused at once (HTTP 429 with Retry-After, a `refused` row naming the limit), since
 waiting would only hide a runaway agent and hold its connection.
 
@@ -32,7 +32,11 @@ from typing import Any
 from fastapi import Request
 from redis.exceptions import RedisError
 
-from llmgw.capacity import (
+from llmgw.config.models import Config
+from llmgw.errors import RateLimited
+from llmgw.ids import new_request_id
+from llmgw.ledger.api_keys import KeyInfo
+from llmgw.routing.capacity import (
     _KEY_TTL_S,
     Lease,
     Limits,
@@ -43,10 +47,6 @@ from llmgw.capacity import (
     seconds_to_next_window,
     window,
 )
-from llmgw.config import Config
-from llmgw.errors import RateLimited
-from llmgw.ids import new_request_id
-from llmgw.ledger.api_keys import KeyInfo
 from llmgw.server.auth import Caller
 
 _MAX_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")

@@ -20,7 +20,6 @@ from fastapi.responses import JSONResponse
 
 from llmgw.dialects.responses import ResponsesRequest
 from llmgw.ledger.api_keys import KeyInfo
-from llmgw.server.app import call_gateway
 from llmgw.server.auth import caller_of
 from llmgw.server.common import (
     ERROR_STATUSES,
@@ -32,6 +31,7 @@ from llmgw.server.common import (
     facts,
     require_key,
     stream_request_id,
+    until_disconnect,
 )
 from llmgw.server.errors import FrontError, stream_error_payload
 from llmgw.server.key_limits import key_pass
@@ -61,14 +61,14 @@ async def create_response(body: Annotated[ResponsesRequest, Body()], request: Re
                 end_user=caller.end_user)
     async with key_pass(request, caller, dialect="responses", stream=bool(body.stream)) as held:
         if not body.stream:
-            completion = await call_gateway(request, gateway.responses(
+            completion = await until_disconnect(request, gateway.responses(
                 caller.agent_id, caller.project_id, raw, **call))
             answer = {**(completion.body or {}), "llmgw": facts(completion)}
             return JSONResponse(answer, headers=fact_headers(completion))
         events = held.wrap(gateway.responses_stream(caller.agent_id, caller.project_id, raw,
                                                     **call))
         try:  # up to the first event, a failure is still an HTTP status
-            first = await call_gateway(request, anext(events))
+            first = await until_disconnect(request, anext(events))
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await events.aclose()

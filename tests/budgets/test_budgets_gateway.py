@@ -8,7 +8,7 @@ from datetime import datetime
 
 import pytest
 
-from llmgw.config import config_from_dict
+from llmgw.config.loading import config_from_dict
 from llmgw.errors import BudgetExceeded, ProviderUnavailable
 from llmgw.sim import FaultPlan
 from tests.budgets.conftest import ANSWER_USAGE, budget_config, sums
@@ -87,7 +87,7 @@ async def test_daily_window_rolls_over_at_midnight_in_the_budget_timezone(sims, 
 
 async def test_a_rule_set_while_running_applies_once_the_gateway_rereads_the_rules(
         sims, migrated_ledger_url):
-    from llmgw.budgets import Rule
+    from llmgw.budgets.rules import Rule
 
     openai_sim, _ = sims
     openai_sim.set_plan(FaultPlan(**ANSWER_USAGE))

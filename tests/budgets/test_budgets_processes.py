@@ -15,7 +15,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from llmgw.cli import app
-from llmgw.config import config_from_dict
+from llmgw.config.loading import config_from_dict
 from llmgw.sim import FaultPlan
 from tests.budgets.conftest import ANSWER_USAGE, assert_counters_match_ledger, budget_config, sums
 from tests.support import expected_cost_micros, ledger_rows

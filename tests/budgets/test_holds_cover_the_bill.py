@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from llmgw.config import config_from_dict
+from llmgw.config.loading import config_from_dict
 from llmgw.sim import FaultPlan
 from tests.support import ANTHROPIC_KEY, OPENAI_KEY, ledger_rows
 

@@ -8,8 +8,9 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from llmgw.budgets import TOTAL_START, BudgetPolicy, Rule
-from llmgw.config import BudgetSettings, config_from_dict
+from llmgw.budgets.rules import TOTAL_START, BudgetPolicy, Rule
+from llmgw.config.loading import config_from_dict
+from llmgw.config.models import BudgetSettings
 from llmgw.errors import BudgetExceeded
 from llmgw.sim import FaultPlan
 from tests.budgets.conftest import ANSWER_USAGE, budget_config, sums

@@ -43,7 +43,7 @@ def hold_settles(gw: Any, marker: Path) -> None:
 
 
 async def main(path: str, count: int, agent: str, marker: str | None = None) -> None:
-    from llmgw.config import config_from_dict
+    from llmgw.config.loading import config_from_dict
     from llmgw.errors import BudgetExceeded
     from llmgw.gateway import LLMGateway
 

@@ -26,7 +26,7 @@ from llmgw.cache.backends import (
     RedisCache,
     make_cache,
 )
-from llmgw.config import CacheSettings
+from llmgw.config.models import CacheSettings
 from llmgw.errors import ConfigError
 from llmgw.types import Usage
 from tests.fixtures.redis import RedisServer, free_port

@@ -25,7 +25,7 @@ from llmgw.cache.semantic import (
     params_fingerprint,
     semantic_text,
 )
-from llmgw.config import SemanticSettings
+from llmgw.config.models import SemanticSettings
 from llmgw.errors import ConfigError
 
 THRESHOLD = SemanticSettings().threshold  # the shipped default: 0.92

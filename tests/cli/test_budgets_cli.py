@@ -8,9 +8,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from llmgw.budgets import BudgetPolicy, CounterKey, Limit
+from llmgw.budgets.rules import BudgetPolicy, CounterKey, Limit
 from llmgw.cli import app
-from llmgw.config import BudgetSettings
+from llmgw.config.models import BudgetSettings
 from llmgw.ledger.budget_store import BudgetStore
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.store import utcnow
@@ -134,7 +134,7 @@ def test_unmigrated_database_names_the_fix(ledger_url):
 
 
 def test_a_runs_cap_set_and_shown_by_session(migrated_ledger_url, tmp_path):
-    from llmgw.budgets import SESSION, TOTAL, TOTAL_START
+    from llmgw.budgets.rules import SESSION, TOTAL, TOTAL_START
     from tests.support import sim_config_dict
 
     url = ["--ledger-url", migrated_ledger_url]

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from llmgw.cache import CachedAnswer, cache_key, scope_of
 from llmgw.cache.backends import RedisCache
 from llmgw.cli import app
-from llmgw.ledger.store import LedgerStore, RequestContext, usage_row
+from llmgw.ledger.store import LedgerStore, usage_row
+from llmgw.pipeline.context import RequestContext
 from llmgw.types import Attempt, Usage
 
 runner = CliRunner()

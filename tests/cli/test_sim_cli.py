@@ -24,7 +24,7 @@ import yaml
 from typer.testing import CliRunner
 
 from llmgw.cli import sim as sim_cli
-from llmgw.config import config_from_dict
+from llmgw.config.loading import config_from_dict
 from llmgw.sim import registry
 
 KEY = "sk-simcli-KEY-0123456789"
@@ -312,7 +312,7 @@ def test_snippet_for_every_provider_is_a_valid_config() -> None:
 async def test_snippet_deployment_answers_through_litellm(name: str) -> None:
     """The registry's model, api_base and key rules, checked by LiteLLM's real provider code."""
     from llmgw.redact import Redactor
-    from llmgw.router import build_router
+    from llmgw.routing.router import build_router
 
     provider = registry.get(name)
     with provider.load()(api_key=KEY if provider.needs_api_key else None) as server:

@@ -196,7 +196,7 @@ def test_help_lists_the_groups() -> None:
 def test_url_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_ledger_url(None) == DEFAULT_LEDGER_URL  # no env, no config file in cwd
     config = SimpleNamespace(llmgw=SimpleNamespace(ledger=SimpleNamespace(url="sqlite:///cfg.db")))
-    monkeypatch.setattr("llmgw.config.load_config", lambda *a, **k: config)
+    monkeypatch.setattr("llmgw.config.loading.load_config", lambda *a, **k: config)
     assert resolve_ledger_url(None) == "sqlite:///cfg.db"
     monkeypatch.setenv("LLMGW_LEDGER_URL", "sqlite:///env.db")
     assert resolve_ledger_url(None) == "sqlite:///env.db"

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from llmgw.budgets import Rule
-from llmgw.config import config_from_dict
+from llmgw.budgets.rules import Rule
+from llmgw.config.loading import config_from_dict
 from llmgw.ledger.api_keys import ApiKeyStore
 from llmgw.ledger.budget_store import BudgetStore
 from llmgw.ledger.engine import make_engine

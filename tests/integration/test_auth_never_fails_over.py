@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from llmgw.config import config_from_dict
+from llmgw.config.loading import config_from_dict
 from llmgw.errors import AuthenticationFailed
 from llmgw.ledger.migrate import upgrade
 from llmgw.sim import FaultPlan
@@ -147,7 +147,7 @@ async def test_an_unset_key_variable_is_named_at_build_in_health_and_on_each_cal
     # LiteLLM would otherwise send the provider's default variable instead: another key.
     monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
     openai_sim, anthropic_sim = sims
-    with caplog.at_level(logging.WARNING, logger="llmgw.router"):
+    with caplog.at_level(logging.WARNING, logger="llmgw.routing.router"):
         gw = LLMGateway(_config(openai_sim.base_url, anthropic_sim.base_url, sqlite_ledger,
                                 num_retries=2))
     try:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from llmgw.config import config_from_dict
+from llmgw.config.loading import config_from_dict
 from llmgw.errors import InvalidRequest
 from llmgw.sim import FaultPlan
 from tests.budgets.conftest import budget_config

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from llmgw.config import config_from_dict
+from llmgw.config.loading import config_from_dict
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.report import usage_report
 from llmgw.sim import FaultPlan

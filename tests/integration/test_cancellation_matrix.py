@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from llmgw.config import config_from_dict
+from llmgw.config.loading import config_from_dict
 from llmgw.sim import Fault, FaultPlan
 from llmgw.types import ContentDelta, WireEvent
 from tests.budgets.conftest import budget_config, sums

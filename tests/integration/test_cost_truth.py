@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from llmgw.config import config_from_dict
+from llmgw.config.loading import config_from_dict
 from llmgw.sim import FaultPlan, OllamaSim, SimServer
 from llmgw.sim.cohere import CohereSim
 from llmgw.sim.gemini import GeminiSim
@@ -121,7 +121,7 @@ QUESTION = "Plan the release."
 
 
 def expected_micros(p: Provider) -> int:
-    """The provider's bill, exact, rounded once (half-even, as llmgw.pricing rounds)."""
+    """The provider's bill, exact, rounded once (half-even, as llmgw.budgets.pricing rounds)."""
     exact = p.bill(p.usage, p.rates) / M
     assert abs(exact - exact.to_integral_value() - Decimal("0.5")) > Decimal("0.01"), exact
     return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_EVEN))

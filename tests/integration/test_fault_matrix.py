@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from llmgw.config import config_from_dict
+from llmgw.config.loading import config_from_dict
 from llmgw.errors import AuthenticationFailed
 from llmgw.ledger.migrate import upgrade
 from llmgw.sim import Fault, FaultPlan

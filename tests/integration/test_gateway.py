@@ -217,9 +217,9 @@ async def test_streams_and_answers_are_priced_alike_cached_tokens_included(
     configured prices: cached prompt tokens at the cache-read price, in both."""
     from decimal import Decimal
 
-    from llmgw.config import config_from_dict
+    from llmgw.budgets.pricing import to_micros
+    from llmgw.config.loading import config_from_dict
     from llmgw.gateway import LLMGateway
-    from llmgw.pricing import to_micros
     from llmgw.types import StreamDone
     from tests.support import PRICES, sim_config_dict
 

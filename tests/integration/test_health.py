@@ -19,7 +19,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from llmgw.config import Config, config_from_dict
+from llmgw.config.loading import config_from_dict
+from llmgw.config.models import Config
 from llmgw.observe.health import DeploymentHealth, StatsCollector, probe
 from llmgw.sim import FaultPlan, OpenAISim, SimServer, registry
 
@@ -181,7 +182,7 @@ async def test_completion_fallback_where_no_models_route() -> None:
 
 async def test_cooling_down_comes_from_the_router() -> None:
     from llmgw.redact import Redactor
-    from llmgw.router import build_router
+    from llmgw.routing.router import build_router
 
     with OpenAISim(FaultPlan.rate_limited(retry_after=120), api_key=GOOD_KEY) as limited:
         base = limited.base_url + "/v1"

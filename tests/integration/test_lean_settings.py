@@ -42,7 +42,7 @@ def _config(sims: Any, ledger_url: str, general: dict[str, Any] | None = None,
 async def test_lean_defaults_are_applied_and_no_global_moves(sims, migrated_ledger_url):
     from llmgw._litellm import import_litellm
     from llmgw.gateway import LLMGateway
-    from llmgw.router import LEAN_GENERAL_SETTINGS
+    from llmgw.routing.router import LEAN_GENERAL_SETTINGS
 
     litellm = import_litellm()
     before = {name: getattr(litellm, name) for name in GLOBALS}
@@ -63,7 +63,7 @@ async def test_users_router_general_settings_win_field_by_field(sims, migrated_l
     from litellm.types.router import RouterGeneralSettings
 
     from llmgw.gateway import LLMGateway
-    from llmgw.router import lean_general_settings
+    from llmgw.routing.router import lean_general_settings
 
     gw = LLMGateway(_config(sims, migrated_ledger_url, {"async_only_mode": False}))
     try:
@@ -128,7 +128,7 @@ async def test_what_a_user_sees_is_the_same_with_lean_settings(sims, migrated_le
 def _limited_config(sims: Any, ledger_url: str, lean: bool) -> Any:
     """One group of three deployments: an rpm limit, a tpm limit in model_info, none. Each
     its own model name: LiteLLM shares a model_info limit among deployments of one model."""
-    from llmgw.config import config_from_dict
+    from llmgw.config.loading import config_from_dict
     from tests.support import sim_config_dict
 
     openai_sim, anthropic_sim = sims

@@ -7,7 +7,8 @@ from datetime import datetime
 from sqlalchemy import create_engine, select
 
 from llmgw.ledger.models import UsageEvent
-from llmgw.ledger.store import LedgerStore, RequestContext, usage_row
+from llmgw.ledger.store import LedgerStore, usage_row
+from llmgw.pipeline.context import RequestContext
 from llmgw.types import Attempt, Usage
 
 

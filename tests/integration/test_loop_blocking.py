@@ -10,7 +10,7 @@ import threading
 
 from sqlalchemy import event
 
-from llmgw.config import config_from_dict
+from llmgw.config.loading import config_from_dict
 from llmgw.sim import FaultPlan
 from tests.budgets.conftest import budget_config, sums
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from llmgw.config import config_from_dict
+from llmgw.config.loading import config_from_dict
 from llmgw.errors import BudgetExceeded, ProviderRejected
 from llmgw.sim import FaultPlan
 from llmgw.sim.faults import ToolCall

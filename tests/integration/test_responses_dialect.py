@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from llmgw.config import config_from_dict
+from llmgw.config.loading import config_from_dict
 from llmgw.errors import UnknownResponse
 from llmgw.sim import FaultPlan
 from llmgw.sim.faults import ToolCall

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmgw.config import config_from_dict
+from llmgw.config.loading import config_from_dict
 from llmgw.ledger.migrate import upgrade
 from llmgw.sim import RuvLLMSim
 from tests.support import ledger_rows

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from llmgw._litellm import import_litellm
-from llmgw.config import config_from_dict
+from llmgw.config.loading import config_from_dict
 from llmgw.ledger.migrate import upgrade
 from llmgw.sim import Fault, FaultPlan
 from llmgw.sim.registry import PROVIDERS

@@ -7,7 +7,7 @@ import json
 import pytest
 from sqlalchemy import create_engine, text
 
-from llmgw.config import config_from_dict
+from llmgw.config.loading import config_from_dict
 from llmgw.errors import BudgetExceeded, InvalidRequest
 from llmgw.sim import FaultPlan, ToolCall
 from llmgw.types import StreamDone, ToolCallDelta

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from llmgw._litellm import CALLBACK_LISTS, import_litellm
-from llmgw.config import config_from_dict
+from llmgw.config.loading import config_from_dict
 from llmgw.errors import BudgetExceeded, ConfigError, ProviderError
 from llmgw.sim import FaultPlan
 from tests.support import ANTHROPIC_KEY, OPENAI_KEY, ledger_rows, sim_config_dict

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from decimal import Decimal
 
-from llmgw.config import config_from_dict
+from llmgw.config.loading import config_from_dict
 from llmgw.sim import FaultPlan
 from tests.support import ANTHROPIC_KEY, ledger_rows
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from llmgw.budgets import CounterKey, Limit
+from llmgw.budgets.rules import CounterKey, Limit
 from llmgw.errors import LedgerError
 from llmgw.ledger import fallbacks
 from llmgw.ledger.budgets import BudgetStore, Hold, RefusedError

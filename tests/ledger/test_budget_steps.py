@@ -11,7 +11,7 @@ from datetime import datetime
 import pytest
 from sqlalchemy import select, text
 
-from llmgw.budgets import CounterKey, Limit
+from llmgw.budgets.rules import CounterKey, Limit
 from llmgw.ledger.budgets import BudgetStore, RefusedError
 from llmgw.ledger.models import UsageEvent
 from llmgw.ledger.store import LedgerStore

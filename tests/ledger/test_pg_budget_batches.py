@@ -10,7 +10,7 @@ import uuid
 import psycopg
 import pytest
 
-from llmgw.budgets import CounterKey, Limit
+from llmgw.budgets.rules import CounterKey, Limit
 from tests.ledger.test_budget_batches import reserve_op, transactions
 from tests.ledger.test_budget_steps import DAY, limits, row
 

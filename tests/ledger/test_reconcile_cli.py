@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from llmgw.budgets import CounterKey, Limit
+from llmgw.budgets.rules import CounterKey, Limit
 from llmgw.cli import app
 from llmgw.ledger.budgets import BudgetStore
 from llmgw.ledger.engine import make_engine

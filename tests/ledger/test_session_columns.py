@@ -10,12 +10,13 @@ from datetime import datetime
 import pytest
 from sqlalchemy import inspect, select, text
 
-from llmgw.budgets import CounterKey, Limit
+from llmgw.budgets.rules import CounterKey, Limit
 from llmgw.ledger.budgets import BudgetStore
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.migrate import current, downgrade, upgrade
 from llmgw.ledger.models import USAGE_COLUMNS, UsageEvent
-from llmgw.ledger.store import OPTIONAL_USAGE, LedgerStore, RequestContext, usage_row
+from llmgw.ledger.store import OPTIONAL_USAGE, LedgerStore, usage_row
+from llmgw.pipeline.context import RequestContext
 from llmgw.types import Attempt, Usage
 
 NOW = datetime(2026, 12, 6, 12, 0)

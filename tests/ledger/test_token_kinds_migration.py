@@ -11,12 +11,13 @@ from types import ModuleType
 
 from sqlalchemy import Engine, inspect, text
 
-from llmgw.budgets import CounterKey, Limit
+from llmgw.budgets.rules import CounterKey, Limit
 from llmgw.ledger.budgets import BudgetStore
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.migrate import current, downgrade, migrations_dir, upgrade
 from llmgw.ledger.migrations.sqlfiles import legacy_load as load
-from llmgw.ledger.store import LedgerStore, RequestContext, usage_row
+from llmgw.ledger.store import LedgerStore, usage_row
+from llmgw.pipeline.context import RequestContext
 from llmgw.types import Attempt, Usage
 
 KINDS = ("cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "reasoning_tokens")

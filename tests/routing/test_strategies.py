@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from llmgw.capacity import window
+from llmgw.routing.capacity import window
 from llmgw.sim import Fault, FaultPlan
 from tests.routing.fleet import dep, fleet
 from tests.support import eventually_async

@@ -17,7 +17,7 @@ set_offline_env()
 
 
 async def main(path: str, group: str, count: int, concurrency: int, stream: bool) -> None:
-    from llmgw.config import config_from_dict
+    from llmgw.config.loading import config_from_dict
     from llmgw.errors import LLMGatewayError
     from llmgw.gateway import LLMGateway
 

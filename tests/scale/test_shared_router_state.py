@@ -87,7 +87,7 @@ async def test_without_redis_each_process_learns_the_outage_itself(
 
 async def test_an_unreachable_redis_is_one_warning_not_an_outage(
         sims, migrated_ledger_url: str, redis_servers, caplog) -> None:
-    from llmgw.config import config_from_dict
+    from llmgw.config.loading import config_from_dict
     from llmgw.gateway import LLMGateway
 
     openai_sim, anthropic_sim = sims
@@ -96,7 +96,7 @@ async def test_an_unreachable_redis_is_one_warning_not_an_outage(
     redis.stop()
     data = sim_config_dict(openai_sim.base_url, anthropic_sim.base_url, migrated_ledger_url,
                            redis_url=url)
-    with caplog.at_level("WARNING", logger="llmgw.router"):
+    with caplog.at_level("WARNING", logger="llmgw.routing.router"):
         gw = LLMGateway(config_from_dict(data))
     try:
         [warning] = [r.getMessage() for r in caplog.records if "Shared Router state" in r.getMessage()]
@@ -110,7 +110,7 @@ async def test_an_unreachable_redis_is_one_warning_not_an_outage(
 async def test_one_redis_setting_serves_the_router_and_the_answer_cache(
         sims, migrated_ledger_url: str, redis_servers) -> None:
     from llmgw.cache.backends import RedisCache
-    from llmgw.config import config_from_dict
+    from llmgw.config.loading import config_from_dict
     from llmgw.gateway import LLMGateway
 
     openai_sim, anthropic_sim = sims

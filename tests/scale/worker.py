@@ -16,7 +16,7 @@ set_offline_env()
 
 
 async def main(path: str, agent_type: str, count: int) -> None:
-    from llmgw.config import config_from_dict
+    from llmgw.config.loading import config_from_dict
     from llmgw.gateway import LLMGateway
 
     config = json.loads(await asyncio.to_thread(Path(path).read_text))

@@ -7,7 +7,7 @@ import json
 import anthropic
 import pytest
 
-from llmgw.budgets import Rule
+from llmgw.budgets.rules import Rule
 from llmgw.sim import FaultPlan
 from llmgw.sim.faults import ToolCall
 from tests.server.test_openai_api import set_budget

@@ -17,7 +17,7 @@ from litellm.llms.anthropic.pass_through.adapters.transformation import (
     LiteLLMAnthropicMessagesAdapter,
 )
 
-from llmgw.config import config_from_dict
+from llmgw.config.loading import config_from_dict
 from llmgw.ledger.api_keys import ApiKeyStore
 from llmgw.ledger.engine import make_engine
 from llmgw.server.app import create_app
@@ -263,13 +263,13 @@ def test_an_unreachable_endpoint_falls_back_to_the_tokenizer(sims, migrated_ledg
     openai_sim, anthropic_sim = sims
     config = sim_config_dict(openai_sim.base_url, anthropic_sim.base_url, migrated_ledger_url)
     config["model_list"][0]["litellm_params"]["api_base"] = "http://127.0.0.1:1"  # refused
-    with caplog.at_level(logging.WARNING, logger="llmgw.count_tokens"), \
+    with caplog.at_level(logging.WARNING, logger="llmgw.pipeline.count_tokens"), \
             serve(config, migrated_ledger_url) as (base_url, key):
         raw = client(base_url, key).messages.with_raw_response.count_tokens(model="primary",
                                                                             messages=ASK)
     assert raw.headers["x-llmgw-count-source"] == "tokenizer"
     assert raw.parse().input_tokens == tokenizer_count("anthropic/claude-sim", messages=ASK)
-    (warning,) = [r.getMessage() for r in caplog.records if r.name == "llmgw.count_tokens"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "llmgw.pipeline.count_tokens"]
     assert "primary-anthropic" in warning and "no answer" in warning
     assert anthropic_sim.api_key not in warning
     assert_nothing_charged(migrated_ledger_url)

@@ -11,10 +11,10 @@ import httpx
 import pytest
 import redis
 
-from llmgw.capacity import window
 from llmgw.ledger.api_keys import ApiKeyStore
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.timespec import utcnow
+from llmgw.routing.capacity import window
 from llmgw.sim import Fault, FaultPlan
 from tests.server.test_lifecycle import start_serve
 from tests.support import ledger_rows

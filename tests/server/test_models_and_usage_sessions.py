@@ -12,7 +12,7 @@ import openai
 import pytest
 from sqlalchemy import insert, text
 
-from llmgw.config import config_from_dict
+from llmgw.config.loading import config_from_dict
 from llmgw.ledger.api_keys import ApiKeyStore
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.models import UsageEvent

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from llmgw.budgets import Rule
+from llmgw.budgets.rules import Rule
 from llmgw.ledger.budget_store import BudgetStore
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.timespec import utcnow

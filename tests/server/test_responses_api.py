@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from llmgw.budgets import Rule
+from llmgw.budgets.rules import Rule
 from llmgw.sim import FaultPlan
 from llmgw.sim.faults import ToolCall
 from tests.server.conftest import open_reservations

@@ -10,7 +10,7 @@ import openai
 import pytest
 from sqlalchemy import create_engine, text
 
-from llmgw.budgets import Rule
+from llmgw.budgets.rules import Rule
 from llmgw.ledger.api_keys import ApiKeyStore
 from llmgw.ledger.budget_store import BudgetStore
 from llmgw.ledger.engine import make_engine

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from llmgw.budgets import ANY, Rule
-from llmgw.config import config_from_dict
+from llmgw.budgets.rules import ANY, Rule
+from llmgw.config.loading import config_from_dict
 from llmgw.errors import BudgetExceeded
 from llmgw.ledger.api_keys import ApiKeyStore
 from llmgw.ledger.budget_store import BudgetStore

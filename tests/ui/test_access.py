@@ -13,8 +13,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from llmgw.server.ui_csrf import CSRF_COOKIE
-from llmgw.server.ui_sessions import COOKIE
+from llmgw.server.ui.csrf import CSRF_COOKIE
+from llmgw.server.ui.sessions import COOKIE
 from tests.ui.browser import Browser
 from tests.ui.conftest import Filled, login_token, sign_in
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from llmgw.budgets import TOTAL_START, CounterKey, Limit, Rule
+from llmgw.budgets.rules import TOTAL_START, CounterKey, Limit, Rule
 from llmgw.ledger.budget_store import BudgetStore
 from llmgw.ledger.timespec import utcnow
 from tests.ui.browser import Browser

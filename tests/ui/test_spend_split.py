@@ -11,7 +11,7 @@ import pytest
 
 from llmgw.ledger.report import usage_report
 from llmgw.ledger.timespec import utcnow
-from llmgw.server import ui_data
+from llmgw.server.ui import data as ui_data
 from tests.ui.conftest import Filled
 
 
@@ -34,7 +34,7 @@ def test_split_is_the_reports_per_day(filled: Filled, stack: str, project: str |
     assert sum(1 for d in fast.days if d.segments) == 8
     # a split that disagrees with the reports is not shown: the reports are asked per day
     monkeypatch.setattr(ui_data, "_day_key_costs", lambda *a: {("2000-01-01", "x"): 1})
-    with caplog.at_level(logging.WARNING, logger="llmgw.server.ui"):
+    with caplog.at_level(logging.WARNING, logger="llmgw.server.ui.views"):
         slow = ui_data.spend(filled.engine, project, stack, now)  # type: ignore[arg-type]
     assert "disagrees" in caplog.text
     assert slow.days == fast.days and slow.keys == fast.keys and slow.period == fast.period

@@ -2,8 +2,8 @@
 
 import pytest
 
-from llmgw.agents import AgentDirectory
-from llmgw.config import config_from_dict
+from llmgw.config.agents import AgentDirectory
+from llmgw.config.loading import config_from_dict
 from llmgw.errors import UnknownModelGroup
 
 CFG = config_from_dict({

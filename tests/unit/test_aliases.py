@@ -7,9 +7,9 @@ import copy
 
 import pytest
 
-from llmgw.agents import AgentDirectory
-from llmgw.aliases import is_pattern, resolve_model
-from llmgw.config import config_from_dict
+from llmgw.config.agents import AgentDirectory
+from llmgw.config.aliases import is_pattern, resolve_model
+from llmgw.config.loading import config_from_dict
 from llmgw.errors import ConfigError, UnknownModelGroup
 
 GROUPS = ("high-reasoning", "fast-response", "cost-optimized")

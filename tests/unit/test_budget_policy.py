@@ -4,8 +4,8 @@ from datetime import datetime
 
 import pytest
 
-from llmgw.budgets import BudgetPolicy, Rule
-from llmgw.config import BudgetSettings
+from llmgw.budgets.rules import BudgetPolicy, Rule
+from llmgw.config.models import BudgetSettings
 
 
 def policy(**kw) -> BudgetPolicy:
@@ -73,7 +73,7 @@ def test_request_cap_from_config_or_db():
 
 
 def test_bad_budget_settings_are_config_errors():
-    from llmgw.config import config_from_dict
+    from llmgw.config.loading import config_from_dict
     from llmgw.errors import ConfigError
 
     base = {"model_list": [{"model_name": "g", "litellm_params": {"model": "openai/x"},

@@ -11,12 +11,11 @@ from typing import Any
 import pytest
 
 from llmgw._litellm import import_litellm
-from llmgw.agents import Resolution
 from llmgw.cache import CachedAnswer
-from llmgw.config import Config, config_from_dict
-from llmgw.ledger.store import RequestContext
-from llmgw.redact import Redactor
-from llmgw.responses import (
+from llmgw.config.agents import Resolution
+from llmgw.config.loading import config_from_dict
+from llmgw.config.models import Config
+from llmgw.pipeline.completions import (
     StreamAccumulator,
     cached_completion,
     completion_of,
@@ -24,7 +23,9 @@ from llmgw.responses import (
     stream_completion,
     usage_of,
 )
-from llmgw.router import RequestTrace
+from llmgw.pipeline.context import RequestContext
+from llmgw.redact import Redactor
+from llmgw.routing.recorder import RequestTrace
 from llmgw.types import Attempt, ContentDelta, ToolCallDelta, Usage
 
 ROUTE = Resolution("primary", None, "default")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmgw.config import config_from_dict, load_config
+from llmgw.config.loading import config_from_dict, load_config
 from llmgw.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""Deployments whose credentials are known bad (llmgw.credentials): an unset key variable, or
+"""Deployments whose credentials are known bad (llmgw.routing.credentials): an unset key variable, or
 a deployment cooling down after its provider refused the key, refuses its whole group."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from llmgw.config import Config, config_from_dict
-from llmgw.credentials import CredentialGuard, unset_key_variables
+from llmgw.config.loading import config_from_dict
+from llmgw.config.models import Config
+from llmgw.routing.credentials import CredentialGuard, unset_key_variables
 
 VAR = "LLMGW_UNIT_TEST_KEY_VAR"
 
@@ -71,7 +72,7 @@ def test_an_unset_key_refuses_its_whole_group_even_with_a_healthy_sibling(
     assert refusal is not None and refusal.deployment.id == "pair-1"
     assert VAR in refusal.reason and "not sent" in refusal.reason
     assert asyncio.run(guard.refusal("solo", healthy("solo-1"))) is None
-    with caplog.at_level(logging.WARNING, logger="llmgw.router"):
+    with caplog.at_level(logging.WARNING, logger="llmgw.routing.router"):
         guard.warn_unset()
     (record,) = caplog.records
     assert "pair-1" in record.getMessage() and VAR in record.getMessage()

@@ -1,4 +1,4 @@
-"""The request lifecycle (llmgw.lifecycle) over in-memory fakes of its ledger, budget store
+"""The request lifecycle (llmgw.pipeline.lifecycle) over in-memory fakes of its ledger, budget store
 and attempt recorder: every way a request ends settles or releases its hold exactly once,
 writes its rows and emits `request.finished` once; a refusal writes a `refused` row; the
 first answer freezes the heap once."""
@@ -12,20 +12,21 @@ from typing import Any
 
 import pytest
 
-import llmgw.lifecycle as lifecycle
-from llmgw.agents import Resolution
-from llmgw.budgets import BudgetPolicy, Limit
-from llmgw.config import Config, config_from_dict
-from llmgw.constraints import CallConstraints, RoutePlan
+import llmgw.pipeline.lifecycle as lifecycle
+from llmgw.budgets.planner import BudgetPlan
+from llmgw.budgets.rules import BudgetPolicy, Limit
+from llmgw.config.agents import Resolution
+from llmgw.config.loading import config_from_dict
+from llmgw.config.models import Config
 from llmgw.errors import BudgetExceeded, LedgerError, ProviderError
 from llmgw.ledger.budget_store import Hold, Refusal, RefusedError, SettleResult
-from llmgw.ledger.store import RequestContext
-from llmgw.lifecycle import FirstAnswerFreeze, InFlight, PipelineServices, RequestLifecycle
 from llmgw.observe.events import EventBus
 from llmgw.observe.health import StatsCollector
-from llmgw.planner import BudgetPlan
+from llmgw.pipeline.context import RequestContext
+from llmgw.pipeline.lifecycle import FirstAnswerFreeze, InFlight, PipelineServices, RequestLifecycle
 from llmgw.redact import Redactor
-from llmgw.router import RequestTrace
+from llmgw.routing.constraints import CallConstraints, RoutePlan
+from llmgw.routing.recorder import RequestTrace
 from llmgw.types import Attempt, Completion, Usage
 
 NOW = datetime(2026, 3, 10, 12, 0)

@@ -1,4 +1,4 @@
-"""The budget planner (llmgw.planner) over fakes of its budget store and ledger: the worst
+"""The budget planner (llmgw.budgets.planner) over fakes of its budget store and ledger: the worst
 case it holds, the downgrade of a spent budget, per-call constraints narrowing the
 deployments, and the caller's params left as they were."""
 
@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 
-from llmgw.agents import Resolution
-from llmgw.budgets import BudgetPolicy, CounterKey, Rule
-from llmgw.config import Config, config_from_dict
-from llmgw.constraints import CallConstraints, take_constraints
-from llmgw.ledger.store import RequestContext
-from llmgw.planner import BudgetPlanner, prompt_rate
+from llmgw.budgets.planner import BudgetPlanner, prompt_rate
+from llmgw.budgets.rules import BudgetPolicy, CounterKey, Rule
+from llmgw.config.agents import Resolution
+from llmgw.config.loading import config_from_dict
+from llmgw.config.models import Config
+from llmgw.pipeline.context import RequestContext
+from llmgw.routing.constraints import CallConstraints, take_constraints
 
 NOW = datetime(2026, 3, 10, 12, 0)
 ASK = [{"role": "user", "content": "Review the release plan for risks and missing owners."}]
@@ -199,20 +200,20 @@ def downgrading(spent: int, *, reason: str = "agent_type") -> Any:
 
 def test_a_budget_past_its_warn_ratio_downgrades_the_group_and_holds_the_cheaper_worst_case():
     made = downgrading(500_000)  # half of $1: at warn_at 0.5
-    assert made.route.model_group == "tiny"
-    assert "downgrade" in made.route.reason and "big -> tiny" in made.route.reason
+    assert made.group_choice.model_group == "tiny"
+    assert "downgrade" in made.group_choice.reason and "big -> tiny" in made.group_choice.reason
     p = planner(config())
     assert made.amount == p.worst_case_micros("tiny", ASK, 100)
 
 
 def test_under_the_warn_ratio_the_group_stays():
     made = downgrading(499_999)
-    assert made.route.model_group == "big"
+    assert made.group_choice.model_group == "big"
     assert made.amount == planner(config()).worst_case_micros("big", ASK, 100)
 
 
 def test_an_explicit_group_is_never_downgraded():
-    assert downgrading(900_000, reason="explicit").route.model_group == "big"
+    assert downgrading(900_000, reason="explicit").group_choice.model_group == "big"
 
 
 def test_held_amounts_count_toward_the_downgrade():
@@ -220,7 +221,7 @@ def test_held_amounts_count_toward_the_downgrade():
                                                        "downgrade_to": "tiny"}}})
     store = FakeBudgetStore(counters={("agent_type", "reviewer", "day"): (200_000, 300_000)})
     made = plan(planner(cfg, store), {"max_tokens": 100}, resolution=route("big", "reviewer"))
-    assert made.route.model_group == "tiny"
+    assert made.group_choice.model_group == "tiny"
 
 
 def test_db_rules_replace_the_config_limits():
@@ -248,13 +249,13 @@ def test_max_cost_keeps_only_the_deployments_whose_worst_case_fits():
     ceiling = 10_000 + 2 * prompt
     params = {"max_tokens": 1000, "max_cost_usd": ceiling / 1_000_000}
     made = plan(p, params)
-    routing = made.routing
+    routing = made.deployment_plan
     assert routing.allowed == {"big": ["big-b"], "small": ["small-a"]}
     assert set(routing.excluded) == {"big-a"}
     assert routing.worst_case == {"big-a": 15_000 + 3 * prompt, "big-b": ceiling,
                                   "small-a": 4_000 + prompt}
     assert made.amount == ceiling  # the most an allowed deployment can cost
-    assert made.route.model_group == "big"
+    assert made.group_choice.model_group == "big"
     assert made.call_params["fallbacks"] == [{"big": ["small"]}]
     assert "max_tokens" not in made.call_params  # the call gave one
     assert params == {"max_tokens": 1000, "max_cost_usd": ceiling / 1_000_000}
@@ -263,21 +264,21 @@ def test_max_cost_keeps_only_the_deployments_whose_worst_case_fits():
 def test_a_group_with_nothing_that_fits_is_skipped_for_a_fallback_that_does():
     p = planner(config())
     made = plan(p, {"max_tokens": 1000, "max_cost_usd": 0.006})
-    assert made.routing.groups == ["small"]
-    assert made.route.model_group == "small" and "max_cost_usd skips big" in made.route.reason
+    assert made.deployment_plan.groups == ["small"]
+    assert made.group_choice.model_group == "small" and "max_cost_usd skips big" in made.group_choice.reason
     assert made.call_params["fallbacks"] == [{"small": []}]
 
 
 def test_nothing_that_fits_is_a_refused_plan_at_the_cheapest_worst_case():
     p = planner(config())
     made = plan(p, {"max_tokens": 1000, "max_cost_usd": 0.000001})
-    assert made.routing.refused
+    assert made.deployment_plan.refused
     assert made.amount == 4_000 + tokens(p)  # small-a, the cheapest
 
 
 def test_prefer_cheapest_orders_each_group_by_worst_case():
     made = plan(planner(config()), {"max_tokens": 10, "prefer": "cheapest"})
-    assert made.routing.allowed == {"big": ["big-b", "big-a"], "small": ["small-a"]}
+    assert made.deployment_plan.allowed == {"big": ["big-b", "big-a"], "small": ["small-a"]}
 
 
 def test_call_params_do_not_mutate_the_callers_params():

@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from llmgw.pricing import micros_to_usd, to_micros, token_cost_micros
+from llmgw.budgets.pricing import micros_to_usd, to_micros, token_cost_micros
 from llmgw.redact import Redactor, install_log_filter
 
 
@@ -37,7 +37,7 @@ def test_redactor_scrubs_configured_and_key_shaped_secrets():
 
 def test_log_filter_scrubs_messages_args_and_tracebacks(caplog):
     install_log_filter(Redactor(["hunter2-secret"]))
-    for name in ("llmgw", "llmgw.router", "LiteLLM Router"):
+    for name in ("llmgw", "llmgw.routing.router", "LiteLLM Router"):
         with caplog.at_level(logging.DEBUG, logger=name):
             logging.getLogger(name).warning("calling with %s", "hunter2-secret")
             try:

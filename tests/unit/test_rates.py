@@ -1,4 +1,4 @@
-"""Every token kind has a rate, and its source is said (llmgw.rates); the shipped
+"""Every token kind has a rate, and its source is said (llmgw.budgets.rates); the shipped
 model_list.yaml bills as LiteLLM's bundled price map does for the same models."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from decimal import Decimal
 from pathlib import Path
 
 from llmgw._litellm import bundled_price_map
-from llmgw.config import config_from_dict, load_config
-from llmgw.rates import CONFIG, INPUT, RATE_KEYS, rates_of, snapshot, warn_input_rate_fallbacks
+from llmgw.budgets.rates import CONFIG, INPUT, RATE_KEYS, rates_of, snapshot, warn_input_rate_fallbacks
+from llmgw.config.loading import config_from_dict, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,7 +55,7 @@ def test_config_rates_win_then_the_map_then_the_input_rate():
 def test_a_deployment_priced_at_the_input_rate_is_warned_about_by_name(caplog):
     (unknown,) = _config("anthropic/claude-from-the-future").model_list
     (known,) = _config("openai/gpt-5").model_list
-    with caplog.at_level(logging.INFO, logger="llmgw.rates"):
+    with caplog.at_level(logging.INFO, logger="llmgw.budgets.rates"):
         assert warn_input_rate_fallbacks([unknown, known]) == ["d"]
     warning = next(r for r in caplog.records if r.levelno == logging.WARNING)
     assert "deployment d" in warning.getMessage() and "cache_read_input_token_cost" in \

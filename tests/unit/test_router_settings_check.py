@@ -16,9 +16,8 @@ import pytest
 import yaml
 
 from llmgw._litellm import import_litellm
-from llmgw.config import config_from_dict, load_config
-from llmgw.errors import ConfigError
-from llmgw.router_settings import (
+from llmgw.config.loading import config_from_dict, load_config
+from llmgw.config.router_settings import (
     AllowedFailsPolicy,
     GeneralSettings,
     PreCallCheck,
@@ -26,6 +25,7 @@ from llmgw.router_settings import (
     RouterSettings,
     RoutingStrategy,
 )
+from llmgw.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,7 +65,7 @@ def test_value_domains_equal_litellms():
 
 def test_settings_that_pass_the_check_build_litellms_router():
     from llmgw.redact import Redactor
-    from llmgw.router import build_router
+    from llmgw.routing.router import build_router
 
     cfg = config_from_dict(config(
         routing_strategy="least-busy", routing_strategy_args={"ttl": 60},

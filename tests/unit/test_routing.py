@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmgw.routing import (
+from llmgw.routing.siblings import (
     SIBLING_RETRY_KINDS,
     able_to_run_tools,
     deployment_id,

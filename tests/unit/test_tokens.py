@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from llmgw._litellm import import_litellm
-from llmgw.config import load_config
-from llmgw.tokens import PromptTokenCounter
+from llmgw.config.loading import load_config
+from llmgw.pipeline.tokens import PromptTokenCounter
 from tests.unit.test_config import REPO
 
 SHIPPED_MODELS = sorted({d.litellm_params.model
@@ -62,7 +62,7 @@ def test_long_and_single_turns_are_litellms_count(model: str) -> None:
 class _WrongText(PromptTokenCounter):
     def _text_function(self, model):  # type: ignore[no-untyped-def]
         # As if LiteLLM's text count no longer added up to its message count.
-        import llmgw.tokens as tokens
+        import llmgw.pipeline.tokens as tokens
 
         real = tokens.litellm_text_counter
         tokens.litellm_text_counter = lambda m: (lambda text: len(text))  # type: ignore

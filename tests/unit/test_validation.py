@@ -11,9 +11,9 @@ import pytest
 
 from llmgw.errors import InvalidRequest
 from llmgw.ledger.models import Reservation, UsageEvent
-from llmgw.params import MAX_OUTPUT_TOKENS
+from llmgw.pipeline.params import MAX_OUTPUT_TOKENS
+from llmgw.pipeline.validation import MAX_METADATA_CHARS, validate_call, validate_id
 from llmgw.types import ID_MAX_CHARS
-from llmgw.validation import MAX_METADATA_CHARS, validate_call, validate_id
 
 ASK = [{"role": "user", "content": "Plan the release."}]
 

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Engine, and_, or_, select, tuple_, update
 
-from llmgw.budgets import CounterKey, Limit, Rule
+from llmgw.budgets.rules import CounterKey, Limit, Rule
 from llmgw.ledger.models import BudgetCounter, BudgetRule, Reservation, UsageEvent
 from llmgw.ledger.ops import Op, run_sync
 

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.dialects.postgresql import insert
 
-from llmgw.budgets import CounterKey, Limit, Rule
+from llmgw.budgets.rules import CounterKey, Limit, Rule
 from llmgw.ledger.budgets import (
     Counters,
     Hold,

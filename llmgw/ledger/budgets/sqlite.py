@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, Engine
 from sqlalchemy.dialects.sqlite import insert
 
-from llmgw.budgets import CounterKey, Limit, Rule
+from llmgw.budgets.rules import CounterKey, Limit, Rule
 from llmgw.ledger.budgets import (
     Counters,
     Hold,

@@ -32,9 +32,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from llmgw.errors import BudgetExceeded, InvalidRequest, LLMGatewayError, ProviderError, RateLimited
 from llmgw.ledger.report import GROUP_BY_VALUES, GroupBy, usage_report, usage_totals
 from llmgw.ledger.timespec import FORMS, parse_time
+from llmgw.pipeline.validation import validate_call
 from llmgw.server.hosts import HostOriginGuard, HostPolicy
-from llmgw.server.mcp_identity import AGENT_HEADER, Authenticator, Identity
-from llmgw.server.mcp_schemas import (
+from llmgw.server.mcp.identity import AGENT_HEADER, Authenticator, Identity
+from llmgw.server.mcp.schemas import (
     ChatResult,
     EstimateResult,
     ModelsResult,
@@ -47,7 +48,6 @@ from llmgw.server.mcp_schemas import (
     usage_row,
 )
 from llmgw.types import ContentDelta, Message, StreamDone, StreamError, ToolCallDelta
-from llmgw.validation import validate_call
 
 log = logging.getLogger("llmgw.mcp")
 T = TypeVar("T")
@@ -333,11 +333,11 @@ def _version() -> str:
 async def serve_stdio(gateway: Any, identity: Identity) -> None:
     """Serve MCP on stdin/stdout as `identity` until the client closes stdin or the task is
     cancelled (SIGTERM); then wait until every request has settled and close the gateway.
-    stdin is read by the loop (llmgw.server.mcp_stdio), so a cancellation stops the server
+    stdin is read by the loop (llmgw.server.mcp.stdio), so a cancellation stops the server
     even while the client holds stdin open."""
     from mcp.server.stdio import stdio_server
 
-    from llmgw.server.mcp_stdio import stdin_lines
+    from llmgw.server.mcp.stdio import stdin_lines
 
     server = build_server(gateway, lambda _ctx: identity)
     lowlevel = server._lowlevel_server  # what `run_stdio_async` runs, with our stdin reader

@@ -9,9 +9,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmgw.config import Config
+from llmgw.budgets.pricing import micros_to_usd
+from llmgw.config.models import Config
 from llmgw.ledger.report import ReportRow
-from llmgw.pricing import micros_to_usd
 from llmgw.server.schemas import UsageRow
 from llmgw.types import Completion, CostEstimate
 

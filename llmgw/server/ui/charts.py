@@ -7,8 +7,8 @@ from decimal import Decimal
 
 from markupsafe import Markup, escape
 
-from llmgw.pricing import micros_to_usd
-from llmgw.server.ui_data import Spend
+from llmgw.budgets.pricing import micros_to_usd
+from llmgw.server.ui.data import Spend
 
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1",
            "#ff9da7", "#9c755f")

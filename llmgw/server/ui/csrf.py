@@ -23,9 +23,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llmgw.server.ui_sessions import ENV_SECRET
+from llmgw.server.ui.sessions import ENV_SECRET
 
-log = logging.getLogger("llmgw.server.ui")
+log = logging.getLogger("llmgw.server.ui.views")
 
 CSRF_COOKIE = "llmgw_ui_csrf"
 FORM_FIELD = "csrftoken"  # asgi-csrf's own field name: its multipart reader knows no other

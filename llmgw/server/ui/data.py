@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import Engine, case, func, null, select
 
-from llmgw.budgets import TOTAL_START, BudgetPolicy, BudgetStatus, CounterKey, statuses
+from llmgw.budgets.rules import TOTAL_START, BudgetPolicy, BudgetStatus, CounterKey, statuses
 from llmgw.ledger.budget_store import BudgetStore
 from llmgw.ledger.models import Reservation, UsageEvent, UsageRollup
 from llmgw.ledger.report import (
@@ -25,7 +25,7 @@ from llmgw.ledger.report import (
     usage_totals,
 )
 
-log = logging.getLogger("llmgw.server.ui")
+log = logging.getLogger("llmgw.server.ui.views")
 
 SPEND_DAYS = 30
 STACK_BY = {"model-group": "model group", "agent-type": "agent type"}

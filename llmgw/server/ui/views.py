@@ -27,15 +27,15 @@ from starlette.middleware import Middleware
 from llmgw.errors import InvalidRequest
 from llmgw.ledger.report import MEASURES, GroupBy
 from llmgw.ledger.timespec import FORMS, parse_time, utcnow
-from llmgw.server import ui_data
-from llmgw.server.ui_charts import budget_bar, colours, spend_chart, usd
-from llmgw.server.ui_csrf import CsrfForms, forget_token, form_token
-from llmgw.server.ui_sessions import COOKIE, Session, Sessions
+from llmgw.server.ui import data as ui_data
+from llmgw.server.ui.charts import budget_bar, colours, spend_chart, usd
+from llmgw.server.ui.csrf import CsrfForms, forget_token, form_token
+from llmgw.server.ui.sessions import COOKIE, Session, Sessions
 
-log = logging.getLogger("llmgw.server.ui")
+log = logging.getLogger("llmgw.server.ui.views")
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1]  # templates/ and static/ live in llmgw/server
 STATIC = HERE / "static"
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 200
