@@ -114,8 +114,8 @@ class RedactingFilter(logging.Filter):
 
 
 # A logger's filter sees only records logged on that logger, not its children's: list each.
-LOGGERS_TO_SCRUB = ("llmgw", "llmgw.gateway", "llmgw.routing.router", "llmgw.ledger", "llmgw.sim",
-                    "llmgw.cache",
+LOGGERS_TO_SCRUB = ("llmgw", "llmgw.gateway", "llmgw.routing.router", "llmgw.routing.recorder",
+                    "llmgw.ledger", "llmgw.sim", "llmgw.cache",
                     "llmgw.cli", "LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx", "aiohttp")
 
 

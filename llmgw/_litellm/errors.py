@@ -1,4 +1,4 @@
-"""LiteLLM's exception classes, for `llmgw.routing.router`'s error table and the errors llmgw raises
+"""LiteLLM's exception classes, for `llmgw.routing.errors`' error table and the errors llmgw raises
 inside LiteLLM's Router. Importing this module imports LiteLLM (offline settings first)."""
 
 from __future__ import annotations

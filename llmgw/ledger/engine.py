@@ -112,13 +112,13 @@ def resolve_ledger_url(cli_value: str | None = None) -> str:
 
 
 def _url_from_config() -> str | None:
-    # Imported lazily and optionally: the CLI must work before/without llmgw.config.models.
+    # Imported lazily and optionally: the CLI must work before/without llmgw.config.
     try:
         from llmgw.config.loading import load_config
     except ImportError as exc:
-        if exc.name == "llmgw.config.models":  # no such module or no load_config in it
+        if exc.name == "llmgw.config.loading":  # no such module or no load_config in it
             return None
-        raise  # llmgw.config.models exists but is broken: say so
+        raise  # llmgw.config.loading exists but is broken: say so
     try:
         config = load_config()
     except FileNotFoundError:
