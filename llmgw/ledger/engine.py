@@ -112,7 +112,7 @@ def resolve_ledger_url(cli_value: str | None = None) -> str:
 
 
 def _url_from_config() -> str | None:
-    # Imported lazily and optionally: the CLI must work before/without llmgw.config.
+    # Imported lazily and optionally: the CLI must work before/without llmgw.config.loading.
     try:
         from llmgw.config.loading import load_config
     except ImportError as exc:
