@@ -28,7 +28,7 @@ set_offline_env()
 from llmgw.budgets.rules import BudgetPolicy, CounterKey, Limit  # noqa: E402
 from llmgw.config.loading import config_from_dict  # noqa: E402
 from llmgw.config.models import BudgetSettings
-from llmgw.ledger.budget_store import BudgetStore  # noqa: E402
+from llmgw.ledger.budgets import BudgetStore  # noqa: E402
 from llmgw.ledger.engine import make_engine  # noqa: E402
 from llmgw.ledger.migrate import upgrade  # noqa: E402
 

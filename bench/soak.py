@@ -45,7 +45,7 @@ from sqlalchemy import create_engine, text  # noqa: E402
 
 from llmgw.budgets.rules import Rule  # noqa: E402
 from llmgw.ledger.api_keys import ApiKeyStore  # noqa: E402
-from llmgw.ledger.budget_store import BudgetStore  # noqa: E402
+from llmgw.ledger.budgets import BudgetStore  # noqa: E402
 from llmgw.ledger.engine import make_engine  # noqa: E402
 from llmgw.ledger.migrate import upgrade  # noqa: E402
 from llmgw.ledger.timespec import utcnow  # noqa: E402

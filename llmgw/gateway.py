@@ -40,7 +40,7 @@ from llmgw.dialects.responses import (
 )
 from llmgw.errors import InvalidRequest, LedgerError, UnknownModelGroup, UnknownResponse
 from llmgw.ids import new_request_id
-from llmgw.ledger.budget_store import BudgetStore
+from llmgw.ledger.budgets import BudgetStore
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.migrate import ensure_current
 from llmgw.ledger.response_store import ResponseStore, StoredResponse

@@ -20,7 +20,7 @@ from llmgw.budgets.rates import rates_of
 from llmgw.budgets.rules import BudgetPolicy, CounterKey, Limit, Rule
 from llmgw.config.agents import Resolution
 from llmgw.config.models import Config
-from llmgw.ledger.budget_store import BudgetStore
+from llmgw.ledger.budgets import BudgetStore
 from llmgw.ledger.store import LedgerStore
 from llmgw.pipeline.context import RequestContext
 from llmgw.pipeline.tokens import PromptTokenCounter

@@ -1,6 +1,6 @@
 """Budget rules: which limits apply to a request, and where their windows start and end.
 
-Pure policy, no I/O: `llmgw.ledger.budget_store` does the reserve / settle / release
+Pure policy, no I/O: `llmgw.ledger.budgets` does the reserve / settle / release
 transactions. A `"*"` entry in the config applies to every id that has none of its own, with
 its own counter per id (each project gets the default daily limit, not one shared pot).
 Rules set with `llmgw budgets set` (the `budgets` table) win over the config file.

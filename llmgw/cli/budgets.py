@@ -59,7 +59,7 @@ def _policy_and_store(ledger_url: str | None) -> tuple[Any, Any, Any]:
     from llmgw.budgets.rules import BudgetPolicy
     from llmgw.config.loading import config_path, load_config
     from llmgw.config.models import BudgetSettings
-    from llmgw.ledger.budget_store import BudgetStore
+    from llmgw.ledger.budgets import BudgetStore
 
     url = resolve_ledger_url(ledger_url)
     ensure_current(url)

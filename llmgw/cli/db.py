@@ -79,7 +79,7 @@ def reconcile(
 ) -> None:
     """Settle budget holds that a stopped gateway left open, at their reserved amount, so no
     spend is lost. Safe to run again: a settled hold is never counted twice."""
-    from llmgw.ledger.budget_store import BudgetStore
+    from llmgw.ledger.budgets import BudgetStore
     from llmgw.ledger.engine import make_engine
     from llmgw.ledger.migrate import ensure_current
     from llmgw.ledger.timespec import parse_duration, utcnow

@@ -25,7 +25,7 @@ from llmgw.config.agents import Resolution
 from llmgw.config.models import Config
 from llmgw.errors import BudgetExceeded, LedgerError, ProviderError
 from llmgw.heap import FIRST_ANSWER, freeze_once
-from llmgw.ledger.budget_store import BudgetStore, Hold, RefusedError, SettleResult
+from llmgw.ledger.budgets import BudgetStore, Hold, RefusedError, SettleResult
 from llmgw.ledger.ops import Op
 from llmgw.ledger.store import LedgerStore, usage_row, write_failed
 from llmgw.observe.events import EventBus

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from llmgw.budgets.rules import BudgetPolicy, CounterKey, Limit
 from llmgw.cli import app
 from llmgw.config.models import BudgetSettings
-from llmgw.ledger.budget_store import BudgetStore
+from llmgw.ledger.budgets import BudgetStore
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.store import utcnow
 

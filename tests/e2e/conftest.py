@@ -22,7 +22,7 @@ from sqlalchemy import create_engine, text
 from llmgw.budgets.rules import Rule
 from llmgw.config.loading import config_from_dict
 from llmgw.ledger.api_keys import ApiKeyStore
-from llmgw.ledger.budget_store import BudgetStore
+from llmgw.ledger.budgets import BudgetStore
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.migrate import upgrade
 from llmgw.ledger.timespec import utcnow

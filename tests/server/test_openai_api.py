@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from llmgw.budgets.rules import Rule
-from llmgw.ledger.budget_store import BudgetStore
+from llmgw.ledger.budgets import BudgetStore
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.timespec import utcnow
 from llmgw.sim import FaultPlan

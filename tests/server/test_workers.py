@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, text
 
 from llmgw.budgets.rules import Rule
 from llmgw.ledger.api_keys import ApiKeyStore
-from llmgw.ledger.budget_store import BudgetStore
+from llmgw.ledger.budgets import BudgetStore
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.timespec import utcnow
 from llmgw.sim import FaultPlan

@@ -21,7 +21,7 @@ from llmgw.budgets.rules import ANY, Rule
 from llmgw.config.loading import config_from_dict
 from llmgw.errors import BudgetExceeded
 from llmgw.ledger.api_keys import ApiKeyStore
-from llmgw.ledger.budget_store import BudgetStore
+from llmgw.ledger.budgets import BudgetStore
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.migrate import upgrade
 from llmgw.ledger.timespec import utcnow

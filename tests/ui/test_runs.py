@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from llmgw.budgets.rules import TOTAL_START, CounterKey, Limit, Rule
-from llmgw.ledger.budget_store import BudgetStore
+from llmgw.ledger.budgets import BudgetStore
 from llmgw.ledger.timespec import utcnow
 from tests.ui.browser import Browser
 from tests.ui.conftest import Filled

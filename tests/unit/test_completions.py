@@ -1,4 +1,4 @@
-"""Building answers (llmgw.responses) from what LiteLLM returned: the Completion of a provider
+"""Building answers (llmgw.pipeline.completions) from what LiteLLM returned: the Completion of a provider
 answer, usage with every token kind, costs in integer micro-dollars, a cached answer and its
 replay as stream events, and a stream's chunks accumulated."""
 

@@ -19,7 +19,7 @@ from llmgw.config.agents import Resolution
 from llmgw.config.loading import config_from_dict
 from llmgw.config.models import Config
 from llmgw.errors import BudgetExceeded, LedgerError, ProviderError
-from llmgw.ledger.budget_store import Hold, Refusal, RefusedError, SettleResult
+from llmgw.ledger.budgets import Hold, Refusal, RefusedError, SettleResult
 from llmgw.observe.events import EventBus
 from llmgw.observe.health import StatsCollector
 from llmgw.pipeline.context import RequestContext

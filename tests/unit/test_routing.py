@@ -1,4 +1,4 @@
-"""Routing promises the Router does not keep by itself (llmgw.routing): siblings before
+"""Routing promises the Router does not keep by itself (llmgw.routing.siblings): siblings before
 worse groups, tools only a native Responses provider runs, retry floors per group."""
 
 from __future__ import annotations

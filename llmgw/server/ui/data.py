@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from sqlalchemy import Engine, case, func, null, select
 
 from llmgw.budgets.rules import TOTAL_START, BudgetPolicy, BudgetStatus, CounterKey, statuses
-from llmgw.ledger.budget_store import BudgetStore
+from llmgw.ledger.budgets import BudgetStore
 from llmgw.ledger.models import Reservation, UsageEvent, UsageRollup
 from llmgw.ledger.report import (
     NULL_KEY,
