@@ -1,4 +1,4 @@
-"""LLMGateway: the public API and the order of the request pipeline (DESIGN.md section 3).
+"""LLMGateway: the public API and the order of the request pipeline (docs/architecture.md).
 It orchestrates; each policy lives in the module it calls: validation, agents, planner
 (budgets), cache_lookup, router, responses, and lifecycle (the hold, the trace, the rows)."""
 

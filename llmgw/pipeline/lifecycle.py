@@ -1,4 +1,4 @@
-"""One request from start to finish (DESIGN section 3, "the lifecycle rule").
+"""One request from start to finish ("the lifecycle rule", docs/architecture.md).
 
 A `RequestLifecycle` owns a request's budget hold, its attempt trace and its started entry.
 Every request ends in exactly one settle or release, one set of ledger rows and one

@@ -1,6 +1,6 @@
 """The HTTP front's ASGI app: one `LLMGateway` per worker process, made in the lifespan and
 closed after the last in-flight request has settled. It validates, maps identity and errors,
-and calls the gateway; it holds no policy (DESIGN section 12)."""
+and calls the gateway; it holds no policy (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def create_app(config: Config | str | None = None, settings: ServerSettings | No
     async def mcp_authenticate(secret: str) -> Any:
         return await app.state.mcp_auth(secret)  # the key store is made in the lifespan
 
-    # Streamable HTTP MCP at /mcp, on the same gateway and keys (issue 22).
+    # Streamable HTTP MCP at /mcp, on the same gateway and keys.
     mcp = McpHttp(lambda: app.state.gateway, mcp_authenticate)  # Host/Origin: HostOriginGuard
 
     @asynccontextmanager

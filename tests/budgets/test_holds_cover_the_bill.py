@@ -1,4 +1,4 @@
-"""Holds cover the bill (DESIGN section 3): whatever a provider bills a request, cache writes at
+"""Holds cover the bill (docs/architecture.md): whatever a provider bills a request, cache writes at
 5 minutes or 1 hour included, is never more than the request held. A matrix over dialects,
 caching and providers, each request writing its whole prompt to the cache and using every
 output token it may."""

@@ -1,5 +1,5 @@
 """A hold reconciled while its request is still in flight: the late settle wins cleanly
-(issue 20, defect 9). The caller gets its answer, the ledger keeps the real rows and no
+. The caller gets its answer, the ledger keeps the real rows and no
 `Reconciled` row, and every counter holds what the ledger sums to."""
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ def config(openai_url: str, ledger_url: str, fallback_kind: str,
 
 
 def worst_case(prompt_tokens: int, margin: float, prices: tuple[Decimal, Decimal]) -> int:
-    """DESIGN's worst case: prompt tokens with the margin at the input price plus max_tokens
+    """The worst case (docs/budgets.md): prompt tokens with the margin at the input price plus max_tokens
     at the output price, rounded up to a micro-dollar."""
     prompt = math.ceil(prompt_tokens * margin)
     return math.ceil((prompt * prices[0] + MAX_TOKENS * prices[1]) * 1_000_000)

@@ -1,5 +1,5 @@
 """Bad input through a real LLMGateway, on SQLite and PostgreSQL: every case is an
-`InvalidRequest` before anything is reserved, called or written (DESIGN section 3, step 1).
+`InvalidRequest` before anything is reserved, called or written (docs/architecture.md).
 
 The gateway has budgets and the answer cache on, so each step that could trip over a bad
 value (the cache's eligibility check, the reservation, the ledger write) is reachable."""

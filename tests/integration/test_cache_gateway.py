@@ -193,7 +193,7 @@ async def test_semantic_paraphrase_hits_and_a_near_miss_does_not(sims, tmp_path)
     assert row["status"] == "cached" and row["metadata"]["llmgw"]["cache"]["similarity"] >= 0.92
 
 
-# -- isolation between projects whose ids prefix each other (issue 20) --------------------------
+# -- isolation between projects whose ids prefix each other --------------------------
 
 # Each id is a prefix of another, or a Redis glob pattern that would match the others.
 PREFIXED = ["a", "a:b", "a*", "a?", "a[b]", "a\\b"]

@@ -1,4 +1,4 @@
-"""The lifecycle rule (DESIGN section 3): whatever ends a request, its hold is settled or
+"""The lifecycle rule (docs/architecture.md): whatever ends a request, its hold is settled or
 released, its counters hold nothing, the ledger agrees with them, and `request.finished` is
 emitted exactly once. Every way a caller can stop a request, on SQLite and PostgreSQL."""
 

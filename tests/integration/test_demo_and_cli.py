@@ -50,7 +50,7 @@ def test_demo_shows_fallbacks_and_reports_match_the_ledger(tmp_path, capsys):
     served = [r for r in outage if r.status == "ok"]
     assert len(served) == 5 and all(r.provider != "anthropic" for r in served)
     # Siblings before worse groups: each agent is answered by its own group's OpenAI
-    # deployment, after at most one failed Anthropic attempt (DESIGN §13).
+    # deployment, after at most one failed Anthropic attempt (docs/routing.md).
     assert sorted(r.deployment_id for r in served) == ["fr-openai-gpt41-mini"] * 2 + [
         "hr-openai-gpt41"] * 3
     assert all(r.deployment_id in ("hr-anthropic-sonnet", "fr-anthropic-haiku")

@@ -1,5 +1,5 @@
-"""No blocking database call runs on the event loop's thread during `complete()` (DESIGN
-section 3): budget rules, downgrade counters and every Core statement go to the ledger's
+"""No blocking database call runs on the event loop's thread during `complete()`
+(docs/architecture.md): budget rules, downgrade counters and every Core statement go to the ledger's
 worker threads. (SQLite's loop batches use a raw connection that never waits for a lock,
 by design: they are not Core statements and are not counted here.)"""
 

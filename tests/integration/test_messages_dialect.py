@@ -1,4 +1,4 @@
-"""The Anthropic Messages dialect on the one pipeline (DESIGN section 3): `Router.aanthropic_messages`
+"""The Anthropic Messages dialect on the one pipeline (docs/http/messages.md): `Router.aanthropic_messages`
 natively to Anthropic deployments (what the provider sent comes back, whole), LiteLLM's
 translation to the others, and the gateway's budgets, rows and cost for both."""
 

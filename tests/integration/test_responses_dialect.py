@@ -1,4 +1,4 @@
-"""The OpenAI Responses dialect on the one pipeline (DESIGN section 3): `Router.aresponses`
+"""The OpenAI Responses dialect on the one pipeline (docs/architecture.md): `Router.aresponses`
 natively to OpenAI deployments and through LiteLLM's chat bridge to the others, with llmgw's
 continuations, budgets, rows and cost."""
 

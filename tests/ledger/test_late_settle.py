@@ -1,6 +1,6 @@
 """A settle that comes after a reconcile booked its hold (the request was still in flight)
 wins: the real rows replace the `Reconciled` row, counters' spent gets the real amount, the
-rollup follows (issue 20, defect 9). SQLite's steps and PostgreSQL's functions alike, each
+rollup follows. SQLite's steps and PostgreSQL's functions alike, each
 settle alone or in a batch."""
 
 from __future__ import annotations

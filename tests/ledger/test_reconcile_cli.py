@@ -1,5 +1,5 @@
 """`llmgw db reconcile` refuses an --older-than below the longest a request may run (it would
-book requests still in flight at their worst case) unless --force (issue 20, defect 9)."""
+book requests still in flight at their worst case) unless --force."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Circuit breaking is LiteLLM's cooldown (`allowed_fails`, `allowed_fails_policy`,
 `cooldown_time`): open after the allowed failures, no traffic while cooling down, traffic
-again after, open again if it still fails; a stream that fails counts (DESIGN §13)."""
+again after, open again if it still fails; a stream that fails counts (docs/routing.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Per-call constraints: `max_cost_usd` keeps to deployments whose worst case fits, `prefer`
-orders them, agent types set both as defaults; the ledger row says why (DESIGN §13)."""
+orders them, agent types set both as defaults; the ledger row says why (docs/routing.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rate-limit compliance (DESIGN §13): deployments' `max_parallel_requests`, `rpm` and `tpm`
+"""Rate-limit compliance (docs/routing.md): deployments' `max_parallel_requests`, `rpm` and `tpm`
 are never exceeded, across processes sharing Redis; a call with no capacity waits first
 come first served up to `llmgw.routing.max_queue_wait_s`, then raises `RateLimited` with
 `retry_after`; no simulator ever answers 429. The simulators count what they receive

@@ -1,4 +1,4 @@
-"""A retry goes to a healthy sibling before any fallback group (DESIGN §13).
+"""A retry goes to a healthy sibling before any fallback group (docs/routing.md).
 
 LiteLLM's retry may pick the deployment that just failed again after a 5xx or 429; the demo's
 Anthropic outage went hr-anthropic ✗ -> hr-anthropic ✗ -> fast-response while hr-openai was

@@ -1,5 +1,5 @@
 """A hang-up is a cancellation, and SIGTERM drains then cancels: either way every hold is
-settled and every attempt has its row (DESIGN sections 3 and 12)."""
+settled and every attempt has its row (docs/architecture.md)."""
 
 from __future__ import annotations
 

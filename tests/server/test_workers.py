@@ -1,5 +1,5 @@
 """`llmgw serve --workers 2` on one PostgreSQL ledger: 200 concurrent `openai` SDK clients
-against one project budget. Budgets stay exact across worker processes (DESIGN section 10)."""
+against one project budget. Budgets stay exact across worker processes (docs/deployment.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RuvLLMSim: the ruvLLM server's wire format (DESIGN §6), its sessions, feedback and faults."""
+"""RuvLLMSim: the ruvLLM server's wire format (docs/providers.md), its sessions, feedback and faults."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The rollup trigger stays linear in a bulk insert (issue 20, defect 13).
+"""The rollup trigger stays linear in a bulk insert.
 
 0003's trigger function asked, for each new row and each request credit, whether an earlier
 row of its request existed: a correlated subquery per row, planned once per session. A plan

@@ -1,4 +1,4 @@
-"""A late settle after reconcile wins cleanly (issue 20, defect 9).
+"""A late settle after reconcile wins cleanly.
 
 `llmgw db reconcile` books an open hold at its reserved amount, with a `Reconciled` ledger
 row. If the hold's request was still in flight, its settle used to find the reservation

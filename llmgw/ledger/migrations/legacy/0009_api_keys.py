@@ -1,5 +1,5 @@
 """api_keys: keys for the network fronts (`llmgw serve`, `llmgw mcp`), stored as hashes only
-(issue 21).
+.
 
 Revision ID: 0009
 Revises: 0008

@@ -1,4 +1,4 @@
-"""Each budget function's current body is one file (issue 24).
+"""Each budget function's current body is one file.
 
 The PostgreSQL functions' bodies were Python strings, each redefined by whichever migration
 touched it last. They are files now, `[legacy/]sql/<name>.v<version>.sql`, and the older

@@ -1,4 +1,4 @@
-"""Drop `llmgw_settle`: `llmgw_settle_many` is PostgreSQL's one settle (issue 24).
+"""Drop `llmgw_settle`: `llmgw_settle_many` is PostgreSQL's one settle.
 
 The gateway settles through `llmgw_settle_many` only, a lone settle being a batch of one, so
 the single-call function was a second copy of the settle rule that nothing called. A change to

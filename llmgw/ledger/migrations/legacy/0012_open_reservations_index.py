@@ -3,7 +3,7 @@
 `ix_reservations_state_created` held every reservation ever made, settled ones included, so
 each settle moved an entry inside an index that grows with the ledger. What reads by state
 (the start-up reconcile, `open_reservations`) asks for the open ones, which this partial index
-holds alone: a settle deletes its entry and writes none (issue 24).
+holds alone: a settle deletes its entry and writes none.
 
 Revision ID: 0012
 Revises: 0011

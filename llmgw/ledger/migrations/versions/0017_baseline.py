@@ -1,4 +1,4 @@
-"""The ledger as it stands at 0017, created in one step (the baseline: issue 34).
+"""The ledger as it stands at 0017, created in one step (the baseline).
 
 A new ledger starts here. Ledgers made before the squash climb the old chain (`legacy/`,
 0001..0017) and arrive at the same schema under the same id; tests/ledger/
