@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 
 import httpx
@@ -269,26 +268,6 @@ def kwargs(sim: GeminiSim, model: str = "gemini-2.5-flash", **extra: object) -> 
     }
 
 
-async def test_litellm_completion_matches_recorded_usage(sim: GeminiSim, litellm) -> None:
-    sim.plan = FaultPlan(prompt_tokens=40, completion_tokens=9, cached_tokens=32)
-    resp = await litellm.acompletion(**kwargs(sim, max_tokens=50))
-    assert resp.choices[0].message.content == ANSWER and resp.choices[0].finish_reason == "stop"
-    [record] = sim.wait_for_responses(1)
-    assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (
-        record.prompt_tokens,
-        record.completion_tokens,
-    )
-    assert resp.usage.prompt_tokens_details.cached_tokens == record.cached_tokens == 32
-    assert resp.model == "gemini-2.5-flash"  # LiteLLM reports modelVersion
-
-    request = sim.requests[0]
-    assert request.path == "/v1beta/models/gemini-2.5-flash:generateContent"
-    assert request.headers["x-goog-api-key"] == KEY and "key" not in request.json
-    assert request.json["contents"] == [{"role": "user", "parts": [{"text": QUESTION}]}]
-    assert request.json["system_instruction"] == {"parts": [{"text": SYSTEM}]}
-    assert request.json["generationConfig"]["max_output_tokens"] == 50
-
-
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 async def test_litellm_reads_thought_and_cached_tokens(sim: GeminiSim, litellm, stream: bool) -> None:
     # LiteLLM adds thoughtsTokenCount to the candidates (the total says they are apart) and
@@ -313,53 +292,6 @@ async def test_litellm_folds_the_system_prompt_for_unknown_models(sim: GeminiSim
     body = sim.wait_for_requests(1)[0].json
     assert "system_instruction" not in body and "systemInstruction" not in body
     assert body["contents"][0]["parts"] == [{"text": SYSTEM}, {"text": QUESTION}]
-
-
-async def test_litellm_stream_reassembles_answer_and_usage(sim: GeminiSim, litellm) -> None:
-    sim.plan = FaultPlan(cached_tokens=3)
-    stream = await litellm.acompletion(**kwargs(sim, stream=True, stream_options={"include_usage": True}))
-    chunks = [chunk async for chunk in stream]
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ANSWER
-    usage = next(c.usage for c in reversed(chunks) if getattr(c, "usage", None))
-    record = sim.wait_for_responses(1)[0]
-    # Every chunk carries usageMetadata; LiteLLM must keep the last, not add them up.
-    assert (usage.prompt_tokens, usage.completion_tokens) == (record.prompt_tokens, record.completion_tokens)
-    assert usage.prompt_tokens_details.cached_tokens == record.cached_tokens == 3
-    assert sim.requests[0].path.endswith(":streamGenerateContent") and record.chunks == len(ANSWER.split())
-
-
-async def test_litellm_tool_call_round_trip(sim: GeminiSim, litellm) -> None:
-    sim.plan = FaultPlan(tool_call=ToolCall(arguments={"city": "Oslo"}))
-    tools = [{"type": "function", "function": d} for d in DECLARATIONS]
-    # _skip_mcp_handler: see test_openai_sim.test_litellm_tool_call.
-    resp = await litellm.acompletion(**kwargs(sim, tools=tools, _skip_mcp_handler=True))
-    assert resp.choices[0].finish_reason == "tool_calls"  # Gemini says STOP; LiteLLM infers it
-    [call] = resp.choices[0].message.tool_calls
-    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Oslo"}
-    assert call.id == sim.wait_for_responses(1)[0].tool_call["id"]  # Gemini's functionCall.id is kept
-    assert sim.requests[0].json["tools"] == [{"function_declarations": DECLARATIONS}]
-
-    stream = await litellm.acompletion(**kwargs(sim, tools=tools, stream=True, _skip_mcp_handler=True))
-    built = litellm.stream_chunk_builder([chunk async for chunk in stream])
-    assert built.choices[0].finish_reason == "tool_calls"
-    [streamed] = built.choices[0].message.tool_calls
-    assert json.loads(streamed.function.arguments) == {"city": "Oslo"}
-
-    sim.plan = FaultPlan(answer="Sunny.")
-    messages = [
-        *kwargs(sim)["messages"],
-        resp.choices[0].message.model_dump(exclude_none=True),
-        {"role": "tool", "tool_call_id": call.id, "content": "sunny, 20C"},
-    ]
-    final = await litellm.acompletion(
-        **{**kwargs(sim, tools=tools, _skip_mcp_handler=True), "messages": messages}
-    )
-    assert final.choices[0].message.content == "Sunny."
-    model_turn, result_turn = sim.requests[-1].json["contents"][1:]
-    assert model_turn["role"] == "model"
-    assert model_turn["parts"][0]["function_call"]["args"] == {"city": "Oslo"}
-    assert result_turn["role"] == "user"
-    assert result_turn["parts"][0]["function_response"]["name"] == "get_weather"
 
 
 async def test_litellm_stream_errors_arrive_wrapped(sim: GeminiSim, litellm) -> None:

@@ -202,49 +202,6 @@ def kwargs(sim: OllamaSim, **extra: Any) -> dict[str, Any]:
             "num_retries": 0, **extra}
 
 
-async def test_litellm_chat_json_usage_equals_the_record(sim: OllamaSim, litellm) -> None:
-    sim.plan = FaultPlan(prompt_tokens=42, completion_tokens=9)
-    resp = await litellm.acompletion(**kwargs(sim))
-    assert resp.choices[0].message.content == ANSWER and resp.choices[0].finish_reason == "stop"
-    assert resp.model == "ollama_chat/llama3.2"
-    [record] = sim.wait_for_responses(1)
-    assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (
-        record.usage["prompt_eval_count"], record.usage["eval_count"]) == (42, 9)
-    [sent] = chat_bodies(sim)
-    assert sent["stream"] is False and sent["model"] == "llama3.2"
-    assert [{"role": m["role"], "content": m["content"]} for m in sent["messages"]] == MESSAGES
-
-
-async def test_litellm_stream_reassembles_exactly(sim: OllamaSim, litellm) -> None:
-    answer = "Paris,  the capital\nof France."  # odd spacing and a newline must survive
-    sim.plan = FaultPlan(answer=answer)
-    stream = await litellm.acompletion(**kwargs(sim, stream=True, stream_options={"include_usage": True}))
-    chunks = [chunk async for chunk in stream]
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer
-    record = sim.wait_for_responses(1)[0]
-    usage = chunks[-1].usage
-    assert (usage.prompt_tokens, usage.completion_tokens) == (record.prompt_tokens, record.completion_tokens)
-    assert [body["stream"] for body in chat_bodies(sim)] == [True]
-
-
-async def test_litellm_tool_call_json_and_stream(sim: OllamaSim, litellm) -> None:
-    sim.plan = FaultPlan(tool_call=ToolCall(name="get_weather", arguments={"city": "Oslo"}))
-    # LiteLLM also asks /api/show whether the model supports tools.
-    resp = await litellm.acompletion(**kwargs(sim, tools=TOOLS, _skip_mcp_handler=True))
-    assert resp.choices[0].finish_reason == "tool_calls"
-    [call] = resp.choices[0].message.tool_calls
-    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Oslo"}
-    assert call.id  # Ollama sends none; LiteLLM makes one up
-
-    stream = await litellm.acompletion(**kwargs(sim, tools=TOOLS, stream=True, _skip_mcp_handler=True))
-    built = litellm.stream_chunk_builder([chunk async for chunk in stream])
-    assert built.choices[0].finish_reason == "tool_calls"
-    [call] = built.choices[0].message.tool_calls
-    assert json.loads(call.function.arguments) == {"city": "Oslo"}
-    chats = chat_bodies(sim)
-    assert all(c["tools"] == TOOLS for c in chats) and len(chats) == 2
-
-
 async def test_litellm_ollama_provider_uses_generate(sim: OllamaSim, litellm) -> None:
     resp = await litellm.acompletion(**kwargs(sim, model="ollama/llama3.2"))
     [record] = sim.wait_for_responses(1)
