@@ -11,7 +11,8 @@ applied here from what a test uses, not written by hand on each test:
 - model: the local model (its fixture, `LocalServer`, or the demo, which serves it);
 - clients: tests/e2e and code that runs the npm clients (the MCP conformance suite);
 - soak: tests/soak;
-- slow: the tests measured at a second or more on the 2-core machine (`SLOW`), mostly
+- slow: the tests measured at a second or more on the 2-core machine (`SLOW`), or 0.4 s or
+  more (tests/slow_tests.txt), mostly
   subprocesses (the CLI, `llmgw mcp`, workers), large ledgers and real timeouts; `make check`
   leaves them out to stay under a minute.
 """
@@ -48,6 +49,10 @@ FOLDER_MARKS = {"e2e": "clients", "soak": "soak"}
 # Measured with `--durations=0` (a test's setup + call + teardown, its slowest parameter):
 # module under tests/ -> its slow test functions, or ALL of them. Re-measure when adding one.
 ALL = frozenset({"*"})
+# ... and those measured at 0.3 s or more, listed in tests/slow_tests.txt (path::function).
+SLOW_LISTED = frozenset(
+    line.strip() for line in (TESTS / "slow_tests.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#"))
 SLOW: dict[str, frozenset[str] | set[str]] = {
     "budgets/test_budgets_gateway.py": {"test_200_concurrent_requests_never_overspend"},
     "budgets/test_budgets_processes.py": ALL,
@@ -210,7 +215,9 @@ def needs(item: pytest.Function) -> set[str]:
         marks.add(FOLDER_MARKS[folder])
     slow = SLOW.get(Path(item.path).resolve().relative_to(TESTS).as_posix()
                     if folder else "", set())
-    if slow is ALL or item.originalname in slow or fixtures & SLOW_FIXTURES:
+    where = f"{Path(item.path).resolve().relative_to(TESTS).as_posix()}::{item.originalname}"
+    if (slow is ALL or item.originalname in slow or fixtures & SLOW_FIXTURES
+            or where in SLOW_LISTED):
         marks.add("slow")
     return marks
 
