@@ -80,7 +80,7 @@ check: install
 	$(BIN)/python -m pytest -q -n 2 -m "not (pg or redis or browser or model or clients or soak or slow)"
 
 test: install lint redis chromium model clients
-	$(BIN)/python -m pytest -q -n 2 --durations=25
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal --durations=25
 
 bench: install redis
 	$(BIN)/python bench/overhead.py

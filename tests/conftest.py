@@ -227,3 +227,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if isinstance(item, pytest.Function):
             for mark in sorted(needs(item)):
                 item.add_marker(mark)
+    # The minute-long soak first: started last, it would run alone at the end of `make test`
+    # while the other worker idles.
+    items.sort(key=lambda item: item.get_closest_marker("soak") is None)
