@@ -1,6 +1,7 @@
 """LLMGateway: the public API and the order of the request pipeline (docs/architecture.md).
 It orchestrates; each policy lives in the module it calls: validation, agents, planner
-(budgets), cache_lookup, router, responses, and lifecycle (the hold, the trace, the rows)."""
+(budgets), cache lookup, router, completions, conversations (stored responses) and lifecycle
+(the hold, the trace, the rows)."""
 
 from __future__ import annotations
 
@@ -38,12 +39,11 @@ from llmgw.dialects.responses import (
     input_items,
     responses_call,
 )
-from llmgw.errors import InvalidRequest, LedgerError, UnknownModelGroup, UnknownResponse
+from llmgw.errors import InvalidRequest, LedgerError, UnknownModelGroup
 from llmgw.ids import new_request_id
 from llmgw.ledger.budgets import BudgetStore
 from llmgw.ledger.engine import make_engine
 from llmgw.ledger.migrate import ensure_current
-from llmgw.ledger.response_store import ResponseStore, StoredResponse
 from llmgw.ledger.store import LedgerStore, usage_row, utcnow
 from llmgw.observe.events import EventBus, Handler
 from llmgw.observe.health import DeploymentHealth, DeploymentStats, StatsCollector, probe
@@ -51,6 +51,7 @@ from llmgw.observe.metrics import PrometheusMetrics
 from llmgw.observe.tracing import PARENT_SPAN_KEY, make_tracing
 from llmgw.pipeline.completions import cached_completion
 from llmgw.pipeline.context import RequestContext
+from llmgw.pipeline.conversations import Conversations
 from llmgw.pipeline.lifecycle import FirstAnswerFreeze, PipelineServices, RequestLifecycle
 from llmgw.pipeline.validation import group_of, validate_call, validate_id, validate_optional_id
 from llmgw.redact import Redactor, install_log_filter
@@ -100,7 +101,8 @@ class LLMGateway:
         install_passthrough()
         install_translation_guard()
         install_tool_guard(REQUEST_ID_KEY)
-        self.response_store = ResponseStore(self.ledger.engine)
+        self.conversations = Conversations(self.ledger, self.clock,
+                                           self.config.llmgw.responses.retention_days)
         self._recorder = attempt_recorder(self.router)
         self.stats_collector = StatsCollector()
         self._cache = CacheStep.from_config(self.config)
@@ -134,7 +136,7 @@ class LLMGateway:
         """Settle reservations a crashed gateway left open (run at start-up as well)."""
         age = self.config.llmgw.budgets.reconcile_after_s if older_than_s is None else older_than_s
         settled = self.budget_store.reconcile(now=self.clock(), older_than=timedelta(seconds=age))
-        ResponseStore(self.ledger.engine).purge(self.clock())  # stored responses past retention
+        self.conversations.store.purge(self.clock())  # stored responses past retention
         return settled
 
     async def complete(self, agent_id: str, project_id: str, messages: list[dict[str, Any]], *,
@@ -207,7 +209,7 @@ class LLMGateway:
         if body.get("previous_response_id") and completion.body is not None:
             completion.body["previous_response_id"] = body["previous_response_id"]
         if store:
-            await self._store_response(call, completion, input_items)
+            await self.conversations.keep(call.agent_id, call.project_id, completion, input_items)
         return completion
 
     async def responses_stream(
@@ -227,16 +229,15 @@ class LLMGateway:
             if previous:
                 event = continued(event, previous)
             if isinstance(event, StreamDone) and store:
-                await self._store_response(call, event.completion, input_items)
+                await self.conversations.keep(call.agent_id, call.project_id, event.completion,
+                                              input_items)
             yield event
 
     async def stored_response(self, project_id: str, response_id: str) -> dict[str, Any]:
         """A response this project stored (`GET /v1/responses/{id}`); `UnknownResponse` for
         any other id, another project's included."""
-        found = await self.ledger.run(self.response_store.get, response_id,
-                                      validate_id("project_id", project_id), self.clock())
-        if found is None:
-            raise UnknownResponse(response_id)
+        found = await self.conversations.find(validate_id("project_id", project_id),
+                                              response_id)
         return found.response
 
     async def stream(self, agent_id: str, project_id: str, messages: list[dict[str, Any]], *,
@@ -412,12 +413,8 @@ class LLMGateway:
         request = check_responses_body(body)
         items = input_items(request.input)
         if request.previous_response_id:
-            previous = await self.ledger.run(self.response_store.get,
-                                             request.previous_response_id, base.project_id,
-                                             self.clock())
-            if previous is None:
-                raise UnknownResponse(request.previous_response_id)
-            items = [*previous.input, *previous.output, *items]
+            items = [*await self.conversations.history(base.project_id,
+                                                       request.previous_response_id), *items]
         expanded = {**body, "input": items}
         expanded.pop("previous_response_id", None)
         call = responses_call(base.agent_id, base.project_id, expanded,
@@ -427,28 +424,6 @@ class LLMGateway:
                               default_max_tokens=self.config.llmgw.budgets.default_max_tokens,
                               llmgw_params=base.params)
         return call, items, request.store is not False
-
-    async def _store_response(self, call: Call, completion: Completion,
-                              input_items: list[Any]) -> None:
-        """Keep an answered response for its project's later `previous_response_id`."""
-        body = completion.body or {}
-        if not body.get("id") or completion.cached:
-            return
-        now = self.clock()
-        days = self.config.llmgw.responses.retention_days
-        stored = StoredResponse(
-            id=str(body["id"]), project_id=call.project_id, agent_id=call.agent_id,
-            request_id=completion.request_id, model_group=completion.model_group,
-            deployment_id=completion.deployment, provider=completion.provider, created_at=now,
-            expires_at=now + timedelta(days=days), input=list(input_items),
-            output=list(body.get("output") or []), response=body)
-        try:
-            await self.ledger.run(self.response_store.save, stored)
-        except LedgerError as exc:
-            # The answer is made and billed: it goes to the caller even when its stored copy
-            # cannot be written (the ledger down); only a later previous_response_id misses.
-            log.warning("request %s: response %s answered but not stored (%s)",
-                        completion.request_id, body.get("id"), exc.message)
 
     def _begin(self, dialect: Dialect, call: Call, who: _Who, *,
                stream: bool) -> tuple[RequestLifecycle, dict[str, Any]]:
