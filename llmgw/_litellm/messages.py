@@ -60,7 +60,7 @@ def answer_as_sse(message: Mapping[str, Any]) -> tuple[bytes, ...]:
         anthropic_messages_response_as_sse_events,
     )
 
-    return tuple(anthropic_messages_response_as_sse_events(dict(message)))  # type: ignore[arg-type]
+    return tuple(anthropic_messages_response_as_sse_events(dict(message)))
 
 
 def use_chat_completions_for_translation() -> None:

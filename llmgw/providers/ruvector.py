@@ -182,7 +182,7 @@ class RuVectorLLM(CustomLLM):
 
     # -- LiteLLM's entry points ---------------------------------------------------------
 
-    async def acompletion(  # type: ignore[override]  # LiteLLM passes keywords only
+    async def acompletion(
             self, model: str, messages: list[Any], api_base: str | None = None,
             model_response: ModelResponse | None = None,
             optional_params: dict[str, Any] | None = None,
@@ -192,7 +192,7 @@ class RuVectorLLM(CustomLLM):
                                                   litellm_params, timeout))
         return to_model_response(model_response, model, answer)
 
-    def completion(  # type: ignore[override]  # LiteLLM passes keywords only
+    def completion(
             self, model: str, messages: list[Any], api_base: str | None = None,
             model_response: ModelResponse | None = None,
             optional_params: dict[str, Any] | None = None,
@@ -202,7 +202,7 @@ class RuVectorLLM(CustomLLM):
                                            litellm_params, timeout))
         return to_model_response(model_response, model, answer)
 
-    async def astreaming(  # type: ignore[override]  # LiteLLM passes keywords only
+    async def astreaming(
             self, model: str, messages: list[Any], api_base: str | None = None,
             optional_params: dict[str, Any] | None = None,
             litellm_params: dict[str, Any] | None = None, timeout: Any = None,
@@ -213,7 +213,7 @@ class RuVectorLLM(CustomLLM):
         for chunk in stream_chunks(answer):
             yield chunk
 
-    def streaming(  # type: ignore[override]  # LiteLLM passes keywords only
+    def streaming(
             self, model: str, messages: list[Any], api_base: str | None = None,
             optional_params: dict[str, Any] | None = None,
             litellm_params: dict[str, Any] | None = None, timeout: Any = None,

@@ -222,7 +222,7 @@ def to_model_response(model_response: ModelResponse | None, model: str, answer: 
     response.choices[0].finish_reason = "stop"
     response.created = int(time.time())
     response.model = f"{PROVIDER}/{model}"
-    response.usage = Usage(  # type: ignore[attr-defined]  # set in __init__, undeclared
+    response.usage = Usage(
         prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
         total_tokens=answer.prompt_tokens + answer.completion_tokens)
     response._hidden_params[HIDDEN_KEY] = dict(answer.info)

@@ -161,7 +161,7 @@ class NoCapacityNotSent(NotSent):
 
     def __init__(self, cause: NoCapacity) -> None:
         super().__init__(str(cause), llm_provider="", model=cause.group)
-        self.status_code = 429  # type: ignore[assignment]  # LiteLLM types it as 401 only
+        self.status_code = 429
         self.cause = cause
 
 
