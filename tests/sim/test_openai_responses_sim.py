@@ -182,7 +182,8 @@ def test_encrypted_reasoning_sent_back_is_verified(sim: OpenAISim) -> None:
     assert follow["output"][-1]["content"][0]["text"] == "Simulated answer to: second"
 
     blob = reasoning["encrypted_content"]
-    another_servers = OpenAISim()._encrypt_reasoning(reasoning["id"], reasoning["summary"][0]["text"])
+    another_servers = OpenAISim().responses_api.sign_reasoning(reasoning["id"],
+                                                               reasoning["summary"][0]["text"])
     for forged in (blob[:-8] + "AAAAAAA=", "not base64!", another_servers):
         resp = post(sim, {**body, "input": [user("first"), {**reasoning, "encrypted_content": forged}]})
         assert resp.status_code == 400, forged
