@@ -11,7 +11,8 @@ from llmgw.sim.faults import Fault, FaultPlan, ToolCall
 from llmgw.sim.ollama import OllamaSim
 from llmgw.sim.openai import OpenAISim
 from llmgw.sim.ruvllm import RuvLLMSim
-from llmgw.sim.server import RecordedRequest, RecordedResponse, SimServer
+from llmgw.sim.server import SimServer
+from llmgw.sim.wire import RecordedRequest, RecordedResponse
 
 __all__ = [
     "AnthropicSim",

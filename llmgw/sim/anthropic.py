@@ -11,15 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
-from llmgw.sim.server import (
-    Reply,
-    SimServer,
-    bearer_token,
-    collect_text,
-    count_tokens,
-    split_words,
-    sse,
-)
+from llmgw.sim.server import SimServer
+from llmgw.sim.wire import Reply, bearer_token, collect_text, count_tokens, split_words, sse
 
 # (type, default message) per status, as Anthropic sends them.
 _ERRORS: dict[int, tuple[str, str]] = {

@@ -12,7 +12,8 @@ from typing import Any
 from aiohttp import web
 
 from llmgw.sim.faults import FaultPlan
-from llmgw.sim.server import Reply, SimServer, bearer_token, collect_text, split_words, sse
+from llmgw.sim.server import SimServer
+from llmgw.sim.wire import Reply, bearer_token, collect_text, split_words, sse
 
 # Default messages per status, in Cohere's words where we know them. LiteLLM maps
 # "invalid api token" to AuthenticationError by its text.

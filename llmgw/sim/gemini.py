@@ -10,7 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
-from llmgw.sim.server import Reply, SimServer, collect_text, split_words, sse
+from llmgw.sim.server import SimServer
+from llmgw.sim.wire import Reply, collect_text, split_words, sse
 
 _VERSIONS = ("v1beta", "v1", "v1alpha")
 _METHODS = ("generateContent", "streamGenerateContent")

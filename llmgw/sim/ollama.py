@@ -10,7 +10,8 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
-from llmgw.sim.server import Reply, SimServer, bearer_token, collect_text, split_words
+from llmgw.sim.server import SimServer
+from llmgw.sim.wire import Reply, bearer_token, collect_text, split_words
 
 # Which endpoint the current request hit, and whether its stream must be malformed. Set per
 # request by the route handlers; every hook of one request runs in that request's task.

@@ -10,7 +10,8 @@ from typing import Any
 from aiohttp import web
 
 from llmgw.sim import openai_responses as responses
-from llmgw.sim.server import Reply, SimServer, bearer_token, collect_text, split_words, sse
+from llmgw.sim.server import SimServer
+from llmgw.sim.wire import Reply, bearer_token, collect_text, split_words, sse
 
 _FINGERPRINT = "fp_llmgw_sim"
 

@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from llmgw.sim.server import Reply, collect_text, split_words, sse
+from llmgw.sim.wire import Reply, collect_text, split_words, sse
 
 ENCRYPTED_INCLUDE = "reasoning.encrypted_content"
 

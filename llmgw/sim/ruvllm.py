@@ -18,7 +18,8 @@ from typing import Any
 from aiohttp import web
 
 from llmgw.sim.faults import FaultPlan
-from llmgw.sim.server import Reply, SimServer, bearer_token
+from llmgw.sim.server import SimServer
+from llmgw.sim.wire import Reply, bearer_token
 
 # ruvLLM's router picks one of these model sizes (`format!("{:?}", ModelSize)`) and a
 # context size from CONTEXT_BINS.

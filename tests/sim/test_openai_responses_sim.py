@@ -14,7 +14,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from llmgw.sim import FaultPlan, OpenAISim, ToolCall
-from llmgw.sim.server import count_tokens
+from llmgw.sim.wire import count_tokens
 from tests.sim import assert_no_extra, sse_json
 from tests.sim.conftest import fresh
 
